@@ -1,0 +1,29 @@
+"""What every detector family provides.
+
+A detector is an nn.Module with a typed `config` (a `ModelConfig` subclass) whose
+forward(images [B, 3, H, W], mask [B, H, W] True at padding or None, targets=None)
+returns the standard dict:
+    pred_logits [B, Q, C], pred_boxes [B, Q, 4] normalised cxcywh,
+    aux_outputs: list of {pred_logits, pred_boxes} for earlier decoder layers,
+    enc_outputs / interm_outputs, dn_meta where the family has them.
+`targets` (list of {labels [n] int64, boxes [n, 4] normalised cxcywh}) is used only by
+families that build training-time queries from ground truth (DINO's denoising).
+`build_criterion()` returns the loss module that trains it.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+from torch import Tensor, nn
+
+from edgedet.config import ModelConfig
+
+
+class DetectorBase(nn.Module):
+    config: ModelConfig
+
+    def forward(self, images: Tensor, mask: Optional[Tensor] = None, targets: Optional[List[Dict[str, Tensor]]] = None) -> Dict:
+        raise NotImplementedError
+
+    def build_criterion(self) -> nn.Module:
+        raise NotImplementedError

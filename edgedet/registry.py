@@ -1,0 +1,62 @@
+"""Name -> builder registries for models, backbones and MSDA implementations.
+
+The only global mutable state in edgedet: registries filled at import time.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any, Callable, Dict, Iterator, List
+
+
+class UnknownNameError(KeyError):
+    """Raised for a name that is not registered; the message lists the valid names."""
+
+    def __str__(self) -> str:  # KeyError would wrap the message in quotes
+        return str(self.args[0])
+
+
+class Registry:
+    """Maps a name to an object (usually a builder) plus free-form metadata."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: Dict[str, Any] = {}
+        self._meta: Dict[str, Dict[str, Any]] = {}
+
+    def register(self, name: str, **meta: Any) -> Callable[[Any], Any]:
+        def decorator(obj: Any) -> Any:
+            if name in self._items:
+                raise ValueError(f"{self.kind} '{name}' is registered twice")
+            self._items[name] = obj
+            self._meta[name] = meta
+            return obj
+
+        return decorator
+
+    def get(self, name: str) -> Any:
+        if name not in self._items:
+            raise UnknownNameError(self._unknown_message(name))
+        return self._items[name]
+
+    def meta(self, name: str) -> Dict[str, Any]:
+        self.get(name)
+        return self._meta[name]
+
+    def names(self) -> List[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def _unknown_message(self, name: str) -> str:
+        close = difflib.get_close_matches(name, self.names(), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        return f"unknown {self.kind} '{name}'.{hint} Valid names: {', '.join(self.names())}"
+
+
+MODELS = Registry("model")
+BACKBONES = Registry("backbone")
+MSDA_IMPLS = Registry("MSDA implementation")

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set-up for a fresh machine: CPU torch when none is present, then edgedet with all CPU extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+  # An unpinned torch pulls gigabytes of CUDA packages; take the CPU build.
+  "$PY" -m pip install -q "torch==2.13.0" || "$PY" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+fi
+"$PY" -m pip install -q -e ".[all]"

@@ -1,0 +1,33 @@
+"""edgedet: DETR-family detectors from training to real-time edge deployment.
+
+Extras by footprint: the base install is the torch-free runtime; `train`, `convert`
+and `tensorrt` add the heavier stacks; `all` is everything that installs on a CPU box.
+"""
+from setuptools import find_packages, setup
+
+RUNTIME = ["numpy>=1.24", "opencv-python-headless>=4.8", "onnxruntime>=1.17", "pyyaml>=6.0", "tqdm>=4.66"]
+TRAIN = ["torch>=2.2", "scipy>=1.10", "pycocotools>=2.0.7", "matplotlib>=3.7"]
+CONVERT = ["onnx>=1.16", "onnxslim>=0.1.30", "openvino>=2024.4", "nncf>=2.12"]
+TENSORRT = ["tensorrt>=8.6", "cuda-python>=12.0"]
+TEST = ["pytest>=7.4"]
+
+setup(
+    name="edgedet",
+    version="0.1.0",
+    description="DETR-family detectors: training, conversion and real-time edge runtime",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["edgedet*", "converters*", "runtime*"]),
+    include_package_data=True,
+    package_data={"edgedet": ["assets/*"], "converters": ["openvino/csrc/*", "tensorrt/plugins/**/*"]},
+    install_requires=RUNTIME,
+    extras_require={
+        "train": TRAIN,
+        "convert": TRAIN + CONVERT,
+        "tensorrt": TENSORRT,
+        "test": TEST,
+        "all": TRAIN + CONVERT + TEST,
+    },
+    entry_points={"console_scripts": ["edgedet=edgedet.cli:main"]},
+)
