@@ -1,0 +1,109 @@
+"""The manifest every exported artifact carries: how to feed it and how to read its outputs.
+
+Written by `converters`, read by `runtime`, so the runtime never guesses preprocessing.
+Stored inside the artifact where the format allows (ONNX `metadata_props["edgedet"]`,
+OpenVINO `rt_info["edgedet"]["manifest"]`) and always as a sidecar JSON next to it:
+`model.onnx` -> `model.edgedet.json`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+MANIFEST_VERSION = 1
+METADATA_KEY = "edgedet"
+
+
+class ManifestError(ValueError):
+    """A missing or malformed manifest."""
+
+
+@dataclass
+class PreprocessSpec:
+    size: Tuple[int, int] = (640, 640)  # network input (H, W)
+    resize: str = "letterbox"  # letterbox (keep ratio, pad bottom/right) | stretch
+    mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+    channel_order: str = "RGB"
+    # Letterbox padding in pixel units; the mean colour normalises to ~0, like the
+    # zero padding the model saw in training.
+    pad_value: Tuple[int, int, int] = (124, 116, 104)
+
+
+@dataclass
+class OutputSpec:
+    # True: outputs are labels [B, K] int64, boxes [B, K, 4] xyxy in network-input pixels,
+    # scores [B, K] (top-K, NMS-free). False: raw pred_logits [B, Q, C], pred_boxes [B, Q, 4] cxcywh.
+    postprocess: bool = True
+    names: List[str] = field(default_factory=lambda: ["labels", "boxes", "scores"])
+    score_activation: str = "sigmoid"  # sigmoid (focal-loss families) | softmax (DETR, last class = no-object)
+    top_k: int = 100
+
+
+@dataclass
+class Manifest:
+    family: str = ""
+    class_names: List[str] = field(default_factory=list)
+    input_name: str = "images"
+    batch: int = 1  # 0 = dynamic
+    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
+    outputs: OutputSpec = field(default_factory=OutputSpec)
+    backend: str = "onnxruntime"  # onnxruntime | openvino | tensorrt
+    precision: str = "fp32"
+    msda: str = ""  # fused | gather | grid_sample | "" (no deformable attention)
+    # backend name -> custom-op library file name, looked up next to the artifact first
+    custom_ops: Dict[str, str] = field(default_factory=dict)
+    edgedet_version: str = ""
+    model_config: Dict[str, Any] = field(default_factory=dict)
+    extra: Dict[str, Any] = field(default_factory=dict)
+    format_version: int = MANIFEST_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "Manifest":
+        if not isinstance(data, dict):
+            raise ManifestError("manifest must be a JSON object")
+        if data.get("format_version", MANIFEST_VERSION) > MANIFEST_VERSION:
+            raise ManifestError(
+                f"manifest format {data['format_version']} is newer than this runtime understands "
+                f"({MANIFEST_VERSION}); upgrade edgedet"
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ManifestError(f"unknown manifest keys {unknown}; was it written by a newer edgedet?")
+        data = dict(data)
+        pre = data.pop("preprocess", {}) or {}
+        out = data.pop("outputs", {}) or {}
+        pre = {k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()}
+        return cls(preprocess=PreprocessSpec(**pre), outputs=OutputSpec(**out), **data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Manifest":
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"manifest is not valid JSON: {e}") from e
+
+
+def sidecar_path(artifact: Union[str, Path]) -> Path:
+    """`dir/model.onnx` -> `dir/model.edgedet.json` (also for .xml, .engine)."""
+    p = Path(artifact)
+    return p.with_name(p.stem + ".edgedet.json")
+
+
+def write_sidecar(manifest: Manifest, artifact: Union[str, Path]) -> Path:
+    path = sidecar_path(artifact)
+    path.write_text(manifest.to_json())
+    return path
+
+
+def read_sidecar(artifact: Union[str, Path]) -> Optional[Manifest]:
+    path = sidecar_path(artifact)
+    if not path.is_file():
+        return None
+    return Manifest.from_json(path.read_text())
