@@ -29,5 +29,13 @@ setup(
         "test": TEST,
         "all": TRAIN + CONVERT + TEST,
     },
-    entry_points={"console_scripts": ["edgedet=edgedet.cli:main"]},
+    entry_points={
+        "console_scripts": ["edgedet=edgedet.cli:main", "edgedet-run=runtime.cli:main"],
+        # Commands contributed by the packages above edgedet in the dependency order.
+        "edgedet.commands": [
+            "run=runtime.cli:RUN_COMMAND",
+            "export=converters.cli:EXPORT_COMMAND",
+            "demo=converters.demo:DEMO_COMMAND",
+        ],
+    },
 )

@@ -1,0 +1,1 @@
+"""Subcommands of the `edgedet` CLI (see edgedet/cli.py)."""
