@@ -64,6 +64,7 @@ class TrainConfig:
     batch_size: int = 4
     lr: float = 1e-4
     lr_backbone_mult: float = 0.1
+    lr_linear_proj_mult: float = 0.1  # deformable sampling_offsets / reference_points
     weight_decay: float = 1e-4
     clip_max_norm: float = 0.1
     scheduler: str = "step"  # step | cosine

@@ -6,10 +6,13 @@ so an exported model sees exactly the pixels it was evaluated on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    from runtime.manifest import PreprocessSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,12 +44,28 @@ def resize_shorter_side(image: np.ndarray, size: int, max_size: int = 0) -> Tupl
 
 @dataclass(frozen=True)
 class LetterboxInfo:
-    """How an original image maps into the network input: x_net = x_orig * scale + pad."""
+    """How an original image maps into the network input: x_net = x_orig * scale + pad.
+
+    `scale_hw` (sy, sx) is set for a stretch resize, whose two axes scale differently;
+    None means `scale` on both axes.
+    """
 
     scale: float
     pad_x: int
     pad_y: int
     orig_size: Tuple[int, int]  # (H, W)
+    scale_hw: Optional[Tuple[float, float]] = None
+
+    def to_original(self, boxes_xyxy: np.ndarray, clip: bool = True) -> np.ndarray:
+        """[N, 4] xyxy network-input pixels -> float32 [N, 4] xyxy original-image pixels."""
+        sy, sx = self.scale_hw if self.scale_hw is not None else (self.scale, self.scale)
+        b = np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)
+        offset = np.array([self.pad_x, self.pad_y, self.pad_x, self.pad_y], np.float32)
+        out = (b - offset) / np.array([sx, sy, sx, sy], np.float32)
+        if clip:
+            h, w = self.orig_size
+            out = np.clip(out, 0, np.array([w, h, w, h], np.float32))
+        return out.astype(np.float32, copy=False)
 
 
 def letterbox(image: np.ndarray, size_hw: Tuple[int, int], pad_value: int = 0) -> Tuple[np.ndarray, LetterboxInfo]:
@@ -59,3 +78,84 @@ def letterbox(image: np.ndarray, size_hw: Tuple[int, int], pad_value: int = 0) -
     out = np.full((th, tw) + image.shape[2:], pad_value, dtype=image.dtype)
     out[:nh, :nw] = resized
     return out, LetterboxInfo(scale, 0, 0, (h, w))
+
+
+def as_bgr(frame: object) -> np.ndarray:
+    """Validate a frame and return it as uint8 [H, W, 3] BGR (grayscale and BGRA are converted).
+
+    Raises ValueError with what was wrong and what to pass instead.
+    """
+    if frame is None:
+        raise ValueError("frame is None: the source returned no image (camera unplugged, end of file, or unreadable image path?)")
+    if not isinstance(frame, np.ndarray):
+        raise ValueError(f"frame must be a numpy array (H, W, 3) uint8 BGR, got {type(frame).__name__}")
+    if frame.dtype != np.uint8:
+        raise ValueError(f"frame must be uint8 BGR (as cv2.imread/VideoCapture return), got dtype {frame.dtype}; "
+                         "convert with np.clip(x * 255, 0, 255).astype(np.uint8) if it is float in [0, 1]")
+    if frame.ndim == 3 and frame.shape[2] == 1:
+        frame = frame[:, :, 0]
+    if frame.ndim == 2:
+        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    elif frame.ndim == 3 and frame.shape[2] == 4:
+        frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"frame must be [H, W, 3] BGR (or [H, W] grayscale), got shape {frame.shape}")
+    if frame.shape[0] == 0 or frame.shape[1] == 0:
+        raise ValueError(f"frame is empty (shape {frame.shape})")
+    return frame
+
+
+class Preprocessor:
+    """BGR frames (OpenCV order) -> network input float32 [B, 3, H, W] per a manifest's PreprocessSpec.
+
+    Equals `normalize(letterbox(rgb, size, pad_value))` (or a plain resize for "stretch")
+    bit for bit: normalisation is a per-channel 256-entry table computed with the same
+    float32 operations, applied by cv2.LUT.
+    """
+
+    def __init__(self, spec: "PreprocessSpec"):
+        if spec.resize not in ("letterbox", "stretch"):
+            raise ValueError(f"unknown resize '{spec.resize}'; valid: letterbox, stretch")
+        if spec.channel_order.upper() not in ("RGB", "BGR"):
+            raise ValueError(f"unknown channel_order '{spec.channel_order}'; valid: RGB, BGR")
+        self.spec = spec
+        self.size_hw = (int(spec.size[0]), int(spec.size[1]))
+        rgb = spec.channel_order.upper() == "RGB"
+        # Network channel k reads frame (BGR) channel order[k].
+        self._order = [2, 1, 0] if rgb else [0, 1, 2]
+        frame_of_net = np.argsort(self._order)  # frame channel j -> network channel
+        mean = np.asarray(spec.mean, np.float32)[frame_of_net]
+        std = np.asarray(spec.std, np.float32)[frame_of_net]
+        values = np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0)
+        self._lut = np.ascontiguousarray(((values - mean) / std)[None])  # [1, 256, 3] frame channel order
+        pad = np.broadcast_to(np.asarray(spec.pad_value, np.int64), (3,))
+        self._pad_bgr = tuple(int(v) for v in pad[frame_of_net])
+
+    def __call__(self, frames: Union[np.ndarray, Sequence[np.ndarray]]) -> Tuple[np.ndarray, List[LetterboxInfo]]:
+        """frames: one [H, W, 3] BGR uint8 image or a list -> (x [B, 3, H, W] float32, one LetterboxInfo each)."""
+        if isinstance(frames, np.ndarray) and frames.ndim in (2, 3) or frames is None:
+            frames = [frames]
+        th, tw = self.size_hw
+        x = np.empty((len(frames), 3, th, tw), np.float32)
+        infos = []
+        for i, frame in enumerate(frames):
+            canvas, info = self.resize(as_bgr(frame))
+            x[i] = cv2.LUT(canvas, self._lut).transpose(2, 0, 1)[self._order]
+            infos.append(info)
+        return x, infos
+
+    def resize(self, bgr: np.ndarray) -> Tuple[np.ndarray, LetterboxInfo]:
+        """uint8 BGR -> uint8 BGR [H_net, W_net, 3] letterboxed or stretched, and the mapping."""
+        h, w = bgr.shape[:2]
+        th, tw = self.size_hw
+        if self.spec.resize == "stretch":
+            out = cv2.resize(bgr, (tw, th), interpolation=cv2.INTER_LINEAR) if (h, w) != (th, tw) else bgr
+            sy, sx = th / h, tw / w
+            return out, LetterboxInfo(min(sy, sx), 0, 0, (h, w), scale_hw=(sy, sx))
+        scale = min(th / h, tw / w)
+        nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+        canvas = np.empty((th, tw, 3), np.uint8)
+        canvas[:nh, :nw] = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else bgr
+        canvas[nh:] = self._pad_bgr
+        canvas[:nh, nw:] = self._pad_bgr
+        return canvas, LetterboxInfo(scale, 0, 0, (h, w))

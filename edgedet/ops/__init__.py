@@ -4,6 +4,7 @@ from edgedet.ops.msda import (
     multi_scale_deformable_attention,
     spatial_shapes_as_list,
 )
+from edgedet.ops import msda_gather  # noqa: F401  (registers the `gather` implementation)
 from edgedet.registry import MSDA_IMPLS
 
 

@@ -1,0 +1,175 @@
+"""PyTorch detector -> ONNX file with fixed I/O names and the edgedet manifest inside.
+
+Input `images` float32 [B, 3, H, W], normalised exactly like `runtime.preprocess`.
+Outputs with postprocess=True (NMS-free top-K):
+    labels [B, K] int64, boxes [B, K, 4] xyxy in network-input pixels, scores [B, K] float32
+and with postprocess=False the raw head outputs:
+    pred_logits [B, Q, C], pred_boxes [B, Q, 4] normalised cxcywh.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from converters.formats import ExportError
+from converters.onnx.msda_forms import FUSED_DOMAIN, FUSED_OPSET, msda_form, register_fused_schema
+from runtime.manifest import METADATA_KEY, Manifest, write_sidecar
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "images"
+POSTPROCESSED_OUTPUTS = ["labels", "boxes", "scores"]
+RAW_OUTPUTS = ["pred_logits", "pred_boxes"]
+DEFAULT_OPSET = 17
+
+
+def output_names(postprocess: bool) -> List[str]:
+    return list(POSTPROCESSED_OUTPUTS if postprocess else RAW_OUTPUTS)
+
+
+def topk_detections(logits: Tensor, boxes_cxcywh: Tensor, image_hw: Tuple[int, int], activation: str, top_k: int):
+    """NMS-free top-K over the head outputs.
+
+    logits [B, Q, C], boxes_cxcywh [B, Q, 4] normalised -> labels [B, K] int64,
+    boxes_xyxy [B, K, 4] in pixels of an `image_hw` input, scores [B, K].
+    sigmoid: top-K over all Q*C (query, class) pairs; softmax: drop the last (no-object)
+    class, best class per query, then top-K queries.
+    """
+    b, q, c = logits.shape
+    if activation == "sigmoid":
+        prob = logits.sigmoid().flatten(1)  # [B, Q*C]
+        scores, index = prob.topk(min(top_k, q * c), dim=1)
+        query = torch.div(index, c, rounding_mode="floor")
+        labels = index - query * c
+    elif activation == "softmax":
+        prob = logits.softmax(-1)[..., :-1]
+        best, best_label = prob.max(-1)
+        scores, query = best.topk(min(top_k, q), dim=1)
+        labels = best_label.gather(1, query)
+    else:
+        raise ExportError(f"unknown score_activation '{activation}'; expected 'sigmoid' or 'softmax'")
+    cx, cy, w, h = boxes_cxcywh.unbind(-1)
+    xyxy = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], -1)
+    scale = torch.tensor([image_hw[1], image_hw[0], image_hw[1], image_hw[0]], dtype=xyxy.dtype, device=xyxy.device)
+    xyxy = xyxy * scale
+    picked = xyxy.gather(1, query.unsqueeze(-1).expand(-1, -1, 4))
+    return labels.to(torch.int64), picked, scores
+
+
+class DeployModel(nn.Module):
+    """The detector plus (optionally) postprocessing, with tensor outputs only."""
+
+    def __init__(self, model: nn.Module, postprocess: bool = True, top_k: int = 100):
+        super().__init__()
+        self.model = model
+        self.postprocess = postprocess
+        self.top_k = top_k
+        self.activation = getattr(model, "score_activation", "softmax")
+
+    def forward(self, images: Tensor):
+        out = self.model(images)
+        logits, boxes = out["pred_logits"], out["pred_boxes"]
+        if not self.postprocess:
+            return logits, boxes
+        return topk_detections(logits, boxes, (images.shape[-2], images.shape[-1]), self.activation, self.top_k)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _slim(model_proto, has_custom: bool):
+    """Simplify with onnxslim; keep the original graph if onnxslim fails (e.g. on custom nodes)."""
+    try:
+        import onnxslim
+    except ImportError:
+        log.info("onnxslim is not installed; ONNX graph left unsimplified")
+        return model_proto
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return onnxslim.slim(model_proto)
+    except Exception as e:  # onnxslim raises many types; any failure means "keep the graph"
+        what = "graph with the fused MSDA node" if has_custom else "graph"
+        log.info("onnxslim could not simplify the %s (%s); keeping the unsimplified ONNX", what, _first_line(e))
+        return model_proto
+
+
+def embed_manifest(model_proto, manifest: Manifest) -> None:
+    """Put the manifest JSON in `metadata_props["edgedet"]` (replacing an older one)."""
+    kept = [p for p in model_proto.metadata_props if p.key != METADATA_KEY]
+    del model_proto.metadata_props[:]
+    model_proto.metadata_props.extend(kept)
+    entry = model_proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, manifest.to_json()
+
+
+def export_onnx(
+    model: nn.Module,
+    output: Path,
+    imgsz: Tuple[int, int],
+    manifest: Manifest,
+    msda: str = "grid_sample",
+    dynamic_batch: bool = False,
+    postprocess: bool = True,
+    top_k: int = 100,
+    opset: int = DEFAULT_OPSET,
+    simplify: bool = True,
+) -> Path:
+    """Write `output` (.onnx) plus its sidecar manifest -> path of the ONNX file.
+
+    model: a detector following `edgedet.models.base` (eval mode is set here).
+    imgsz: network input (H, W). msda: "" for models without deformable attention.
+    """
+    import onnx
+
+    if opset < 17:
+        raise ExportError(f"opset {opset} is too old; edgedet exports need opset >= 17")
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    deploy = DeployModel(model, postprocess=postprocess, top_k=top_k).eval()
+    names = output_names(postprocess)
+    dummy = torch.zeros(1, 3, int(imgsz[0]), int(imgsz[1]))
+    axes: Optional[Dict[str, Dict[int, str]]] = None
+    if dynamic_batch:
+        axes = {n: {0: "batch"} for n in [INPUT_NAME] + names}
+    with msda_form(model, msda), torch.no_grad(), warnings.catch_warnings():
+        # Tracer warnings about python constants are expected: the input size is fixed.
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                deploy,
+                (dummy,),
+                str(output),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=names,
+                dynamic_axes=axes,
+                custom_opsets={FUSED_DOMAIN: FUSED_OPSET} if msda == "fused" else None,
+                do_constant_folding=True,
+            )
+        except Exception as e:  # the exporter raises RuntimeError/UnsupportedOperatorError/SymbolicValueError
+            raise ExportError(
+                f"ONNX export failed: the model uses an operation that cannot be exported at opset {opset} "
+                f"({_first_line(e)}); replace that operation or register an ONNX symbolic for it"
+            ) from e
+    proto = onnx.load(str(output))
+    has_custom = any(n.domain == FUSED_DOMAIN for n in proto.graph.node)
+    if has_custom:
+        register_fused_schema()
+    if simplify:
+        proto = _slim(proto, has_custom)
+    embed_manifest(proto, manifest)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(output))
+    write_sidecar(manifest, output)
+    log.info("wrote %s (%s, msda=%s, outputs %s)", output, "dynamic batch" if dynamic_batch else "batch 1", msda or "-", names)
+    return output

@@ -1,0 +1,76 @@
+"""COCO-style evaluation: run the model on a dataset and score it with pycocotools' COCOeval."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from typing import Dict, Iterable, List, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from edgedet.engine.postprocess import to_detections
+
+log = logging.getLogger(__name__)
+
+# COCOeval.stats order.
+STAT_NAMES = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large",
+              "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
+
+
+def coco_metrics(coco_gt, results: List[Dict]) -> Dict[str, float]:
+    """Score COCO result records (image_id, category_id, bbox xywh, score) against `coco_gt`.
+
+    Returns the 12 COCOeval statistics by name (-1 where a size range has no objects); all zeros
+    when there are no results. pycocotools' printed report goes to the debug log.
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    if not results:
+        return {k: 0.0 for k in STAT_NAMES}
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        coco_dt = coco_gt.loadRes(results)
+        ev = COCOeval(coco_gt, coco_dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    log.debug("%s", buf.getvalue())
+    return {k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}
+
+
+@torch.no_grad()
+def predict_coco(model: nn.Module, loader: Iterable, category_ids, device: Union[str, torch.device] = "cpu",
+                 top_k: int = 100, progress: bool = True) -> List[Dict]:
+    """COCO result records for every image the loader yields ((images, mask, targets) batches)."""
+    was_training = model.training
+    model.eval()
+    activation = model.score_activation
+    results: List[Dict] = []
+    for images, mask, targets in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        outputs = model(images.to(device), mask.to(device) if mask is not None else None)
+        orig = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets])
+        for t, det in zip(targets, to_detections(outputs, orig, activation, top_k)):
+            results.extend(det.to_coco(int(t["image_id"]), category_ids))
+    model.train(was_training)
+    return results
+
+
+def evaluate(model: nn.Module, dataset, batch_size: int = 2, device: Union[str, torch.device] = "cpu",
+             top_k: int = 100, progress: bool = True, loader: Optional[Iterable] = None) -> Dict[str, float]:
+    """mAP, mAP50, mAP75, … of `model` on `dataset` (a DetectionDataset with `coco_gt()` and
+    `category_ids`). `loader` overrides the default non-shuffled loader over `dataset`."""
+    if loader is None:
+        from edgedet.data import build_dataloader
+
+        loader = build_dataloader(dataset, batch_size=batch_size, shuffle=False, num_workers=0, distributed=False)
+    results = predict_coco(model, loader, dataset.category_ids, device, top_k, progress)
+    metrics = coco_metrics(dataset.coco_gt(), results)
+    metrics["num_detections"] = float(len(results))
+    log.debug("eval: %s", {k: round(v, 4) for k, v in metrics.items()})
+    return metrics
+
+
+__all__ = ["evaluate", "coco_metrics", "predict_coco", "STAT_NAMES"]

@@ -1,0 +1,122 @@
+"""ONNX Runtime backend: CPU by default; CUDA or TensorRT execution providers when asked.
+
+device: "CPU" | "cuda" | "cuda:N" | "GPU" (= cuda) | "tensorrt" | "tensorrt:N". A custom-op
+library named in `manifest.custom_ops["onnxruntime"]` is registered from next to the artifact.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from runtime.backends.base import ArtifactError, Backend, BackendUnavailableError, TensorSpec
+from runtime.manifest import Manifest, ManifestError, METADATA_KEY
+
+try:
+    import onnxruntime as ort
+except ImportError as e:  # re-raised by the registry with the install hint
+    raise ImportError(f"onnxruntime is not installed ({e})") from e
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def providers_for(device: str) -> List[Any]:
+    """Execution providers (with options) for a device string, best first, CPU last."""
+    kind, _, index = device.lower().partition(":")
+    device_id = int(index) if index else 0
+    if kind == "cpu":
+        wanted = []
+    elif kind in ("cuda", "gpu"):
+        wanted = [("CUDAExecutionProvider", {"device_id": device_id})]
+    elif kind in ("tensorrt", "trt"):
+        wanted = [("TensorrtExecutionProvider", {"device_id": device_id}), ("CUDAExecutionProvider", {"device_id": device_id})]
+    else:
+        raise ValueError(f"onnxruntime backend: unknown device '{device}'; use CPU, cuda, cuda:N or tensorrt")
+    available = ort.get_available_providers()
+    for name, _ in wanted[:1]:
+        if name not in available:
+            raise BackendUnavailableError(
+                f"onnxruntime has no {name} (available: {', '.join(available)}); "
+                "install onnxruntime-gpu matching your CUDA, or use device='CPU'"
+            )
+    return [p for p in wanted if p[0] in available] + ["CPUExecutionProvider"]
+
+
+class OnnxRuntimeBackend(Backend):
+    """options: threads (intra-op threads, 0 = ORT default), inter_op_threads, optimization ("all"|"basic"|"extended"|"disable")."""
+
+    name = "onnxruntime"
+
+    def _load(self, path: Path, manifest: Optional[Manifest], device: str, threads: int = 0, inter_op_threads: int = 0,
+              optimization: str = "all") -> None:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = int(inter_op_threads)
+        levels = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }
+        if optimization not in levels:
+            raise ValueError(f"unknown optimization '{optimization}'; valid: {', '.join(levels)}")
+        opts.graph_optimization_level = levels[optimization]
+        lib = (manifest.custom_ops.get("onnxruntime") if manifest else None) or ""
+        if lib:
+            lib_path = path.parent / lib
+            if not lib_path.is_file():
+                raise ArtifactError(f"{path.name} needs the ONNX Runtime custom-op library {lib}, not found in {path.parent}")
+            opts.register_custom_ops_library(str(lib_path))
+        providers = providers_for(device)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except Exception as e:  # ORT raises its own Fail/InvalidProtobuf types
+            raise ArtifactError(
+                f"onnxruntime could not load {path}: {str(e).splitlines()[0][:300]}; "
+                "the file may be truncated or corrupt (re-export it), or use custom ops this runtime lacks"
+            ) from e
+        self._inputs = [
+            TensorSpec(i.name, tuple(d if isinstance(d, int) and d > 0 else None for d in i.shape), np.dtype(_DTYPES.get(i.type, np.float32)))
+            for i in self.session.get_inputs()
+        ]
+        self._outputs = [o.name for o in self.session.get_outputs()]
+        log.debug("onnxruntime %s providers %s", path.name, self.session.get_providers())
+
+    @property
+    def providers(self) -> List[str]:
+        return self.session.get_providers()
+
+    @property
+    def input_specs(self) -> List[TensorSpec]:
+        return list(self._inputs)
+
+    @property
+    def output_names(self) -> List[str]:
+        return list(self._outputs)
+
+    def embedded_manifest(self) -> Optional[Manifest]:
+        text = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        if not text:
+            return None
+        try:
+            return Manifest.from_json(text)
+        except ManifestError as e:
+            raise ArtifactError(f"{self.path}: embedded manifest is invalid: {e}") from e
+
+    def _infer(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        return dict(zip(self._outputs, self.session.run(self._outputs, feeds)))
+
+    def close(self) -> None:
+        self.session = None

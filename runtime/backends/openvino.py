@@ -1,0 +1,151 @@
+"""OpenVINO backend: CPU / GPU / NPU, asynchronous infer requests, fused-MSDA extension loading.
+
+Inference precision defaults to f32 on CPU/GPU so results match the ONNX reference
+(OpenVINO would otherwise pick bf16/f16 on hardware that has it); pass precision="f16"
+(or "bf16", or None for the device default) to trade accuracy for speed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from pathlib import Path
+from typing import Any, Deque, Dict, List, Optional
+
+import numpy as np
+
+from runtime.backends.base import ArtifactError, Backend, TensorSpec
+from runtime.manifest import Manifest, ManifestError, METADATA_KEY
+
+try:
+    import openvino as ov
+except ImportError as e:  # re-raised by the registry with the install hint
+    raise ImportError(f"openvino is not installed ({e})") from e
+
+log = logging.getLogger(__name__)
+
+EXTENSION_ENV = "EDGEDET_OV_EXTENSION"
+DEFAULT_EXTENSION = "libedgedet_ov_msda.so"
+
+
+def find_extension(artifact: Path, manifest: Optional[Manifest]) -> Optional[Path]:
+    """The fused-op library the artifact needs: next to it first, then $EDGEDET_OV_EXTENSION.
+
+    Returns None when the manifest names no library; raises ArtifactError when it names one
+    that cannot be found.
+    """
+    lib = (manifest.custom_ops.get("openvino") if manifest else None) or ""
+    if not lib:
+        return None
+    candidates = [artifact.parent / lib]
+    env = os.environ.get(EXTENSION_ENV, "")
+    if env:
+        env_path = Path(env)
+        candidates.append(env_path / lib if env_path.is_dir() else env_path)
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise ArtifactError(
+        f"{artifact.name} uses the fused MSDA op and needs the OpenVINO extension {lib}, not found in "
+        f"{artifact.parent}" + (f" nor at ${EXTENSION_ENV}={env}" if env else f" and ${EXTENSION_ENV} is not set")
+        + "; build the extension (converters/openvino) and set $EDGEDET_OV_EXTENSION, or re-export with msda=\"gather\""
+    )
+
+
+class OpenVINOBackend(Backend):
+    """options: precision ("f32" default, "f16", "bf16", None), threads, hint ("LATENCY"|"THROUGHPUT"), num_requests."""
+
+    name = "openvino"
+
+    def _load(self, path: Path, manifest: Optional[Manifest], device: str, precision: Optional[str] = "f32",
+              threads: int = 0, hint: str = "LATENCY", num_requests: int = 2) -> None:
+        device = device.upper()
+        if device.split(".")[0] not in ("CPU", "GPU", "NPU", "AUTO", "HETERO", "MULTI"):
+            raise ValueError(f"openvino backend: unknown device '{device}'; use CPU, GPU, GPU.N, NPU or AUTO")
+        self.core = ov.Core()
+        ext = find_extension(path, manifest)
+        if ext is None and os.environ.get(EXTENSION_ENV) and manifest is None:
+            # No manifest to say so: the artifact may still need the extension to parse.
+            env = Path(os.environ[EXTENSION_ENV])
+            ext = env / DEFAULT_EXTENSION if env.is_dir() else env
+            ext = ext if ext.is_file() else None
+        if ext is not None:
+            try:
+                self.core.add_extension(str(ext))
+            except Exception as e:
+                raise ArtifactError(f"could not load the OpenVINO extension {ext}: {e}; rebuild it for this OpenVINO version") from e
+        try:
+            self.model = self.core.read_model(str(path))
+        except Exception as e:
+            msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            hint_ext = " If it uses the fused MSDA op, load the extension ($EDGEDET_OV_EXTENSION) or re-export with msda=\"gather\"."
+            raise ArtifactError(f"openvino could not read {path}: {msg}; the .xml/.bin pair may be truncated or corrupt.{hint_ext}") from e
+        config: Dict[str, Any] = {"PERFORMANCE_HINT": hint}
+        if precision and device.startswith(("CPU", "GPU")):
+            config["INFERENCE_PRECISION_HINT"] = precision
+        if threads and device.startswith("CPU"):
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if device.split(".")[0] not in self.core.available_devices and device.split(".")[0] not in ("AUTO", "HETERO", "MULTI"):
+            raise RuntimeError(f"OpenVINO device {device} is not available here (available: {', '.join(self.core.available_devices)})")
+        try:
+            self.compiled = self.core.compile_model(self.model, device, config)
+        except Exception as e:
+            raise ArtifactError(f"openvino could not compile {path.name} for {device}: {str(e).splitlines()[0][:300]}") from e
+        self._inputs = [
+            TensorSpec(
+                p.get_any_name(),
+                tuple(d.get_length() if d.is_static else None for d in p.get_partial_shape()),
+                np.dtype(p.get_element_type().to_dtype()),
+            )
+            for p in self.model.inputs
+        ]
+        self._outputs = [p.get_any_name() for p in self.compiled.outputs]
+        self._requests = [self.compiled.create_infer_request() for _ in range(max(1, int(num_requests)))]
+        self._free: Deque[Any] = deque(self._requests)
+        log.debug("openvino %s on %s config %s", path.name, device, config)
+
+    @property
+    def input_specs(self) -> List[TensorSpec]:
+        return list(self._inputs)
+
+    @property
+    def output_names(self) -> List[str]:
+        return list(self._outputs)
+
+    def embedded_manifest(self) -> Optional[Manifest]:
+        if not self.model.has_rt_info([METADATA_KEY, "manifest"]):
+            return None
+        text = self.model.get_rt_info([METADATA_KEY, "manifest"]).astype(str)
+        try:
+            return Manifest.from_json(text)
+        except ManifestError as e:
+            raise ArtifactError(f"{self.path}: embedded manifest is invalid: {e}") from e
+
+    def _read(self, request: Any) -> Dict[str, np.ndarray]:
+        # Copy: the request's buffers are reused by its next inference.
+        return {name: np.array(request.get_output_tensor(i).data) for i, name in enumerate(self._outputs)}
+
+    def _infer(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        request = self._requests[0]
+        request.infer(feeds)
+        return self._read(request)
+
+    def infer_async(self, feeds: Dict[str, np.ndarray]) -> Any:
+        """Start on a free infer request; at most `num_requests` may be in flight before `wait`."""
+        if not self._free:
+            raise RuntimeError(f"all {len(self._requests)} OpenVINO infer requests are busy; call wait() on a handle first")
+        request = self._free.popleft()
+        request.start_async(self.check_feeds(feeds))
+        return request
+
+    def wait(self, handle: Any) -> Dict[str, np.ndarray]:
+        handle.wait()
+        try:
+            return self._read(handle)
+        finally:
+            self._free.append(handle)
+
+    def close(self) -> None:
+        self._requests, self._free = [], deque()
+        self.compiled = None
+        self.model = None

@@ -1,0 +1,120 @@
+"""Shared pieces of the export tests: tiny detectors, tiny configs, reference outputs.
+
+`TinyMSDADetector` follows the model contract (edgedet.models.base) with two feature levels
+and one MSDeformAttn layer, so the exporters are exercised even without a registered family.
+Registered families are built from `tiny_overrides(name)`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgedet.config import ModelConfig
+from edgedet.nn.ms_deform_attn import MSDeformAttn
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+BCCD_IMAGES = SHARED / "data" / "bccd" / "JPEGImages"
+
+
+class TinyMSDADetector(nn.Module):
+    """conv stem -> 2 levels -> queries attend with MSDA -> class / box heads (sigmoid family)."""
+
+    score_activation = "sigmoid"
+
+    def __init__(self, num_classes: int = 3, dim: int = 32, num_queries: int = 12, impl: str = "pytorch"):
+        super().__init__()
+        self.config = ModelConfig(name="tiny_msda", num_classes=num_classes, hidden_dim=dim, num_queries=num_queries,
+                                  class_names=[f"c{i}" for i in range(num_classes)])
+        self.stem = nn.Sequential(nn.Conv2d(3, dim, 3, 2, 1), nn.ReLU(), nn.Conv2d(dim, dim, 3, 2, 1))
+        self.down = nn.Conv2d(dim, dim, 3, 2, 1)
+        self.query = nn.Embedding(num_queries, dim)
+        self.reference_points = nn.Linear(dim, 2)
+        self.cross_attn = MSDeformAttn(dim, n_levels=2, n_heads=4, n_points=2, impl=impl)
+        self.class_embed = nn.Linear(dim, num_classes)
+        self.bbox_embed = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 4))
+        with torch.no_grad():  # spread the sampling so the test sees non-trivial attention
+            self.cross_attn.sampling_offsets.weight.normal_(0, 0.05)
+            self.cross_attn.attention_weights.weight.normal_(0, 0.2)
+
+    def forward(self, images, mask=None, targets=None) -> Dict:
+        f1 = self.stem(images)
+        f2 = self.down(f1)
+        shapes = torch.as_tensor([f1.shape[-2:], f2.shape[-2:]], dtype=torch.long, device=images.device)
+        tokens = torch.cat([f1.flatten(2), f2.flatten(2)], 2).transpose(1, 2)
+        b = images.shape[0]
+        q = self.query.weight.unsqueeze(0).expand(b, -1, -1)
+        ref = self.reference_points(q).sigmoid()[:, :, None, :].expand(-1, -1, 2, -1)
+        starts = torch.cat([shapes.new_zeros(1), (shapes[:, 0] * shapes[:, 1]).cumsum(0)[:-1]])
+        h = q + self.cross_attn(q, ref, tokens, shapes, starts)
+        return {"pred_logits": self.class_embed(h), "pred_boxes": self.bbox_embed(h).sigmoid(), "aux_outputs": []}
+
+
+class TinyUnexportable(nn.Module):
+    """A contract-following wrapper whose forward uses an op ONNX cannot express."""
+
+    score_activation = "softmax"
+
+    def __init__(self):
+        super().__init__()
+        self.config = ModelConfig(name="tiny_bad", num_classes=2)
+        self.proj = nn.Conv2d(3, 4, 1)
+
+    def forward(self, images, mask=None, targets=None) -> Dict:
+        feat = self.proj(images).flatten(2)  # [B, 4, HW]
+        spectrum = torch.fft.rfft(feat, dim=-1).abs()[..., :5]  # no ONNX symbolic for aten::fft_rfft
+        logits = spectrum.transpose(1, 2)[..., :3]
+        return {"pred_logits": logits, "pred_boxes": torch.sigmoid(spectrum[:, :4].transpose(1, 2)), "aux_outputs": []}
+
+
+def registered_models() -> List[str]:
+    """Names in the model registry, or [] while `import edgedet` still fails (families landing)."""
+    try:
+        import edgedet
+    except ImportError:
+        return []
+    return edgedet.list_models()
+
+
+def tiny_overrides(name: str) -> Dict:
+    """Small config for family `name`: resnet18, hidden 32, 1+1 layers, few queries.
+
+    Only fields the family's config has are set, so new families need no change here.
+    """
+    from edgedet.models.factory import default_config
+
+    cfg = default_config(name)
+    wanted = {
+        "backbone": "resnet18", "hidden_dim": 32, "num_queries": 10, "num_classes": 4, "aux_loss": False,
+        "enc_layers": 1, "dec_layers": 1, "num_encoder_layers": 1, "num_decoder_layers": 1,
+        "dim_feedforward": 64, "nheads": 4, "num_heads": 4, "n_heads": 4,
+        "num_feature_levels": 2, "enc_n_points": 2, "dec_n_points": 2, "n_points": 2,
+        "two_stage_num_proposals": 10, "num_select": 10, "dn_number": 0, "num_patterns": 0,
+    }
+    return {k: v for k, v in wanted.items() if hasattr(cfg, k)}
+
+
+def build_tiny(name: str) -> nn.Module:
+    if name == "tiny_msda":
+        torch.manual_seed(0)
+        return TinyMSDADetector().eval()
+    import edgedet
+
+    torch.manual_seed(0)
+    return edgedet.create_model(name, **tiny_overrides(name)).eval()
+
+
+def random_images(n: int, hw, seed: int = 0) -> np.ndarray:
+    """[n, 3, H, W] float32 roughly like normalised images."""
+    return np.random.default_rng(seed).standard_normal((n, 3, hw[0], hw[1])).astype(np.float32)
+
+
+def torch_outputs(model: nn.Module, x: np.ndarray, postprocess: bool, top_k: int = 100):
+    from converters.onnx.export import DeployModel
+
+    with torch.no_grad():
+        outs = DeployModel(model, postprocess=postprocess, top_k=top_k).eval()(torch.from_numpy(x))
+    return [o.numpy() for o in outs]
