@@ -46,6 +46,9 @@ class DataConfig:
     synthetic_train_images: int = 400
     synthetic_val_images: int = 50
     synthetic_image_size: int = 256
+    synthetic_num_classes: int = 3  # shapes: circle, square, triangle, star, cross, ring, hexagon, crescent
+    synthetic_max_objects: int = 6
+    synthetic_seed: int = 0
     scales: List[int] = field(default_factory=lambda: [256])  # shorter-side sizes for multi-scale resize
     max_size: int = 400
     val_size: int = 256
@@ -55,6 +58,8 @@ class DataConfig:
     std: Tuple[float, float, float] = (0.229, 0.224, 0.225)
     skip_corrupt: bool = False
     num_workers: int = 0
+    class_names: List[str] = field(default_factory=list)  # voc/yolo label order; empty = from the data
+    keep_difficult: bool = False  # voc: keep objects marked <difficult>1</difficult>
 
 
 @dataclass

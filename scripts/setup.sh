@@ -8,3 +8,4 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   "$PY" -m pip install -q "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 fi
 "$PY" -m pip install -q -e ".[all]"
+scripts/build_ov_extension.sh || echo "WARNING: the fused OpenVINO MSDA extension did not build (cmake/C++ compiler missing?); the grid_sample and gather MSDA forms still work without it." >&2

@@ -36,7 +36,7 @@ def _unsafe_globals(path: Path, message: str) -> List[str]:
         pass
     if not names:
         names = re.findall(r"GLOBAL ([\w.]+) was not an allowed global", message)
-    return [n for n in names if n not in allowed] or ["(unnamed)"]
+    return [n for n in names if n not in allowed]
 
 
 def safe_torch_load(path: Union[str, Path]) -> Any:
@@ -53,10 +53,12 @@ def safe_torch_load(path: Union[str, Path]) -> Any:
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         names = _unsafe_globals(p, str(e))
+        if not names:  # a broken or foreign file rather than a forbidden class
+            raise ValueError(f"cannot read {p} as a PyTorch checkpoint: {str(e).splitlines()[0]}") from None
         raise UnsafeCheckpointError(
             f"refusing to load {p}: its pickle needs the global(s) {', '.join(names)}, and edgedet does not "
             "execute arbitrary pickles (only tensors, containers and argparse.Namespace are allowed). "
             "If you trust the file, re-save it as {'model': state_dict, 'args': dict} and load that."
         ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"cannot read {p} as a PyTorch checkpoint: {e}") from None
+    except Exception as e:  # torch raises RuntimeError, KeyError, EOFError... for foreign bytes
+        raise ValueError(f"cannot read {p} as a PyTorch checkpoint ({type(e).__name__}: {e})") from None

@@ -97,10 +97,19 @@ def reduce_dict(values: Dict[str, float], device: torch.device) -> Dict[str, flo
     return dict(zip(keys, t.tolist()))
 
 
+def any_process(flag: bool, device: torch.device) -> bool:
+    """True on every rank when `flag` is true on any (e.g. one rank ran out of time budget)."""
+    if world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
 __all__ = ["DistInfo", "init_distributed", "device_for", "wrap_model", "is_main_process", "world_size", "barrier",
-           "all_reduce_mean", "reduce_dict", "cleanup"]
+           "all_reduce_mean", "reduce_dict", "any_process", "cleanup"]

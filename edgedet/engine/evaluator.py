@@ -6,7 +6,6 @@ import io
 import logging
 from typing import Dict, Iterable, List, Optional, Union
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from edgedet.config import ModelConfig
+from edgedet.losses import HungarianMatcher, SetCriterion
 from edgedet.models.base import DetectorBase
 from edgedet.nn.backbone import Backbone
 from edgedet.nn.box_ops import inverse_sigmoid
@@ -127,8 +128,6 @@ class DABDETR(DetectorBase):
         return out
 
     def build_criterion(self) -> nn.Module:
-        from edgedet.losses import HungarianMatcher, SetCriterion  # losses import models' configs lazily
-
         cfg = self.config
         matcher = HungarianMatcher(
             cost_class=cfg.set_cost_class, cost_bbox=cfg.set_cost_bbox, cost_giou=cfg.set_cost_giou, focal=True, focal_alpha=cfg.focal_alpha

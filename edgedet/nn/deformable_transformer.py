@@ -14,24 +14,15 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgedet.nn.box_ops import inverse_sigmoid
 from edgedet.nn.ms_deform_attn import MSDeformAttn
+from edgedet.nn.transformer import activation_fn
 from edgedet.ops.msda import spatial_shapes_as_list
-
-_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "glu": F.glu}
-
-
-def activation_fn(name: str) -> Callable[[Tensor], Tensor]:
-    if name not in _ACTIVATIONS:
-        raise ValueError(f"unknown activation '{name}'. Valid names: {', '.join(_ACTIVATIONS)}")
-    return _ACTIVATIONS[name]
-
 
 # ---------------------------------------------------------------- token layout helpers
 

@@ -27,7 +27,6 @@ from edgedet.nn.deformable_transformer import (
     DeformableEncoderLayer,
     encoder_output_proposals,
     flatten_levels,
-    get_valid_ratios,
 )
 from edgedet.nn.denoising import DenoisingQueries
 from edgedet.nn.mlp import MLP
@@ -129,7 +128,7 @@ class DINOTransformer(nn.Module):
     """Encoder + two-stage query selection + decoder. Keys: `level_embed`, `encoder`, `decoder`,
     `tgt_embed`, `enc_output`, `enc_output_norm`, `enc_out_bbox_embed`, `enc_out_class_embed`."""
 
-    def __init__(self, num_classes: int, d_model: int = 256, n_heads: int = 8, num_queries: int = 900,
+    def __init__(self, d_model: int = 256, n_heads: int = 8, num_queries: int = 900,
                  num_encoder_layers: int = 6, num_decoder_layers: int = 6, dim_feedforward: int = 2048,
                  dropout: float = 0.0, num_feature_levels: int = 4, enc_n_points: int = 4, dec_n_points: int = 4,
                  msda_impl: str = "pytorch", look_forward_twice: bool = True, embed_init_tgt: bool = True):
@@ -138,7 +137,7 @@ class DINOTransformer(nn.Module):
         self.embed_init_tgt = embed_init_tgt
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
         self.encoder = DeformableEncoder(
-            DeformableEncoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, n_heads, enc_n_points, msda_impl),
+            DeformableEncoderLayer(d_model, dim_feedforward, dropout, "relu", num_feature_levels, n_heads, enc_n_points, msda_impl),
             num_encoder_layers,
         )
         self.decoder = DINODecoder(num_decoder_layers, d_model, dim_feedforward, dropout, n_heads, num_feature_levels,
@@ -146,9 +145,11 @@ class DINOTransformer(nn.Module):
         self.tgt_embed = nn.Embedding(num_queries, d_model)
         self.enc_output = nn.Linear(d_model, d_model)
         self.enc_output_norm = nn.LayerNorm(d_model)
-        self.enc_out_bbox_embed = MLP(d_model, d_model, 4, 3)
-        self.enc_out_class_embed = nn.Linear(d_model, num_classes)
         self._reset_parameters()
+        # The encoder's proposal heads are attached by the detector (initialised like its own heads,
+        # possibly shared with them), as `decoder.bbox_embed` / `decoder.class_embed` are.
+        self.enc_out_bbox_embed: Optional[nn.Module] = None
+        self.enc_out_class_embed: Optional[nn.Module] = None
 
     def _reset_parameters(self) -> None:
         for p in self.parameters():
@@ -158,7 +159,6 @@ class DINOTransformer(nn.Module):
             if isinstance(m, MSDeformAttn):
                 m.reset_parameters()
         nn.init.normal_(self.level_embed)
-        nn.init.normal_(self.tgt_embed.weight)
 
     def select_queries(self, memory: Tensor, memory_padding_mask: Tensor, spatial_shapes: Tensor) -> Dict[str, Tensor]:
         """Mixed query selection over encoder tokens memory [B, S, D].
@@ -166,6 +166,8 @@ class DINOTransformer(nn.Module):
         Returns topk_indices [B, K] (descending score), refpoints_unsig [B, K, 4] (refined, un-detached),
         proposals_unsig [B, K, 4] (raw proposals), tokens [B, K, D] (enc_output-normed memory).
         """
+        if self.enc_out_class_embed is None or self.enc_out_bbox_embed is None:
+            raise RuntimeError("DINOTransformer.enc_out_class_embed / enc_out_bbox_embed are not set; the detector attaches them")
         num_tokens = memory.shape[1]
         if num_tokens < self.num_queries:
             raise ValueError(
@@ -193,11 +195,10 @@ class DINOTransformer(nn.Module):
                       interm_logits [B, K, C], interm_boxes [B, K, 4], init_proposals [B, K, 4] (sigmoid),
                       topk_indices [B, K]
         """
-        src_flat, mask_flat, pos_flat, spatial_shapes, level_start_index = flatten_levels(
+        src_flat, mask_flat, pos_flat, spatial_shapes, level_start_index, valid_ratios = flatten_levels(
             srcs, masks, pos_embeds, self.level_embed
         )
-        valid_ratios = get_valid_ratios(masks)
-        memory = self.encoder(src_flat, pos_flat, spatial_shapes, level_start_index, valid_ratios, mask_flat)
+        memory = self.encoder(src_flat, spatial_shapes, level_start_index, valid_ratios, pos_flat, mask_flat)
 
         sel = self.select_queries(memory, mask_flat, spatial_shapes)
         batch = memory.shape[0]

@@ -1,0 +1,199 @@
+"""`export(model, format=...)`: the one verb that turns a detector into a deployable artifact.
+
+Validation follows the format table (`converters.formats`), the model comes from a module,
+a checkpoint (ours or official) or a registry name, and each format's builder writes the
+artifact plus its manifest (inside the artifact and as `<stem>.edgedet.json`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from torch import nn
+
+from converters.calibration import calibration_batches
+from converters.formats import ExportError, ExportFormat, validate_request
+from converters.onnx.msda_forms import form_available, has_msda
+from runtime.manifest import Manifest, OutputSpec, PreprocessSpec
+
+log = logging.getLogger(__name__)
+
+ModelSource = Union[nn.Module, str, Path]
+
+
+@dataclass
+class ExportRequest:
+    """Everything a format builder needs besides the model (already validated)."""
+
+    format: ExportFormat
+    output: Path
+    precision: str
+    msda: str
+    imgsz: Tuple[int, int]
+    dynamic_batch: bool
+    postprocess: bool
+    top_k: int
+    calib: Any
+    calib_images: int
+    opset: int
+    manifest: Manifest
+
+
+def resolve_model(source: ModelSource) -> Tuple[nn.Module, Dict[str, Any]]:
+    """nn.Module | checkpoint path | registered model name -> (model in eval mode, experiment config dict or {})."""
+    if isinstance(source, nn.Module):
+        return source.eval(), {}
+    path = Path(source)
+    if path.is_file():
+        import torch
+
+        try:
+            ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception:  # official checkpoints pickle argparse Namespaces; not ours
+            ckpt = None
+        if isinstance(ckpt, dict) and ckpt.get("format") == "edgedet-checkpoint-v1":
+            from edgedet.engine.checkpoint import load_model
+
+            return load_model(str(path)).eval(), dict(ckpt.get("config") or {})
+        from edgedet.checkpoints import load_official
+
+        return load_official(str(path)).eval(), {}
+    from edgedet import list_models
+
+    if str(source) in list_models():
+        from edgedet import create_model
+
+        log.warning("'%s' is a model name, not a checkpoint: exporting a randomly initialised model", source)
+        return create_model(str(source)).eval(), {}
+    raise ExportError(f"'{source}' is neither a checkpoint file nor a model name; models: {', '.join(list_models())}")
+
+
+def make_manifest(
+    model: nn.Module, backend: str, precision: str, msda: str, imgsz: Tuple[int, int], batch: int,
+    postprocess: bool, top_k: int, class_names: Optional[Sequence[str]], experiment: Dict[str, Any],
+) -> Manifest:
+    from edgedet import __version__
+    from edgedet.config import to_dict
+
+    config = getattr(model, "config", None)
+    names = list(class_names if class_names is not None else (getattr(config, "class_names", None) or []))
+    data = experiment.get("data") or {}
+    pre = PreprocessSpec(size=(int(imgsz[0]), int(imgsz[1])))
+    if data.get("mean") and data.get("std"):
+        pre = dataclasses.replace(pre, mean=tuple(data["mean"]), std=tuple(data["std"]))
+    activation = getattr(model, "score_activation", "softmax")
+    names_out = ["labels", "boxes", "scores"] if postprocess else ["pred_logits", "pred_boxes"]
+    return Manifest(
+        family=getattr(config, "name", "") or type(model).__name__,
+        class_names=names,
+        batch=batch,
+        preprocess=pre,
+        outputs=OutputSpec(postprocess=postprocess, names=names_out, score_activation=activation, top_k=top_k),
+        backend=backend,
+        precision=precision,
+        msda=msda,
+        edgedet_version=__version__,
+        model_config=to_dict(config) if dataclasses.is_dataclass(config) else {},
+    )
+
+
+def _output_path(output: Optional[Union[str, Path]], fmt: ExportFormat, family: str, msda: str, precision: str) -> Path:
+    default_name = f"{family or 'model'}{'-' + msda if msda else ''}-{precision}{fmt.suffix}"
+    if output is None:
+        return Path(default_name)
+    path = Path(output)
+    if path.is_dir() or str(output).endswith(("/", "\\")):
+        return path / default_name
+    if path.suffix != fmt.suffix:
+        raise ExportError(f"format '{fmt.name}' writes '{fmt.suffix}' files; got output {path.name}")
+    return path
+
+
+def _resolve_default_msda(fmt: ExportFormat, msda: Optional[str], form: str) -> str:
+    """An unrequested 'fused' default falls back to an exportable form when the extension is unbuilt."""
+    if msda is not None or form != "fused" or fmt.name != "openvino":
+        return form
+    from converters.openvino.convert import fused_extension_available
+
+    if fused_extension_available():
+        return form
+    fallback = "gather" if form_available("gather") else "grid_sample"
+    log.info("OpenVINO MSDA extension is not built; exporting msda='%s' instead of 'fused'", fallback)
+    return fallback
+
+
+def build_onnx(model: nn.Module, req: ExportRequest) -> Path:
+    from converters.onnx.export import export_onnx
+
+    if req.precision == "fp32":
+        return export_onnx(model, req.output, req.imgsz, req.manifest, req.msda, req.dynamic_batch, req.postprocess, req.top_k, req.opset)
+    from converters.onnxruntime.quantize import quantize_onnx_int8
+    from runtime.manifest import write_sidecar
+
+    batches = calibration_batches(req.calib, req.manifest.preprocess, req.calib_images)
+    with tempfile.TemporaryDirectory() as tmp:
+        float_onnx = export_onnx(model, Path(tmp) / "float.onnx", req.imgsz, req.manifest, req.msda,
+                                 req.dynamic_batch, req.postprocess, req.top_k, req.opset)
+        quantize_onnx_int8(float_onnx, req.output, batches)
+    write_sidecar(req.manifest, req.output)
+    return req.output
+
+
+def build_openvino(model: nn.Module, req: ExportRequest) -> Path:
+    from converters.onnx.export import export_onnx
+    from converters.openvino.convert import convert_openvino
+
+    batches = calibration_batches(req.calib, req.manifest.preprocess, req.calib_images) if req.precision == "int8" else None
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_manifest = dataclasses.replace(req.manifest, backend="onnxruntime", precision="fp32", custom_ops={})
+        float_onnx = export_onnx(model, Path(tmp) / "float.onnx", req.imgsz, onnx_manifest, req.msda,
+                                 req.dynamic_batch, req.postprocess, req.top_k, req.opset)
+        return convert_openvino(float_onnx, req.output, req.precision, req.manifest, batches)
+
+
+def export(
+    model_or_checkpoint: ModelSource,
+    format: str = "onnx",
+    output: Optional[Union[str, Path]] = None,
+    precision: str = "fp32",
+    imgsz: Sequence[int] = (640, 640),
+    dynamic_batch: bool = False,
+    msda: Optional[str] = None,
+    calib: Any = None,
+    postprocess: bool = True,
+    class_names: Optional[Sequence[str]] = None,
+    top_k: int = 100,
+    calib_images: int = 32,
+    opset: int = 17,
+) -> Path:
+    """Export a detector -> path of the written artifact (.onnx, .xml or .engine).
+
+    model_or_checkpoint: nn.Module, checkpoint path (edgedet or official) or model name.
+    imgsz: fixed network input (H, W); letterboxed by the runtime. msda: None = format default.
+    calib: images for INT8 (folder, list of paths, dataset, DataConfig or [N, 3, H, W] array).
+    postprocess: True -> labels/boxes(xyxy, input pixels)/scores top-K; False -> raw head outputs.
+    """
+    if isinstance(imgsz, int) or len(imgsz) != 2 or min(int(s) for s in imgsz) <= 0:
+        raise ExportError(f"imgsz must be (H, W) positive integers, got {imgsz!r}")
+    if top_k <= 0:
+        raise ExportError(f"top_k must be positive, got {top_k}")
+    from converters.formats import get_format
+
+    get_format(format)  # fail on a misspelt format before loading anything
+    model, experiment = resolve_model(model_or_checkpoint)
+    fmt, form = validate_request(format, precision, msda, has_msda(model), calib is not None)
+    form = _resolve_default_msda(fmt, msda, form)
+    family = getattr(getattr(model, "config", None), "name", "") or ""
+    imgsz_hw = (int(imgsz[0]), int(imgsz[1]))
+    manifest = make_manifest(model, fmt.backend, precision, form, imgsz_hw, 0 if dynamic_batch else 1,
+                             postprocess, top_k, class_names, experiment)
+    req = ExportRequest(fmt, _output_path(output, fmt, family, form, precision), precision, form, imgsz_hw,
+                        dynamic_batch, postprocess, top_k, calib, calib_images, opset, manifest)
+    module_name, fn_name = fmt.builder.split(":")
+    builder = getattr(importlib.import_module(module_name), fn_name)
+    return Path(builder(model, req))

@@ -1,0 +1,93 @@
+"""Calibration inputs for INT8 quantization, and which layers stay in float.
+
+Images come from a folder, a list of image paths, an edgedet dataset (`.records`), a
+`DataConfig`, or an already preprocessed array [N, 3, H, W]. Each image goes through the
+same steps the runtime applies from the manifest (BGR -> RGB, letterbox or stretch to the
+network size, `runtime.preprocess.normalize`), so the quantizer sees deployment pixels.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, List, Sequence, Union
+
+import cv2
+import numpy as np
+
+from converters.formats import ExportError
+from runtime.manifest import PreprocessSpec
+from runtime.preprocess import letterbox, normalize
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+# Node-name fragments of layers kept in float when quantizing: deformable sampling
+# offsets and attention weights (a small error moves where MSDA samples), box heads
+# (errors become pixel offsets) and reference-point projections.
+KEEP_FLOAT_PATTERNS = ("sampling_offsets", "attention_weights", "bbox_embed", "reference_points", "ref_point_head")
+
+
+def preprocess_bgr(image_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """uint8 [H, W, 3] BGR -> float32 [3, h, w] network input as described by `spec`."""
+    image = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB) if spec.channel_order.upper() == "RGB" else image_bgr
+    size = (int(spec.size[0]), int(spec.size[1]))
+    if spec.resize == "letterbox":
+        image, _ = letterbox(image, size, pad_value=spec.pad_value)
+    elif spec.resize == "stretch":
+        image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    else:
+        raise ExportError(f"unknown resize mode '{spec.resize}'; expected 'letterbox' or 'stretch'")
+    return normalize(image, spec.mean, spec.std)
+
+
+def image_paths(source: Union[str, Path, Sequence[Any], Any]) -> List[Path]:
+    """Image files named by `source`: a folder, a list of paths, a dataset or a DataConfig."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise ExportError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {path}")
+            return files
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            return [path]
+        raise ExportError(f"calibration source {path} is neither an image folder nor an image file")
+    if hasattr(source, "records"):
+        return [Path(r.path) for r in source.records]
+    if type(source).__name__ == "DataConfig":
+        from edgedet.data import build_dataset
+
+        return [Path(r.path) for r in build_dataset(source, "val").records]
+    if isinstance(source, (list, tuple)) and all(isinstance(p, (str, Path)) for p in source):
+        return [Path(p) for p in source]
+    raise ExportError(
+        f"unsupported calibration source {type(source).__name__}; pass a folder of images, a list of image paths, "
+        "an edgedet dataset, a DataConfig or an array [N, 3, H, W]"
+    )
+
+
+def read_bgr(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ExportError(f"cannot read image {path}")
+    return image
+
+
+def evenly_spaced(items: Sequence[Any], limit: int) -> List[Any]:
+    """At most `limit` items spread over the whole sequence (datasets are often sorted by scene)."""
+    if limit <= 0 or len(items) <= limit:
+        return list(items)
+    idx = np.linspace(0, len(items) - 1, limit).round().astype(int)
+    return [items[i] for i in idx]
+
+
+def calibration_batches(source: Any, spec: PreprocessSpec, limit: int = 32) -> List[np.ndarray]:
+    """Preprocessed calibration inputs, each float32 [1, 3, H, W] with (H, W) = spec.size."""
+    if isinstance(source, np.ndarray):
+        if source.ndim != 4 or source.shape[1] != 3 or tuple(source.shape[2:]) != tuple(spec.size):
+            raise ExportError(f"calibration array must be [N, 3, {spec.size[0]}, {spec.size[1]}], got {source.shape}")
+        return [np.ascontiguousarray(source[i : i + 1], dtype=np.float32) for i in range(min(len(source), limit))]
+    paths = evenly_spaced(image_paths(source), limit)
+    log.info("calibrating on %d images", len(paths))
+    return [preprocess_bgr(read_bgr(p), spec)[None] for p in paths]

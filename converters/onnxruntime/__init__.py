@@ -1,0 +1,1 @@
+"""ONNX Runtime specific steps: INT8 static QDQ quantization (`quantize.py`)."""

@@ -1,0 +1,91 @@
+"""INT8 static quantization of an exported ONNX model for ONNX Runtime (QDQ format).
+
+Only the compute-heavy ops (Conv, MatMul, Gemm) are quantized; nodes whose names match
+`KEEP_FLOAT_PATTERNS` (MSDA sampling offsets / attention weights, box heads, reference
+points) stay float, as does everything else (MSDA sampling itself, softmax, top-K).
+Calibration feeds the same preprocessed images the runtime would produce.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from converters.calibration import KEEP_FLOAT_PATTERNS
+from converters.formats import ExportError
+
+log = logging.getLogger(__name__)
+
+QUANTIZED_OP_TYPES = ("Conv", "MatMul", "Gemm")
+
+
+class ArrayCalibrationReader:
+    """onnxruntime CalibrationDataReader over preprocessed arrays [1, 3, H, W]."""
+
+    def __init__(self, batches: Sequence[np.ndarray], input_name: str = "images"):
+        self.input_name = input_name
+        self.batches = list(batches)
+        self._it: Optional[Iterator[np.ndarray]] = None
+        self.rewind()
+
+    def get_next(self):
+        batch = next(self._it, None)
+        return None if batch is None else {self.input_name: batch}
+
+    def rewind(self) -> None:
+        self._it = iter(self.batches)
+
+
+def nodes_kept_float(model_proto, patterns: Sequence[str] = KEEP_FLOAT_PATTERNS) -> List[str]:
+    """Names of quantizable nodes that must stay float (matched by name fragment)."""
+    return [
+        n.name for n in model_proto.graph.node
+        if n.op_type in QUANTIZED_OP_TYPES and any(p in n.name for p in patterns)
+    ]
+
+
+def quantize_onnx_int8(
+    float_onnx: Path,
+    output: Path,
+    batches: Sequence[np.ndarray],
+    input_name: str = "images",
+    keep_float: Sequence[str] = KEEP_FLOAT_PATTERNS,
+) -> Path:
+    """Write an INT8 QDQ copy of `float_onnx` to `output`, calibrated on `batches` -> output.
+
+    The metadata (manifest) of the float model is carried over.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if not batches:
+        raise ExportError("INT8 quantization needs at least one calibration image")
+    float_onnx, output = Path(float_onnx), Path(output)
+    proto = onnx.load(str(float_onnx))
+    if any(n.domain not in ("", "ai.onnx") for n in proto.graph.node):
+        raise ExportError("ONNX Runtime INT8 needs a graph without custom nodes; export with msda='gather' or 'grid_sample'")
+    excluded = nodes_kept_float(proto, keep_float)
+    log.info("INT8 (ORT QDQ): %d nodes kept in float (%s)", len(excluded), ", ".join(keep_float))
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / "int8.onnx"
+        quantize_static(
+            str(float_onnx),
+            str(staged),
+            ArrayCalibrationReader(batches, input_name),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=list(QUANTIZED_OP_TYPES),
+            nodes_to_exclude=excluded,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+        quant = onnx.load(str(staged))
+    del quant.metadata_props[:]
+    quant.metadata_props.extend(proto.metadata_props)
+    onnx.save(quant, str(output))
+    return output

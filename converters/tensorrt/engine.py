@@ -1,0 +1,73 @@
+"""`export(..., format="tensorrt")`: ONNX with the MSDA plugin node -> TensorRT engine + manifest.
+
+The engine must be built on the device that runs it (a Jetson builds its own). Without
+TensorRT, `dry_run=True` writes the exact ONNX the engine would be built from, next to the
+requested engine path, so it can be copied to the device and built there with trtexec or
+`edgedet export --format tensorrt`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from pathlib import Path
+
+import onnx
+from torch import nn
+
+from converters.tensorrt.builder import EngineOptions, build_engine_file, import_tensorrt
+from converters.tensorrt.onnx_plugins import rewrite_for_tensorrt
+from converters.tensorrt.plugin import LIBRARY_NAME, library_path
+from runtime.manifest import write_sidecar
+
+log = logging.getLogger(__name__)
+
+
+def tensorrt_onnx(model: nn.Module, req, onnx_path: Path, plugin_target: str = "edgedet") -> Path:
+    """Write the ONNX TensorRT will parse: the chosen MSDA form, fused nodes rewritten for `plugin_target`."""
+    from converters.onnx.export import export_onnx
+
+    onnx_manifest = dataclasses.replace(req.manifest, backend="onnxruntime", custom_ops={})
+    export_onnx(model, onnx_path, req.imgsz, onnx_manifest, req.msda, req.dynamic_batch, req.postprocess,
+                req.top_k, req.opset)
+    if req.msda == "fused":
+        proto = onnx.load(str(onnx_path))
+        onnx.save(rewrite_for_tensorrt(proto, plugin_target), str(onnx_path))
+    return onnx_path
+
+
+def build_engine(model: nn.Module, req, dry_run: bool = False, plugin_target: str = "edgedet",
+                 workspace_gb: float = 2.0, max_batch: int = 8) -> Path:
+    """Builder named in the format table. Returns the engine path (the ONNX path when dry_run)."""
+    engine_path = Path(req.output)
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx_path = engine_path.with_suffix(".onnx")
+    if not dry_run:
+        import_tensorrt()  # fail before the (slow) ONNX export when TensorRT is absent
+    tensorrt_onnx(model, req, onnx_path, plugin_target)
+    if dry_run:
+        log.info("dry run: wrote %s; build the engine on the device with `trtexec --onnx=%s`", onnx_path, onnx_path.name)
+        return onnx_path
+
+    plugin = None
+    manifest = req.manifest
+    if req.msda == "fused" and plugin_target == "edgedet":
+        plugin = library_path()
+        shutil.copy2(plugin, engine_path.parent / LIBRARY_NAME)
+        manifest = dataclasses.replace(manifest, custom_ops={**manifest.custom_ops, "tensorrt": LIBRARY_NAME})
+    batches = None
+    if req.precision == "int8":
+        from converters.calibration import calibration_batches
+
+        batches = calibration_batches(req.calib, req.manifest.preprocess, req.calib_images)
+    options = EngineOptions(
+        precision=req.precision,
+        dynamic_batch=req.dynamic_batch,
+        max_batch=max_batch,
+        workspace_gb=workspace_gb,
+        timing_cache=engine_path.with_suffix(".timing.cache"),
+        calibration_cache=engine_path.with_suffix(".calib.cache"),
+    )
+    build_engine_file(onnx_path, engine_path, options, plugin, batches)
+    write_sidecar(dataclasses.replace(manifest, backend="tensorrt"), engine_path)
+    return engine_path

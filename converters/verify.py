@@ -1,0 +1,188 @@
+"""Parity report: an exported artifact (through `runtime.Detector`) against the PyTorch model.
+
+Both sides see the same preprocessed input (the Detector's own preprocessing). Reported:
+max abs difference of scores and boxes, fraction of PyTorch's top-K detections the artifact
+reproduces (same class, IoU >= 0.9), mAP of both on an evaluation set when one is given
+(both through the same deployment pre/postprocessing, so the gap is the conversion's), and
+latency of the artifact and of PyTorch eager.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from converters.calibration import evenly_spaced, image_paths, read_bgr
+from converters.onnx.export import DeployModel, topk_detections
+
+log = logging.getLogger(__name__)
+
+MATCH_IOU = 0.9
+
+
+def iou_matrix(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
+    """[n, 4] x [m, 4] xyxy -> [n, m] IoU."""
+    lt = np.maximum(a_xyxy[:, None, :2], b_xyxy[None, :, :2])
+    rb = np.minimum(a_xyxy[:, None, 2:], b_xyxy[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area_a = np.clip(a_xyxy[:, 2:] - a_xyxy[:, :2], 0, None).prod(-1)
+    area_b = np.clip(b_xyxy[:, 2:] - b_xyxy[:, :2], 0, None).prod(-1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def match_stats(ref: Dict[str, np.ndarray], art: Dict[str, np.ndarray]) -> Dict[str, float]:
+    """Top-K lists of one image (labels [K], boxes [K, 4] xyxy, scores [K]) -> agreement figures."""
+    iou = iou_matrix(ref["boxes"], art["boxes"])
+    same = ref["labels"][:, None] == art["labels"][None, :]
+    iou = np.where(same, iou, 0.0)
+    best = iou.argmax(1) if iou.size else np.zeros(0, int)
+    matched = iou[np.arange(len(best)), best] >= MATCH_IOU if iou.size else np.zeros(0, bool)
+    box_diff = np.abs(ref["boxes"][matched] - art["boxes"][best[matched]]).max() if matched.any() else 0.0
+    score_diff = np.abs(np.sort(ref["scores"])[::-1] - np.sort(art["scores"])[::-1]).max()
+    return {"match": float(matched.mean()) if matched.size else 1.0, "box": float(box_diff), "score": float(score_diff)}
+
+
+def _as_topk(outputs: Sequence[np.ndarray], postprocess: bool, activation: str, hw, top_k: int) -> List[Dict[str, np.ndarray]]:
+    """Artifact/PyTorch outputs (either layout) -> per-image top-K dicts with xyxy pixel boxes."""
+    if postprocess:
+        labels, boxes, scores = outputs
+    else:
+        labels, boxes, scores = (t.numpy() for t in topk_detections(
+            torch.from_numpy(np.asarray(outputs[0], np.float32)), torch.from_numpy(np.asarray(outputs[1], np.float32)),
+            hw, activation, top_k))
+    return [{"labels": np.asarray(labels[i]), "boxes": np.asarray(boxes[i], np.float32), "scores": np.asarray(scores[i], np.float32)}
+            for i in range(len(scores))]
+
+
+def _probabilities(logits: np.ndarray, activation: str) -> np.ndarray:
+    t = torch.from_numpy(np.asarray(logits, np.float32))
+    return (t.sigmoid() if activation == "sigmoid" else t.softmax(-1)).numpy()
+
+
+def _load_frames(images: Any, limit: int) -> List[np.ndarray]:
+    if isinstance(images, np.ndarray) and images.ndim == 3:
+        return [images]
+    if isinstance(images, (list, tuple)) and images and isinstance(images[0], np.ndarray):
+        return list(images)[:limit]
+    return [read_bgr(p) for p in evenly_spaced(image_paths(images), limit)]
+
+
+def _latency(fn, repeats: int) -> Dict[str, float]:
+    fn()  # warm-up (lazy allocation, kernel selection)
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {"mean_ms": float(np.mean(times)), "p50_ms": float(np.median(times)), "fps": float(1e3 / np.mean(times))}
+
+
+def _dataset_map(detector, deploy: nn.Module, dataset, limit: int) -> Dict[str, float]:
+    from edgedet.engine.evaluator import coco_metrics
+
+    records = evenly_spaced(dataset.records, limit)
+    ids = {r.image_id for r in records}
+    art, ref = [], []
+    for r in tqdm(records, desc="verify mAP", leave=False):
+        frame = read_bgr(Path(r.path))
+        x, infos = detector.preprocess([frame])
+        with torch.no_grad():
+            outs = [o.numpy() for o in deploy(torch.from_numpy(x))]
+        names = detector.manifest.outputs.names
+        ref.extend(detector.postprocess(dict(zip(names, outs)), infos)[0].to_coco(r.image_id, dataset.category_ids))
+        art.extend(detector.postprocess(detector.infer({detector.manifest.input_name: x}), infos)[0].to_coco(r.image_id, dataset.category_ids))
+    gt = copy.copy(dataset.coco_gt())  # shallow: only `imgs` is replaced, to score the evaluated subset
+    gt.imgs = {k: v for k, v in gt.imgs.items() if k in ids}
+    m_art, m_ref = coco_metrics(gt, art)["mAP"], coco_metrics(gt, ref)["mAP"]
+    return {"map_artifact": m_art, "map_pytorch": m_ref, "map_delta": m_art - m_ref, "eval_images": len(records)}
+
+
+def verify(
+    artifact: Union[str, Path],
+    reference_model: nn.Module,
+    images: Any,
+    eval_dataset: Any = None,
+    max_images: int = 8,
+    eval_images: int = 200,
+    repeats: int = 10,
+    backend: str = "auto",
+    device: str = "CPU",
+    output_json: Optional[Union[str, Path]] = None,
+) -> Dict[str, Any]:
+    """Compare `artifact` with `reference_model` -> report dict (also saved as JSON).
+
+    images: folder / image paths / BGR uint8 frames used for the numeric comparison.
+    eval_dataset: an edgedet DetectionDataset (records, category_ids, coco_gt) for mAP, or None.
+    JSON goes to `output_json` or `<artifact stem>.verify.json` beside the artifact.
+    """
+    from runtime.detector import Detector
+
+    artifact = Path(artifact)
+    detector = Detector(artifact, backend=backend, device=device, conf=0.0)
+    man = detector.manifest
+    post, act, k = man.outputs.postprocess, man.outputs.score_activation, man.outputs.top_k
+    deploy = DeployModel(reference_model.eval(), postprocess=post, top_k=k).eval()
+    frames = _load_frames(images, max_images)
+    if not frames:
+        raise ValueError("verify needs at least one image")
+    hw = tuple(man.preprocess.size)
+    stats: List[Dict[str, float]] = []
+    raw_prob, raw_box = 0.0, 0.0
+    for frame in frames:
+        x, _ = detector.preprocess([frame])
+        with torch.no_grad():
+            ref = [o.numpy() for o in deploy(torch.from_numpy(x))]
+        out = detector.infer({man.input_name: x})
+        art = [out[n] for n in man.outputs.names]
+        if not post:  # raw heads: compare every query, not only the top-K
+            raw_prob = max(raw_prob, float(np.abs(_probabilities(ref[0], act) - _probabilities(art[0], act)).max()))
+            raw_box = max(raw_box, float(np.abs(ref[1] - art[1]).max()))
+        for r, a in zip(_as_topk(ref, post, act, hw, k), _as_topk(art, post, act, hw, k)):
+            stats.append(match_stats(r, a))
+    x, _ = detector.preprocess([frames[0]])
+    report: Dict[str, Any] = {
+        "artifact": str(artifact),
+        "backend": detector.backend_name,
+        "precision": man.precision,
+        "msda": man.msda,
+        "family": man.family,
+        "images": len(frames),
+        "score_max_abs_diff": max(s["score"] for s in stats),
+        "box_max_abs_diff_px": max(s["box"] for s in stats),
+        "topk_match": float(np.mean([s["match"] for s in stats])),
+        "latency_artifact": _latency(lambda: detector.infer({man.input_name: x}), repeats),
+    }
+    if not post:
+        report.update({"prob_max_abs_diff": raw_prob, "box_cxcywh_max_abs_diff": raw_box})
+    with torch.no_grad():
+        xt = torch.from_numpy(x)
+        report["latency_pytorch"] = _latency(lambda: deploy(xt), repeats)
+    if eval_dataset is not None:
+        report.update(_dataset_map(detector, deploy, eval_dataset, eval_images))
+    detector.close()
+    path = Path(output_json) if output_json else artifact.with_name(artifact.stem + ".verify.json")
+    path.write_text(json.dumps(report, indent=2))
+    report["report_path"] = str(path)
+    log.info("%s", format_report(report))
+    return report
+
+
+def format_report(report: Dict[str, Any]) -> str:
+    """Two-column plain-text table of a verify report (nested dicts flattened)."""
+    rows = []
+    for key, value in report.items():
+        if isinstance(value, dict):
+            rows.extend((f"{key}.{k}", v) for k, v in value.items())
+        else:
+            rows.append((key, value))
+    width = max(len(k) for k, _ in rows)
+    fmt = lambda v: f"{v:.6g}" if isinstance(v, float) else str(v)  # noqa: E731
+    return "\n".join(f"{k:<{width}}  {fmt(v)}" for k, v in rows)

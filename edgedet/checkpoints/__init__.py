@@ -1,0 +1,27 @@
+"""Reading checkpoints from outside edgedet: official DETR-family repositories, safely.
+
+`load_official(path, family=None)` builds the matching edgedet model and loads the weights;
+`safe_torch_load` is the `weights_only` reader every third-party file goes through.
+(edgedet's own training checkpoints are `edgedet.engine.checkpoint`.)
+"""
+from edgedet.checkpoints.official import (
+    config_for_checkpoint,
+    detect_family,
+    load_official,
+    load_official_state_dict,
+    read_official_checkpoint,
+)
+from edgedet.checkpoints.official_configs import OfficialCheckpointError, family_names
+from edgedet.checkpoints.safe_load import UnsafeCheckpointError, safe_torch_load
+
+__all__ = [
+    "OfficialCheckpointError",
+    "UnsafeCheckpointError",
+    "config_for_checkpoint",
+    "detect_family",
+    "family_names",
+    "load_official",
+    "load_official_state_dict",
+    "read_official_checkpoint",
+    "safe_torch_load",
+]

@@ -1,0 +1,238 @@
+"""Loading checkpoints written by the official DETR-family repositories.
+
+Owns `load_official(path, family=None)`: read the file safely (`safe_torch_load`), detect the
+family from its keys (and `args`), rebuild our model config from the checkpoint's `args`
+(or from tensor shapes when there are none), rename the few keys whose layout differs
+(`backbone.0.body.` -> `backbone.body.`, a DDP `module.` prefix), cast half tensors to float32
+and load every tensor. Nothing is skipped silently: keys the model lacks, keys the checkpoint
+lacks and shape mismatches are all reported, grouped by module.
+
+Per-family facts (key signatures, args -> config) live in `official_configs`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from edgedet.checkpoints.official_configs import (
+    OfficialCheckpointError,
+    args_modelname,
+    family_names,
+    get_spec,
+)
+from edgedet.checkpoints.safe_load import safe_torch_load
+from edgedet.config import ModelConfig, from_dict
+from edgedet.registry import MODELS
+
+log = logging.getLogger(__name__)
+
+# Official key prefix -> ours: every official repo wraps (backbone, position embedding) in a
+# Joiner (nn.Sequential), so they sit at indices 0 and 1.
+KEY_RENAMES = (("backbone.0.body.", "backbone.body."), ("backbone.1.", "position_embedding."))
+_HALF = (torch.float16, torch.bfloat16)
+_MODELNAME_FAMILIES = {"dab_detr": "dab_detr", "dino": "dino"}
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _as_args(raw: Any, path: Path) -> Optional[Dict[str, Any]]:
+    if raw is None:
+        return None
+    if isinstance(raw, argparse.Namespace):
+        return dict(vars(raw))
+    if isinstance(raw, Mapping):
+        return dict(raw)
+    raise OfficialCheckpointError(f"{path}: 'args' is a {type(raw).__name__}; expected a dict or argparse.Namespace")
+
+
+def read_official_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, Tensor], Optional[Dict[str, Any]]]:
+    """-> (state_dict with the official key names, args dict or None).
+
+    Accepts {'model': state_dict, 'args': ...} (the training scripts' format, optimizer etc.
+    ignored), {'state_dict': ...} or a bare state_dict. A DDP `module.` prefix is removed.
+    """
+    p = Path(path)
+    obj = safe_torch_load(p)
+    if not isinstance(obj, Mapping):
+        raise OfficialCheckpointError(f"{p} holds a {type(obj).__name__}, not a checkpoint dict")
+    args = None
+    if "model" in obj and isinstance(obj["model"], Mapping):
+        state, args = obj["model"], _as_args(obj.get("args"), p)
+    elif "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        state = obj["state_dict"]
+    elif obj and all(isinstance(v, Tensor) for v in obj.values()):
+        state = obj
+    else:
+        raise OfficialCheckpointError(f"{p} has no 'model' state_dict (top-level keys: {', '.join(map(str, list(obj)[:8]))})")
+    bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise OfficialCheckpointError(f"{p}: state_dict entry '{bad[0]}' is not a tensor")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return dict(state), args
+
+
+# ---------------------------------------------------------------- family and config
+
+
+def detect_family(state: Mapping[str, Tensor], args: Optional[Dict[str, Any]] = None) -> str:
+    """The official family whose key signature `state` matches (cross-checked with args.modelname)."""
+    hits = [name for name in family_names() if get_spec(name).matches(state)]
+    signatures = "; ".join(f"{n}: {get_spec(n).signature}" for n in family_names())
+    if not hits:
+        raise OfficialCheckpointError(f"cannot tell which DETR family this checkpoint is; supported key signatures: {signatures}")
+    if len(hits) > 1:
+        raise OfficialCheckpointError(f"checkpoint matches several families ({', '.join(hits)}); pass the family explicitly")
+    named = args_modelname(args)
+    if named is not None and _MODELNAME_FAMILIES.get(named, hits[0]) != hits[0]:
+        raise OfficialCheckpointError(f"checkpoint keys look like '{hits[0]}' but its args say modelname='{named}'")
+    return hits[0]
+
+
+def _resolve_family(state: Mapping[str, Tensor], args: Optional[Dict[str, Any]], family: Optional[str]) -> str:
+    if family is None:
+        return detect_family(state, args)
+    if family not in family_names():
+        raise OfficialCheckpointError(f"unknown family '{family}'. Valid names: {', '.join(family_names())}")
+    try:
+        detected = detect_family(state, args)
+    except OfficialCheckpointError:
+        return family  # no signature matched: trust the caller; key checks report what differs
+    if detected != family:
+        raise OfficialCheckpointError(
+            f"this is a '{detected}' checkpoint ({get_spec(detected).signature}), not '{family}'; "
+            f"pass --from {detected} (or omit the family to auto-detect)"
+        )
+    return family
+
+
+def config_for_checkpoint(family: str, state: Mapping[str, Tensor], args: Optional[Dict[str, Any]]) -> ModelConfig:
+    """Our model config for an official checkpoint: from its args, else from tensor shapes."""
+    spec = get_spec(family)
+    try:
+        shapes = spec.from_shapes(state)
+    except KeyError as e:
+        raise OfficialCheckpointError(f"not a {family} checkpoint: it lacks the key {e}") from None
+    if args is None:
+        fields = shapes
+    else:
+        fields = spec.from_args(args, state)
+        wrong = [f"{f}={fields[f]!r} (weights: {shapes[f]!r})" for f in spec.shape_fields
+                 if f in fields and f in shapes and fields[f] != shapes[f]]
+        if wrong:
+            raise OfficialCheckpointError(f"the checkpoint's args disagree with its weights: {', '.join(wrong)}")
+        if fields.get("num_classes") != shapes["num_classes"]:
+            # Class counts are hard-coded in the official builds, so fine-tuned checkpoints
+            # routinely differ from what args imply; the weights are the truth.
+            log.warning("num_classes from args (%s) differs from the class head (%s); using the weights'", fields.get("num_classes"), shapes["num_classes"])
+            fields["num_classes"] = shapes["num_classes"]
+    cfg_cls = MODELS.meta(family)["config"]
+    return from_dict(cfg_cls, {"name": family, **fields}, "model")
+
+
+# ---------------------------------------------------------------- state_dict matching
+
+
+def _alias_groups(state: Mapping[str, Tensor]) -> Dict[str, List[str]]:
+    """key -> every key holding the very same tensor view (tied modules saved under several names)."""
+    by_view: Dict[tuple, List[str]] = {}
+    for k, v in state.items():
+        ident = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()), v.dtype)
+        by_view.setdefault(ident, []).append(k)
+    return {k: keys for keys in by_view.values() for k in keys}
+
+
+def group_keys(keys: List[str]) -> str:
+    """'a.0.x.weight', 'a.1.x.weight', 'a.1.x.bias' -> 'a.{0,1}.x: weight, bias' style summary."""
+    groups: "OrderedDict[str, Tuple[List[str], List[str]]]" = OrderedDict()
+    for key in keys:
+        module, _, leaf = key.rpartition(".")
+        pattern = re.sub(r"\.\d+(?=\.|$)", ".#", module) if module else "(top level)"
+        idx = ",".join(re.findall(r"\.(\d+)(?=\.|$)", module))
+        leaves, indices = groups.setdefault(pattern, ([], []))
+        if leaf not in leaves:
+            leaves.append(leaf)
+        if idx and idx not in indices:
+            indices.append(idx)
+    parts = []
+    for pattern, (leaves, indices) in groups.items():
+        where = f" [# = {' | '.join(indices)}]" if indices else ""
+        parts.append(f"{pattern}{where}: {', '.join(leaves)}")
+    return "; ".join(parts)
+
+
+def convert_official_state_dict(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """Official key names -> ours, half tensors -> float32 (aliases are kept as separate keys)."""
+    return {_renamed(k): (t.float() if t.dtype in _HALF else t) for k, t in state.items()}
+
+
+def _renamed(key: str) -> str:
+    for old, new in KEY_RENAMES:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+def load_official_state_dict(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """Load an official state_dict (official key names) into `model`, strictly.
+
+    Tied tensors load whichever way they are tied: a checkpoint alias the model lacks is
+    accepted when it is the same tensor as a key the model has, and a model alias the
+    checkpoint lacks is filled from its twin. Anything else missing, unexpected or of
+    another shape raises OfficialCheckpointError listing the keys grouped by module.
+    """
+    aliases = {_renamed(k): [_renamed(a) for a in v] for k, v in _alias_groups(state).items()}
+    ours = convert_official_state_dict(state)
+    own = model.state_dict(keep_vars=True)
+    own_twins: Dict[int, List[str]] = {}
+    for k, v in own.items():
+        own_twins.setdefault(id(v), []).append(k)
+
+    missing = []
+    for k in own:
+        if k in ours:
+            continue
+        twin = next((t for t in own_twins[id(own[k])] if t in ours), None)
+        if twin is None:
+            missing.append(k)
+        else:
+            ours[k] = ours[twin]
+    unexpected = [k for k in ours if k not in own and not any(a in own for a in aliases.get(k, []))]
+    shape = [f"{k} {list(ours[k].shape)} vs model {list(own[k].shape)}" for k in own if k in ours and ours[k].shape != own[k].shape]
+    if missing or unexpected or shape:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} model keys missing from the checkpoint: {group_keys(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} checkpoint keys the model does not have: {group_keys(unexpected)}")
+        if shape:
+            parts.append(f"shape mismatch: {'; '.join(shape)}")
+        raise OfficialCheckpointError(f"{source} does not fit the {type(model).__name__} model: {' | '.join(parts)}")
+    model.load_state_dict({k: ours[k] for k in own}, strict=True)
+
+
+# ---------------------------------------------------------------- public entry point
+
+
+def load_official(path: Union[str, Path], family: Optional[str] = None) -> nn.Module:
+    """Build the edgedet model for an official checkpoint and load its weights; eval mode.
+
+    family: detr | deformable_detr | dab_detr | dino, or None to detect it from the keys.
+    """
+    from edgedet.models import create_model_from_config
+
+    state, args = read_official_checkpoint(path)
+    family = _resolve_family(state, args, family)
+    cfg = config_for_checkpoint(family, state, args)
+    model = create_model_from_config(cfg)
+    load_official_state_dict(model, state, f"checkpoint {path}")
+    log.info("loaded official %s checkpoint %s (%d tensors)", family, path, len(state))
+    return model.eval()

@@ -1,0 +1,266 @@
+"""Synthetic shapes: a COCO-format image dataset and an MP4 clip with per-frame ground truth.
+
+Every object is a rendered sprite (anti-aliased mask + colour) pasted where it overlaps no
+other object, so its box is exactly the bounding box of its pixels. Image i of a dataset depends
+only on (seed, i): a larger dataset with the same seed starts with the same images.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "hexagon", "crescent")
+GENERATOR_VERSION = 1  # bump when rendering changes so cached datasets are regenerated
+
+
+def _check_num_classes(num_classes: int) -> None:
+    if not 1 <= num_classes <= len(SHAPES):
+        raise ValueError(f"num_classes must be 1..{len(SHAPES)} (shapes: {', '.join(SHAPES)}), got {num_classes}")
+
+
+def _polygon(radii: Sequence[float], angle: float, phase: float = 0.0) -> np.ndarray:
+    """Vertices at the given radii, evenly spaced around the origin, rotated by `angle` radians."""
+    t = phase + angle + np.arange(len(radii)) * 2 * np.pi / len(radii)
+    return np.stack([np.cos(t) * radii, np.sin(t) * radii], axis=1)
+
+
+def shape_sprite(shape: str, size: float, angle: float) -> np.ndarray:
+    """uint8 alpha mask [h, w] of one shape about `size` px across, tight-cropped to its pixels."""
+    c = int(np.ceil(size * 1.5)) + 4
+    mask = np.zeros((c, c), np.uint8)
+    centre = np.array([c / 2, c / 2])
+    r = size / 2
+
+    def fill(points: np.ndarray, value: int = 255) -> None:
+        pts = np.round((points + centre) * 16).astype(np.int32)  # 4 fractional bits (shift=4)
+        cv2.fillPoly(mask, [pts], value, lineType=cv2.LINE_AA, shift=4)
+
+    def disc(offset: np.ndarray, radius: float, value: int) -> None:
+        ctr = tuple(int(v) for v in np.round((centre + offset) * 16))
+        cv2.circle(mask, ctr, int(round(radius * 16)), value, -1, lineType=cv2.LINE_AA, shift=4)
+
+    if shape == "circle":
+        disc(np.zeros(2), r, 255)
+    elif shape == "square":
+        fill(_polygon([r * np.sqrt(2)] * 4, angle, np.pi / 4))
+    elif shape == "triangle":
+        fill(_polygon([r * 1.1] * 3, angle))
+    elif shape == "star":
+        fill(_polygon([r * 1.1, r * 0.45] * 5, angle))
+    elif shape == "hexagon":
+        fill(_polygon([r] * 6, angle))
+    elif shape == "cross":
+        a, b = r, r * 0.33
+        pts = np.array([[-b, -a], [b, -a], [b, -b], [a, -b], [a, b], [b, b], [b, a], [-b, a], [-b, b], [-a, b], [-a, -b], [-b, -b]])
+        rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        fill(pts @ rot.T)
+    elif shape == "ring":
+        disc(np.zeros(2), r, 255)
+        disc(np.zeros(2), r * 0.55, 0)
+    elif shape == "crescent":
+        disc(np.zeros(2), r, 255)
+        disc(np.array([np.cos(angle), np.sin(angle)]) * r * 0.5, r * 0.85, 0)
+    else:
+        raise ValueError(f"unknown shape '{shape}'. Valid shapes: {', '.join(SHAPES)}")
+    ys, xs = np.nonzero(mask)
+    return mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+
+
+def render_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """uint8 [H, W, 3] texture: a colour gradient, stripes or blotchy noise."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    c1, c2 = rng.uniform(0, 255, 3).astype(np.float32), rng.uniform(0, 255, 3).astype(np.float32)
+    theta = rng.uniform(0, np.pi)
+    proj = xx * np.cos(theta) + yy * np.sin(theta)
+    kind = rng.integers(3)
+    if kind == 0:  # gradient
+        t = (proj - proj.min()) / max(float(np.ptp(proj)), 1.0)
+    elif kind == 1:  # stripes
+        t = 0.5 + 0.5 * np.sin(2 * np.pi * proj / rng.uniform(8, 40))
+    else:  # low-frequency noise blown up into blotches
+        small = rng.uniform(0, 1, (max(2, height // 16), max(2, width // 16))).astype(np.float32)
+        t = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC).clip(0, 1)
+    image = c1 * (1 - t[..., None]) + c2 * t[..., None]
+    image += rng.normal(0, rng.uniform(3, 15), image.shape).astype(np.float32)
+    return image.clip(0, 255).astype(np.uint8)
+
+
+def _contrasting_colour(rng: np.random.Generator, patch: np.ndarray) -> np.ndarray:
+    """The colour, of 16 random draws, farthest from the patch's mean colour."""
+    mean = patch.reshape(-1, 3).mean(0)
+    options = rng.uniform(0, 255, (16, 3))
+    return options[np.abs(options - mean).sum(1).argmax()].astype(np.float32)
+
+
+def _paste(image: np.ndarray, alpha: np.ndarray, colour: np.ndarray, x: int, y: int) -> None:
+    h, w = alpha.shape
+    a = alpha.astype(np.float32)[..., None] / 255.0
+    region = image[y : y + h, x : x + w].astype(np.float32)
+    image[y : y + h, x : x + w] = (region * (1 - a) + colour * a).round().astype(np.uint8)
+
+
+def render_scene(
+    rng: np.random.Generator, height: int, width: int, num_classes: int = 3, max_objects: int = 6
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, List[np.ndarray]]:
+    """-> (image uint8 [H, W, 3] RGB, boxes_xyxy float32 [n, 4] pixels, labels int64 [n],
+    masks: n bool [H, W], the pixels each object covers). Objects never overlap."""
+    _check_num_classes(num_classes)
+    image = render_background(rng, height, width)
+    occupied = np.zeros((height, width), bool)
+    boxes, labels, masks = [], [], []
+    side = min(height, width)
+    for _ in range(int(rng.integers(1, max_objects + 1))):
+        label = int(rng.integers(num_classes))
+        alpha = shape_sprite(SHAPES[label], rng.uniform(0.12, 0.3) * side, rng.uniform(0, 2 * np.pi))
+        h, w = alpha.shape
+        if h >= height or w >= width:
+            continue
+        for _try in range(30):
+            x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
+            mask = np.zeros((height, width), bool)
+            mask[y : y + h, x : x + w] = alpha > 0
+            # one pixel of margin so shapes never touch (their boxes still may overlap a little)
+            if not (cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & occupied).any():
+                break
+        else:
+            continue
+        _paste(image, alpha, _contrasting_colour(rng, image[y : y + h, x : x + w]), x, y)
+        occupied |= mask
+        boxes.append([x, y, x + w, y + h])
+        labels.append(label)
+        masks.append(mask)
+    return image, np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64), masks
+
+
+def generate_synthetic(
+    out_dir: Union[str, Path],
+    num_images: int,
+    image_size: int = 256,
+    seed: int = 0,
+    num_classes: int = 3,
+    max_objects: int = 6,
+    image_format: str = "jpg",
+) -> Path:
+    """Write `out_dir/images/NNNNNN.<jpg|png>` and `out_dir/annotations.json` (COCO, category id =
+    label + 1, names from SHAPES) -> the JSON path. Image i is rendered from (seed, i)."""
+    _check_num_classes(num_classes)
+    if image_format not in ("jpg", "png"):
+        raise ValueError(f"image_format must be 'jpg' or 'png', got '{image_format}'")
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i in tqdm(range(num_images), desc="synthetic images", disable=None, leave=False):
+        image, boxes, labels, _ = render_scene(np.random.default_rng([seed, i]), image_size, image_size, num_classes, max_objects)
+        name = f"images/{i + 1:06d}.{image_format}"
+        params = [cv2.IMWRITE_JPEG_QUALITY, 95] if image_format == "jpg" else []
+        if not cv2.imwrite(str(out_dir / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params):
+            raise OSError(f"could not write {out_dir / name}")
+        images.append({"id": i + 1, "file_name": name, "width": image_size, "height": image_size})
+        for (x0, y0, x1, y1), label in zip(boxes.tolist(), labels.tolist()):
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": i + 1, "category_id": label + 1,
+                 "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0}
+            )
+    categories = [{"id": k + 1, "name": SHAPES[k]} for k in range(num_classes)]
+    ann_path = out_dir / "annotations.json"
+    ann_path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return ann_path
+
+
+def cached_synthetic(cache_root: Union[str, Path], split: str, num_images: int, image_size: int, seed: int,
+                     num_classes: int = 3, max_objects: int = 6) -> Path:
+    """Generate once into `cache_root/<split>-<params hash>/` and reuse -> annotations JSON path.
+
+    Written to a temporary folder and renamed into place, so concurrent processes (DDP ranks)
+    never see a half-written dataset.
+    """
+    params = dict(v=GENERATOR_VERSION, n=num_images, size=image_size, seed=seed, classes=num_classes, objects=max_objects)
+    digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+    final = Path(cache_root).expanduser() / f"{split}-{num_images}x{image_size}-{digest}"
+    if (final / "annotations.json").is_file():
+        return final / "annotations.json"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        logger.info("generating %d synthetic %s images into %s", num_images, split, final)
+        generate_synthetic(tmp, num_images, image_size, seed, num_classes, max_objects)
+        os.rename(tmp, final)
+    except OSError:
+        if not (final / "annotations.json").is_file():  # not another process winning the rename
+            raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final / "annotations.json"
+
+
+def render_synthetic_video(
+    path: Union[str, Path],
+    num_frames: int = 120,
+    size: Tuple[int, int] = (360, 640),
+    fps: int = 15,
+    seed: int = 0,
+    num_classes: int = 3,
+    num_objects: int = 4,
+) -> List[List[Dict]]:
+    """Write an MP4 (mp4v) of shapes bouncing over a static texture and `path.with_suffix('.json')`.
+
+    Returns per frame a list of {"box_xyxy": [x0, y0, x1, y1] pixels, "label", "name", "track_id"};
+    objects stay fully inside the frame (they bounce off the borders) and may pass over each other.
+    """
+    _check_num_classes(num_classes)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width = size
+    rng = np.random.default_rng(seed)
+    background = render_background(rng, height, width)
+    objects = []
+    for track_id in range(num_objects):
+        label = int(rng.integers(num_classes))
+        alpha = shape_sprite(SHAPES[label], rng.uniform(0.12, 0.25) * min(size), rng.uniform(0, 2 * np.pi))
+        h, w = alpha.shape
+        pos = np.array([rng.uniform(0, width - w), rng.uniform(0, height - h)])
+        vel = rng.uniform(1.5, 5.0, 2) * rng.choice([-1, 1], 2)
+        objects.append({"id": track_id, "label": label, "alpha": alpha, "pos": pos, "vel": vel,
+                        "colour": _contrasting_colour(rng, background)})
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write MP4 (mp4v) to {path}")
+    frames_gt: List[List[Dict]] = []
+    try:
+        for _ in range(num_frames):
+            frame = background.copy()
+            gt = []
+            for obj in objects:
+                h, w = obj["alpha"].shape
+                limit = np.array([width - w, height - h], np.float64)
+                pos, vel = obj["pos"] + obj["vel"], obj["vel"]
+                for k in range(2):  # reflect off the borders
+                    if pos[k] < 0:
+                        pos[k], vel[k] = -pos[k], abs(vel[k])
+                    elif pos[k] > limit[k]:
+                        pos[k], vel[k] = 2 * limit[k] - pos[k], -abs(vel[k])
+                obj["pos"] = pos.clip(0, limit)
+                x, y = (int(round(v)) for v in obj["pos"])
+                _paste(frame, obj["alpha"], obj["colour"], x, y)
+                gt.append({"box_xyxy": [float(x), float(y), float(x + w), float(y + h)], "label": obj["label"],
+                           "name": SHAPES[obj["label"]], "track_id": obj["id"]})
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+            frames_gt.append(gt)
+    finally:
+        writer.release()
+    meta = {"fps": fps, "size": [height, width], "class_names": list(SHAPES[:num_classes]), "frames": frames_gt}
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    return frames_gt

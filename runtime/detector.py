@@ -1,0 +1,120 @@
+"""`Detector`: an exported artifact + its manifest + a backend, as one callable on BGR frames.
+
+    det = Detector("model.onnx")            # backend chosen by suffix, manifest from the sidecar
+    dets = det(frame_bgr)                   # Detections in frame pixels, with timings_ms
+    raw = det.infer({"images": x})          # raw engine outputs, for any artifact
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from runtime.backends.base import Backend, load_backend
+from runtime.manifest import Manifest, ManifestError, read_sidecar, sidecar_path
+from runtime.postprocess import Postprocessor
+from runtime.preprocess import LetterboxInfo, Preprocessor
+from runtime.types import Detections
+
+
+class Detector:
+    """Runs one artifact on BGR uint8 frames.
+
+    artifact: .onnx / .xml / .engine file. backend: "auto" (by suffix) or a backend name.
+    device: "CPU", "cuda", "cuda:N", "tensorrt" (onnxruntime); "CPU", "GPU", "NPU" (openvino).
+    conf: minimum score kept; classes: label ids kept (None = all). manifest: overrides the one
+    stored with the artifact. backend_options: passed to the backend (threads, precision, ...).
+    """
+
+    def __init__(self, artifact: Union[str, Path], backend: str = "auto", device: str = "CPU", conf: float = 0.25,
+                 classes: Optional[Iterable[int]] = None, manifest: Optional[Manifest] = None, **backend_options: Any):
+        self.artifact = Path(artifact)
+        if not self.artifact.is_file():
+            raise FileNotFoundError(f"model artifact not found: {self.artifact} (export one with `edgedet export`)")
+        sidecar = manifest or read_sidecar(self.artifact)
+        self.backend: Backend = load_backend(self.artifact, backend, sidecar, device, **backend_options)
+        self.manifest = sidecar or self.backend.embedded_manifest()
+        if self.manifest is None:
+            self.backend.close()
+            raise ManifestError(
+                f"{self.artifact} carries no edgedet manifest (no {sidecar_path(self.artifact).name} beside it, none embedded); "
+                "re-export it with `edgedet export`, or pass manifest=Manifest(...)"
+            )
+        self.preprocessor = Preprocessor(self.manifest.preprocess)
+        self.conf = float(conf)
+        self.postprocessor = Postprocessor(self.manifest.outputs, self.manifest.preprocess.size, self.manifest.class_names, conf, classes)
+        names = {s.name for s in self.backend.input_specs}
+        if self.manifest.input_name not in names:
+            raise ManifestError(f"manifest input_name '{self.manifest.input_name}' is not an input of {self.artifact.name} ({sorted(names)})")
+        spec = next(s for s in self.backend.input_specs if s.name == self.manifest.input_name)
+        self.max_batch = spec.shape[0] if spec.shape and spec.shape[0] else 0  # 0 = dynamic
+
+    @property
+    def class_names(self) -> Tuple[str, ...]:
+        return tuple(self.manifest.class_names)
+
+    @property
+    def input_size(self) -> Tuple[int, int]:
+        """Network input (H, W)."""
+        return tuple(self.manifest.preprocess.size)
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    def preprocess(self, frames: Union[np.ndarray, Sequence[np.ndarray]]) -> Tuple[np.ndarray, List[LetterboxInfo]]:
+        """BGR frame(s) -> (x [B, 3, H, W] float32, mapping of each back to its frame)."""
+        return self.preprocessor(frames)
+
+    def infer(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Raw engine call: input name -> array, to output name -> array."""
+        return self.backend.infer(feeds)
+
+    def postprocess(self, outputs: Dict[str, np.ndarray], infos: Sequence[LetterboxInfo]) -> List[Detections]:
+        return self.postprocessor(outputs, infos)
+
+    def __call__(self, frame_bgr: np.ndarray) -> Detections:
+        """One uint8 BGR frame [H, W, 3] (grayscale accepted) -> Detections in its pixels, with timings_ms."""
+        return self._run([frame_bgr])[0]
+
+    def batch(self, frames: Sequence[np.ndarray]) -> List[Detections]:
+        """Several frames -> one Detections each; fed in chunks the artifact's batch size allows."""
+        frames = list(frames)
+        step = self.max_batch or len(frames) or 1
+        out: List[Detections] = []
+        for start in range(0, len(frames), step):
+            chunk = frames[start:start + step]
+            if self.max_batch and len(chunk) < self.max_batch:
+                # A static batch: pad with copies of the last frame, drop their results.
+                out.extend(self._run(chunk + [chunk[-1]] * (self.max_batch - len(chunk)))[: len(chunk)])
+            else:
+                out.extend(self._run(chunk))
+        return out
+
+    def _run(self, frames: List[np.ndarray]) -> List[Detections]:
+        t0 = time.perf_counter()
+        x, infos = self.preprocessor(frames)
+        t1 = time.perf_counter()
+        outputs = self.backend.infer({self.manifest.input_name: x})
+        t2 = time.perf_counter()
+        dets = self.postprocessor(outputs, infos)
+        t3 = time.perf_counter()
+        timings = {"preprocess": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3}
+        for d in dets:
+            d.timings_ms.update(timings)
+        return dets
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "Detector":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Detector({self.artifact.name}, backend={self.backend.name}, device={self.backend.device}, "
+                f"family={self.manifest.family or '?'}, input={self.input_size}, classes={len(self.class_names)})")

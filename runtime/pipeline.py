@@ -1,0 +1,256 @@
+"""Threaded capture -> detect -> sinks pipeline with bounded queues and per-stage latency stats.
+
+Three threads joined by bounded queues. For a live source the capture queue holds one frame
+and a newer frame replaces an unprocessed one, so latency stays bounded by about two detector
+calls however slow the detector is; for files every frame is processed in order (a full
+queue blocks the reader instead). `close()` (also on Ctrl-C, an error or leaving a `for` loop
+early) stops and joins every thread.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from runtime.capture import Frame, Source, open_source
+from runtime.types import Detections
+
+log = logging.getLogger(__name__)
+
+_END = object()  # end-of-stream marker passed down the queues
+STAGES = ("preprocess", "infer", "postprocess", "detect", "sinks", "end_to_end")
+
+
+class StopPipeline(Exception):
+    """Raised by a sink (e.g. the window's 'q' key) to end the run normally."""
+
+
+@dataclass
+class Result:
+    """A frame with its detections; latency_ms = capture -> detections ready."""
+
+    frame: Frame
+    detections: Detections
+    latency_ms: float
+
+
+class Pipeline:
+    """source: anything `open_source` accepts (or a Source); detector: callable BGR frame -> Detections.
+
+    sinks: callables taking a Result (a `close()` method, if any, is called at the end; the
+    pipeline owns them). queue_size: depth of the queues between stages for file sources.
+    """
+
+    def __init__(self, source: Any, detector: Callable[[np.ndarray], Detections], sinks: Sequence[Callable[[Result], Any]] = (),
+                 queue_size: int = 4, history: int = 2000):
+        self.source = source if isinstance(source, Source) else open_source(source)
+        self.detector = detector
+        self.sinks = list(sinks)
+        self.live = self.source.is_live
+        depth = 1 if self.live else max(1, int(queue_size))
+        self._q_in: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
+        self._q_out: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
+        self._results: "queue.Queue[Any]" = queue.Queue(maxsize=max(1, int(queue_size)))
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._error: Optional[BaseException] = None
+        self._threads: List[threading.Thread] = []
+        self._iterating = False
+        self._closed = False
+        self._latency: Dict[str, Deque[float]] = {s: deque(maxlen=history) for s in STAGES}
+        self.frames = 0
+        self.queue_dropped = 0
+        self._t_start = self._t_last = 0.0
+
+    # -- threads -------------------------------------------------------------------------
+    def start(self) -> "Pipeline":
+        if self._threads:
+            raise RuntimeError("pipeline already started; create a new Pipeline to run again")
+        self._t_start = time.perf_counter()
+        for name, target in (("capture", self._capture_loop), ("detect", self._detect_loop), ("sinks", self._sink_loop)):
+            t = threading.Thread(target=self._guard, args=(target,), name=f"edgedet-{name}", daemon=True)
+            self._threads.append(t)
+            t.start()
+        return self
+
+    def _guard(self, loop: Callable[[], None]) -> None:
+        try:
+            loop()
+        except StopPipeline:
+            self._stop.set()
+        except BaseException as e:
+            with self._lock:
+                self._error = self._error or e
+            self._stop.set()
+        finally:
+            if self._iterating and threading.current_thread() is self._threads[-1]:
+                self._put(self._results, _END, force=True)
+
+    def _put(self, q: "queue.Queue[Any]", item: Any, force: bool = False) -> bool:
+        """Blocking put that gives up when the pipeline stops (force: drop the oldest item instead)."""
+        while force or not self._stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                if force:
+                    try:
+                        q.get_nowait()
+                    except queue.Empty:
+                        pass
+        return False
+
+    def _get(self, q: "queue.Queue[Any]") -> Any:
+        while not self._stop.is_set():
+            try:
+                return q.get(timeout=0.05)
+            except queue.Empty:
+                continue
+        return _END
+
+    def _capture_loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    frame = self.source.read(timeout=0.1)
+                except TimeoutError:
+                    continue
+                if frame is None:
+                    break
+                if self.live:
+                    self._put_latest(frame)
+                elif not self._put(self._q_in, frame):
+                    return
+        finally:
+            self._put(self._q_in, _END)
+
+    def _put_latest(self, frame: Frame) -> None:
+        try:
+            self._q_in.put_nowait(frame)
+        except queue.Full:
+            try:
+                self._q_in.get_nowait()
+                self.queue_dropped += 1
+            except queue.Empty:
+                pass
+            self._q_in.put_nowait(frame)  # only this thread puts, so there is room now
+
+    def _detect_loop(self) -> None:
+        while True:
+            frame = self._get(self._q_in)
+            if frame is _END:
+                break
+            t0 = time.perf_counter()
+            dets = self.detector(frame.image)
+            t1 = time.perf_counter()
+            self._record("detect", (t1 - t0) * 1e3)
+            for stage in ("preprocess", "infer", "postprocess"):
+                if stage in dets.timings_ms:
+                    self._record(stage, dets.timings_ms[stage])
+            if not self._put(self._q_out, Result(frame, dets, (t1 - frame.timestamp) * 1e3)):
+                return
+        self._put(self._q_out, _END)
+
+    def _sink_loop(self) -> None:
+        while True:
+            result = self._get(self._q_out)
+            if result is _END:
+                return
+            t0 = time.perf_counter()
+            for sink in self.sinks:
+                sink(result)
+            t1 = time.perf_counter()
+            self._record("sinks", (t1 - t0) * 1e3)
+            self._record("end_to_end", (t1 - result.frame.timestamp) * 1e3)
+            with self._lock:
+                self.frames += 1
+                self._t_last = t1
+            if self._iterating and not self._put(self._results, result):
+                return
+
+    def _record(self, stage: str, ms: float) -> None:
+        self._latency[stage].append(float(ms))
+
+    # -- public --------------------------------------------------------------------------
+    def run(self) -> Dict[str, Any]:
+        """Process the whole source (or until a sink raises StopPipeline / Ctrl-C); returns `stats()`."""
+        self.start()
+        try:
+            while any(t.is_alive() for t in self._threads):
+                self._threads[-1].join(timeout=0.1)  # short waits keep Ctrl-C responsive
+                if self._stop.is_set():
+                    break
+        finally:
+            self.close()
+        self._raise_error()
+        return self.stats()
+
+    def __iter__(self) -> Iterator[Result]:
+        """Yield results as they complete; leaving the loop early closes the pipeline."""
+        self._iterating = True
+        self.start()
+        try:
+            while True:
+                try:
+                    item = self._results.get(timeout=0.1)
+                except queue.Empty:
+                    if not self._threads[-1].is_alive() and self._results.empty():
+                        break
+                    continue
+                if item is _END:
+                    break
+                yield item
+        finally:
+            self.close()
+        self._raise_error()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        """Stop and join every thread, close the source and the sinks; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self.source.close()
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout=5.0)
+                if t.is_alive():
+                    log.warning("pipeline thread %s did not stop within 5 s", t.name)
+        for sink in self.sinks:
+            close = getattr(sink, "close", None)
+            if callable(close):
+                close()
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def dropped(self) -> int:
+        """Frames captured but never processed (replaced by newer ones): live sources only."""
+        return self.source.dropped + self.queue_dropped
+
+    def stats(self) -> Dict[str, Any]:
+        """frames, dropped, fps, elapsed_s, and latency_ms {stage: {p50, p95, mean}} over the last `history` frames."""
+        with self._lock:
+            frames, t_last = self.frames, self._t_last
+        elapsed = max(0.0, (t_last or time.perf_counter()) - self._t_start) if self._t_start else 0.0
+        latency = {}
+        for stage, values in self._latency.items():
+            v = np.asarray(list(values), np.float64)
+            if len(v):
+                latency[stage] = {"p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95)), "mean": float(v.mean())}
+        return {"frames": frames, "dropped": self.dropped, "fps": frames / elapsed if elapsed > 0 else 0.0,
+                "elapsed_s": elapsed, "live": self.live, "latency_ms": latency}

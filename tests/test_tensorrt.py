@@ -1,0 +1,164 @@
+"""TensorRT path, the parts that run without TensorRT or a GPU.
+
+- the framework-free CUDA kernel compiles with nvcc (skipped without nvcc);
+- the plugin sources compile against TensorRT headers when a TensorRT install is found;
+- ONNX graphs rewritten for our plugin and for TensorRT's built-in plugin are valid and have
+  exactly the inputs, types and shapes those plugins expect;
+- without TensorRT, building an engine fails with a clear message and the runtime backend
+  names the extra to install.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from converters.tensorrt.onnx_plugins import FUSED_DOMAIN, FUSED_OP, TRT_BUILTIN_OP, rewrite_for_tensorrt
+
+REPO = Path(__file__).resolve().parents[1]
+KERNEL_DIR = REPO / "edgedet" / "ops" / "csrc"
+PLUGIN_DIR = REPO / "converters" / "tensorrt" / "plugins" / "msda"
+
+N, M, D, LQ, P = 1, 2, 8, 7, 3
+LEVELS = [(8, 10), (4, 5)]
+S = sum(h * w for h, w in LEVELS)
+
+
+def fused_graph() -> onnx.ModelProto:
+    """A graph with one edgedet::MultiScaleDeformableAttention node, as the exporter writes it."""
+    inputs = [
+        helper.make_tensor_value_info("value", TensorProto.FLOAT, [N, S, M, D]),
+        helper.make_tensor_value_info("sampling_locations", TensorProto.FLOAT, [N, LQ, M, len(LEVELS), P, 2]),
+        helper.make_tensor_value_info("attention_weights", TensorProto.FLOAT, [N, LQ, M, len(LEVELS), P]),
+    ]
+    starts = np.cumsum([0] + [h * w for h, w in LEVELS[:-1]])
+    inits = [
+        helper.make_tensor("spatial_shapes", TensorProto.INT64, [len(LEVELS), 2], np.array(LEVELS).ravel().tolist()),
+        helper.make_tensor("level_start_index", TensorProto.INT64, [len(LEVELS)], starts.tolist()),
+    ]
+    node = helper.make_node(
+        FUSED_OP,
+        ["value", "spatial_shapes", "level_start_index", "sampling_locations", "attention_weights"],
+        ["output"],
+        name="msda0",
+        domain=FUSED_DOMAIN,
+    )
+    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, [N, LQ, M * D])
+    graph = helper.make_graph([node], "msda", inputs, [out], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(FUSED_DOMAIN, 1)])
+
+
+def _input_types(model: onnx.ModelProto, node: onnx.NodeProto):
+    inferred = onnx.shape_inference.infer_shapes(model)
+    infos = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+    inits = {t.name: t for t in inferred.graph.initializer}
+    types = []
+    for name in node.input:
+        if name in infos:
+            t = infos[name].type.tensor_type
+            types.append((t.elem_type, [d.dim_value for d in t.shape.dim]))
+        else:
+            types.append((inits[name].data_type, list(inits[name].dims)))
+    return types
+
+
+def test_rewrite_for_edgedet_plugin_casts_index_inputs_to_int32():
+    model = rewrite_for_tensorrt(fused_graph(), target="edgedet")
+    onnx.checker.check_model(model, full_check=False)
+    (node,) = [n for n in model.graph.node if n.op_type == FUSED_OP]
+    assert node.domain == FUSED_DOMAIN and len(node.input) == 5 and list(node.output) == ["output"]
+    assert not node.attribute
+    casts = [n for n in model.graph.node if n.op_type == "Cast"]
+    assert len(casts) == 2 and all(a.i == TensorProto.INT32 for c in casts for a in c.attribute)
+    types = _input_types(model, node)
+    assert types[0] == (TensorProto.FLOAT, [N, S, M, D])
+    assert types[1] == (TensorProto.INT32, [len(LEVELS), 2])
+    assert types[2] == (TensorProto.INT32, [len(LEVELS)])
+    assert types[3] == (TensorProto.FLOAT, [N, LQ, M, len(LEVELS), P, 2])
+    assert types[4] == (TensorProto.FLOAT, [N, LQ, M, len(LEVELS), P])
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_rewrite_for_tensorrt_builtin_plugin(version):
+    model = rewrite_for_tensorrt(fused_graph(), target="trt_builtin", builtin_version=version)
+    onnx.checker.check_model(model, full_check=False)
+    (node,) = [n for n in model.graph.node if n.op_type == TRT_BUILTIN_OP]
+    # The built-in plugin has no attributes of its own; only the parser's plugin_version.
+    assert {a.name: helper.get_attribute_value(a) for a in node.attribute} == {"plugin_version": version.encode()}
+    types = _input_types(model, node)
+    assert [t[0] for t in types] == [TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT32, TensorProto.FLOAT, TensorProto.FLOAT]
+    assert types[0][1] == [N, S, M, D] and types[3][1] == [N, LQ, M, len(LEVELS), P, 2]
+    # Its [N, Lq, M, D] output is reshaped back to the graph's [N, Lq, M*D].
+    (reshape,) = [n for n in model.graph.node if n.op_type == "Reshape"]
+    assert reshape.input[0] == node.output[0] and list(reshape.output) == ["output"]
+    shape = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}[reshape.input[1]]
+    assert shape.tolist() == [0, 0, -1]
+
+
+def test_rewrite_rejects_unknown_target():
+    with pytest.raises(ValueError, match="trt_builtin"):
+        rewrite_for_tensorrt(fused_graph(), target="nvidia")
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
+def test_cuda_kernel_compiles_with_nvcc(tmp_path):
+    """The kernel file includes no TensorRT/PyTorch header, so plain nvcc -c builds it."""
+    proc = subprocess.run(
+        ["nvcc", "-std=c++17", "-c", str(KERNEL_DIR / "msda_kernel.cu"), "-o", str(tmp_path / "k.o")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "k.o").stat().st_size > 0
+
+
+def _tensorrt_include() -> Path | None:
+    for c in [os.environ.get("TENSORRT_INCLUDE_DIR", ""), "/usr/include/x86_64-linux-gnu", "/usr/include/aarch64-linux-gnu",
+              "/usr/local/TensorRT/include", "/usr/include"]:
+        if c and (Path(c) / "NvInfer.h").is_file():
+            return Path(c)
+    return None
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None or _tensorrt_include() is None,
+                    reason="needs nvcc and TensorRT headers (set TENSORRT_INCLUDE_DIR)")
+def test_plugin_sources_compile_against_tensorrt_headers(tmp_path):
+    inc = _tensorrt_include()
+    text = (inc / "NvInferVersion.h").read_text()
+    api = "v2" if "NV_TENSORRT_MAJOR 8" in text else "v3"
+    proc = subprocess.run(
+        ["nvcc", "-std=c++17", "-x", "cu", "-Xcompiler", "-fPIC", f"-I{KERNEL_DIR}", f"-I{inc}", "-c",
+         str(PLUGIN_DIR / f"msda_plugin_{api}.cpp"), "-o", str(tmp_path / "p.o")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_engine_builder_without_tensorrt_says_what_to_do():
+    pytest.importorskip("torch")
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    from converters.tensorrt.builder import TensorRTUnavailableError, import_tensorrt
+
+    with pytest.raises(TensorRTUnavailableError, match="dry"):
+        import_tensorrt()
+
+
+def test_runtime_tensorrt_backend_names_the_extra(tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    from runtime.backends.base import BACKENDS, BackendUnavailableError
+
+    with pytest.raises(BackendUnavailableError, match=r"edgedet\[tensorrt\]"):
+        BACKENDS.create("tensorrt")
