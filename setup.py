@@ -6,7 +6,7 @@ and `tensorrt` add the heavier stacks; `all` is everything that installs on a CP
 from setuptools import find_packages, setup
 
 RUNTIME = ["numpy>=1.24", "opencv-python-headless>=4.8", "onnxruntime>=1.17", "pyyaml>=6.0", "tqdm>=4.66"]
-TRAIN = ["torch>=2.2", "scipy>=1.10", "pycocotools>=2.0.7", "matplotlib>=3.7"]
+TRAIN = ["torch>=2.2", "scipy>=1.10", "pycocotools>=2.0.7", "matplotlib>=3.7", "pillow>=9.0"]
 CONVERT = ["onnx>=1.16", "onnxslim>=0.1.30", "openvino>=2024.4", "nncf>=2.12"]
 TENSORRT = ["tensorrt>=8.6", "cuda-python>=12.0"]
 TEST = ["pytest>=7.4"]

@@ -10,9 +10,9 @@ import dataclasses
 import importlib
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
@@ -42,6 +42,7 @@ class ExportRequest:
     calib_images: int
     opset: int
     manifest: Manifest
+    simplify: bool = True
 
 
 def resolve_model(source: ModelSource) -> Tuple[nn.Module, Dict[str, Any]]:
@@ -131,14 +132,14 @@ def build_onnx(model: nn.Module, req: ExportRequest) -> Path:
     from converters.onnx.export import export_onnx
 
     if req.precision == "fp32":
-        return export_onnx(model, req.output, req.imgsz, req.manifest, req.msda, req.dynamic_batch, req.postprocess, req.top_k, req.opset)
+        return export_onnx(model, req.output, req.imgsz, req.manifest, req.msda, req.dynamic_batch, req.postprocess, req.top_k, req.opset, req.simplify)
     from converters.onnxruntime.quantize import quantize_onnx_int8
     from runtime.manifest import write_sidecar
 
     batches = calibration_batches(req.calib, req.manifest.preprocess, req.calib_images)
     with tempfile.TemporaryDirectory() as tmp:
         float_onnx = export_onnx(model, Path(tmp) / "float.onnx", req.imgsz, req.manifest, req.msda,
-                                 req.dynamic_batch, req.postprocess, req.top_k, req.opset)
+                                 req.dynamic_batch, req.postprocess, req.top_k, req.opset, req.simplify)
         quantize_onnx_int8(float_onnx, req.output, batches)
     write_sidecar(req.manifest, req.output)
     return req.output
@@ -152,7 +153,7 @@ def build_openvino(model: nn.Module, req: ExportRequest) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         onnx_manifest = dataclasses.replace(req.manifest, backend="onnxruntime", precision="fp32", custom_ops={})
         float_onnx = export_onnx(model, Path(tmp) / "float.onnx", req.imgsz, onnx_manifest, req.msda,
-                                 req.dynamic_batch, req.postprocess, req.top_k, req.opset)
+                                 req.dynamic_batch, req.postprocess, req.top_k, req.opset, req.simplify)
         return convert_openvino(float_onnx, req.output, req.precision, req.manifest, batches)
 
 
@@ -170,6 +171,8 @@ def export(
     top_k: int = 100,
     calib_images: int = 32,
     opset: int = 17,
+    experiment: Optional[Dict[str, Any]] = None,
+    simplify: bool = True,
 ) -> Path:
     """Export a detector -> path of the written artifact (.onnx, .xml or .engine).
 
@@ -177,6 +180,8 @@ def export(
     imgsz: fixed network input (H, W); letterboxed by the runtime. msda: None = format default.
     calib: images for INT8 (folder, list of paths, dataset, DataConfig or [N, 3, H, W] array).
     postprocess: True -> labels/boxes(xyxy, input pixels)/scores top-K; False -> raw head outputs.
+    experiment: the training ExperimentConfig dict (mean/std of its data) when passing a module.
+    simplify: run onnxslim on the ONNX graph (skipped with a log line if it fails).
     """
     if isinstance(imgsz, int) or len(imgsz) != 2 or min(int(s) for s in imgsz) <= 0:
         raise ExportError(f"imgsz must be (H, W) positive integers, got {imgsz!r}")
@@ -185,7 +190,8 @@ def export(
     from converters.formats import get_format
 
     get_format(format)  # fail on a misspelt format before loading anything
-    model, experiment = resolve_model(model_or_checkpoint)
+    model, found = resolve_model(model_or_checkpoint)
+    experiment = experiment or found
     fmt, form = validate_request(format, precision, msda, has_msda(model), calib is not None)
     form = _resolve_default_msda(fmt, msda, form)
     family = getattr(getattr(model, "config", None), "name", "") or ""
@@ -193,7 +199,7 @@ def export(
     manifest = make_manifest(model, fmt.backend, precision, form, imgsz_hw, 0 if dynamic_batch else 1,
                              postprocess, top_k, class_names, experiment)
     req = ExportRequest(fmt, _output_path(output, fmt, family, form, precision), precision, form, imgsz_hw,
-                        dynamic_batch, postprocess, top_k, calib, calib_images, opset, manifest)
+                        dynamic_batch, postprocess, top_k, calib, calib_images, opset, manifest, simplify)
     module_name, fn_name = fmt.builder.split(":")
     builder = getattr(importlib.import_module(module_name), fn_name)
     return Path(builder(model, req))

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Un
 import yaml
 
 T = TypeVar("T")
+_SCI_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class ConfigError(ValueError):
@@ -29,6 +31,9 @@ class ModelConfig:
     backbone: str = "resnet50"
     # Local path to torchvision-format ImageNet weights; nothing is ever downloaded.
     backbone_weights: Optional[str] = None
+    # FrozenBatchNorm2d suits ImageNet-initialised backbones; a backbone trained from scratch
+    # needs live BatchNorm statistics.
+    backbone_frozen_bn: bool = True
     hidden_dim: int = 256
     num_queries: int = 100
     aux_loss: bool = True
@@ -38,7 +43,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     format: str = "synthetic"  # synthetic | coco | voc | yolo
-    root: str = ""  # dataset folder (voc/yolo) or images folder (coco)
+    root: str = ""  # dataset folder (voc/yolo), images folder (coco) or cache folder (synthetic)
     train_ann: str = ""  # coco: annotation JSON; voc: split file; yolo: list file or folder
     val_ann: str = ""
     train_split: str = "train"
@@ -156,6 +161,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
+        if isinstance(value, str) and _SCI_FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot in the mantissa) as a string
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise ConfigError(f"{where}: expected a number, got {value!r}")

@@ -82,21 +82,31 @@ class SequentialSource(Source):
         self._images, self._release, self.fps = images, release, fps
         self._index = 0
         self._closed = False
+        # Decoders (FFmpeg) abort if released while another thread is inside read().
+        self._lock = threading.Lock()
 
     def read(self, timeout: Optional[float] = None) -> Optional[Frame]:
-        if self._closed:
-            return None
-        image = next(self._images, None)
-        if image is None:
-            return None
-        frame = Frame(image, self._index, time.perf_counter())
-        self._index += 1
-        return frame
+        with self._lock:
+            if self._closed:
+                return None
+            image = next(self._images, None)
+            if image is None:
+                return None
+            frame = Frame(image, self._index, time.perf_counter())
+            self._index += 1
+            return frame
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._release()
+        acquired = self._lock.acquire(timeout=10.0)
+        if not acquired:
+            log.warning("source %s: a read did not finish within 10 s; releasing anyway", self.name)
+        try:
+            if not self._closed:
+                self._closed = True
+                self._release()
+        finally:
+            if acquired:
+                self._lock.release()
 
 
 class LiveSource(Source):

@@ -31,7 +31,7 @@ def draw(frame: np.ndarray, detections: Detections, thickness: int = 2, font_sca
     for box, score, label, name in zip(detections.boxes_xyxy, detections.scores, detections.labels, detections.names):
         color = tuple(int(c) for c in colors[label]) if colors is not None else class_color(int(label))
         x0, y0, x1, y1 = (int(round(float(v))) for v in box)
-        cv2.rectangle(out, (x0, y0), (x1, y1), color, thickness, cv2.LINE_AA)
+        cv2.rectangle(out, (x0, y0), (x1, y1), color, thickness)
         text = f"{name} {score:.2f}" if show_scores else name
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
         ty = y0 - 2 if y0 - th - base - 2 >= 0 else min(h - base, y0 + th + 2)  # inside the box when at the top edge

@@ -58,6 +58,7 @@ class Pipeline:
         self._q_out: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
         self._results: "queue.Queue[Any]" = queue.Queue(maxsize=max(1, int(queue_size)))
         self._stop = threading.Event()
+        self._sinks_done = threading.Event()
         self._lock = threading.Lock()
         self._error: Optional[BaseException] = None
         self._threads: List[threading.Thread] = []
@@ -74,12 +75,12 @@ class Pipeline:
             raise RuntimeError("pipeline already started; create a new Pipeline to run again")
         self._t_start = time.perf_counter()
         for name, target in (("capture", self._capture_loop), ("detect", self._detect_loop), ("sinks", self._sink_loop)):
-            t = threading.Thread(target=self._guard, args=(target,), name=f"edgedet-{name}", daemon=True)
+            t = threading.Thread(target=self._guard, args=(target, name == "sinks"), name=f"edgedet-{name}", daemon=True)
             self._threads.append(t)
             t.start()
         return self
 
-    def _guard(self, loop: Callable[[], None]) -> None:
+    def _guard(self, loop: Callable[[], None], last_stage: bool) -> None:
         try:
             loop()
         except StopPipeline:
@@ -89,8 +90,10 @@ class Pipeline:
                 self._error = self._error or e
             self._stop.set()
         finally:
-            if self._iterating and threading.current_thread() is self._threads[-1]:
-                self._put(self._results, _END, force=True)
+            if last_stage:
+                self._sinks_done.set()
+                if self._iterating:
+                    self._put(self._results, _END, force=True)
 
     def _put(self, q: "queue.Queue[Any]", item: Any, force: bool = False) -> bool:
         """Blocking put that gives up when the pipeline stops (force: drop the oldest item instead)."""
@@ -182,10 +185,9 @@ class Pipeline:
         """Process the whole source (or until a sink raises StopPipeline / Ctrl-C); returns `stats()`."""
         self.start()
         try:
-            while any(t.is_alive() for t in self._threads):
-                self._threads[-1].join(timeout=0.1)  # short waits keep Ctrl-C responsive
-                if self._stop.is_set():
-                    break
+            # Not Thread.join: a Ctrl-C that interrupts join() leaves that thread looking alive forever (CPython < 3.13).
+            while not self._sinks_done.wait(timeout=0.1) and not self._stop.is_set():
+                pass
         finally:
             self.close()
         self._raise_error()
@@ -200,7 +202,7 @@ class Pipeline:
                 try:
                     item = self._results.get(timeout=0.1)
                 except queue.Empty:
-                    if not self._threads[-1].is_alive() and self._results.empty():
+                    if self._sinks_done.is_set() and self._results.empty():
                         break
                     continue
                 if item is _END:
@@ -220,12 +222,12 @@ class Pipeline:
             return
         self._closed = True
         self._stop.set()
-        self.source.close()
-        for t in self._threads:
+        for t in self._threads:  # every loop polls the stop flag at least every 0.1 s
             if t is not threading.current_thread():
                 t.join(timeout=5.0)
                 if t.is_alive():
                     log.warning("pipeline thread %s did not stop within 5 s", t.name)
+        self.source.close()  # after the capture thread: never release a decoder mid-read
         for sink in self.sinks:
             close = getattr(sink, "close", None)
             if callable(close):

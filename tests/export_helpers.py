@@ -91,7 +91,7 @@ def tiny_overrides(name: str) -> Dict:
         "backbone": "resnet18", "hidden_dim": 32, "num_queries": 10, "num_classes": 4, "aux_loss": False,
         "enc_layers": 1, "dec_layers": 1, "num_encoder_layers": 1, "num_decoder_layers": 1,
         "dim_feedforward": 64, "nheads": 4, "num_heads": 4, "n_heads": 4,
-        "num_feature_levels": 2, "enc_n_points": 2, "dec_n_points": 2, "n_points": 2,
+        "num_feature_levels": 3, "enc_n_points": 2, "dec_n_points": 2, "n_points": 2,
         "two_stage_num_proposals": 10, "num_select": 10, "dn_number": 0, "num_patterns": 0,
     }
     return {k: v for k, v in wanted.items() if hasattr(cfg, k)}
@@ -118,3 +118,59 @@ def torch_outputs(model: nn.Module, x: np.ndarray, postprocess: bool, top_k: int
     with torch.no_grad():
         outs = DeployModel(model, postprocess=postprocess, top_k=top_k).eval()(torch.from_numpy(x))
     return [o.numpy() for o in outs]
+
+
+def write_images(folder: Path, n: int = 4, seed: int = 0, size=(120, 160)) -> Path:
+    """`n` deterministic JPEGs (coloured rectangles on noise) -> folder."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        img = rng.integers(0, 80, (size[0], size[1], 3), dtype=np.uint8)
+        for _ in range(3):
+            x0, y0 = int(rng.integers(0, size[1] - 30)), int(rng.integers(0, size[0] - 30))
+            color = tuple(int(c) for c in rng.integers(100, 255, 3))
+            cv2.rectangle(img, (x0, y0), (x0 + 25, y0 + 25), color, -1)
+        cv2.imwrite(str(folder / f"img{i}.jpg"), img)
+    return folder
+
+
+def model_params(forms=("grid_sample", "gather")):
+    """(model name, msda form) pairs: every MSDA form for models with deformable attention, "" otherwise."""
+    from converters.onnx.msda_forms import has_msda
+
+    out = []
+    for name in ["tiny_msda"] + registered_models():
+        out.extend((name, f) for f in (forms if has_msda(build_tiny(name)) else ("",)))
+    return out
+
+
+def probs(logits: np.ndarray, activation: str) -> np.ndarray:
+    t = torch.from_numpy(np.asarray(logits, np.float32))
+    return (t.sigmoid() if activation == "sigmoid" else t.softmax(-1)).numpy()
+
+
+def assert_outputs_close(model: nn.Module, got, want, postprocess: bool, hw, atol: float = 1e-3) -> None:
+    """Artifact outputs vs PyTorch: probabilities and boxes (normalised) within `atol`.
+
+    Postprocessed top-K lists are compared as sets, so near-tied scores may swap ranks.
+    """
+    act = model.score_activation
+    if not postprocess:
+        np.testing.assert_allclose(probs(got[0], act), probs(want[0], act), atol=atol, rtol=0)
+        np.testing.assert_allclose(got[1], want[1], atol=atol, rtol=0)
+        return
+    scale = np.array([hw[1], hw[0], hw[1], hw[0]], np.float32)
+    g_lab, g_box, g_sc = got
+    w_lab, w_box, w_sc = want
+    assert g_lab.dtype == np.int64 and g_lab.shape == w_lab.shape and g_box.shape == w_box.shape
+    for b in range(len(g_sc)):
+        np.testing.assert_allclose(np.sort(g_sc[b]), np.sort(w_sc[b]), atol=atol, rtol=0)
+        for i in range(len(g_sc[b])):
+            close = (
+                (w_lab[b] == g_lab[b, i])
+                & (np.abs(w_sc[b] - g_sc[b, i]) <= atol)
+                & (np.abs(w_box[b] / scale - g_box[b, i] / scale).max(-1) <= atol)
+            )
+            assert close.any(), f"detection {i} (label {g_lab[b, i]}, score {g_sc[b, i]:.4f}) has no PyTorch counterpart"

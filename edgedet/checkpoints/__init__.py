@@ -6,6 +6,7 @@
 """
 from edgedet.checkpoints.official import (
     config_for_checkpoint,
+    convert_official,
     detect_family,
     load_official,
     load_official_state_dict,
@@ -18,6 +19,7 @@ __all__ = [
     "OfficialCheckpointError",
     "UnsafeCheckpointError",
     "config_for_checkpoint",
+    "convert_official",
     "detect_family",
     "family_names",
     "load_official",

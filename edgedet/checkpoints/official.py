@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from edgedet.checkpoints.official_configs import (
+    DEFAULT_NHEADS,
     OfficialCheckpointError,
     args_modelname,
     family_names,
@@ -114,17 +115,28 @@ def _resolve_family(state: Mapping[str, Tensor], args: Optional[Dict[str, Any]],
     return family
 
 
-def config_for_checkpoint(family: str, state: Mapping[str, Tensor], args: Optional[Dict[str, Any]]) -> ModelConfig:
-    """Our model config for an official checkpoint: from its args, else from tensor shapes."""
+def config_for_checkpoint(
+    family: str, state: Mapping[str, Tensor], args: Optional[Dict[str, Any]], overrides: Optional[Mapping[str, Any]] = None
+) -> ModelConfig:
+    """Our model config for an official checkpoint: from its args, else from tensor shapes.
+
+    `overrides` (config field -> value) are applied last, e.g. {"nheads": 4} for a checkpoint
+    without args, or {"class_names": [...]}.
+    """
     spec = get_spec(family)
+    overrides = dict(overrides or {})
+    fields = spec.from_args(args, state) if args is not None else {}
+    nheads = int(fields.get("nheads", overrides.get("nheads", DEFAULT_NHEADS)))
     try:
-        shapes = spec.from_shapes(state)
+        shapes = spec.from_shapes(state, nheads)
     except KeyError as e:
         raise OfficialCheckpointError(f"not a {family} checkpoint: it lacks the key {e}") from None
     if args is None:
         fields = shapes
+        if "nheads" not in overrides:
+            log.warning("%s checkpoint has no args: config inferred from tensor shapes, assuming nheads=%d "
+                        "(heads are not visible in shapes; override with nheads=...)", family, nheads)
     else:
-        fields = spec.from_args(args, state)
         wrong = [f"{f}={fields[f]!r} (weights: {shapes[f]!r})" for f in spec.shape_fields
                  if f in fields and f in shapes and fields[f] != shapes[f]]
         if wrong:
@@ -132,10 +144,13 @@ def config_for_checkpoint(family: str, state: Mapping[str, Tensor], args: Option
         if fields.get("num_classes") != shapes["num_classes"]:
             # Class counts are hard-coded in the official builds, so fine-tuned checkpoints
             # routinely differ from what args imply; the weights are the truth.
-            log.warning("num_classes from args (%s) differs from the class head (%s); using the weights'", fields.get("num_classes"), shapes["num_classes"])
+            log.warning("num_classes from args (%s) differs from the class head (%s); using the weights'",
+                        fields.get("num_classes"), shapes["num_classes"])
             fields["num_classes"] = shapes["num_classes"]
+    if overrides:
+        fields.update(overrides)
     cfg_cls = MODELS.meta(family)["config"]
-    return from_dict(cfg_cls, {"name": family, **fields}, "model")
+    return from_dict(cfg_cls, {**fields, "name": family}, "model")
 
 
 # ---------------------------------------------------------------- state_dict matching
@@ -206,7 +221,7 @@ def load_official_state_dict(model: nn.Module, state: Mapping[str, Tensor], sour
         else:
             ours[k] = ours[twin]
     unexpected = [k for k in ours if k not in own and not any(a in own for a in aliases.get(k, []))]
-    shape = [f"{k} {list(ours[k].shape)} vs model {list(own[k].shape)}" for k in own if k in ours and ours[k].shape != own[k].shape]
+    shape = [k for k in own if k in ours and ours[k].shape != own[k].shape]
     if missing or unexpected or shape:
         parts = []
         if missing:
@@ -214,7 +229,9 @@ def load_official_state_dict(model: nn.Module, state: Mapping[str, Tensor], sour
         if unexpected:
             parts.append(f"{len(unexpected)} checkpoint keys the model does not have: {group_keys(unexpected)}")
         if shape:
-            parts.append(f"shape mismatch: {'; '.join(shape)}")
+            first = shape[0]
+            parts.append(f"{len(shape)} tensors with another shape (e.g. {first}: checkpoint {list(ours[first].shape)}, "
+                         f"model {list(own[first].shape)}): {group_keys(shape)}")
         raise OfficialCheckpointError(f"{source} does not fit the {type(model).__name__} model: {' | '.join(parts)}")
     model.load_state_dict({k: ours[k] for k in own}, strict=True)
 
@@ -222,17 +239,50 @@ def load_official_state_dict(model: nn.Module, state: Mapping[str, Tensor], sour
 # ---------------------------------------------------------------- public entry point
 
 
-def load_official(path: Union[str, Path], family: Optional[str] = None) -> nn.Module:
+def load_official(
+    path: Union[str, Path], family: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None
+) -> nn.Module:
     """Build the edgedet model for an official checkpoint and load its weights; eval mode.
 
     family: detr | deformable_detr | dab_detr | dino, or None to detect it from the keys.
+    overrides: config fields to set on top of what the checkpoint implies (see
+    `config_for_checkpoint`); shape-changing ones make the load fail with the mismatches.
     """
     from edgedet.models import create_model_from_config
 
     state, args = read_official_checkpoint(path)
     family = _resolve_family(state, args, family)
-    cfg = config_for_checkpoint(family, state, args)
+    cfg = config_for_checkpoint(family, state, args, overrides)
     model = create_model_from_config(cfg)
     load_official_state_dict(model, state, f"checkpoint {path}")
     log.info("loaded official %s checkpoint %s (%d tensors)", family, path, len(state))
     return model.eval()
+
+
+def convert_official(
+    src: Union[str, Path], out: Union[str, Path], family: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None
+) -> Tuple[Path, nn.Module]:
+    """Convert an official checkpoint into an edgedet checkpoint (`edgedet-checkpoint-v1`).
+
+    The file holds format, model (our state_dict), config (the ExperimentConfig dict with the
+    rebuilt model config), edgedet_version and epoch 0; `edgedet.engine.checkpoint.load_model`
+    reads it. Written atomically. Returns (out path, the loaded model).
+    """
+    import edgedet
+    from edgedet.config import ExperimentConfig, to_dict
+    from edgedet.engine.checkpoint import FORMAT
+
+    model = load_official(src, family, overrides)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = {
+        "format": FORMAT,
+        "model": model.state_dict(),
+        "config": to_dict(ExperimentConfig(model=model.config)),
+        "edgedet_version": edgedet.__version__,
+        "epoch": 0,
+    }
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(out)
+    return out, model

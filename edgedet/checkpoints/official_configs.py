@@ -1,8 +1,9 @@
 """How each official repository's checkpoint maps onto an edgedet model config.
 
-Owns one `FamilySpec` per supported family (registered in `OFFICIAL_FAMILIES`): the keys that
-identify its checkpoints, the translation of its training `args` into our config fields, and
-the same config inferred from tensor shapes when a checkpoint carries no `args`.
+Owns one `FamilySpec` (see `official_spec`) per supported family, registered in
+`OFFICIAL_FAMILIES`: the keys that identify its checkpoints, the translation of its training
+`args` into our config fields, and the same config inferred from tensor shapes when a
+checkpoint carries no `args`.
 
 All functions read the official key names (`backbone.0.body.*`, after any `module.` prefix is
 removed). Facts behind the mappings:
@@ -15,127 +16,27 @@ removed). Facts behind the mappings:
 """
 from __future__ import annotations
 
-import logging
-import re
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Dict
 
-from torch import Tensor
+import torch
 
-from edgedet.registry import BACKBONES, Registry
-
-log = logging.getLogger(__name__)
-
-State = Mapping[str, Tensor]
-Args = Dict[str, Any]
-OFFICIAL_FAMILIES = Registry("official checkpoint family")
-
-
-class OfficialCheckpointError(ValueError):
-    """An official checkpoint that cannot be turned into an edgedet model; says why and what to do."""
-
-
-@dataclass(frozen=True)
-class FamilySpec:
-    name: str
-    signature: str  # what identifies the family's checkpoints, for error messages
-    matches: Callable[[State], bool]
-    from_args: Callable[[Args, State], Dict[str, Any]]  # -> our config fields
-    from_shapes: Callable[[State], Dict[str, Any]]
-    # Fields `from_shapes` reads reliably; args that disagree with the weights are reported.
-    shape_fields: tuple = ("hidden_dim", "num_queries", "enc_layers", "dec_layers", "dim_feedforward")
-
-
-# ---------------------------------------------------------------- shared helpers
-
-
-def _require(args: Args, key: str) -> Any:
-    if key not in args:
-        raise OfficialCheckpointError(f"the checkpoint's args lack '{key}'; re-save it with its full training args or without args")
-    return args[key]
-
-
-def hardcoded_num_classes(args: Args) -> int:
-    """The class count DETR / Deformable-DETR / DAB-DETR's build functions hard-code."""
-    dataset = args.get("dataset_file", "coco")
-    return {"coco": 91, "coco_panoptic": 250}.get(dataset, 20)
-
-
-def count_indexed(state: State, prefix: str) -> int:
-    """Number of `prefix.{i}.` sub-modules (e.g. encoder layers)."""
-    pat = re.compile(re.escape(prefix) + r"\.(\d+)\.")
-    idx = {int(m.group(1)) for k in state for m in [pat.match(k)] if m}
-    return max(idx) + 1 if idx else 0
-
-
-def backbone_from_shapes(state: State) -> str:
-    """ResNet depth from the block layout under `backbone.0.body` (layer3 has 2/6/6/23 blocks)."""
-    n3 = count_indexed(state, "backbone.0.body.layer3")
-    bottleneck = "backbone.0.body.layer1.0.conv3.weight" in state
-    name = {(False, 2): "resnet18", (False, 6): "resnet34", (True, 6): "resnet50", (True, 23): "resnet101"}.get((bottleneck, n3))
-    if name is None:
-        raise OfficialCheckpointError(
-            f"cannot recognise the backbone under backbone.0.body ({n3} blocks in layer3); supported: {', '.join(BACKBONES.names())}"
-        )
-    return name
-
-
-_POSITION_EMBEDDINGS = {"sine": "sine", "v2": "sine", "learned": "learned", "v3": "learned"}
-
-
-def position_embedding_arg(args: Args, learned_ok: bool) -> str:
-    """Official `position_embedding` arg -> our name (sine | learned)."""
-    raw = args.get("position_embedding", "sine")
-    kind = _POSITION_EMBEDDINGS.get(raw)
-    if kind is None or (kind == "learned" and not learned_ok):
-        raise OfficialCheckpointError(f"position_embedding '{raw}' is not supported for this family; edgedet implements 'sine' here")
-    return kind
-
-
-def check_common_args(args: Args, family: str, learned_ok: bool = False) -> None:
-    """Reject recipes edgedet does not implement, naming the arg to change."""
-    if args.get("masks"):
-        raise OfficialCheckpointError(f"{family} checkpoint trained with masks=True (segmentation); edgedet builds detectors only")
-    position_embedding_arg(args, learned_ok)
-    backbone = _require(args, "backbone")
-    if backbone not in BACKBONES:
-        raise OfficialCheckpointError(f"backbone '{backbone}' is not available; supported: {', '.join(BACKBONES.names())}")
-
-
-def _assume(field: str, value: Any, family: str) -> Any:
-    log.warning("%s checkpoint has no args: assuming %s=%r (not recoverable from tensor shapes)", family, field, value)
-    return value
-
-
-def _common_args(args: Args, family: str, learned_ok: bool = False) -> Dict[str, Any]:
-    check_common_args(args, family, learned_ok)
-    return {
-        "backbone": args["backbone"],
-        "hidden_dim": int(_require(args, "hidden_dim")),
-        "num_queries": int(_require(args, "num_queries")),
-        "aux_loss": bool(args.get("aux_loss", True)),
-        "nheads": int(_require(args, "nheads")),
-        "enc_layers": int(_require(args, "enc_layers")),
-        "dec_layers": int(_require(args, "dec_layers")),
-        "dim_feedforward": int(_require(args, "dim_feedforward")),
-        "dropout": float(args.get("dropout", 0.1)),
-        "dilation": bool(args.get("dilation", False)),
-        "train_backbone": float(args.get("lr_backbone", 1e-5)) > 0,
-    }
-
-
-def _common_shapes(state: State, proj_key: str) -> Dict[str, Any]:
-    return {
-        "backbone": backbone_from_shapes(state),
-        "hidden_dim": int(state[proj_key].shape[0]),
-        "enc_layers": count_indexed(state, "transformer.encoder.layers"),
-        "dec_layers": count_indexed(state, "transformer.decoder.layers"),
-        "dim_feedforward": int(state["transformer.encoder.layers.0.linear1.weight"].shape[0]),
-    }
-
-
-def _has(state: State, fragment: str) -> bool:
-    return any(fragment in k for k in state)
+from edgedet.checkpoints.official_spec import (
+    DEFAULT_NHEADS,
+    OFFICIAL_FAMILIES,
+    Args,
+    FamilySpec,
+    OfficialCheckpointError,
+    State,
+    backbone_from_shapes,
+    check_common_args,
+    common_args,
+    common_shapes,
+    count_indexed,
+    hardcoded_num_classes,
+    has_fragment,
+    position_embedding_arg,
+    require,
+)
 
 
 # ---------------------------------------------------------------- DAB-DETR
@@ -180,15 +81,15 @@ def _dab_from_args(args: Args, state: State) -> Dict[str, Any]:
     return cfg
 
 
-def _dab_from_shapes(state: State) -> Dict[str, Any]:
+def _dab_from_shapes(state: State, nheads: int) -> Dict[str, Any]:
     cfg = _common_shapes(state, "input_proj.weight")
     cfg.update(
         num_queries=int(state["refpoint_embed.weight"].shape[0]),
         num_classes=int(state["class_embed.weight"].shape[0]),
-        activation="prelu" if "transformer.encoder.layers.0.activation.weight" in state else _assume("activation", "relu", "dab_detr"),
+        activation="prelu" if "transformer.encoder.layers.0.activation.weight" in state else "relu",
         pre_norm="transformer.encoder.norm.weight" in state,
         num_patterns=int(state["transformer.patterns.weight"].shape[0]) if "transformer.patterns.weight" in state else 0,
-        nheads=_assume("nheads", 8, "dab_detr"),
+        nheads=nheads,
         **_dab_structure(state),
     )
     return cfg
@@ -206,14 +107,217 @@ OFFICIAL_FAMILIES.register("dab_detr")(
 )
 
 
-def family_names() -> List[str]:
-    return OFFICIAL_FAMILIES.names()
+# ---------------------------------------------------------------- DETR
 
 
-def get_spec(name: str) -> FamilySpec:
-    return OFFICIAL_FAMILIES.get(name)
+def _detr_matches(state: State) -> bool:
+    q = state.get("query_embed.weight")
+    norm = state.get("transformer.decoder.norm.weight")
+    return (
+        q is not None and q.dim() == 2 and (norm is None or q.shape[1] == norm.shape[0])
+        and any(k.startswith("transformer.decoder.layers.") and ".multihead_attn." in k for k in state)
+    )
 
 
-def args_modelname(args: Optional[Args]) -> Optional[str]:
-    """The family named by args (`modelname` in the DAB-DETR / DINO repositories), if any."""
-    return None if not args else args.get("modelname")
+def _detr_from_args(args: Args, state: State) -> Dict[str, Any]:
+    cfg = _common_args(args, "detr", learned_ok=True)
+    cfg.update(
+        num_classes=hardcoded_num_classes(args),
+        pre_norm=bool(args.get("pre_norm", False)),
+        position_embedding=position_embedding_arg(args, learned_ok=True),
+        cost_class=float(args.get("set_cost_class", 1.0)),
+        cost_bbox=float(args.get("set_cost_bbox", 5.0)),
+        cost_giou=float(args.get("set_cost_giou", 2.0)),
+        bbox_loss_coef=float(args.get("bbox_loss_coef", 5.0)),
+        giou_loss_coef=float(args.get("giou_loss_coef", 2.0)),
+        eos_coef=float(args.get("eos_coef", 0.1)),
+    )
+    return cfg
+
+
+def _detr_from_shapes(state: State, nheads: int) -> Dict[str, Any]:
+    cfg = _common_shapes(state, "input_proj.weight")
+    cfg.update(
+        num_queries=int(state["query_embed.weight"].shape[0]),
+        num_classes=int(state["class_embed.weight"].shape[0]) - 1,  # last column = no-object
+        pre_norm="transformer.encoder.norm.weight" in state,
+        position_embedding="learned" if "backbone.1.row_embed.weight" in state else "sine",
+        nheads=nheads,
+    )
+    return cfg
+
+
+# ---------------------------------------------------------------- Deformable DETR
+
+_DINO_ONLY = ("transformer.tgt_embed.weight", "label_enc.weight")
+
+
+def _is_dino(state: State) -> bool:
+    return any(k in state for k in _DINO_ONLY) or any(k.startswith("transformer.enc_out_class_embed.") for k in state)
+
+
+def _deformable_matches(state: State) -> bool:
+    level = state.get("transformer.level_embed")
+    q = state.get("query_embed.weight")
+    if level is None or _is_dino(state) or "refpoint_embed.weight" in state:
+        return False
+    single_stage = q is not None and q.dim() == 2 and q.shape[1] == 2 * level.shape[1]
+    return single_stage or "transformer.enc_output.weight" in state
+
+
+def _points_from_shapes(state: State, key: str, levels: int, heads: int) -> int:
+    """MSDeformAttn's attention_weights has heads*levels*points rows."""
+    rows = int(state[key].shape[0])
+    if rows % (heads * levels):
+        raise OfficialCheckpointError(f"{key} has {rows} rows, not a multiple of {heads} heads x {levels} levels: the checkpoint needs its args")
+    return rows // (heads * levels)
+
+
+def _deformable_common_shapes(state: State, nheads: int) -> Dict[str, Any]:
+    cfg = _common_shapes(state, "input_proj.0.0.weight")
+    levels = int(state["transformer.level_embed"].shape[0])
+    cfg.update(
+        num_feature_levels=levels,
+        nheads=nheads,
+        enc_n_points=_points_from_shapes(state, "transformer.encoder.layers.0.self_attn.attention_weights.weight", levels, nheads),
+        dec_n_points=_points_from_shapes(state, "transformer.decoder.layers.0.cross_attn.attention_weights.weight", levels, nheads),
+    )
+    return cfg
+
+
+def _deformable_from_args(args: Args, state: State) -> Dict[str, Any]:
+    cfg = _common_args(args, "deformable_detr", learned_ok=True)
+    scale = float(args.get("position_embedding_scale", 2 * 3.141592653589793))
+    if abs(scale - 2 * 3.141592653589793) > 1e-6:
+        raise OfficialCheckpointError(f"position_embedding_scale {scale} is not supported; edgedet uses 2*pi")
+    cfg.update(
+        num_classes=hardcoded_num_classes(args),
+        num_feature_levels=int(_require(args, "num_feature_levels")),
+        enc_n_points=int(_require(args, "enc_n_points")),
+        dec_n_points=int(_require(args, "dec_n_points")),
+        with_box_refine=bool(args.get("with_box_refine", False)),
+        two_stage=bool(args.get("two_stage", False)),
+        position_embedding=position_embedding_arg(args, learned_ok=True),
+        cost_class=float(args.get("set_cost_class", 2.0)),
+        cost_bbox=float(args.get("set_cost_bbox", 5.0)),
+        cost_giou=float(args.get("set_cost_giou", 2.0)),
+        cls_loss_coef=float(args.get("cls_loss_coef", 2.0)),
+        bbox_loss_coef=float(args.get("bbox_loss_coef", 5.0)),
+        giou_loss_coef=float(args.get("giou_loss_coef", 2.0)),
+        focal_alpha=float(args.get("focal_alpha", 0.25)),
+    )
+    return cfg
+
+
+def _deformable_from_shapes(state: State, nheads: int) -> Dict[str, Any]:
+    cfg = _deformable_common_shapes(state, nheads)
+    two_stage = "transformer.enc_output.weight" in state
+    cfg.update(
+        num_classes=int(state["class_embed.0.weight"].shape[0]),
+        two_stage=two_stage,
+        with_box_refine="transformer.decoder.bbox_embed.0.layers.0.weight" in state,
+        position_embedding="learned" if "backbone.1.row_embed.weight" in state else "sine",
+    )
+    if not two_stage:  # two-stage picks top-k encoder tokens: the count is not in any shape
+        cfg["num_queries"] = int(state["query_embed.weight"].shape[0])
+    return cfg
+
+
+# ---------------------------------------------------------------- DINO
+
+# Official DINO args edgedet does not implement, with the value it supports.
+_DINO_FIXED = {
+    "transformer_activation": "relu",
+    "decoder_sa_type": "sa",
+    "decoder_module_seq": ["sa", "ca", "ffn"],
+    "num_patterns": 0,
+    "random_refpoints_xy": False,
+    "two_stage_pat_embed": 0,
+    "two_stage_add_query_num": 0,
+    "two_stage_learn_wh": False,
+    "use_deformable_box_attn": False,
+    "add_channel_attention": False,
+    "dec_layer_number": None,
+    "pre_norm": False,
+    "query_dim": 4,
+    "use_detached_boxes_dec_out": False,
+}
+
+
+def _dino_shares(state: State) -> Dict[str, Any]:
+    """Head sharing, seen as identical tensors under the per-layer / encoder names."""
+    def same(a: str, b: str) -> bool:
+        return a in state and b in state and torch.equal(state[a], state[b])
+
+    last = count_indexed(state, "class_embed") - 1
+    return {
+        "dec_pred_class_embed_share": last == 0 or same("class_embed.0.weight", f"class_embed.{last}.weight"),
+        "dec_pred_bbox_embed_share": last == 0 or same("bbox_embed.0.layers.0.weight", f"bbox_embed.{last}.layers.0.weight"),
+        "two_stage_class_embed_share": same("class_embed.0.weight", "transformer.enc_out_class_embed.weight"),
+        "two_stage_bbox_embed_share": same("bbox_embed.0.layers.0.weight", "transformer.enc_out_bbox_embed.layers.0.weight"),
+    }
+
+
+def _dino_from_args(args: Args, state: State) -> Dict[str, Any]:
+    if args.get("modelname", "dino") != "dino":
+        raise OfficialCheckpointError(f"DINO repository model '{args['modelname']}' is not supported; only 'dino' is")
+    for key, supported in _DINO_FIXED.items():
+        if key in args and args[key] != supported:
+            raise OfficialCheckpointError(f"DINO option {key}={args[key]!r} is not supported by edgedet (only {supported!r})")
+    cfg = _common_args(args, "dino")
+    levels = int(_require(args, "num_feature_levels"))
+    interm = list(args.get("return_interm_indices", range(5 - levels, 4)))
+    if interm != list(range(5 - levels, 4)):
+        raise OfficialCheckpointError(f"DINO return_interm_indices {interm} with {levels} levels is not supported (only the last {levels - 1} stages)")
+    cfg.update(
+        num_classes=int(_require(args, "num_classes")),
+        dropout=float(args.get("dropout", 0.0)),
+        num_feature_levels=levels,
+        enc_n_points=int(_require(args, "enc_n_points")),
+        dec_n_points=int(_require(args, "dec_n_points")),
+        pe_temperature_h=float(args.get("pe_temperatureH", 20)),
+        pe_temperature_w=float(args.get("pe_temperatureW", 20)),
+        two_stage=str(args.get("two_stage_type", "standard")),
+        embed_init_tgt=bool(args.get("embed_init_tgt", True)),
+        dn_number=int(args.get("dn_number", 100)) if args.get("use_dn", True) else 0,
+        dn_label_noise_ratio=float(args.get("dn_label_noise_ratio", 0.5)),
+        dn_box_noise_scale=float(args.get("dn_box_noise_scale", 0.4)),
+        dn_labelbook_size=int(state["label_enc.weight"].shape[0]) - 1 if "label_enc.weight" in state else args.get("dn_labelbook_size"),
+        cls_loss_coef=float(args.get("cls_loss_coef", 1.0)),
+        bbox_loss_coef=float(args.get("bbox_loss_coef", 5.0)),
+        giou_loss_coef=float(args.get("giou_loss_coef", 2.0)),
+        interm_loss_coef=float(args.get("interm_loss_coef", 1.0)),
+        set_cost_class=float(args.get("set_cost_class", 2.0)),
+        set_cost_bbox=float(args.get("set_cost_bbox", 5.0)),
+        set_cost_giou=float(args.get("set_cost_giou", 2.0)),
+        focal_alpha=float(args.get("focal_alpha", 0.25)),
+        **_dino_shares(state),
+    )
+    return cfg
+
+
+def _dino_from_shapes(state: State, nheads: int) -> Dict[str, Any]:
+    cfg = _deformable_common_shapes(state, nheads)
+    cfg.update(
+        num_classes=int(state["class_embed.0.weight"].shape[0]),
+        embed_init_tgt="transformer.tgt_embed.weight" in state,
+        **_dino_shares(state),
+    )
+    if "label_enc.weight" in state:
+        cfg["dn_labelbook_size"] = int(state["label_enc.weight"].shape[0]) - 1
+    if "transformer.tgt_embed.weight" in state:
+        cfg["num_queries"] = int(state["transformer.tgt_embed.weight"].shape[0])
+    return cfg
+
+
+_DEFORMABLE_SHAPE_FIELDS = ("hidden_dim", "num_queries", "enc_layers", "dec_layers", "dim_feedforward", "num_feature_levels")
+for _spec in (
+    FamilySpec("detr", "query_embed.weight [Q, d] + transformer.decoder.layers.*.multihead_attn", _detr_matches, _detr_from_args,
+               _detr_from_shapes, shape_fields=("hidden_dim", "num_queries", "enc_layers", "dec_layers", "dim_feedforward", "pre_norm")),
+    FamilySpec("deformable_detr", "transformer.level_embed + query_embed.weight [Q, 2d] (or two-stage transformer.enc_output)",
+               _deformable_matches, _deformable_from_args, _deformable_from_shapes,
+               shape_fields=_DEFORMABLE_SHAPE_FIELDS + ("two_stage", "with_box_refine")),
+    FamilySpec("dino", "transformer.tgt_embed / transformer.enc_out_class_embed / label_enc", _is_dino, _dino_from_args,
+               _dino_from_shapes, shape_fields=_DEFORMABLE_SHAPE_FIELDS + ("embed_init_tgt", "dn_labelbook_size")),
+):
+    OFFICIAL_FAMILIES.register(_spec.name)(_spec)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Dict, List, Tuple, Union
 
@@ -12,7 +11,6 @@ from tqdm import tqdm
 from edgedet.data.io import BadFilePolicy, DataFormatError, DegenerateCounter, clean_boxes, image_size
 from edgedet.data.records import ImageRecord
 
-logger = logging.getLogger(__name__)
 
 
 def _load_json(ann_file: Path) -> dict:
@@ -72,8 +70,7 @@ def read_coco(
             anns_by_image.setdefault(image_id, []).append({"box": (x, y, x + w, y + h), "label": label_of[int(ann["category_id"])]})
         except (KeyError, TypeError, ValueError) as e:
             policy.handle(DataFormatError(f"malformed annotation id={ann.get('id', '?')} in {ann_file}: {e!r}"))
-            if "image_id" in ann:
-                bad_images.add(ann["image_id"])
+            bad_images.add(str(ann.get("image_id")))  # compared as text: the id itself may be malformed
 
     records: List[ImageRecord] = []
     for img in tqdm(data["images"], desc=f"reading {ann_file.name}", disable=None, leave=False):
@@ -83,7 +80,7 @@ def read_coco(
         except (KeyError, TypeError, ValueError) as e:
             policy.handle(DataFormatError(f"malformed image entry in {ann_file}: {e!r}"))
             continue
-        if image_id in bad_images:
+        if str(image_id) in bad_images:
             continue  # an annotation of it was malformed and skipped; keeping the rest would hide an object
         try:
             width, height = image_size(path)

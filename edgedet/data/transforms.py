@@ -11,9 +11,10 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 
-from runtime.preprocess import letterbox, normalize, resize_shorter_side
+from runtime.preprocess import LetterboxInfo, letterbox, normalize, resize_shorter_side
 
 Target = Dict[str, Any]
 
@@ -152,35 +153,47 @@ class Normalize:
 
 
 class DeployTransform:
-    """The deployed runtime's preprocessing: letterbox into `size_hw`, then normalise.
+    """The deployed runtime's preprocessing: letterbox (or stretch) into `size_hw`, then normalise.
 
     Returns float32 [3, th, tw]; the target (optional) gets boxes as normalised cxcywh of the
-    letterboxed canvas, `size` = size_hw and `letterbox` = the `LetterboxInfo`
-    (x_net = x_orig * scale + pad).
+    network input, `size` = size_hw and `letterbox` = the `LetterboxInfo` (x_net = x_orig * scale + pad).
     """
 
-    def __init__(self, size_hw: Tuple[int, int], mean: Sequence[float], std: Sequence[float], pad_value: int = 0):
+    def __init__(self, size_hw: Tuple[int, int], mean: Sequence[float], std: Sequence[float], pad_value: int = 0,
+                 resize: str = "letterbox"):
+        if resize not in ("letterbox", "stretch"):
+            raise ValueError(f"unknown resize '{resize}'; valid: letterbox, stretch")
         self.size_hw = (int(size_hw[0]), int(size_hw[1]))
-        self.mean, self.std, self.pad_value = tuple(mean), tuple(std), int(pad_value)
+        self.mean, self.std, self.pad_value, self.resize = tuple(mean), tuple(std), int(pad_value), resize
+
+    def _resize(self, image: np.ndarray) -> Tuple[np.ndarray, LetterboxInfo]:
+        if self.resize == "letterbox":
+            return letterbox(image, self.size_hw, self.pad_value)
+        (h, w), (th, tw) = image.shape[:2], self.size_hw
+        out = cv2.resize(image, (tw, th), interpolation=cv2.INTER_LINEAR) if (h, w) != (th, tw) else image
+        return out, LetterboxInfo(min(th / h, tw / w), 0, 0, (h, w), scale_hw=(th / h, tw / w))
 
     def __call__(self, image: np.ndarray, target: Optional[Target] = None) -> Tuple[np.ndarray, Target]:
         h, w = image.shape[:2]
-        canvas, info = letterbox(image, self.size_hw, self.pad_value)
+        canvas, info = self._resize(image)
         target = dict(target) if target is not None else {"boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64)}
         target.setdefault("orig_size", np.array([h, w], np.int64))
+        sy, sx = info.scale_hw if info.scale_hw is not None else (info.scale, info.scale)
+        scale = np.array([sx, sy, sx, sy], np.float32)
         offset = np.array([info.pad_x, info.pad_y, info.pad_x, info.pad_y], np.float32)
-        target["boxes"] = np.asarray(target["boxes"], np.float32).reshape(-1, 4) * np.float32(info.scale) + offset
+        target["boxes"] = np.asarray(target["boxes"], np.float32).reshape(-1, 4) * scale + offset
         canvas, target = ToTarget()(canvas, target)
         target["letterbox"] = info
         return normalize(canvas, self.mean, self.std), target
 
     def __repr__(self) -> str:
-        return f"DeployTransform(size_hw={self.size_hw}, pad_value={self.pad_value})"
+        return f"DeployTransform(size_hw={self.size_hw}, resize={self.resize}, pad_value={self.pad_value})"
 
 
-def deploy_transform(size_hw: Tuple[int, int], mean: Sequence[float], std: Sequence[float], pad_value: int = 0) -> DeployTransform:
+def deploy_transform(size_hw: Tuple[int, int], mean: Sequence[float], std: Sequence[float], pad_value: int = 0,
+                     resize: str = "letterbox") -> DeployTransform:
     """The preprocessing an exported model gets at run time (see `DeployTransform`)."""
-    return DeployTransform(size_hw, mean, std, pad_value)
+    return DeployTransform(size_hw, mean, std, pad_value, resize)
 
 
 def _crop_branch(scales: Sequence[int], max_size: int) -> Compose:

@@ -6,7 +6,6 @@ Class names: `data.class_names`, else `root/classes.txt` (one per line), else `d
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -17,7 +16,6 @@ from tqdm import tqdm
 from edgedet.data.io import IMAGE_SUFFIXES, BadFilePolicy, DataFormatError, DegenerateCounter, clean_boxes, image_size
 from edgedet.data.records import ImageRecord
 
-logger = logging.getLogger(__name__)
 _COORD_TOL = 1e-3  # exporters round; values a hair outside [0, 1] are clipped, not rejected
 
 

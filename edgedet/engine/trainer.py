@@ -31,6 +31,7 @@ from edgedet.engine.optim import build_optimizer, build_scheduler
 from edgedet.engine.plots import plot_curves
 
 log = logging.getLogger(__name__)
+PLOT_EVERY_S = 30.0  # redraw curves.png at most this often (and after the last epoch)
 
 
 def seed_everything(seed: int) -> None:
@@ -96,12 +97,12 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader, optimizer, s
         scheduler.step()
         if ema is not None:
             ema.update(ckpt_io.unwrap(model))
-        sums["loss"] += total.item()
-        for k, v in losses.items():
-            sums[k] += float(v.item())
+        values = {"loss": total.item(), **{k: float(v.detach()) for k, v in losses.items()}}
+        for k, v in values.items():
+            sums[k] += v
         bar.update(1)
-        bar.set_postfix(loss=f"{sums['loss'] / it:.3f}", ce=f"{float(losses.get('loss_ce', 0)):.3f}",
-                        bbox=f"{float(losses.get('loss_bbox', 0)):.3f}", giou=f"{float(losses.get('loss_giou', 0)):.3f}")
+        bar.set_postfix({"loss": f"{sums['loss'] / it:.3f}",
+                         **{k[5:]: f"{values[k]:.3f}" for k in ("loss_ce", "loss_bbox", "loss_giou") if k in values}})
         if it >= n_iters:
             break
         if clock is not None and ddp.any_process(clock.expired(), device):
@@ -191,7 +192,7 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
         if resume_ckpt is None and metrics_path.exists():
             metrics_path.unlink()
     clock = _Stopwatch(tc.time_budget_s)
-    epoch = start_epoch - 1
+    epoch, last_plot = start_epoch - 1, time.monotonic()
     for epoch in range(start_epoch, tc.epochs):
         _seed_epoch(loader, tc.seed, epoch)
         losses, n_iters, stopped = train_one_epoch(train_model, criterion, loader, optimizer, scheduler, device, cfg,
@@ -214,7 +215,9 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
             ckpt_io.save_checkpoint(last_path, model, cfg, epoch, **state)
             if is_best:
                 ckpt_io.save_checkpoint(out_dir / "best.pth", model, cfg, epoch, **state)
-            plot_curves(metrics_path, out_dir / "curves.png")
+            if last_epoch or time.monotonic() - last_plot > PLOT_EVERY_S:
+                plot_curves(metrics_path, out_dir / "curves.png")
+                last_plot = time.monotonic()
         ddp.barrier()
         if stopped:
             log.info("time budget of %.0f s reached after epoch %d", tc.time_budget_s, epoch)

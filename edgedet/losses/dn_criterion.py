@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Dict, Sequence
 
-import torch
 from torch import Tensor, nn
 
 from edgedet.losses.criterion import SetCriterion

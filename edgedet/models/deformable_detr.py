@@ -88,8 +88,8 @@ class DeformableDETR(DetectorBase):
         self.config = cfg
         hidden = cfg.hidden_dim
         return_layers = (2, 3, 4) if cfg.num_feature_levels > 1 else (4,)
-        self.backbone = Backbone(cfg.backbone, return_layers, cfg.train_backbone, dilation=cfg.dilation,
-                                 weights=cfg.backbone_weights)
+        self.backbone = Backbone(cfg.backbone, return_layers, cfg.train_backbone, frozen_bn=cfg.backbone_frozen_bn,
+                                 dilation=cfg.dilation, weights=cfg.backbone_weights)
         self.position_embedding = build_position_embedding(cfg.position_embedding, hidden // 2, offset=0.5)
         self.transformer = DeformableTransformer(
             hidden, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward, cfg.dropout, cfg.activation,

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-import torch
 from torch import Tensor, nn
 
 from edgedet.config import ModelConfig
@@ -78,7 +77,8 @@ class DETR(DetectorBase):
             raise ValueError(f"hidden_dim ({cfg.hidden_dim}) must be divisible by nheads ({cfg.nheads})")
         self.config = cfg
         hidden = cfg.hidden_dim
-        self.backbone = Backbone(cfg.backbone, (4,), cfg.train_backbone, dilation=cfg.dilation, weights=cfg.backbone_weights)
+        self.backbone = Backbone(cfg.backbone, (4,), cfg.train_backbone, frozen_bn=cfg.backbone_frozen_bn,
+                                 dilation=cfg.dilation, weights=cfg.backbone_weights)
         self.position_embedding = build_position_embedding(cfg.position_embedding, hidden // 2)
         self.transformer = Transformer(
             hidden, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward, cfg.dropout, cfg.activation, cfg.pre_norm

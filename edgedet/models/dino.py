@@ -182,8 +182,8 @@ class DINO(DetectorBase):
                                    cfg.dn_label_noise_ratio, cfg.dn_box_noise_scale)
         t = self.transformer(srcs, masks, pos, dn)
         hs = list(t["hs"])
-        # Keeps label_enc in the graph when no denoising query is built (unused-parameter checks).
-        hs[0] = hs[0] + self.label_enc.weight[0, 0] * 0.0
+        if self.training:  # keeps label_enc in the graph without denoising queries (DDP unused-parameter check)
+            hs[0] = hs[0] + self.label_enc.weight[0, 0] * 0.0
         logits = [head(h) for head, h in zip(self.class_embed, hs)]
         boxes = t["boxes"]
         dn_meta = dn.dn_meta if dn is not None else {"pad_size": 0, "num_dn_group": 0}

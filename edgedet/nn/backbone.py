@@ -69,18 +69,26 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """ResNet body without the classifier (no `fc`, no `avgpool`)."""
 
-    def __init__(self, block: Type[Union[BasicBlock, Bottleneck]], layers: Sequence[int], norm: NormLayer, dilate_last: bool = False):
+    def __init__(
+        self,
+        block: Type[Union[BasicBlock, Bottleneck]],
+        layers: Sequence[int],
+        norm: NormLayer,
+        dilate_last: bool = False,
+        base_width: int = 64,
+    ):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = norm(64)
+        w = base_width
+        self.conv1 = nn.Conv2d(3, w, 7, stride=2, padding=3, bias=False)
+        self.bn1 = norm(w)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        self._cin = 64
-        self.layer1 = self._make_layer(block, 64, layers[0], 1, norm)
-        self.layer2 = self._make_layer(block, 128, layers[1], 2, norm)
-        self.layer3 = self._make_layer(block, 256, layers[2], 2, norm)
-        self.layer4 = self._make_layer(block, 512, layers[3], 1 if dilate_last else 2, norm, 2 if dilate_last else 1)
-        self.channels = [64 * block.expansion, 128 * block.expansion, 256 * block.expansion, 512 * block.expansion]
+        self._cin = w
+        self.layer1 = self._make_layer(block, w, layers[0], 1, norm)
+        self.layer2 = self._make_layer(block, 2 * w, layers[1], 2, norm)
+        self.layer3 = self._make_layer(block, 4 * w, layers[2], 2, norm)
+        self.layer4 = self._make_layer(block, 8 * w, layers[3], 1 if dilate_last else 2, norm, 2 if dilate_last else 1)
+        self.channels = [k * w * block.expansion for k in (1, 2, 4, 8)]
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -106,19 +114,23 @@ class ResNet(nn.Module):
         return outs
 
 
+# name -> (block, blocks per stage, base width). The torchvision ResNets load ImageNet weights;
+# `resnet10_slim` (one block per stage, half width, ~1.2 M parameters) is for tiny models
+# trained from scratch, such as the embedded demo detector.
 _SPECS = {
-    "resnet18": (BasicBlock, [2, 2, 2, 2]),
-    "resnet34": (BasicBlock, [3, 4, 6, 3]),
-    "resnet50": (Bottleneck, [3, 4, 6, 3]),
-    "resnet101": (Bottleneck, [3, 4, 23, 3]),
+    "resnet18": (BasicBlock, [2, 2, 2, 2], 64),
+    "resnet34": (BasicBlock, [3, 4, 6, 3], 64),
+    "resnet50": (Bottleneck, [3, 4, 6, 3], 64),
+    "resnet101": (Bottleneck, [3, 4, 23, 3], 64),
+    "resnet10_slim": (BasicBlock, [1, 1, 1, 1], 32),
 }
 
 
 def _make_resnet(name: str) -> Callable[..., ResNet]:
     def build(frozen_bn: bool = True, dilation: bool = False) -> ResNet:
-        block, layers = _SPECS[name]
+        block, layers, width = _SPECS[name]
         norm = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
-        return ResNet(block, layers, norm, dilate_last=dilation)
+        return ResNet(block, layers, norm, dilate_last=dilation, base_width=width)
 
     build.__name__ = name
     return build
@@ -173,9 +185,11 @@ class Backbone(nn.Module):
         self.strides = [4 * 2 ** (i - 1) for i in self.return_layers]
         if dilation and 4 in self.return_layers:
             self.strides[-1] //= 2
-        # The stem and layer1 stay frozen, as in every DETR recipe.
+        # With ImageNet weights the stem and layer1 stay frozen, as in every DETR recipe; a
+        # randomly initialised backbone (trained from scratch) must train all of its layers.
         for pname, param in self.body.named_parameters():
-            if not train_backbone or not any(pname.startswith(f"layer{i}") for i in (2, 3, 4)):
+            frozen_stem = weights is not None and not any(pname.startswith(f"layer{i}") for i in (2, 3, 4))
+            if not train_backbone or frozen_stem:
                 param.requires_grad_(False)
 
     def forward(self, images: Tensor, mask: Optional[Tensor] = None) -> List[Tuple[Tensor, Tensor]]:

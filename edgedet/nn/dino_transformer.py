@@ -134,7 +134,6 @@ class DINOTransformer(nn.Module):
                  msda_impl: str = "pytorch", look_forward_twice: bool = True, embed_init_tgt: bool = True):
         super().__init__()
         self.d_model, self.num_queries, self.num_feature_levels = d_model, num_queries, num_feature_levels
-        self.embed_init_tgt = embed_init_tgt
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
         self.encoder = DeformableEncoder(
             DeformableEncoderLayer(d_model, dim_feedforward, dropout, "relu", num_feature_levels, n_heads, enc_n_points, msda_impl),
@@ -142,7 +141,8 @@ class DINOTransformer(nn.Module):
         )
         self.decoder = DINODecoder(num_decoder_layers, d_model, dim_feedforward, dropout, n_heads, num_feature_levels,
                                    dec_n_points, msda_impl, look_forward_twice)
-        self.tgt_embed = nn.Embedding(num_queries, d_model)
+        # Learned content queries; without them the selected encoder tokens serve (no `tgt_embed` key).
+        self.tgt_embed = nn.Embedding(num_queries, d_model) if embed_init_tgt else None
         self.enc_output = nn.Linear(d_model, d_model)
         self.enc_output_norm = nn.LayerNorm(d_model)
         self._reset_parameters()
@@ -203,7 +203,7 @@ class DINOTransformer(nn.Module):
         sel = self.select_queries(memory, mask_flat, spatial_shapes)
         batch = memory.shape[0]
         refpoints = sel["refpoints_unsig"].detach()
-        if self.embed_init_tgt:
+        if self.tgt_embed is not None:
             tgt = self.tgt_embed.weight[None].expand(batch, -1, -1)
         else:
             tgt = sel["tokens"].detach()

@@ -1,0 +1,78 @@
+"""`edgedet export`: the command-line face of `converters.export` (+ optional `verify`).
+
+    edgedet export --model runs/train/best.pt --format openvino --precision int8 \
+        --imgsz 640 640 --msda fused --calib data/images --output model.xml --verify --images data/images
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from converters.formats import FORMATS, MSDA_FORMS, PRECISIONS, list_formats
+
+log = logging.getLogger(__name__)
+
+
+class ExportCommand:
+    name = "export"
+    help = "export a checkpoint or model to ONNX / OpenVINO / TensorRT (optionally INT8) and verify it"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", help="checkpoint (.pt/.pth, edgedet or official) or a registered model name")
+        # Free text (not argparse choices) so a typo gets the table's suggestion.
+        p.add_argument("--format", default="onnx", help=f"one of {', '.join(FORMATS)} (default onnx)")
+        p.add_argument("--precision", default="fp32", help=f"one of {', '.join(PRECISIONS)} (default fp32)")
+        p.add_argument("--imgsz", type=int, nargs=2, default=[640, 640], metavar=("H", "W"), help="network input size")
+        p.add_argument("--msda", default=None, help=f"deformable-attention export form: {', '.join(MSDA_FORMS)} "
+                       "(default: the format's own)")
+        p.add_argument("--calib", default=None, help="folder of calibration images (needed for int8)")
+        p.add_argument("--calib-images", type=int, default=32, help="number of calibration images used")
+        p.add_argument("--output", default=None, help="artifact path or folder (default: ./<family>-<msda>-<precision><suffix>)")
+        p.add_argument("--dynamic-batch", action="store_true", help="dynamic batch dimension")
+        p.add_argument("--raw", action="store_true", help="export raw pred_logits/pred_boxes instead of top-K detections")
+        p.add_argument("--top-k", type=int, default=100, help="detections kept per image (postprocessed export)")
+        p.add_argument("--verify", action="store_true", help="compare the artifact with PyTorch afterwards")
+        p.add_argument("--images", default=None, help="images for --verify (default: --calib)")
+        p.add_argument("--list-formats", action="store_true", help="print the format table and exit")
+
+    def run(self, args: argparse.Namespace) -> int:
+        if args.list_formats:
+            for row in list_formats():
+                print(json.dumps(row))
+            return 0
+        if not args.model:
+            raise ValueError("--model is required (a checkpoint path or a model name)")
+        from converters.api import export, resolve_model
+
+        model, experiment = resolve_model(args.model)  # once: --verify compares against this same model
+        path = export(
+            model, experiment=experiment, format=args.format, output=args.output, precision=args.precision, imgsz=tuple(args.imgsz),
+            dynamic_batch=args.dynamic_batch, msda=args.msda, calib=args.calib, postprocess=not args.raw,
+            top_k=args.top_k, calib_images=args.calib_images,
+        )
+        print(f"exported {path}")
+        if args.verify:
+            images = args.images or args.calib
+            if not images:
+                raise ValueError("--verify needs --images PATH (or --calib PATH)")
+            from converters.verify import format_report, verify
+
+            report = verify(path, model, images)
+            print(format_report(report))
+        return 0
+
+
+EXPORT_COMMAND = ExportCommand()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="edgedet export", description=ExportCommand.help)
+    EXPORT_COMMAND.add_arguments(parser)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return EXPORT_COMMAND.run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""`edgedet convert-checkpoint`: official DETR-family weights -> an edgedet checkpoint.
+
+    edgedet convert-checkpoint detr-r50.pth --from detr -o detr_r50.pth
+    edgedet convert-checkpoint dab.pth -o dab.pth --set nheads=8   # args-less file: set what shapes hide
+
+The result loads with `edgedet.engine.checkpoint.load_model` (as `edgedet eval --checkpoint` does).
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Dict, List
+
+import yaml
+
+
+def parse_set_args(items: List[str]) -> Dict[str, Any]:
+    """["nheads=4", "class_names=[a, b]"] -> {"nheads": 4, "class_names": ["a", "b"]} (values parsed as YAML)."""
+    out: Dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set '{item}' must look like field=value (e.g. --set nheads=8)")
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
+
+
+class ConvertCheckpointCommand:
+    name = "convert-checkpoint"
+    help = "convert an official DETR / Deformable-DETR / DAB-DETR / DINO checkpoint to edgedet's format"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        from edgedet.checkpoints import family_names
+
+        p.add_argument("src", help="checkpoint written by the official repository (.pth)")
+        p.add_argument("--from", dest="family", choices=family_names(), default=None,
+                       help="the family it comes from (default: detected from the keys)")
+        p.add_argument("-o", "--output", required=True, help="where to write the edgedet checkpoint (.pth)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                       help="model config field to set (repeatable), e.g. class_names=[cat,dog] or nheads=8 "
+                            "for a checkpoint without args")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from edgedet.checkpoints import convert_official
+
+        out, model = convert_official(args.src, args.output, args.family, parse_set_args(args.overrides))
+        cfg = model.config
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"{args.src} -> {out}: {cfg.name}, backbone {cfg.backbone}, {cfg.num_classes} classes, "
+              f"{cfg.num_queries} queries, {n_params / 1e6:.1f}M parameters")
+        return 0
+
+
+COMMAND = ConvertCheckpointCommand()

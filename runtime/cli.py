@@ -1,0 +1,117 @@
+"""`edgedet run` / `edgedet-run`: a detector on a camera, video, folder, URL or GStreamer pipeline.
+
+    edgedet run --model model.onnx --source 0 --show
+    edgedet-run --model model.xml --device CPU --source clip.mp4 --save out.mp4 --json out.jsonl
+
+Shows a live progress line (frames, FPS, latency) on stderr and a per-stage summary at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+import time
+from typing import Any, List, Optional
+
+from runtime.capture import open_source
+from runtime.detector import Detector
+from runtime.pipeline import Pipeline
+from runtime.sinks import JsonLinesSink, ShowSink, VideoSink
+
+
+def _source_arg(text: str) -> Any:
+    return int(text) if text.strip().isdigit() else text
+
+
+class RunCommand:
+    name = "run"
+    help = "run an exported detector on a camera, video, image folder, RTSP/HTTP URL or GStreamer pipeline"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--model", required=True, help="exported artifact (.onnx, .xml, .engine) with its manifest")
+        parser.add_argument("--source", default="0", type=_source_arg,
+                            help="camera index, video/image file, folder, rtsp:// or http:// URL, or GStreamer pipeline (default 0)")
+        parser.add_argument("--backend", default="auto", help="auto (by file suffix), onnxruntime, openvino or tensorrt")
+        parser.add_argument("--device", default="CPU", help="CPU, cuda, cuda:N, tensorrt (onnxruntime); CPU, GPU, NPU (openvino)")
+        parser.add_argument("--conf", type=float, default=0.25, help="minimum score (default 0.25)")
+        parser.add_argument("--classes", type=int, nargs="+", default=None, help="keep only these class ids")
+        parser.add_argument("--threads", type=int, default=0, help="engine CPU threads (0 = engine default)")
+        parser.add_argument("--show", action="store_true", help="show a window ('q' or Esc quits)")
+        parser.add_argument("--save", default=None, help="write the annotated video here (e.g. out.mp4)")
+        parser.add_argument("--json", default=None, help="write one JSON line of detections per frame here")
+        parser.add_argument("--live", action="store_true", help="play a video file at its fps as a live camera (drop stale frames)")
+        parser.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0 = until the source ends)")
+        parser.add_argument("--queue-size", type=int, default=4, help="queue depth between stages for file sources")
+        parser.add_argument("--quiet", action="store_true", help="no progress line")
+
+    def run(self, args: argparse.Namespace) -> int:
+        options = {"threads": args.threads} if args.threads else {}
+        with contextlib.ExitStack() as undo:  # closes what was opened if a later step fails
+            sinks: List[Any] = [ShowSink(overlay_fps=True)] if args.show else []  # first: fail before loading anything
+            undo.callback(lambda: [s.close() for s in sinks])
+            detector = Detector(args.model, backend=args.backend, device=args.device, conf=args.conf, classes=args.classes, **options)
+            undo.callback(detector.close)
+            source = open_source(args.source, live=args.live or None)
+            undo.callback(source.close)
+            if args.save:
+                sinks.append(VideoSink(args.save, fps=source.fps or 30.0))
+            if args.json:
+                sinks.append(JsonLinesSink(args.json))
+            undo.pop_all()
+        print(f"{detector} <- {source}", file=sys.stderr)
+        pipeline = Pipeline(source, detector, sinks=sinks, queue_size=args.queue_size)
+        interrupted = False
+        last = 0.0
+        try:
+            for n, result in enumerate(pipeline, 1):
+                now = time.perf_counter()
+                if not args.quiet and now - last > 0.5:
+                    last = now
+                    s = pipeline.stats()
+                    e2e = s["latency_ms"].get("end_to_end", {}).get("p50", 0.0)
+                    print(f"\r{n} frames | {s['fps']:.1f} FPS | latency p50 {e2e:.1f} ms | {len(result.detections)} objects   ",
+                          end="", file=sys.stderr, flush=True)
+                if args.max_frames and n >= args.max_frames:
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            pipeline.close()
+            detector.close()
+        if not args.quiet:
+            print(file=sys.stderr)
+        print(format_summary(pipeline.stats()) + ("\n(interrupted)" if interrupted else ""))
+        return 130 if interrupted else 0
+
+
+def format_summary(stats: dict) -> str:
+    """Pipeline stats as a small table."""
+    lines = [f"frames {stats['frames']}  dropped {stats['dropped']}  fps {stats['fps']:.1f}  elapsed {stats['elapsed_s']:.1f} s",
+             f"{'stage':<12}{'p50 ms':>10}{'p95 ms':>10}"]
+    for stage, v in stats["latency_ms"].items():
+        lines.append(f"{stage:<12}{v['p50']:>10.2f}{v['p95']:>10.2f}")
+    return "\n".join(lines)
+
+
+RUN_COMMAND = RunCommand()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Console script `edgedet-run`."""
+    parser = argparse.ArgumentParser(prog="edgedet-run", description=RUN_COMMAND.help)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    RUN_COMMAND.add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return RUN_COMMAND.run(args)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError, TypeError) as e:
+        if args.verbose:
+            raise
+        print(f"edgedet-run: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

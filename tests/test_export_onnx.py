@@ -1,0 +1,110 @@
+"""ONNX export of every registered model: ONNX Runtime matches PyTorch, fused form is one custom node per MSDA."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from converters import export
+from converters.onnx.msda_forms import FUSED_DOMAIN, FUSED_OP
+from edgedet.nn.ms_deform_attn import MSDeformAttn
+from export_helpers import assert_outputs_close, build_tiny, model_params, random_images, torch_outputs
+from runtime.manifest import Manifest, read_sidecar
+
+HW = (64, 96)
+PARAMS = model_params()
+
+
+def run_ort(path, x):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x})
+
+
+@pytest.mark.parametrize("postprocess", [False, True], ids=["raw", "topk"])
+@pytest.mark.parametrize("name,form", PARAMS)
+def test_onnxruntime_matches_pytorch(tmp_path, name, form, postprocess):
+    model = build_tiny(name)
+    # onnxslim is covered by test_simplified_export (it doubles the export time)
+    path = export(model, "onnx", tmp_path / "m.onnx", imgsz=HW, msda=form or None, postprocess=postprocess, simplify=False)
+    x = random_images(1, HW)
+    got = run_ort(path, x)
+    assert_outputs_close(model, got, torch_outputs(model, x, postprocess), postprocess, HW)
+    proto = onnx.load(str(path))
+    assert [i.name for i in proto.graph.input] == ["images"]
+    expected = ["labels", "boxes", "scores"] if postprocess else ["pred_logits", "pred_boxes"]
+    assert [o.name for o in proto.graph.output] == expected
+    assert {o.domain: o.version for o in proto.opset_import}[""] >= 17
+    ops = {n.op_type for n in proto.graph.node}
+    if form == "grid_sample":
+        assert "GridSample" in ops
+    if form == "gather":
+        assert "GridSample" not in ops and ops & {"Gather", "GatherElements", "GatherND"}
+
+
+@pytest.mark.parametrize("name", sorted({n for n, f in PARAMS if f}))
+def test_fused_form_is_one_custom_node_per_layer(tmp_path, name):
+    model = build_tiny(name)
+    layers = sum(isinstance(m, MSDeformAttn) for m in model.modules())
+    path = export(model, "onnx", tmp_path / "fused.onnx", imgsz=HW, msda="fused", postprocess=False)
+    proto = onnx.load(str(path))
+    custom = [n for n in proto.graph.node if n.domain == FUSED_DOMAIN]
+    assert len(custom) == layers and all(n.op_type == FUSED_OP for n in custom)
+    assert all(len(n.input) == 5 and len(n.output) == 1 and not n.attribute for n in custom)
+    assert not {"GridSample"} & {n.op_type for n in proto.graph.node}
+    assert {o.domain: o.version for o in proto.opset_import}[FUSED_DOMAIN] == 1
+    onnx.checker.check_model(proto, full_check=True)  # the schema for edgedet:: is registered by the exporter
+    # value [N,S,M,D] f32, shapes [L,2] i64, starts [L] i64, locations [N,Lq,M,L,P,2] f32, weights [N,Lq,M,L,P] f32
+    infos = {v.name: v.type.tensor_type for v in onnx.shape_inference.infer_shapes(proto).graph.value_info}
+    consts = {o: onnx.numpy_helper.to_array(n.attribute[0].t) for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
+    consts.update({i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer})
+    node = custom[0]
+    for idx, (rank, elem) in enumerate([(4, 1), (2, 7), (1, 7), (6, 1), (5, 1)]):
+        name_in = node.input[idx]
+        if name_in in consts:
+            assert consts[name_in].ndim == rank and (consts[name_in].dtype == np.int64) == (elem == 7)
+        else:
+            assert infos[name_in].elem_type == elem and len(infos[name_in].shape.dim) == rank
+
+
+@pytest.mark.parametrize("name,form", PARAMS[:2])
+def test_dynamic_batch(tmp_path, name, form):
+    model = build_tiny(name)
+    path = export(model, "onnx", tmp_path / "d.onnx", imgsz=HW, msda=form or None, dynamic_batch=True, simplify=False)
+    x = random_images(2, HW, seed=3)
+    got = run_ort(path, x)
+    assert got[0].shape[0] == 2
+    assert_outputs_close(model, got, torch_outputs(model, x, True), True, HW)
+    assert read_sidecar(path).batch == 0
+
+
+def _simplified_matches(tmp_path, name):
+    model = build_tiny(name)
+    path = export(model, "onnx", tmp_path / "s.onnx", imgsz=HW, simplify=True)
+    x = random_images(1, HW, seed=1)
+    assert_outputs_close(model, run_ort(path, x), torch_outputs(model, x, True), True, HW)
+    assert read_sidecar(path) == Manifest.from_json({p.key: p.value for p in onnx.load(str(path)).metadata_props}["edgedet"])
+
+
+def test_simplified_export_tiny(tmp_path):
+    _simplified_matches(tmp_path, "tiny_msda")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted({n for n, _ in PARAMS} - {"tiny_msda"}))
+def test_simplified_export(tmp_path, name):
+    _simplified_matches(tmp_path, name)
+
+
+def test_manifest_embedded_and_sidecar(tmp_path):
+    model = build_tiny("tiny_msda")
+    path = export(model, "onnx", tmp_path / "m.onnx", imgsz=HW, msda="grid_sample", class_names=["a", "b", "c"])
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    embedded = Manifest.from_json(meta["edgedet"])
+    side = read_sidecar(path)
+    assert embedded == side
+    assert side.preprocess.size == HW and side.msda == "grid_sample" and side.class_names == ["a", "b", "c"]
+    assert side.outputs.score_activation == "sigmoid" and side.outputs.names == ["labels", "boxes", "scores"]
+    assert side.family == "tiny_msda" and side.model_config["num_queries"] == 12
+    assert json.loads(side.to_json())["backend"] == "onnxruntime"

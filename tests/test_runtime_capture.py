@@ -1,0 +1,122 @@
+"""runtime.capture: files in order, live sources keep only the newest frame, clear errors."""
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from runtime.capture import LiveIteratorSource, jetson_csi_pipeline, open_source
+
+VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
+
+
+def _coded(i, h=48, w=64):
+    """A flat frame whose grey level encodes i (survives video compression)."""
+    return np.full((h, w, 3), (i * 8) % 256, np.uint8)
+
+
+def _decode(frame):
+    return int(round(float(frame.mean()) / 8))
+
+
+def _write_video(path, n=20, fps=25.0):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (64, 48))
+    assert writer.isOpened()
+    for i in range(n):
+        writer.write(_coded(i))
+    writer.release()
+    return path
+
+
+def test_video_file_read_in_order_without_drops(tmp_path):
+    src = open_source(_write_video(tmp_path / "v.avi"))
+    assert not src.is_live and src.fps == pytest.approx(25.0)
+    frames = list(src)
+    assert [_decode(f.image) for f in frames] == list(range(20))
+    assert [f.index for f in frames] == list(range(20)) and src.dropped == 0
+    src.close()
+    assert src.read() is None
+
+
+def test_shared_video_all_frames():
+    path = VIDEOS / "car-detection.mp4"
+    if not path.is_file():
+        pytest.skip("shared videos absent")
+    with open_source(str(path)) as src:
+        n = sum(1 for f in src if f.image.shape == (432, 768, 3))
+    assert n == 377
+
+
+def test_folder_sorted_and_single_image(tmp_path):
+    for i in (2, 0, 1):
+        cv2.imwrite(str(tmp_path / f"img_{i}.png"), _coded(i + 1))
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert [_decode(f.image) for f in open_source(tmp_path)] == [1, 2, 3]
+    assert [_decode(f.image) for f in open_source(str(tmp_path / "img_2.png"))] == [3]
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(RuntimeError, match="could not read image .*bad.jpg"):
+        list(open_source(tmp_path))
+
+
+def test_iterators_and_arrays():
+    assert [_decode(f.image) for f in open_source(_coded(i) for i in range(5))] == list(range(5))
+    assert len(list(open_source(_coded(3)))) == 1
+
+
+def test_live_iterator_keeps_only_the_newest_frame():
+    produced = []
+
+    def camera():
+        for i in range(30):
+            produced.append(i)
+            time.sleep(0.01)
+            yield _coded(i)
+
+    src = LiveIteratorSource(camera())
+    first = src.read(timeout=2)
+    time.sleep(0.15)  # a slow consumer: ~15 frames arrive meanwhile
+    second = src.read(timeout=2)
+    assert second.index - first.index >= 5 and src.dropped >= 4
+    assert _decode(second.image) >= produced[-1] - 1  # the newest one, not a queued old one
+    rest = list(src)
+    assert rest[-1].index == 29 and src.read() is None
+    src.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("edgedet-capture")]
+
+
+def test_live_video_plays_at_its_fps(tmp_path):
+    src = open_source(_write_video(tmp_path / "v.avi", n=10, fps=50.0), live=True)
+    t0 = time.perf_counter()
+    frames = list(src)
+    assert src.is_live and time.perf_counter() - t0 >= 9 / 50 * 0.8
+    assert [f.index for f in frames] == sorted(f.index for f in frames)
+    src.close()
+
+
+def test_missing_camera_and_path_errors():
+    with pytest.raises(RuntimeError, match=r"could not open camera 57 .*ls /dev/video"):
+        open_source(57)
+    with pytest.raises(RuntimeError, match="could not open camera 58"):
+        open_source("58")
+    with pytest.raises(FileNotFoundError, match="camera index, a video/image file"):
+        open_source("no/such/clip.mp4")
+    with pytest.raises(TypeError, match="cannot open a source"):
+        open_source(3.5)
+
+
+def test_gstreamer_pipeline_string():
+    s = jetson_csi_pipeline(sensor_id=1, width=1920, height=1080, fps=30, flip=2, output_width=960, output_height=540)
+    assert s.startswith("nvarguscamerasrc sensor-id=1 ! ") and s.endswith("appsink drop=true max-buffers=1 sync=false")
+    assert "width=(int)1920, height=(int)1080, framerate=(fraction)30/1" in s and "flip-method=2" in s
+    assert "width=(int)960, height=(int)540, format=(string)BGRx" in s
+
+
+def test_gstreamer_without_support_is_explained():
+    from runtime.capture import _has_gstreamer
+
+    if _has_gstreamer():
+        pytest.skip("this OpenCV has GStreamer")
+    with pytest.raises(RuntimeError, match="no GStreamer support"):
+        open_source(jetson_csi_pipeline())
