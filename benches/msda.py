@@ -4,7 +4,8 @@ Forms: PyTorch reference (grid_sample), PyTorch gather, ONNX Runtime GridSample 
 OpenVINO GridSample / gather graphs, and OpenVINO with the fused C++ op
 (`libedgedet_ov_msda.so`, built on demand). Shapes: the Deformable-DETR 640 encoder
 (levels 80², 40², 20², 10²; 8 heads x 32 channels; 4 points; Lq = 8500) and decoder queries
-(Lq = 300 and 900) over the same value maps. Every form is checked against the PyTorch reference.
+(Lq = 300 and 900) over the same value maps, with sampling locations laid out like a trained
+model's (see `make_inputs`). Every form is checked against the PyTorch reference.
 Prints a table and, as the last line, one JSON object with the same figures.
 
     python benches/msda.py [--runs 20] [--warmup 3] [--shapes encoder,decoder300,decoder900]
@@ -39,17 +40,38 @@ SHAPES = {"encoder": 8500, "decoder300": 300, "decoder900": 900}
 INPUT_NAMES = ["value", "sampling_locations", "attention_weights"]
 OV_CONFIG = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
 DECOMPOSED_OV = ("openvino_gridsample", "openvino_gather")
+PAUSE_S = 0.05
+
+
+def reference_points(num_queries: int, g: torch.Generator) -> torch.Tensor:
+    """[Lq, 2] (x, y): the encoder's token centres (all levels in order), else random boxes' centres."""
+    if num_queries == sum(h * w for h, w in LEVELS):
+        centres = []
+        for h, w in LEVELS:
+            ys, xs = torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w, indexing="ij")
+            centres.append(torch.stack([xs.reshape(-1), ys.reshape(-1)], -1))
+        return torch.cat(centres)
+    return torch.rand(num_queries, 2, generator=g) * 0.9 + 0.05
 
 
 def make_inputs(num_queries: int, seed: int = 0) -> dict:
-    """Random inputs; locations in [-0.05, 1.05) so some samples hit the zero padding."""
+    """Inputs shaped like a trained Deformable DETR's: each head samples along its own direction,
+    point p at (p + 1) pixels of every level (the official offset initialisation) plus jitter,
+    around the query's reference point; points near borders fall into the zero padding."""
     g = torch.Generator().manual_seed(seed)
     tokens = sum(h * w for h, w in LEVELS)
     value = torch.randn(1, tokens, HEADS, CHANNELS, generator=g)
-    loc = torch.rand(1, num_queries, HEADS, len(LEVELS), POINTS, 2, generator=g) * 1.1 - 0.05
-    logits = torch.rand(1, num_queries, HEADS, len(LEVELS) * POINTS, generator=g)
+    angle = torch.arange(HEADS, dtype=torch.float32) * (2 * torch.pi / HEADS)
+    direction = torch.stack([angle.cos(), angle.sin()], -1).view(1, HEADS, 1, 1, 2)
+    radius = torch.arange(1, POINTS + 1, dtype=torch.float32).view(1, 1, 1, POINTS, 1)
+    jitter = torch.randn(num_queries, HEADS, len(LEVELS), POINTS, 2, generator=g) * 0.5
+    level_wh = torch.tensor([[w, h] for h, w in LEVELS], dtype=torch.float32).view(1, 1, len(LEVELS), 1, 2)
+    offsets_px = direction * radius + jitter  # [Lq, M, L, P, 2]
+    ref = reference_points(num_queries, g).view(num_queries, 1, 1, 1, 2)
+    loc = (ref + offsets_px / level_wh).unsqueeze(0)
+    logits = torch.randn(1, num_queries, HEADS, len(LEVELS) * POINTS, generator=g)
     weights = logits.softmax(-1).view(1, num_queries, HEADS, len(LEVELS), POINTS)
-    return {"value": value, "sampling_locations": loc, "attention_weights": weights}
+    return {"value": value, "sampling_locations": loc.contiguous(), "attention_weights": weights}
 
 
 class _CoreModule(torch.nn.Module):
@@ -104,7 +126,9 @@ def time_forms(runners: dict, runs: int, warmup: int) -> dict:
     """form -> median wall time (ms) of `runs` calls after `warmup` calls.
 
     Forms take turns within each round, so load from other processes on a shared machine
-    affects them alike instead of penalising whichever form ran during a busy spell.
+    affects them alike instead of penalising whichever form ran during a busy spell. An untimed
+    pause precedes each call: thread pools of the previous form (OpenMP, ONNX Runtime, TBB) keep
+    spinning for a while after they finish and would otherwise steal the cores from the next one.
     """
     for _ in range(warmup):
         for run in runners.values():
@@ -112,6 +136,7 @@ def time_forms(runners: dict, runs: int, warmup: int) -> dict:
     times = {form: [] for form in runners}
     for _ in range(runs):
         for form, run in runners.items():
+            time.sleep(PAUSE_S)
             start = time.perf_counter()
             run()
             times[form].append((time.perf_counter() - start) * 1e3)

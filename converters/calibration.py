@@ -2,8 +2,8 @@
 
 Images come from a folder, a list of image paths, an edgedet dataset (`.records`), a
 `DataConfig`, or an already preprocessed array [N, 3, H, W]. Each image goes through the
-same steps the runtime applies from the manifest (BGR -> RGB, letterbox or stretch to the
-network size, `runtime.preprocess.normalize`), so the quantizer sees deployment pixels.
+runtime's `Preprocessor` built from the manifest's PreprocessSpec (BGR -> RGB, letterbox or
+stretch, normalise), so the quantizer sees exactly the pixels deployment will.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 
 from converters.formats import ExportError
 from runtime.manifest import PreprocessSpec
-from runtime.preprocess import letterbox, normalize
+from runtime.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +29,8 @@ KEEP_FLOAT_PATTERNS = ("sampling_offsets", "attention_weights", "bbox_embed", "r
 
 
 def preprocess_bgr(image_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """uint8 [H, W, 3] BGR -> float32 [3, h, w] network input as described by `spec`."""
-    image = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB) if spec.channel_order.upper() == "RGB" else image_bgr
-    size = (int(spec.size[0]), int(spec.size[1]))
-    if spec.resize == "letterbox":
-        image, _ = letterbox(image, size, pad_value=spec.pad_value)
-    elif spec.resize == "stretch":
-        image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-    else:
-        raise ExportError(f"unknown resize mode '{spec.resize}'; expected 'letterbox' or 'stretch'")
-    return normalize(image, spec.mean, spec.std)
+    """uint8 [H, W, 3] BGR -> float32 [3, h, w] network input, by the runtime's own Preprocessor."""
+    return Preprocessor(spec)(image_bgr)[0][0]
 
 
 def image_paths(source: Union[str, Path, Sequence[Any], Any]) -> List[Path]:
@@ -90,4 +82,5 @@ def calibration_batches(source: Any, spec: PreprocessSpec, limit: int = 32) -> L
         return [np.ascontiguousarray(source[i : i + 1], dtype=np.float32) for i in range(min(len(source), limit))]
     paths = evenly_spaced(image_paths(source), limit)
     log.info("calibrating on %d images", len(paths))
-    return [preprocess_bgr(read_bgr(p), spec)[None] for p in paths]
+    pre = Preprocessor(spec)
+    return [pre(read_bgr(p))[0] for p in paths]

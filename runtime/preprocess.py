@@ -110,7 +110,7 @@ class Preprocessor:
 
     Equals `normalize(letterbox(rgb, size, pad_value))` (or a plain resize for "stretch")
     bit for bit: normalisation is a per-channel 256-entry table computed with the same
-    float32 operations, applied by cv2.LUT.
+    float32 operations, applied by cv2.LUT straight into each output plane.
     """
 
     def __init__(self, spec: "PreprocessSpec"):
@@ -127,7 +127,8 @@ class Preprocessor:
         mean = np.asarray(spec.mean, np.float32)[frame_of_net]
         std = np.asarray(spec.std, np.float32)[frame_of_net]
         values = np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0)
-        self._lut = np.ascontiguousarray(((values - mean) / std)[None])  # [1, 256, 3] frame channel order
+        table = (values - mean) / std  # [256, 3] in frame channel order
+        self._luts = [np.ascontiguousarray(table[:, j]) for j in range(3)]
         pad = np.broadcast_to(np.asarray(spec.pad_value, np.int64), (3,))
         self._pad_bgr = tuple(int(v) for v in pad[frame_of_net])
 
@@ -140,7 +141,9 @@ class Preprocessor:
         infos = []
         for i, frame in enumerate(frames):
             canvas, info = self.resize(as_bgr(frame))
-            x[i] = cv2.LUT(canvas, self._lut).transpose(2, 0, 1)[self._order]
+            planes = cv2.split(canvas)
+            for k, j in enumerate(self._order):  # table lookup straight into the output plane: no HWC->CHW copy
+                cv2.LUT(planes[j], self._luts[j], dst=x[i, k])
             infos.append(info)
         return x, infos
 
@@ -155,7 +158,10 @@ class Preprocessor:
         scale = min(th / h, tw / w)
         nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
         canvas = np.empty((th, tw, 3), np.uint8)
-        canvas[:nh, :nw] = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else bgr
+        if (nh, nw) != (h, w):
+            cv2.resize(bgr, (nw, nh), dst=canvas[:nh, :nw], interpolation=cv2.INTER_LINEAR)
+        else:
+            canvas[:nh, :nw] = bgr
         canvas[nh:] = self._pad_bgr
         canvas[:nh, nw:] = self._pad_bgr
         return canvas, LetterboxInfo(scale, 0, 0, (h, w))

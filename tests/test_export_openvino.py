@@ -69,7 +69,10 @@ def test_openvino_fused_matches_pytorch(tmp_path, name, postprocess):
     path = export(model, "openvino", tmp_path / "f.xml", imgsz=HW, msda="fused", postprocess=postprocess, simplify=False)
     lib = path.parent / EXTENSION_LIBRARY
     assert lib.is_file() and read_sidecar(path).custom_ops == {"openvino": EXTENSION_LIBRARY}
-    types = {op.get_type_name() for op in ov.Core().read_model(str(path)).get_ops()} if False else None  # noqa: F841
+    core = ov.Core()
+    core.add_extension(str(lib))
+    types = [op.get_type_name() for op in core.read_model(str(path)).get_ops()]
+    assert "GridSample" not in types and types.count("MultiScaleDeformableAttention") >= 1
     x = random_images(1, HW, seed=5)
     want = torch_outputs(model, x, postprocess)
     assert_outputs_close(model, run_ov(path, x, len(want), extension=lib), want, postprocess, HW)

@@ -250,3 +250,14 @@ def test_convert_checkpoint_cli_reports_a_bad_family(tmp_path, capsys):
     assert code == 2
     assert "this is a 'dino' checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "x.pth").exists()
+
+
+@pytest.mark.parametrize("family", ["detr", "deformable_detr", "dino"])
+def test_converted_checkpoint_of_every_family_loads_with_identical_weights(tmp_path, family):
+    d = fixture_dir(family)
+    out = tmp_path / f"{family}.pth"
+    assert cli_main(["convert-checkpoint", str(d / "checkpoint.pth"), "-o", str(out)]) == 0
+    converted = load_model(out).state_dict()
+    direct = load_official(d / "checkpoint.pth").state_dict()
+    assert converted.keys() == direct.keys()
+    assert all(torch.equal(converted[k], direct[k]) for k in direct)

@@ -47,6 +47,26 @@ def nodes_kept_float(model_proto, patterns: Sequence[str] = KEEP_FLOAT_PATTERNS)
     ]
 
 
+def restore_float_inputs(model_proto, node_names: Sequence[str]) -> int:
+    """Feed the named nodes the float tensor behind any Q -> DQ pair on their inputs -> inputs rewired.
+
+    The QDQ quantizer puts one Q/DQ pair on a tensor shared by a quantized and an excluded
+    consumer, so the excluded node would still see int8-rounded activations.
+    """
+    producer = {o: n for n in model_proto.graph.node for o in n.output}
+    wanted, rewired = set(node_names), 0
+    for node in model_proto.graph.node:
+        if node.name not in wanted:
+            continue
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[i] = q.input[0]
+                rewired += 1
+    return rewired
+
+
 def quantize_onnx_int8(
     float_onnx: Path,
     output: Path,
@@ -85,6 +105,7 @@ def quantize_onnx_int8(
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
         quant = onnx.load(str(staged))
+    log.debug("INT8 (ORT QDQ): %d excluded-node inputs restored to float", restore_float_inputs(quant, excluded))
     del quant.metadata_props[:]
     quant.metadata_props.extend(proto.metadata_props)
     onnx.save(quant, str(output))

@@ -12,7 +12,7 @@ from edgedet.checkpoints.official import (
     load_official_state_dict,
     read_official_checkpoint,
 )
-from edgedet.checkpoints.official_configs import OfficialCheckpointError, family_names
+from edgedet.checkpoints.official_spec import OfficialCheckpointError, family_names
 from edgedet.checkpoints.safe_load import UnsafeCheckpointError, safe_torch_load
 
 __all__ = [

@@ -7,7 +7,8 @@ family from its keys (and `args`), rebuild our model config from the checkpoint'
 and load every tensor. Nothing is skipped silently: keys the model lacks, keys the checkpoint
 lacks and shape mismatches are all reported, grouped by module.
 
-Per-family facts (key signatures, args -> config) live in `official_configs`.
+Per-family facts (key signatures, args -> config) live in `official_configs`, on the
+`FamilySpec` machinery of `official_spec`.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from edgedet.checkpoints.official_configs import (
+import edgedet.checkpoints.official_configs  # noqa: F401  (registers the family specs)
+from edgedet.checkpoints.official_spec import (
     DEFAULT_NHEADS,
     OfficialCheckpointError,
     args_modelname,
@@ -134,10 +136,10 @@ def config_for_checkpoint(
     if args is None:
         fields = shapes
         if "nheads" not in overrides:
-            log.warning("%s checkpoint has no args: config inferred from tensor shapes, assuming nheads=%d "
-                        "(heads are not visible in shapes; override with nheads=...)", family, nheads)
+            log.warning("%s checkpoint has no args: config inferred from tensor shapes, assuming nheads=%d and "
+                        "dilation=False (not visible in shapes; override with nheads=... / dilation=true)", family, nheads)
     else:
-        wrong = [f"{f}={fields[f]!r} (weights: {shapes[f]!r})" for f in spec.shape_fields
+        wrong = [f"{f}={fields[f]!r} (weights: {shapes[f]!r})" for f in ("backbone",) + tuple(spec.shape_fields)
                  if f in fields and f in shapes and fields[f] != shapes[f]]
         if wrong:
             raise OfficialCheckpointError(f"the checkpoint's args disagree with its weights: {', '.join(wrong)}")
@@ -160,13 +162,17 @@ def _alias_groups(state: Mapping[str, Tensor]) -> Dict[str, List[str]]:
     """key -> every key holding the very same tensor view (tied modules saved under several names)."""
     by_view: Dict[tuple, List[str]] = {}
     for k, v in state.items():
+        if v.numel() == 0:  # empty tensors may all report data_ptr 0: never aliases
+            by_view.setdefault(("empty", k), []).append(k)
+            continue
         ident = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()), v.dtype)
         by_view.setdefault(ident, []).append(k)
     return {k: keys for keys in by_view.values() for k in keys}
 
 
 def group_keys(keys: List[str]) -> str:
-    """'a.0.x.weight', 'a.1.x.weight', 'a.1.x.bias' -> 'a.{0,1}.x: weight, bias' style summary."""
+    """Keys grouped by module, layer indices collapsed to '#':
+    ['a.0.x.weight', 'a.1.x.weight', 'a.1.x.bias'] -> 'a.#.x [# = 0 | 1]: weight, bias'."""
     groups: "OrderedDict[str, Tuple[List[str], List[str]]]" = OrderedDict()
     for key in keys:
         module, _, leaf = key.rpartition(".")
@@ -220,7 +226,9 @@ def load_official_state_dict(model: nn.Module, state: Mapping[str, Tensor], sour
             missing.append(k)
         else:
             ours[k] = ours[twin]
-    unexpected = [k for k in ours if k not in own and not any(a in own for a in aliases.get(k, []))]
+    # BatchNorm step counters carry no weights; a model with frozen norms has no slot for them.
+    unexpected = [k for k in ours if k not in own and not any(a in own for a in aliases.get(k, []))
+                  and not k.endswith(".num_batches_tracked")]
     shape = [k for k in own if k in ours and ours[k].shape != own[k].shape]
     if missing or unexpected or shape:
         parts = []

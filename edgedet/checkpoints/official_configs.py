@@ -21,14 +21,11 @@ from typing import Any, Dict
 import torch
 
 from edgedet.checkpoints.official_spec import (
-    DEFAULT_NHEADS,
     OFFICIAL_FAMILIES,
     Args,
     FamilySpec,
     OfficialCheckpointError,
     State,
-    backbone_from_shapes,
-    check_common_args,
     common_args,
     common_shapes,
     count_indexed,
@@ -43,7 +40,7 @@ from edgedet.checkpoints.official_spec import (
 
 
 def _dab_matches(state: State) -> bool:
-    return "refpoint_embed.weight" in state and _has(state, ".ca_qpos_sine_proj.")
+    return "refpoint_embed.weight" in state and has_fragment(state, ".ca_qpos_sine_proj.")
 
 
 def _dab_structure(state: State) -> Dict[str, Any]:
@@ -55,15 +52,21 @@ def _dab_structure(state: State) -> Dict[str, Any]:
     }
 
 
+def _dab_activation_from_keys(state: State) -> str:
+    """PReLU leaves an `activation.weight` key; relu (the other official choice) leaves none."""
+    return "prelu" if "transformer.encoder.layers.0.activation.weight" in state else "relu"
+
+
 def _dab_from_args(args: Args, state: State) -> Dict[str, Any]:
     modelname = args.get("modelname", "dab_detr")
     if modelname != "dab_detr":
         raise OfficialCheckpointError(f"DAB-DETR repository model '{modelname}' is not supported; only 'dab_detr' is")
-    cfg = _common_args(args, "dab_detr")
+    cfg = common_args(args, "dab_detr")
     cfg.update(
         num_classes=hardcoded_num_classes(args),
         dropout=float(args.get("dropout", 0.0)),
-        activation=args.get("transformer_activation", "prelu"),
+        # Older DAB-DETR args lack this; the PReLU slope key tells.
+        activation=args.get("transformer_activation", _dab_activation_from_keys(state)),
         pre_norm=bool(args.get("pre_norm", False)),
         pe_temperature_h=float(args.get("pe_temperatureH", 20)),
         pe_temperature_w=float(args.get("pe_temperatureW", 20)),
@@ -82,11 +85,11 @@ def _dab_from_args(args: Args, state: State) -> Dict[str, Any]:
 
 
 def _dab_from_shapes(state: State, nheads: int) -> Dict[str, Any]:
-    cfg = _common_shapes(state, "input_proj.weight")
+    cfg = common_shapes(state, "input_proj.weight")
     cfg.update(
         num_queries=int(state["refpoint_embed.weight"].shape[0]),
         num_classes=int(state["class_embed.weight"].shape[0]),
-        activation="prelu" if "transformer.encoder.layers.0.activation.weight" in state else "relu",
+        activation=_dab_activation_from_keys(state),
         pre_norm="transformer.encoder.norm.weight" in state,
         num_patterns=int(state["transformer.patterns.weight"].shape[0]) if "transformer.patterns.weight" in state else 0,
         nheads=nheads,
@@ -120,7 +123,7 @@ def _detr_matches(state: State) -> bool:
 
 
 def _detr_from_args(args: Args, state: State) -> Dict[str, Any]:
-    cfg = _common_args(args, "detr", learned_ok=True)
+    cfg = common_args(args, "detr", learned_ok=True)
     cfg.update(
         num_classes=hardcoded_num_classes(args),
         pre_norm=bool(args.get("pre_norm", False)),
@@ -136,7 +139,7 @@ def _detr_from_args(args: Args, state: State) -> Dict[str, Any]:
 
 
 def _detr_from_shapes(state: State, nheads: int) -> Dict[str, Any]:
-    cfg = _common_shapes(state, "input_proj.weight")
+    cfg = common_shapes(state, "input_proj.weight")
     cfg.update(
         num_queries=int(state["query_embed.weight"].shape[0]),
         num_classes=int(state["class_embed.weight"].shape[0]) - 1,  # last column = no-object
@@ -174,7 +177,7 @@ def _points_from_shapes(state: State, key: str, levels: int, heads: int) -> int:
 
 
 def _deformable_common_shapes(state: State, nheads: int) -> Dict[str, Any]:
-    cfg = _common_shapes(state, "input_proj.0.0.weight")
+    cfg = common_shapes(state, "input_proj.0.0.weight")
     levels = int(state["transformer.level_embed"].shape[0])
     cfg.update(
         num_feature_levels=levels,
@@ -186,15 +189,15 @@ def _deformable_common_shapes(state: State, nheads: int) -> Dict[str, Any]:
 
 
 def _deformable_from_args(args: Args, state: State) -> Dict[str, Any]:
-    cfg = _common_args(args, "deformable_detr", learned_ok=True)
+    cfg = common_args(args, "deformable_detr", learned_ok=True)
     scale = float(args.get("position_embedding_scale", 2 * 3.141592653589793))
     if abs(scale - 2 * 3.141592653589793) > 1e-6:
         raise OfficialCheckpointError(f"position_embedding_scale {scale} is not supported; edgedet uses 2*pi")
     cfg.update(
         num_classes=hardcoded_num_classes(args),
-        num_feature_levels=int(_require(args, "num_feature_levels")),
-        enc_n_points=int(_require(args, "enc_n_points")),
-        dec_n_points=int(_require(args, "dec_n_points")),
+        num_feature_levels=int(require(args, "num_feature_levels")),
+        enc_n_points=int(require(args, "enc_n_points")),
+        dec_n_points=int(require(args, "dec_n_points")),
         with_box_refine=bool(args.get("with_box_refine", False)),
         two_stage=bool(args.get("two_stage", False)),
         position_embedding=position_embedding_arg(args, learned_ok=True),
@@ -264,17 +267,17 @@ def _dino_from_args(args: Args, state: State) -> Dict[str, Any]:
     for key, supported in _DINO_FIXED.items():
         if key in args and args[key] != supported:
             raise OfficialCheckpointError(f"DINO option {key}={args[key]!r} is not supported by edgedet (only {supported!r})")
-    cfg = _common_args(args, "dino")
-    levels = int(_require(args, "num_feature_levels"))
+    cfg = common_args(args, "dino")
+    levels = int(require(args, "num_feature_levels"))
     interm = list(args.get("return_interm_indices", range(5 - levels, 4)))
     if interm != list(range(5 - levels, 4)):
         raise OfficialCheckpointError(f"DINO return_interm_indices {interm} with {levels} levels is not supported (only the last {levels - 1} stages)")
     cfg.update(
-        num_classes=int(_require(args, "num_classes")),
+        num_classes=int(require(args, "num_classes")),
         dropout=float(args.get("dropout", 0.0)),
         num_feature_levels=levels,
-        enc_n_points=int(_require(args, "enc_n_points")),
-        dec_n_points=int(_require(args, "dec_n_points")),
+        enc_n_points=int(require(args, "enc_n_points")),
+        dec_n_points=int(require(args, "dec_n_points")),
         pe_temperature_h=float(args.get("pe_temperatureH", 20)),
         pe_temperature_w=float(args.get("pe_temperatureW", 20)),
         two_stage=str(args.get("two_stage_type", "standard")),

@@ -38,7 +38,7 @@ class FamilySpec:
 # ---------------------------------------------------------------- shared helpers
 
 
-def _require(args: Args, key: str) -> Any:
+def require(args: Args, key: str) -> Any:
     if key not in args:
         raise OfficialCheckpointError(f"the checkpoint's args lack '{key}'; re-save it with its full training args or without args")
     return args[key]
@@ -86,7 +86,7 @@ def check_common_args(args: Args, family: str, learned_ok: bool = False) -> None
     if args.get("masks"):
         raise OfficialCheckpointError(f"{family} checkpoint trained with masks=True (segmentation); edgedet builds detectors only")
     position_embedding_arg(args, learned_ok)
-    backbone = _require(args, "backbone")
+    backbone = require(args, "backbone")
     if backbone not in BACKBONES:
         raise OfficialCheckpointError(f"backbone '{backbone}' is not available; supported: {', '.join(BACKBONES.names())}")
 
@@ -95,24 +95,24 @@ def check_common_args(args: Args, family: str, learned_ok: bool = False) -> None
 DEFAULT_NHEADS = 8
 
 
-def _common_args(args: Args, family: str, learned_ok: bool = False) -> Dict[str, Any]:
+def common_args(args: Args, family: str, learned_ok: bool = False) -> Dict[str, Any]:
     check_common_args(args, family, learned_ok)
     return {
         "backbone": args["backbone"],
-        "hidden_dim": int(_require(args, "hidden_dim")),
-        "num_queries": int(_require(args, "num_queries")),
+        "hidden_dim": int(require(args, "hidden_dim")),
+        "num_queries": int(require(args, "num_queries")),
         "aux_loss": bool(args.get("aux_loss", True)),
-        "nheads": int(_require(args, "nheads")),
-        "enc_layers": int(_require(args, "enc_layers")),
-        "dec_layers": int(_require(args, "dec_layers")),
-        "dim_feedforward": int(_require(args, "dim_feedforward")),
+        "nheads": int(require(args, "nheads")),
+        "enc_layers": int(require(args, "enc_layers")),
+        "dec_layers": int(require(args, "dec_layers")),
+        "dim_feedforward": int(require(args, "dim_feedforward")),
         "dropout": float(args.get("dropout", 0.1)),
         "dilation": bool(args.get("dilation", False)),
         "train_backbone": float(args.get("lr_backbone", 1e-5)) > 0,
     }
 
 
-def _common_shapes(state: State, proj_key: str) -> Dict[str, Any]:
+def common_shapes(state: State, proj_key: str) -> Dict[str, Any]:
     return {
         "backbone": backbone_from_shapes(state),
         "hidden_dim": int(state[proj_key].shape[0]),
@@ -122,7 +122,7 @@ def _common_shapes(state: State, proj_key: str) -> Dict[str, Any]:
     }
 
 
-def _has(state: State, fragment: str) -> bool:
+def has_fragment(state: State, fragment: str) -> bool:
     return any(fragment in k for k in state)
 
 

@@ -24,6 +24,7 @@ from edgedet.nn.ms_deform_attn import MSDeformAttn
 from edgedet.nn.transformer import activation_fn
 from edgedet.ops.msda import spatial_shapes_as_list
 
+
 # ---------------------------------------------------------------- token layout helpers
 
 

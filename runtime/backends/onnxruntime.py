@@ -55,15 +55,21 @@ def providers_for(device: str) -> List[Any]:
 
 
 class OnnxRuntimeBackend(Backend):
-    """options: threads (intra-op threads, 0 = ORT default), inter_op_threads, optimization ("all"|"basic"|"extended"|"disable")."""
+    """options: threads (intra-op threads, 0 = ORT default), inter_op_threads, optimization ("all"|"basic"|"extended"|"disable"),
+    spin (let idle pool threads busy-wait: lowest latency on an otherwise idle multi-core box; default off)."""
 
     name = "onnxruntime"
 
     def _load(self, path: Path, manifest: Optional[Manifest], device: str, threads: int = 0, inter_op_threads: int = 0,
-              optimization: str = "all") -> None:
+              optimization: str = "all", spin: bool = False) -> None:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = int(inter_op_threads)
+        if not spin:
+            # ORT's pool busy-waits after each run by default, starving the pre/postprocessing that
+            # follows on the same few cores; an edge app is better off with idle threads sleeping.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         levels = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

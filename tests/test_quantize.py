@@ -1,0 +1,71 @@
+"""INT8 artifacts (ONNX Runtime QDQ, OpenVINO NNCF): MSDA-sensitive layers stay float, outputs stay close."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import openvino as ov
+import pytest
+
+from converters import export
+from converters.calibration import KEEP_FLOAT_PATTERNS, calibration_batches
+from converters.onnxruntime.quantize import QUANTIZED_OP_TYPES
+from export_helpers import build_tiny, model_params, probs, torch_outputs, write_images
+from runtime.manifest import read_sidecar
+
+HW = (64, 96)
+MODELS = ["tiny_msda"] + sorted({n for n, f in model_params() if f})[:1]
+
+
+@pytest.fixture(scope="module")
+def calib(tmp_path_factory):
+    return write_images(tmp_path_factory.mktemp("calib"), n=6)
+
+
+def assert_close_loosely(model, got, want):
+    # INT8 moves scores a little; boxes must stay put (box heads are kept float).
+    assert np.abs(got[1] - want[1]).mean() < 0.02 and np.abs(got[1] - want[1]).max() < 0.1
+    assert np.abs(probs(got[0], model.score_activation) - probs(want[0], model.score_activation)).max() < 0.15
+
+
+def is_kept(name):
+    return any(p in name for p in KEEP_FLOAT_PATTERNS)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_onnxruntime_int8_qdq(tmp_path, calib, name):
+    model = build_tiny(name)
+    path = export(model, "onnx", tmp_path / "q.onnx", imgsz=HW, precision="int8", calib=calib, msda="grid_sample",
+                  postprocess=False, simplify=False)
+    proto = onnx.load(str(path))
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    compute = [n for n in proto.graph.node if n.op_type in QUANTIZED_OP_TYPES]
+    dq_fed = lambda n: any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in n.input)  # noqa: E731
+    assert any(dq_fed(n) for n in compute if not is_kept(n.name)), "nothing was quantized"
+    kept = [n for n in compute if is_kept(n.name)]
+    assert kept and not any(dq_fed(n) for n in kept), "MSDA offsets / attention weights / box heads must stay float"
+    assert read_sidecar(path).precision == "int8"
+    assert {p.key for p in proto.metadata_props} == {"edgedet"}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for x in calibration_batches(calib, read_sidecar(path).preprocess, limit=3):
+        assert_close_loosely(model, session.run(None, {"images": x}), torch_outputs(model, x, False))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_openvino_int8_nncf(tmp_path, calib, name):
+    model = build_tiny(name)
+    path = export(model, "openvino", tmp_path / "q.xml", imgsz=HW, precision="int8", calib=calib, msda="grid_sample",
+                  postprocess=False, simplify=False)
+    core = ov.Core()
+    graph = core.read_model(str(path))
+    ops = graph.get_ops()
+    assert any(op.get_type_name() == "FakeQuantize" for op in ops), "nothing was quantized"
+    for op in ops:
+        if op.get_type_name() == "MatMul" and is_kept(op.get_friendly_name()):
+            feeds = [op.input_value(i).get_node().get_type_name() for i in range(op.get_input_size())]
+            assert "FakeQuantize" not in feeds, f"{op.get_friendly_name()} must stay float"
+    assert read_sidecar(path).precision == "int8"
+    compiled = core.compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    for x in calibration_batches(calib, read_sidecar(path).preprocess, limit=3):
+        res = compiled({"images": x})
+        assert_close_loosely(model, [res[compiled.output(0)], res[compiled.output(1)]], torch_outputs(model, x, False))
