@@ -218,8 +218,8 @@ def print_table(results: dict) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=20, help="timed runs per form (median reported)")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=15, help="timed runs per form (median reported)")
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma list of {', '.join(SHAPES)}")
     args = parser.parse_args(argv)
     names = [s for s in args.shapes.split(",") if s]

@@ -30,8 +30,8 @@ _SMALL = dict(backbone="resnet18", backbone_frozen_bn=False, hidden_dim=128, nhe
               dim_feedforward=512, num_queries=100, dropout=0.0)
 # Per model: model-config fields and train-config fields on top of the shared ones below.
 RECIPES = {
-    "deformable_detr": (dict(_SMALL, num_feature_levels=3, enc_n_points=4, dec_n_points=4, with_box_refine=True),
-                        dict(lr=4e-4)),
+    "deformable_detr": (dict(_SMALL, num_feature_levels=3, enc_n_points=4, dec_n_points=4, with_box_refine=True,
+                             two_stage=True), dict(lr=4e-4)),
     "detr": (dict(_SMALL), dict(lr=2e-4)),
     "dab_detr": (dict(_SMALL), dict(lr=2e-4)),
     "dino": (dict(_SMALL, num_feature_levels=3), dict(lr=4e-4)),
@@ -76,10 +76,13 @@ def step_seconds(cfg: ExperimentConfig, steps: int = 4) -> float:
 def run_model(model: str, args: argparse.Namespace) -> dict:
     cfg = experiment(model, args)
     budget_s = args.budget_min * 60
-    t_step = step_seconds(cfg)
     ipe = math.ceil(args.train_images / cfg.train.batch_size)
-    # Evaluations and data loading take a share of the budget, hence the margin.
-    iters = max(10, int(budget_s * 0.85 / t_step))
+    if args.iters:
+        t_step, iters = 0.0, args.iters
+    else:
+        t_step = step_seconds(cfg)
+        # Evaluations and data loading take a share of the budget, hence the margin.
+        iters = max(10, int(budget_s * 0.85 / t_step))
     epochs = max(1, math.ceil(iters / ipe))
     cfg = replace(cfg, train=replace(cfg.train, epochs=epochs, max_iters_per_epoch=math.ceil(iters / epochs),
                                      eval_every=max(1, epochs // 4), time_budget_s=budget_s))
@@ -97,7 +100,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--budget-min", type=float, default=15.0, help="training time per model in minutes (default 15)")
     p.add_argument("--models", default="deformable_detr", help=f"comma-separated, from: {', '.join(RECIPES)}")
-    p.add_argument("--image-size", type=int, default=160, help="square synthetic image side in pixels")
+    p.add_argument("--iters", type=int, default=0, help="train this many steps (budget still caps it) instead of "
+                   "sizing the schedule from a timed calibration")
+    p.add_argument("--image-size", type=int, default=128, help="square synthetic image side in pixels")
     p.add_argument("--train-images", type=int, default=500)
     p.add_argument("--val-images", type=int, default=50)
     p.add_argument("--out", default="runs/bench_train_synthetic", help="output folder (data cache, runs)")

@@ -45,7 +45,9 @@ class ExportCommand:
         if not args.model:
             raise ValueError("--model is required (a checkpoint path or a model name)")
         from converters.api import export, resolve_model
+        from converters.formats import get_format
 
+        get_format(args.format)  # a misspelt format fails before a model is loaded
         model, experiment = resolve_model(args.model)  # once: --verify compares against this same model
         path = export(
             model, experiment=experiment, format=args.format, output=args.output, precision=args.precision, imgsz=tuple(args.imgsz),

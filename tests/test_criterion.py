@@ -115,3 +115,10 @@ def test_unknown_names_are_rejected():
         SetCriterion(3, HungarianMatcher(), WEIGHTS, losses=("labels", "masks"))
     with pytest.raises(ValueError, match="Valid: ce, focal"):
         SetCriterion(3, HungarianMatcher(), WEIGHTS, loss_class="softmax")
+
+
+def test_suffixed_keys_inherit_the_base_weight():
+    crit = SetCriterion(3, HungarianMatcher(), {**WEIGHTS, "loss_ce_interm": 0.5})
+    crit._cover_weights({k: torch.zeros(()) for k in ("loss_bbox_dn_1", "loss_giou_enc", "loss_ce_interm", "extra_log")})
+    assert crit.weight_dict["loss_bbox_dn_1"] == 5.0 and crit.weight_dict["loss_giou_enc"] == 2.0
+    assert crit.weight_dict["loss_ce_interm"] == 0.5 and crit.weight_dict["extra_log"] == 0.0

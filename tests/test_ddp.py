@@ -4,18 +4,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from edgedet.engine.plots import read_metrics
-
-pytestmark = pytest.mark.slow  # two fresh torch processes: ~30-60 s on a 2-core machine
 
 
 def test_two_process_training_keeps_replicas_identical(tmp_path):
     worker = Path(__file__).resolve().parent / "_ddp_worker.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(worker), str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -162,3 +162,40 @@ def test_evaluate_equals_pycocotools_on_the_same_json(tmp_path):
     assert [ours[k] for k in ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large", "AR1", "AR10",
                               "AR100", "AR_small", "AR_medium", "AR_large")] == pytest.approx(list(ev.stats), abs=1e-12)
     assert coco_metrics(ds.coco_gt(), [])["mAP"] == 0.0
+
+
+def test_optimizer_groups_schedules_and_ema():
+    from torch import nn
+
+    from edgedet.engine.ema import ModelEMA
+    from edgedet.engine.optim import LRFactor, build_optimizer
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Linear(2, 2)
+            self.sampling_offsets = nn.Linear(2, 2)
+            self.head = nn.Linear(2, 2)
+
+    net = Net()
+    opt = build_optimizer(net, TrainConfig(lr=1e-3, lr_backbone_mult=0.1, lr_linear_proj_mult=0.5))
+    assert {g["name"]: g["lr"] for g in opt.param_groups} == pytest.approx({"backbone": 1e-4, "linear_proj": 5e-4, "other": 1e-3})
+    step = LRFactor("step", iters_per_epoch=10, epochs=5, lr_drop_epoch=3, warmup_iters=4)
+    assert [step(i) for i in (0, 3, 29, 30)] == pytest.approx([0.25, 1.0, 1.0, 0.1])
+    cos = LRFactor("cosine", iters_per_epoch=10, epochs=2, lr_drop_epoch=0, warmup_iters=0, min_factor=0.0)
+    assert [cos(i) for i in (0, 10, 20)] == pytest.approx([1.0, 0.5, 0.0])
+    with pytest.raises(ValueError, match="Valid: step, cosine"):
+        LRFactor("poly", 1, 1, 1, 0)
+    ema = ModelEMA(net, decay=0.5)
+    before = ema.module.head.weight.clone()
+    with torch.no_grad():
+        net.head.weight.add_(1.0)
+    ema.update(net)  # d = min(0.5, 2/11)
+    d = 2 / 11
+    assert torch.allclose(ema.module.head.weight, d * before + (1 - d) * net.head.weight)
+
+
+def test_amp_bfloat16_training_runs_on_cpu(tmp_path):
+    last = train(_cfg(tmp_path, epochs=1, max_iters_per_epoch=1, amp=True, eval_every=0), progress=False, datasets=_datasets())
+    row = read_metrics(last.parent / "metrics.jsonl")[0]
+    assert np.isfinite(row["train_loss"]) and row["iters"] == 1

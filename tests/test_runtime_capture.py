@@ -120,3 +120,20 @@ def test_gstreamer_without_support_is_explained():
         pytest.skip("this OpenCV has GStreamer")
     with pytest.raises(RuntimeError, match="no GStreamer support"):
         open_source(jetson_csi_pipeline())
+
+
+def test_lost_stream_is_reopened_a_bounded_number_of_times(tmp_path):
+    from runtime.capture import CaptureSource
+
+    # A file opened as a "stream": at its end the read fails like a dropped RTSP feed,
+    # the source reopens it (replaying the 20 frames) once, then gives up.
+    src = CaptureSource(str(_write_video(tmp_path / "v.avi")), reconnects=1, retry_delay=0.01)
+    got = []
+    with pytest.raises(RuntimeError, match="no frames after 1 reconnect"):
+        while True:
+            frame = src.read(timeout=5)
+            assert frame is not None
+            got.append(frame.index)
+    assert len(got) + src.dropped == 40 and got == sorted(got)
+    src.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("edgedet-capture")]

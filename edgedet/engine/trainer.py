@@ -189,8 +189,11 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
     metrics_path, last_path = out_dir / "metrics.jsonl", out_dir / "last.pth"
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        if resume_ckpt is None and metrics_path.exists():
-            metrics_path.unlink()
+        if resume_ckpt is None:  # a fresh run: results of an earlier run in this folder would mislead
+            for stale in (metrics_path, out_dir / "best.pth"):
+                if stale.exists():
+                    log.warning("fresh run: removing %s left by an earlier run", stale)
+                    stale.unlink()
     clock = _Stopwatch(tc.time_budget_s)
     epoch, last_plot = start_epoch - 1, time.monotonic()
     for epoch in range(start_epoch, tc.epochs):

@@ -21,7 +21,7 @@ from edgedet.nn.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 
 Indices = List[Tuple[Tensor, Tensor]]
 LOSS_CLASSES = ("ce", "focal")
-_SUFFIX = re.compile(r"_(\d+|enc)$")
+_SUFFIX = re.compile(r"(_(\d+|enc|interm|dn))+$")
 
 
 class SetCriterion(nn.Module):

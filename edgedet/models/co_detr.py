@@ -8,6 +8,12 @@ is exactly the base detector's, and `to_base_model()` returns the plain base det
 trained weights (what gets exported; the auxiliary modules, all under `co.`, are dropped).
 
 The model classes subclass the base detectors, so every base parameter keeps its name.
+
+    model = edgedet.create_model("co_dino", num_classes=3, backbone="resnet18",
+                                 aux_heads=[{"type": "atss"}, {"type": "rcnn", "fc_dim": 256}])
+    criterion = model.build_criterion()          # base loss + auxiliary heads + positive queries
+    losses = criterion(model(images, mask, targets), targets)
+    deployable = model.to_base_model()           # a plain DINO
 """
 from __future__ import annotations
 
@@ -77,6 +83,8 @@ def parse_aux_heads(entries: List[Dict[str, Any]]) -> List[AuxHeadConfig]:
 
 class CoDETRMixin:
     """Collaborative hybrid assignment training on top of a base detector class (listed after it)."""
+
+    score_activation = "sigmoid"
 
     def _init_co(self, cfg: CoDETRConfig, family: str) -> None:
         if cfg.base != family:

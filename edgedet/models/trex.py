@@ -29,7 +29,7 @@ from edgedet.models.dino import DINOConfig, _check_config
 from edgedet.nn.backbone import Backbone
 from edgedet.nn.mlp import MLP
 from edgedet.nn.position_encoding import PositionEmbeddingSine
-from edgedet.nn.prompt_encoder import PromptAlignment, VisualPromptEncoder, average_prompts
+from edgedet.nn.prompt_encoder import PromptAlignment, VisualPromptEncoder, as_bool, average_prompts
 from edgedet.nn.text_encoder import TEXT_ENCODERS, build_text_encoder
 from edgedet.nn.trex_transformer import ImageMemory, TRexTransformer, build_prompt_cdn_queries
 from edgedet.registry import MODELS
@@ -77,7 +77,7 @@ class TRex(DetectorBase):
         )
         return_layers = tuple(range(6 - cfg.num_feature_levels, 5))
         backbone = Backbone(cfg.backbone, return_layers=return_layers, train_backbone=cfg.train_backbone,
-                            dilation=cfg.dilation, weights=cfg.backbone_weights)
+                            frozen_bn=cfg.backbone_frozen_bn, dilation=cfg.dilation, weights=cfg.backbone_weights)
         projs = [nn.Sequential(nn.Conv2d(c, d, kernel_size=1), nn.GroupNorm(32, d)) for c in backbone.num_channels]
         projs.append(nn.Sequential(nn.Conv2d(backbone.num_channels[-1], d, kernel_size=3, stride=2, padding=1),
                                    nn.GroupNorm(32, d)))
@@ -168,7 +168,7 @@ class TRex(DetectorBase):
         prompts = prompts.expand(batch, -1, -1)
         if prompt_mask is None:
             prompt_mask = torch.ones(prompts.shape[:2], dtype=torch.bool, device=prompts.device)
-        prompt_mask = prompt_mask.to(torch.bool).reshape(-1, prompts.shape[1]).expand(batch, -1)
+        prompt_mask = as_bool(prompt_mask).reshape(-1, prompts.shape[1]).expand(batch, -1)
 
         use_dn = self.training and targets is not None and cfg.dn_number > 0
         dn = None

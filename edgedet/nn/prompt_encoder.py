@@ -28,6 +28,11 @@ MASKED_LOGIT = -1.0e4  # sigmoid -> 0; finite so losses and exported top-k stay 
 WHOLE_IMAGE_CXCYWH = (0.5, 0.5, 1.0, 1.0)
 
 
+def as_bool(mask: Tensor) -> Tensor:
+    """Cast only when needed: a traced no-op Cast on a bool graph input renames that input in OpenVINO."""
+    return mask if mask.dtype == torch.bool else mask.to(torch.bool)
+
+
 class PromptEncoderLayer(nn.Module):
     """Deformable cross-attention (per token) -> self-attention (per class) -> FFN, post-norm."""
 
@@ -84,7 +89,7 @@ class VisualPromptEncoder(nn.Module):
         if box_valid.shape != boxes_cxcywh.shape[:3]:
             raise ValueError(f"box_valid {tuple(box_valid.shape)} must be boxes' [B, K, N] {tuple(boxes_cxcywh.shape[:3])}")
         b, k, n, _ = boxes_cxcywh.shape
-        box_valid = box_valid.to(torch.bool)
+        box_valid = as_bool(box_valid)
         whole = boxes_cxcywh.new_tensor(WHOLE_IMAGE_CXCYWH)
         # Invalid slots get a harmless box so nothing non-finite enters the graph; they are masked anyway.
         boxes = torch.where(box_valid[..., None], boxes_cxcywh, whole)
@@ -127,7 +132,7 @@ class PromptAlignment(nn.Module):
         if prompt_mask is not None:
             if prompt_mask.dim() == 1:
                 prompt_mask = prompt_mask.unsqueeze(0)
-            logits = logits.masked_fill(~prompt_mask.to(torch.bool)[:, None, :], MASKED_LOGIT)
+            logits = logits.masked_fill(~as_bool(prompt_mask)[:, None, :], MASKED_LOGIT)
         return logits
 
     def forward(self, queries: Tensor, prompts: Tensor, prompt_mask: Optional[Tensor] = None) -> Tensor:
@@ -147,4 +152,4 @@ def average_prompts(embeddings: Tensor, valid: Tensor) -> Tuple[Tensor, Tensor]:
     return mean * (count > 0), valid.any(0)
 
 
-__all__ = ["VisualPromptEncoder", "PromptEncoderLayer", "PromptAlignment", "average_prompts", "MASKED_LOGIT"]
+__all__ = ["as_bool", "VisualPromptEncoder", "PromptEncoderLayer", "PromptAlignment", "average_prompts", "MASKED_LOGIT"]

@@ -10,6 +10,7 @@ once and reduced with a batched matmul against their combined weights.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -21,11 +22,15 @@ from edgedet.registry import MSDA_IMPLS
 
 def _level_geometry(shapes, dtype: torch.dtype, device: torch.device):
     """Per-level constants broadcastable to [.., L, P]: widths, heights (float and int), starts."""
-    widths = torch.tensor([w for _, w in shapes], dtype=dtype, device=device).view(-1, 1)
-    heights = torch.tensor([h for h, _ in shapes], dtype=dtype, device=device).view(-1, 1)
-    widths_i = torch.tensor([w for _, w in shapes], dtype=torch.int64, device=device).view(-1, 1)
-    heights_i = torch.tensor([h for h, _ in shapes], dtype=torch.int64, device=device).view(-1, 1)
-    starts = torch.tensor(level_start_index_from_shapes(shapes), dtype=torch.int64, device=device).view(-1, 1)
+    with warnings.catch_warnings():
+        # Level shapes are Python constants by design (static in export); the tracer's note
+        # that these tensors become graph constants is therefore expected.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        widths = torch.tensor([w for _, w in shapes], dtype=dtype, device=device).view(-1, 1)
+        heights = torch.tensor([h for h, _ in shapes], dtype=dtype, device=device).view(-1, 1)
+        widths_i = torch.tensor([w for _, w in shapes], dtype=torch.int64, device=device).view(-1, 1)
+        heights_i = torch.tensor([h for h, _ in shapes], dtype=torch.int64, device=device).view(-1, 1)
+        starts = torch.tensor(level_start_index_from_shapes(shapes), dtype=torch.int64, device=device).view(-1, 1)
     return widths, heights, widths_i, heights_i, starts
 
 

@@ -1,22 +1,28 @@
 // CPU kernel: one task per block of (batch, query) rows; per row, every head accumulates its
 // L * P bilinear samples into a D-vector held in registers. The four corners of a sample are
-// contiguous D-vectors of value ([N, S, M, D] layout), so the inner loop is a fused
-// multiply-add over D that the compiler vectorises. Instruction sets are chosen at run time
-// (target attributes + cpuid), so one portable build still uses AVX2/AVX-512 where present.
+// contiguous D-vectors of value ([N, S, M, D] layout), so the inner loop is a multiply-add over
+// D in vector registers; corner rows are prefetched a batch of samples ahead. Instruction sets
+// are chosen at run time (target attributes + cpuid), so one portable -O3 build still uses
+// AVX2/AVX-512 where present.
 #include "msda_kernel.hpp"
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string>
+#include <vector>
 
 #include "openvino/core/parallel.hpp"
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#if !defined(__GNUC__)
+#    error "msda_kernel.cpp needs GCC or Clang (vector extensions and target attributes)"
+#endif
+#define EDGEDET_ALWAYS_INLINE inline __attribute__((always_inline))
+#if defined(__x86_64__) || defined(__i386__)
 #    define EDGEDET_X86_DISPATCH 1
-#    define EDGEDET_ALWAYS_INLINE inline __attribute__((always_inline))
 #else
-#    define EDGEDET_X86_DISPATCH 0
-#    define EDGEDET_ALWAYS_INLINE inline
+#    define EDGEDET_X86_DISPATCH 0  // e.g. aarch64 (Jetson): the portable build vectorises with NEON
 #endif
 
 namespace edgedet {
@@ -36,56 +42,82 @@ EDGEDET_ALWAYS_INLINE typename Vec<VW>::type load_vec(const float* p) {
     return v;
 }
 
-// Bilinear corners of one sample: four token rows and their weights (0 for padding corners).
-struct Sample {
-    const float *v00, *v10, *v01, *v11;
-    float w00, w10, w01, w11;
+// Level geometry per sample of a query, k = (m * L + l) * P + p; the same for every query.
+struct SampleGeometry {
+    std::vector<float> width, height, start;  // floats: the locate loop stays in one type
+    explicit SampleGeometry(const MsdaProblem& pb) {
+        for (size_t m = 0; m < pb.heads; ++m)
+            for (size_t l = 0; l < pb.levels; ++l)
+                for (size_t p = 0; p < pb.points; ++p) {
+                    width.push_back(static_cast<float>(pb.widths[l]));
+                    height.push_back(static_cast<float>(pb.heights[l]));
+                    start.push_back(static_cast<float>(pb.level_starts[l]));
+                }
+    }
 };
 
-// Returns false when every corner lies in the padding (or the location is NaN).
-EDGEDET_ALWAYS_INLINE bool locate(const float* loc, float a, int64_t h, int64_t w, const float* level_base, size_t row,
-                                  Sample& s) {
-    const float wf = static_cast<float>(w);
-    const float hf = static_cast<float>(h);
-    const float x = loc[0] * wf - 0.5f;
-    const float y = loc[1] * hf - 0.5f;
-    // Outside (-1, W) x (-1, H) every corner is padding; checked in float so that huge values
-    // never reach the integer conversion.
-    if (!(x > -1.f && y > -1.f && x < wf && y < hf))
-        return false;
-    const float x0f = std::floor(x);
-    const float y0f = std::floor(y);
-    const float fx = x - x0f;
-    const float fy = y - y0f;
-    const int64_t x0 = static_cast<int64_t>(x0f);
-    const int64_t y0 = static_cast<int64_t>(y0f);
-    // Invalid corners get weight 0 and a valid row, keeping the channel loop branch-free.
-    const bool vx0 = x0 >= 0, vx1 = x0 + 1 < w, vy0 = y0 >= 0, vy1 = y0 + 1 < h;
-    const int64_t xa = vx0 ? x0 : 0, xb = vx1 ? x0 + 1 : w - 1;
-    const int64_t ya = (vy0 ? y0 : 0) * w, yb = (vy1 ? y0 + 1 : h - 1) * w;
-    s.w00 = (vx0 && vy0) ? (1.f - fx) * (1.f - fy) * a : 0.f;
-    s.w10 = (vx1 && vy0) ? fx * (1.f - fy) * a : 0.f;
-    s.w01 = (vx0 && vy1) ? (1.f - fx) * fy * a : 0.f;
-    s.w11 = (vx1 && vy1) ? fx * fy * a : 0.f;
-    s.v00 = level_base + static_cast<size_t>(ya + xa) * row;
-    s.v10 = level_base + static_cast<size_t>(ya + xb) * row;
-    s.v01 = level_base + static_cast<size_t>(yb + xa) * row;
-    s.v11 = level_base + static_cast<size_t>(yb + xb) * row;
-    return true;
+// Bilinear corners of every sample of one query: token index and weight of each corner
+// (weight 0 for corners in the padding, whose index is clamped to a valid token).
+struct QueryCorners {
+    std::vector<int32_t> t00, t10, t01, t11;
+    std::vector<float> w00, w10, w01, w11;
+    explicit QueryCorners(size_t k) : t00(k), t10(k), t01(k), t11(k), w00(k), w10(k), w01(k), w11(k) {}
+};
+
+// NaN-safe clamp by value (NaN -> lo); plain selects, so loops using it vectorise.
+EDGEDET_ALWAYS_INLINE float clamp_f(float v, float lo, float hi) {
+    v = v >= lo ? v : lo;
+    return v <= hi ? v : hi;
 }
 
-// Accumulates one head of one query into out[D]. DC = compile-time D (0: runtime `d`, scalar
-// loop), VW = floats per vector register; DC % VW == 0. With DC > 0 the accumulator is DC / VW
-// vector variables, which stay in registers across all L * P samples.
+// Pass 1, vectorised over the K samples of one query: all arithmetic in float (token indices are
+// exact below 2^24, checked by the caller) and selects instead of branches. Clamping to
+// [-1, W] x [-1, H] first makes any input, NaN and huge values included, give valid indices.
+EDGEDET_ALWAYS_INLINE void locate_query(const SampleGeometry& g, const float* __restrict loc,
+                                        const float* __restrict attn, size_t k_count, QueryCorners& c) {
+    const float* __restrict wf = g.width.data();
+    const float* __restrict hf = g.height.data();
+    const float* __restrict st = g.start.data();
+    int32_t* __restrict t00 = c.t00.data();
+    int32_t* __restrict t10 = c.t10.data();
+    int32_t* __restrict t01 = c.t01.data();
+    int32_t* __restrict t11 = c.t11.data();
+    float* __restrict w00 = c.w00.data();
+    float* __restrict w10 = c.w10.data();
+    float* __restrict w01 = c.w01.data();
+    float* __restrict w11 = c.w11.data();
+    for (size_t k = 0; k < k_count; ++k) {
+        const float w = wf[k], h = hf[k];
+        const float x = clamp_f(loc[2 * k] * w - 0.5f, -1.f, w);
+        const float y = clamp_f(loc[2 * k + 1] * h - 0.5f, -1.f, h);
+        const float x0 = std::floor(x), y0 = std::floor(y);
+        const float fx = x - x0, fy = y - y0, a = attn[k];
+        const float wx0 = x0 >= 0.f ? 1.f - fx : 0.f;
+        const float wx1 = x0 + 1.f < w ? fx : 0.f;
+        const float wy0 = y0 >= 0.f ? (1.f - fy) * a : 0.f;
+        const float wy1 = y0 + 1.f < h ? fy * a : 0.f;
+        const float xa = clamp_f(x0, 0.f, w - 1.f), xb = clamp_f(x0 + 1.f, 0.f, w - 1.f);
+        const float ya = clamp_f(y0, 0.f, h - 1.f) * w + st[k];
+        const float yb = clamp_f(y0 + 1.f, 0.f, h - 1.f) * w + st[k];
+        t00[k] = static_cast<int32_t>(ya + xa);
+        t10[k] = static_cast<int32_t>(ya + xb);
+        t01[k] = static_cast<int32_t>(yb + xa);
+        t11[k] = static_cast<int32_t>(yb + xb);
+        w00[k] = wx0 * wy0;
+        w10[k] = wx1 * wy0;
+        w01[k] = wx0 * wy1;
+        w11[k] = wx1 * wy1;
+    }
+}
+
+// Pass 2 for one head: out[D] = sum over its samples [k_begin, k_end) of the weighted corner rows.
+// DC = compile-time D (0: runtime D, scalar loop), VW = floats per vector register, DC % VW == 0;
+// with DC > 0 the accumulator is DC / VW vector variables that stay in registers.
 template <int DC, int VW>
-EDGEDET_ALWAYS_INLINE void accumulate_head(const MsdaProblem& pb,
-                                           const float* value_head,  // value[n, 0, m, 0]
-                                           const float* loc,         // [L, P, 2]
-                                           const float* attn,        // [L, P]
-                                           float* out,               // [D]
-                                           size_t d_runtime) {
+EDGEDET_ALWAYS_INLINE void accumulate_head(const QueryCorners& c, size_t k_begin, size_t k_end, const float* head,
+                                           size_t row, float* out, size_t d_runtime) {
+    constexpr size_t kAhead = 4;  // samples to prefetch ahead; the rows of one head scatter over the map
     const size_t d = DC > 0 ? static_cast<size_t>(DC) : d_runtime;
-    const size_t row = pb.heads * d;  // stride between consecutive tokens
     constexpr int kVectors = DC > 0 ? DC / VW : 1;
     typedef typename Vec<VW>::type V;
     V acc[kVectors];
@@ -93,25 +125,29 @@ EDGEDET_ALWAYS_INLINE void accumulate_head(const MsdaProblem& pb,
         acc[i] = V{};
     if (DC == 0)
         std::memset(out, 0, d * sizeof(float));
-    Sample s;
-    for (size_t l = 0; l < pb.levels; ++l) {
-        const int64_t h = pb.heights[l];
-        const int64_t w = pb.widths[l];
-        if (h <= 0 || w <= 0)
-            continue;
-        const float* level_base = value_head + static_cast<size_t>(pb.level_starts[l]) * row;
-        for (size_t p = 0; p < pb.points; ++p, loc += 2, ++attn) {
-            if (!locate(loc, attn[0], h, w, level_base, row, s))
-                continue;
-            if (DC > 0) {
-                // Pairwise sums keep the loop-carried dependency on acc to one add per sample.
-                for (int i = 0; i < kVectors; ++i)
-                    acc[i] += (s.w00 * load_vec<VW>(s.v00 + i * VW) + s.w10 * load_vec<VW>(s.v10 + i * VW)) +
-                              (s.w01 * load_vec<VW>(s.v01 + i * VW) + s.w11 * load_vec<VW>(s.v11 + i * VW));
-            } else {
-                for (size_t c = 0; c < d; ++c)
-                    out[c] += (s.w00 * s.v00[c] + s.w10 * s.v10[c]) + (s.w01 * s.v01[c] + s.w11 * s.v11[c]);
+    for (size_t k = k_begin; k < k_end; ++k) {
+        if (k + kAhead < k_end) {
+            const size_t n = k + kAhead;
+            for (size_t off = 0; off < d; off += 16) {  // 16 floats = one 64-byte line
+                __builtin_prefetch(head + static_cast<size_t>(c.t00[n]) * row + off);
+                __builtin_prefetch(head + static_cast<size_t>(c.t10[n]) * row + off);
+                __builtin_prefetch(head + static_cast<size_t>(c.t01[n]) * row + off);
+                __builtin_prefetch(head + static_cast<size_t>(c.t11[n]) * row + off);
             }
+        }
+        const float* v00 = head + static_cast<size_t>(c.t00[k]) * row;
+        const float* v10 = head + static_cast<size_t>(c.t10[k]) * row;
+        const float* v01 = head + static_cast<size_t>(c.t01[k]) * row;
+        const float* v11 = head + static_cast<size_t>(c.t11[k]) * row;
+        const float w00 = c.w00[k], w10 = c.w10[k], w01 = c.w01[k], w11 = c.w11[k];
+        if (DC > 0) {
+            // Pairwise sums keep the loop-carried dependency on acc to one add per sample.
+            for (int i = 0; i < kVectors; ++i)
+                acc[i] += (w00 * load_vec<VW>(v00 + i * VW) + w10 * load_vec<VW>(v10 + i * VW)) +
+                          (w01 * load_vec<VW>(v01 + i * VW) + w11 * load_vec<VW>(v11 + i * VW));
+        } else {
+            for (size_t ch = 0; ch < d; ++ch)
+                out[ch] += (w00 * v00[ch] + w10 * v10[ch]) + (w01 * v01[ch] + w11 * v11[ch]);
         }
     }
     if (DC > 0)
@@ -122,15 +158,18 @@ EDGEDET_ALWAYS_INLINE void accumulate_head(const MsdaProblem& pb,
 template <int DC, int VW>
 EDGEDET_ALWAYS_INLINE void run_rows_impl(const MsdaProblem& pb, size_t begin, size_t end) {
     const size_t m_count = pb.heads, d = pb.channels;
-    const size_t lp = pb.levels * pb.points;
+    const size_t lp = pb.levels * pb.points, k_count = m_count * lp;
+    const size_t row = m_count * d;  // stride between consecutive tokens
+    const SampleGeometry geometry(pb);
+    QueryCorners corners(k_count);
     for (size_t r = begin; r < end; ++r) {  // r = n * Lq + q
         const size_t n = r / pb.queries;
-        const float* value_batch = pb.value + n * pb.tokens * m_count * d;
-        const float* loc = pb.sampling_locations + r * m_count * lp * 2;
-        const float* attn = pb.attention_weights + r * m_count * lp;
-        float* out = pb.output + r * m_count * d;
+        const float* value_batch = pb.value + n * pb.tokens * row;
+        locate_query(geometry, pb.sampling_locations + r * k_count * 2, pb.attention_weights + r * k_count, k_count,
+                     corners);
+        float* out = pb.output + r * row;
         for (size_t m = 0; m < m_count; ++m)
-            accumulate_head<DC, VW>(pb, value_batch + m * d, loc + m * lp * 2, attn + m * lp, out + m * d, d);
+            accumulate_head<DC, VW>(corners, m * lp, (m + 1) * lp, value_batch + m * d, row, out + m * d, d);
     }
 }
 
@@ -166,14 +205,28 @@ EDGEDET_DEFINE_ROWS(avx512, __attribute__((target("avx512f,avx512vl,avx2,fma")))
 
 enum class Variant { generic, avx2, avx512 };
 
-Variant detect_variant() {
+bool cpu_has(Variant v) {
 #if EDGEDET_X86_DISPATCH
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl"))
-        return Variant::avx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return Variant::avx2;
+    if (v == Variant::avx512)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+    if (v == Variant::avx2)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
+    return v == Variant::generic;
+}
+
+// Best variant of this CPU; EDGEDET_OV_MSDA_ISA=generic|avx2|avx512 caps it (tests use this to
+// exercise every code path on one machine).
+Variant detect_variant() {
+    Variant cap = Variant::avx512;
+    if (const char* env = std::getenv("EDGEDET_OV_MSDA_ISA")) {
+        const std::string name(env);
+        cap = name == "generic" ? Variant::generic : name == "avx2" ? Variant::avx2 : Variant::avx512;
+    }
+    for (Variant v : {Variant::avx512, Variant::avx2})
+        if (static_cast<int>(v) <= static_cast<int>(cap) && cpu_has(v))
+            return v;
     return Variant::generic;
 }
 

@@ -70,11 +70,17 @@ def nms(boxes_xyxy: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
 
 
 def batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
-    """NMS within each group (e.g. pyramid level): boxes of different groups never suppress each other."""
-    if boxes_xyxy.numel() == 0:
-        return torch.empty(0, dtype=torch.int64, device=boxes_xyxy.device)
-    offset = groups.to(boxes_xyxy) * (boxes_xyxy.max() + 1)
-    return nms(boxes_xyxy + offset[:, None], scores, iou_threshold)
+    """NMS within each group (e.g. pyramid level): boxes of different groups never suppress each other.
+
+    Returns kept indices [K] int64 by descending score. Runs group by group, so the IoU matrix is
+    never larger than the biggest group's.
+    """
+    keep = [torch.empty(0, dtype=torch.int64, device=boxes_xyxy.device)]
+    for g in torch.unique(groups).tolist():
+        idx = torch.nonzero(groups == g).flatten()
+        keep.append(idx[nms(boxes_xyxy[idx], scores[idx], iou_threshold)])
+    kept = torch.cat(keep)
+    return kept[scores[kept].argsort(descending=True)]
 
 
 __all__ = ["encode_deltas", "decode_deltas", "clip_boxes", "nms", "batched_nms", "MAX_LOG_SCALE"]

@@ -117,24 +117,27 @@ class PositiveQueryBuilder(nn.Module):
         for b, idx in enumerate(chosen):
             idx = idx.to(device)
             n, pad = idx.numel(), size - idx.numel()
+            background = torch.full((pad,), num_classes, dtype=torch.int64, device=device)
+            unused_box = torch.tensor([[0.5, 0.5, 1.0, 1.0]], device=device).expand(pad, 4)
             boxes.append(torch.cat([positives.boxes_xyxy[b][idx].float(), self._padding(positives, b, pad, image_hw[b])]))
-            labels.append(torch.cat([positives.labels[b][idx], torch.full((pad,), num_classes, dtype=torch.int64, device=device)]))
-            fill = torch.tensor([[0.5, 0.5, 1.0, 1.0]], device=device).expand(pad, 4)
-            targets.append(torch.cat([positives.gt_boxes_cxcywh[b][idx].float(), fill]))
+            labels.append(torch.cat([positives.labels[b][idx], background]))
+            targets.append(torch.cat([positives.gt_boxes_cxcywh[b][idx].float(), unused_box]))
             valid.append(torch.arange(size, device=device) < n)
         boxes_px = torch.stack([self._clip(bx, image_hw[b]) for b, bx in enumerate(boxes)])  # [B, G, 4]
         scale = torch.stack([image_hw[:, 1], image_hw[:, 0], image_hw[:, 1], image_hw[:, 0]], 1)[:, None]
         boxes_cxcywh = box_xyxy_to_cxcywh(boxes_px / scale).clamp(REF_EPS, 1 - REF_EPS)
         pooled = multilevel_roi_align(features, strides, boxes_to_rois(list(boxes_px)).to(device), self.pool_size)
         content = self.feat_norm(self.feat_proj(pooled.flatten(1))).view(len(chosen), size, self.d_model)
-        pos = self.pos_norm(self.pos_proj(proposal_pos_embed(inverse_sigmoid(boxes_cxcywh, REF_EPS), self.d_model // 2)))
+        sine = proposal_pos_embed(inverse_sigmoid(boxes_cxcywh, REF_EPS), self.d_model // 2)  # [B, G, 2D]
+        pos = self.pos_norm(self.pos_proj(sine))
         query_pos = None
         if self.with_query_pos:
             query_pos, extra = pos.split(self.d_model, -1)
             content = content + extra
         else:
             content = content + pos
-        return QueryGroup(content, query_pos, boxes_cxcywh, torch.stack(labels), torch.stack(targets), torch.stack(valid))
+        return QueryGroup(content, query_pos, boxes_cxcywh, torch.stack(labels), torch.stack(targets),
+                          torch.stack(valid))
 
     def _padding(self, positives: Positives, b: int, pad: int, image_hw: Tensor) -> Tensor:
         """`pad` background boxes [pad, 4]: random negatives of the head, else the whole image."""
@@ -158,4 +161,5 @@ class PositiveQueryBuilder(nn.Module):
         return torch.stack([x0, y0, x1, y1], -1)
 
 
-__all__ = ["QueryGroup", "PositiveQueryBuilder", "fixed_assignment", "group_attention_mask", "choose_positives", "REF_EPS"]
+__all__ = ["QueryGroup", "PositiveQueryBuilder", "fixed_assignment", "group_attention_mask", "choose_positives",
+           "REF_EPS"]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgedet.nn.co_heads.anchors import grid_anchors, inside_image
-from edgedet.nn.co_heads.assigners import NEGATIVE, max_iou_assign, random_sample
+from edgedet.nn.co_heads.assigners import max_iou_assign, random_sample
 from edgedet.nn.co_heads.box_coding import batched_nms, clip_boxes, decode_deltas, encode_deltas
 from edgedet.nn.co_heads.common import AUX_HEADS, AuxHeadConfig, Positives, gt_boxes_pixels, paired_giou, zero_loss
 from edgedet.nn.co_heads.roi_align import boxes_to_rois, multilevel_roi_align

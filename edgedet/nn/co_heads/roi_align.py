@@ -33,27 +33,33 @@ def roi_align(features: Tensor, rois: Tensor, output_size: Union[int, Tuple[int,
     if sampling_ratio < 1:
         raise ValueError(f"roi_align needs sampling_ratio >= 1, got {sampling_ratio}")
     _, c, h, w = features.shape
-    out = features.new_zeros(rois.shape[0], c, oh, ow)
     if rois.shape[0] == 0:
-        return out
-    boxes = rois[:, 1:].to(features.dtype) * spatial_scale - 0.5
+        return features.new_zeros(0, c, oh, ow)
+    boxes = rois[:, 1:].float() * spatial_scale - 0.5  # coordinates in float32 even under autocast
     xs = _sample_coords(boxes[:, 0], boxes[:, 2] - boxes[:, 0], ow, sampling_ratio)  # [R, ow·r]
     ys = _sample_coords(boxes[:, 1], boxes[:, 3] - boxes[:, 1], oh, sampling_ratio)  # [R, oh·r]
     valid = ((ys >= -1) & (ys <= h))[:, :, None] & ((xs >= -1) & (xs <= w))[:, None, :]
     # Index coordinate i -> grid_sample's normalised coordinate (align_corners=False).
     gx = (xs + 0.5) / w * 2 - 1
     gy = (ys + 0.5) / h * 2 - 1
-    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), -1)  # [R, oh·r, ow·r, 2]
+    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), -1).to(features.dtype)
     batch_idx = rois[:, 0].long()
+    parts = []
     for b in torch.unique(batch_idx).tolist():
         sel = torch.nonzero(batch_idx == b).flatten()
         g = grid[sel].reshape(1, -1, grid.shape[2], 2)  # every RoI of the image stacked along height
         sampled = F.grid_sample(features[b : b + 1], g, mode="bilinear", padding_mode="border", align_corners=False)
         sampled = sampled.view(c, len(sel), oh * sampling_ratio, ow * sampling_ratio).transpose(0, 1)
         sampled = sampled * valid[sel][:, None].to(sampled.dtype)
-        sampled = sampled.view(len(sel), c, oh, sampling_ratio, ow, sampling_ratio).mean((3, 5))
-        out = out.index_copy(0, sel, sampled)
-    return out
+        parts.append((sel, sampled.view(len(sel), c, oh, sampling_ratio, ow, sampling_ratio).mean((3, 5))))
+    return _assemble(parts, rois.shape[0])
+
+
+def _assemble(parts: List[Tuple[Tensor, Tensor]], n: int) -> Tensor:
+    """(row indices, rows) pieces that cover 0..n-1 -> one [n, ...] tensor in row order."""
+    idx = torch.cat([p[0] for p in parts])
+    rows = torch.cat([p[1] for p in parts])
+    return rows[torch.empty_like(idx).scatter_(0, idx, torch.arange(n, device=idx.device))]
 
 
 def roi_levels(boxes_xyxy: Tensor, num_levels: int, finest_scale: float = FINEST_SCALE) -> Tensor:
@@ -67,13 +73,15 @@ def multilevel_roi_align(features: Sequence[Tensor], strides: Sequence[float], r
                          finest_scale: float = FINEST_SCALE) -> Tensor:
     """RoIAlign each RoI [R, 5] on the pyramid level its size selects -> [R, C, oh, ow]."""
     oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
+    if rois.shape[0] == 0:
+        return features[0].new_zeros(0, features[0].shape[1], oh, ow)
     levels = roi_levels(rois[:, 1:], len(features), finest_scale)
-    out = features[0].new_zeros(rois.shape[0], features[0].shape[1], oh, ow)
+    parts = []
     for lvl, (feat, stride) in enumerate(zip(features, strides)):
         sel = torch.nonzero(levels == lvl).flatten()
         if sel.numel():
-            out = out.index_copy(0, sel, roi_align(feat, rois[sel], (oh, ow), 1.0 / stride, sampling_ratio))
-    return out
+            parts.append((sel, roi_align(feat, rois[sel], (oh, ow), 1.0 / stride, sampling_ratio)))
+    return _assemble(parts, rois.shape[0])
 
 
 def boxes_to_rois(boxes_per_image: List[Tensor]) -> Tensor:

@@ -1,0 +1,179 @@
+"""End-to-end export benchmark: Deformable DETR and DINO (ResNet-50) on CPU, batch 1.
+
+For each family and MSDA form (grid_sample, gather, and fused when the OpenVINO extension is
+built) it exports one float ONNX, then derives ONNX Runtime FP32 / INT8 (QDQ) and OpenVINO
+FP32 / FP16-compressed / INT8 (NNCF) artifacts from it, and runs `converters.verify` on each:
+latency and sequential throughput through `runtime.Detector`, parity with PyTorch (top-K
+match, max score difference), and with `--checkpoint` + `--data` the mAP of every engine
+next to PyTorch's. Without a checkpoint the models are randomly initialised (the latency
+figures hold, parity is still meaningful, mAP is not measured).
+
+    python benches/export_e2e.py --quick                       # 320x320, 3 repeats, DINO 300 queries
+    python benches/export_e2e.py                               # 640x640, 20 repeats
+    python benches/export_e2e.py --checkpoint runs/dino/best.pt --data ../shared/data/bccd --data-format voc
+
+Prints a table, then one JSON object with every figure as the LAST line.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from converters.api import make_manifest, resolve_model  # noqa: E402
+from converters.calibration import calibration_batches, image_paths  # noqa: E402
+from converters.onnx.export import export_onnx  # noqa: E402
+from converters.onnx.msda_forms import form_available  # noqa: E402
+from converters.onnxruntime.quantize import quantize_onnx_int8  # noqa: E402
+from converters.openvino.convert import convert_openvino, fused_extension_available  # noqa: E402
+from converters.verify import verify  # noqa: E402
+from runtime.manifest import write_sidecar  # noqa: E402
+
+BCCD = REPO.parent / "shared" / "data" / "bccd"
+log = logging.getLogger("export_e2e")
+
+
+def build_model(family: str, checkpoint: Optional[str], quick: bool):
+    if checkpoint:
+        return resolve_model(checkpoint)
+    from edgedet import create_model
+
+    torch.manual_seed(0)
+    overrides: Dict[str, Any] = {"backbone": "resnet50"}
+    if quick and family == "dino":
+        overrides["num_queries"] = 300
+    return create_model(family, **overrides).eval(), {}
+
+
+def load_eval_dataset(args) -> Any:
+    if not (args.checkpoint and args.data):
+        return None
+    from edgedet.config import DataConfig
+    from edgedet.data import build_dataset
+
+    cfg = DataConfig(format=args.data_format, root=args.data, val_ann=args.data_ann, val_split=args.data_split)
+    return build_dataset(cfg, "val")
+
+
+def engines(forms: List[str]) -> List[Dict[str, str]]:
+    """(backend, precision, msda) combinations measured; ORT cannot run the fused node."""
+    out = []
+    for form in forms:
+        if form != "fused":
+            out += [{"backend": "onnxruntime", "precision": p, "msda": form} for p in ("fp32", "int8")]
+        out += [{"backend": "openvino", "precision": p, "msda": form} for p in ("fp32", "fp16", "int8")]
+    return out
+
+
+def build_artifact(model, exp, eng, imgsz, work: Path, calib, float_onnx: Dict[str, Path]) -> Path:
+    form, prec = eng["msda"], eng["precision"]
+    manifest = make_manifest(model, eng["backend"], prec, form, imgsz, 1, True, 100, None, exp)
+    if form not in float_onnx:
+        float_manifest = dataclasses.replace(manifest, backend="onnxruntime", precision="fp32", custom_ops={})
+        float_onnx[form] = export_onnx(model, work / f"{form}-fp32.onnx", imgsz, float_manifest, form, simplify=form != "fused")
+    src = float_onnx[form]
+    if eng["backend"] == "onnxruntime":
+        if prec == "fp32":
+            return src
+        out = quantize_onnx_int8(src, work / f"{form}-int8.onnx", calibration_batches(calib, manifest.preprocess, 32))
+        write_sidecar(manifest, out)
+        return out
+    batches = calibration_batches(calib, manifest.preprocess, 32) if prec == "int8" else None
+    return convert_openvino(src, work / f"ov-{form}-{prec}.xml", prec, manifest, batches)
+
+
+def run_family(family: str, args, forms: List[str], work: Path, calib, images, dataset) -> List[Dict[str, Any]]:
+    model, exp = build_model(family, args.checkpoint, args.quick)
+    imgsz = (args.imgsz, args.imgsz)
+    rows, float_onnx = [], {}
+    for eng in engines(forms):
+        t0 = time.perf_counter()
+        try:
+            path = build_artifact(model, exp, eng, imgsz, work / family, calib, float_onnx)
+        except Exception as e:  # one failing engine must not hide the others' figures
+            rows.append({"family": family, **eng, "error": str(e).splitlines()[0][:200]})
+            continue
+        build_s = time.perf_counter() - t0
+        rep = verify(path, model, images, eval_dataset=dataset, max_images=args.parity_images,
+                     eval_images=args.eval_images, repeats=args.repeats, output_json=work / f"{path.stem}.verify.json")
+        row = {"family": family, **eng, "build_s": round(build_s, 1),
+               "latency_ms": round(rep["latency_artifact"]["mean_ms"], 2), "p50_ms": round(rep["latency_artifact"]["p50_ms"], 2),
+               "fps": round(rep["latency_artifact"]["fps"], 2), "pytorch_ms": round(rep["latency_pytorch"]["mean_ms"], 2),
+               "topk_match": round(rep["topk_match"], 3), "score_max_abs_diff": float(f"{rep['score_max_abs_diff']:.3g}")}
+        if "map_artifact" in rep:
+            row.update({"map": round(rep["map_artifact"], 4), "map_pytorch": round(rep["map_pytorch"], 4),
+                        "map_delta": round(rep["map_delta"], 4)})
+        rows.append(row)
+        log.info("%s", row)
+    return rows
+
+
+def print_table(rows: List[Dict[str, Any]]) -> None:
+    cols = ["family", "backend", "precision", "msda", "latency_ms", "p50_ms", "fps", "pytorch_ms", "topk_match",
+            "score_max_abs_diff", "map", "map_delta", "build_s", "error"]
+    cols = [c for c in cols if any(c in r for r in rows)]
+    table = [[str(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    for t in table:
+        print("  ".join(v.ljust(w) for v, w in zip(t, widths)))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="320x320, 3 repeats, 4 calibration/parity images")
+    p.add_argument("--families", nargs="+", default=["deformable_detr", "dino"])
+    p.add_argument("--imgsz", type=int, default=None, help="square input size (default 640, quick 320)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per engine (default 20, quick 3)")
+    p.add_argument("--forms", nargs="+", default=None, help="MSDA forms (default grid_sample gather [+fused])")
+    p.add_argument("--checkpoint", default=None, help="trained checkpoint (then only its family is benchmarked)")
+    p.add_argument("--data", default=None, help="evaluation dataset root (with --checkpoint: mAP per engine)")
+    p.add_argument("--data-format", default="voc", help="voc | coco | yolo")
+    p.add_argument("--data-ann", default="", help="annotation file / split file for --data")
+    p.add_argument("--data-split", default="val")
+    p.add_argument("--eval-images", type=int, default=200)
+    p.add_argument("--calib", default=None, help="calibration image folder (default: BCCD images or --data)")
+    p.add_argument("--out", default=None, help="keep artifacts here (default: a temporary folder)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    args.imgsz = args.imgsz or (320 if args.quick else 640)
+    args.repeats = args.repeats or (3 if args.quick else 20)
+    args.parity_images = 2 if args.quick else 8
+    forms = args.forms or [f for f in ("grid_sample", "gather") if form_available(f)] + (["fused"] if fused_extension_available() else [])
+    dataset = load_eval_dataset(args)
+    calib = args.calib or (str(BCCD / "JPEGImages") if BCCD.is_dir() else None)
+    if dataset is not None and not args.calib:
+        calib = dataset
+    if calib is None:
+        raise SystemExit("no calibration images: pass --calib FOLDER")
+    limit = 4 if args.quick else 32
+    images = [str(x) for x in image_paths(calib)[:limit]] if not hasattr(calib, "records") else calib
+    calib_src = images if args.quick else calib
+    families = args.families
+    if args.checkpoint:
+        families = [getattr(resolve_model(args.checkpoint)[0].config, "name", "model")]
+    rows: List[Dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.out) if args.out else Path(tmp)
+        for fam in families:
+            rows += run_family(fam, args, forms, work, calib_src, images, dataset)
+    print_table(rows)
+    print(json.dumps({"bench": "export_e2e", "imgsz": args.imgsz, "batch": 1, "repeats": args.repeats,
+                      "random_init": not args.checkpoint, "torch_threads": torch.get_num_threads(),
+                      "forms": forms, "rows": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Export the prompted detector (`trex`) as two artifacts plus a text-prompt bank.
+
+    enc, det = export_prompted(model, "out/", format="onnx", imgsz=(640, 640))
+
+- prompt encoder `trex-prompt-encoder.{onnx,xml}`: inputs
+      images          float32 [1, 3, H, W] (normalised like `runtime.preprocess`)
+      prompt_boxes    float32 [1, K, N, 4] cxcywh normalised to the network input (w = h = 0: a point)
+      prompt_box_mask bool    [1, K, N] True = a real box
+  outputs prompt_embeddings float32 [1, K, Dp] (unit length), prompt_valid bool [1, K].
+- detector `trex-detector.{onnx,xml}`: inputs images [1, 3, H, W], prompt_embeddings float32
+  [1, K, Dp], prompt_mask bool [1, K] (True = a real prompt); outputs labels [1, T] (prompt slot),
+  boxes [1, T, 4] xyxy network pixels, scores [1, T] (NMS-free top-T over queries x prompts).
+- `text_prompts.npz` (names, embeddings [C, Dp]): text embeddings computed here in PyTorch, so
+  the torch-free runtime can prompt with those names.
+Both manifests have family `trex` and `extra["prompted"]` describing the inputs. MSDA export forms
+(`fused`, `gather`, `grid_sample`) and OpenVINO conversion reuse `converters.onnx` / `converters.openvino`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from converters.api import make_manifest
+from converters.formats import ExportError, validate_request
+from converters.onnx.export import _slim, embed_manifest, topk_detections
+from converters.onnx.msda_forms import FUSED_DOMAIN, FUSED_OPSET, form_available, msda_form, register_fused_schema
+from runtime.manifest import Manifest, OutputSpec, write_sidecar
+
+log = logging.getLogger(__name__)
+
+ENCODER_STEM = "trex-prompt-encoder"
+DETECTOR_STEM = "trex-detector"
+TEXT_BANK = "text_prompts.npz"
+ENCODER_INPUTS = ["images", "prompt_boxes", "prompt_box_mask"]
+ENCODER_OUTPUTS = ["prompt_embeddings", "prompt_valid"]
+DETECTOR_INPUTS = ["images", "prompt_embeddings", "prompt_mask"]
+DETECTOR_OUTPUTS = ["labels", "boxes", "scores"]
+
+
+class PromptEncoderGraph(nn.Module):
+    """images, prompt_boxes, prompt_box_mask -> prompt_embeddings [1, K, Dp], prompt_valid [1, K]."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor, prompt_boxes: Tensor, prompt_box_mask: Tensor):
+        return self.model.encode_visual_prompts(images, prompt_boxes, prompt_box_mask)
+
+
+class PromptedDetectorGraph(nn.Module):
+    """images, prompt_embeddings, prompt_mask -> labels, boxes (xyxy network pixels), scores (top-T)."""
+
+    def __init__(self, model: nn.Module, top_k: int):
+        super().__init__()
+        self.model, self.top_k = model, top_k
+
+    def forward(self, images: Tensor, prompt_embeddings: Tensor, prompt_mask: Tensor):
+        out = self.model(images, prompts=prompt_embeddings, prompt_mask=prompt_mask)
+        return topk_detections(out["pred_logits"], out["pred_boxes"], (images.shape[-2], images.shape[-1]), "sigmoid", self.top_k)
+
+
+def _export_graph(graph: nn.Module, args: Tuple[Tensor, ...], input_names, output_names, path: Path, form: str,
+                  manifest: Manifest, opset: int, simplify: bool) -> Path:
+    """Trace `graph` to ONNX at `path` with the manifest inside and beside it."""
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with msda_form(graph, form), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about python constants: the sizes are fixed
+        try:
+            torch.onnx.export(graph, args, str(path), dynamo=False, opset_version=opset, input_names=input_names,
+                              output_names=output_names, custom_opsets={FUSED_DOMAIN: FUSED_OPSET} if form == "fused" else None,
+                              do_constant_folding=True)
+        except Exception as e:  # the exporter raises several error types
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ExportError(f"ONNX export of {path.name} failed ({first}); the model uses an op opset {opset} cannot express") from e
+    proto = onnx.load(str(path))
+    has_custom = any(n.domain == FUSED_DOMAIN for n in proto.graph.node)
+    if has_custom:
+        register_fused_schema()
+    if simplify:
+        proto = _slim(proto, has_custom)
+    embed_manifest(proto, manifest)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    write_sidecar(manifest, path)
+    return path
+
+
+def _resolve_form(format: str, msda: Optional[str]) -> str:
+    fmt, form = validate_request(format, "fp32", msda, True, False)
+    if msda is None and form == "fused" and fmt.name == "openvino":
+        from converters.openvino.convert import fused_extension_available
+
+        if not fused_extension_available():
+            form = "gather" if form_available("gather") else "grid_sample"
+            log.info("OpenVINO MSDA extension is not built; exporting msda='%s'", form)
+    return form
+
+
+def write_prompt_bank(path: Union[str, Path], names: Sequence[str], embeddings: np.ndarray) -> Path:
+    """A prompt file (.npz): names [K] str, embeddings [K, Dp] unit length, sums (= embeddings), counts (= 1)."""
+    emb = np.asarray(embeddings, np.float32)
+    if emb.ndim != 2 or emb.shape[0] != len(names):
+        raise ValueError(f"embeddings must be [len(names)={len(names)}, Dp], got {emb.shape}")
+    np.savez(path, names=np.asarray(list(names), dtype=str), embeddings=emb, sums=emb, counts=np.ones(len(names), np.float32))
+    return Path(path)
+
+
+def export_prompted(model: nn.Module, output_dir: Union[str, Path], format: str = "onnx", imgsz: Sequence[int] = (640, 640),
+                    msda: Optional[str] = None, top_k: int = 100, text_prompts: Optional[Sequence[str]] = None,
+                    opset: int = 17, simplify: bool = True, experiment: Optional[Dict[str, Any]] = None) -> Tuple[Path, Path]:
+    """Write the prompt encoder and the prompted detector -> (encoder_path, detector_path).
+
+    format: "onnx" | "openvino" (fp32). msda: None = the format's default form. text_prompts:
+    names stored in `text_prompts.npz` (default: model.config.class_names; [] = none).
+    """
+    cfg = getattr(model, "config", None)
+    if getattr(cfg, "name", "") != "trex":
+        raise ExportError(f"export_prompted needs a 'trex' model, got {getattr(cfg, 'name', type(model).__name__)!r}; use converters.export")
+    if format not in ("onnx", "openvino"):
+        raise ExportError(f"prompted export supports format 'onnx' or 'openvino', got '{format}'")
+    if isinstance(imgsz, int) or len(imgsz) != 2 or min(int(s) for s in imgsz) <= 0:
+        raise ExportError(f"imgsz must be (H, W) positive integers, got {imgsz!r}")
+    form = _resolve_form(format, msda)
+    h, w = int(imgsz[0]), int(imgsz[1])
+    k, n, dp = cfg.max_prompts, cfg.max_prompt_boxes, cfg.prompt_dim
+    out_dir = Path(output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    names = list(cfg.class_names) if text_prompts is None else list(text_prompts)
+    bank = ""
+    if names:
+        with torch.no_grad():
+            write_prompt_bank(out_dir / TEXT_BANK, names, model.encode_text_prompts(names).cpu().numpy())
+        bank = TEXT_BANK
+    info = {"max_prompts": k, "max_prompt_boxes": n, "prompt_dim": dp, "text_bank": bank,
+            "box_format": "cxcywh normalised to the network input; w = h = 0 is a point"}
+    backend = "openvino" if format == "openvino" else "onnxruntime"
+    base = make_manifest(model, backend, "fp32", form, (h, w), 1, True, top_k, [], experiment or {})
+    base = dataclasses.replace(base, family="trex")
+    enc_manifest = dataclasses.replace(
+        base, outputs=OutputSpec(postprocess=False, names=list(ENCODER_OUTPUTS), score_activation="sigmoid", top_k=top_k),
+        extra={"prompted": {**info, "role": "prompt_encoder", "inputs": ENCODER_INPUTS, "outputs": ENCODER_OUTPUTS}})
+    det_manifest = dataclasses.replace(
+        base, extra={"prompted": {**info, "role": "detector", "inputs": DETECTOR_INPUTS, "outputs": DETECTOR_OUTPUTS}})
+    enc_args = (torch.zeros(1, 3, h, w), torch.full((1, k, n, 4), 0.5), torch.ones(1, k, n, dtype=torch.bool))
+    det_args = (torch.zeros(1, 3, h, w), torch.nn.functional.normalize(torch.ones(1, k, dp), dim=-1),
+                torch.ones(1, k, dtype=torch.bool))
+    jobs = [(PromptEncoderGraph(model).eval(), enc_args, ENCODER_INPUTS, ENCODER_OUTPUTS, ENCODER_STEM, enc_manifest),
+            (PromptedDetectorGraph(model, top_k).eval(), det_args, DETECTOR_INPUTS, DETECTOR_OUTPUTS, DETECTOR_STEM, det_manifest)]
+    paths = []
+    for graph, args, ins, outs, stem, manifest in jobs:
+        if format == "onnx":
+            paths.append(_export_graph(graph, args, ins, outs, out_dir / f"{stem}.onnx", form, manifest, opset, simplify))
+            continue
+        from converters.openvino.convert import convert_openvino
+
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_manifest = dataclasses.replace(manifest, backend="onnxruntime", custom_ops={})
+            onnx_path = _export_graph(graph, args, ins, outs, Path(tmp) / f"{stem}.onnx", form, onnx_manifest, opset, simplify)
+            paths.append(convert_openvino(onnx_path, out_dir / f"{stem}.xml", "fp32", manifest))
+    log.info("wrote prompted artifacts %s, %s (msda=%s)", paths[0], paths[1], form)
+    return paths[0], paths[1]
+
+
+__all__ = ["export_prompted", "write_prompt_bank", "PromptEncoderGraph", "PromptedDetectorGraph", "TEXT_BANK"]

@@ -1,0 +1,80 @@
+"""verify(): artifact through runtime.Detector vs PyTorch on the same preprocessed images."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from converters import export, verify
+from converters.calibration import calibration_batches, preprocess_bgr, read_bgr
+from converters.verify import format_report, iou_matrix, match_stats
+from export_helpers import build_tiny, write_images
+from runtime.manifest import PreprocessSpec
+
+HW = (64, 96)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return write_images(tmp_path_factory.mktemp("imgs"), n=3, seed=7)
+
+
+@pytest.mark.parametrize("postprocess", [True, False], ids=["topk", "raw"])
+def test_verify_onnx_report(tmp_path, images, postprocess):
+    model = build_tiny("tiny_msda")
+    path = export(model, "onnx", tmp_path / "m.onnx", imgsz=HW, msda="grid_sample", postprocess=postprocess, simplify=False)
+    report = verify(path, model, images, repeats=2)
+    assert report["images"] == 3 and report["backend"] == "onnxruntime"
+    assert report["topk_match"] == 1.0
+    assert report["score_max_abs_diff"] < 1e-4 and report["box_max_abs_diff_px"] < 1e-2
+    if not postprocess:
+        assert report["prob_max_abs_diff"] < 1e-4 and report["box_cxcywh_max_abs_diff"] < 1e-4
+    assert report["latency_artifact"]["mean_ms"] > 0 and report["latency_pytorch"]["mean_ms"] > 0
+    saved = json.loads((tmp_path / "m.verify.json").read_text())
+    assert saved["topk_match"] == report["topk_match"]
+    assert "topk_match" in format_report(report)
+
+
+def test_verify_detects_a_different_model(tmp_path, images):
+    model = build_tiny("tiny_msda")
+    path = export(model, "onnx", tmp_path / "m.onnx", imgsz=HW, msda="grid_sample", simplify=False)
+    other = build_tiny("tiny_msda")
+    with torch.no_grad():
+        other.bbox_embed[2].bias.add_(0.5)  # every box moves: the report must say so
+    report = verify(path, other, images, repeats=1)
+    assert report["topk_match"] < 0.5
+
+
+def test_calibration_uses_runtime_preprocessing(images):
+    spec = PreprocessSpec(size=HW)
+    frame = read_bgr(sorted(images.iterdir())[0])
+    from runtime.preprocess import Preprocessor
+
+    np.testing.assert_array_equal(preprocess_bgr(frame, spec), Preprocessor(spec)(frame)[0][0])
+    batches = calibration_batches(images, spec, limit=2)
+    assert len(batches) == 2 and batches[0].shape == (1, 3) + HW and batches[0].dtype == np.float32
+
+
+def test_match_stats():
+    boxes = np.array([[0, 0, 10, 10], [20, 20, 40, 40]], np.float32)
+    ref = {"labels": np.array([0, 1]), "boxes": boxes, "scores": np.array([0.9, 0.5], np.float32)}
+    same = match_stats(ref, dict(ref))
+    assert same == {"match": 1.0, "box": 0.0, "score": 0.0}
+    relabel = match_stats(ref, {**ref, "labels": np.array([1, 1])})
+    assert relabel["match"] == 0.5
+    np.testing.assert_allclose(iou_matrix(boxes, boxes + np.float32(5))[0, 0], 25 / 175)
+
+
+def test_verify_map_on_dataset(tmp_path, images):
+    data = pytest.importorskip("edgedet.data")
+    from edgedet.config import DataConfig
+
+    cfg = DataConfig(format="synthetic", root=str(tmp_path / "syn"), synthetic_val_images=4, synthetic_image_size=96)
+    dataset = data.build_dataset(cfg, "val")
+    model = build_tiny("tiny_msda")
+    path = export(model, "onnx", tmp_path / "m.onnx", imgsz=HW, msda="grid_sample", simplify=False)
+    report = verify(path, model, images, eval_dataset=dataset, repeats=1)
+    assert report["eval_images"] == 4
+    assert abs(report["map_delta"]) < 1e-3 and report["map_artifact"] == pytest.approx(report["map_pytorch"], abs=1e-3)
