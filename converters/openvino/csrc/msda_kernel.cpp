@@ -1,9 +1,9 @@
-// CPU kernel: one task per block of (batch, query) rows; per row, every head accumulates its
-// L * P bilinear samples into a D-vector held in registers. The four corners of a sample are
-// contiguous D-vectors of value ([N, S, M, D] layout), so the inner loop is a multiply-add over
-// D in vector registers; corner rows are prefetched a batch of samples ahead. Instruction sets
-// are chosen at run time (target attributes + cpuid), so one portable -O3 build still uses
-// AVX2/AVX-512 where present.
+// CPU kernel: one task per block of (batch, query) rows. Per row, pass 1 computes the corner
+// tokens and weights of all M * L * P samples at once (vectorised over samples); pass 2 lets
+// every head accumulate its L * P samples into a D-vector held in registers. The four corners of
+// a sample are contiguous D-vectors of value ([N, S, M, D] layout), so pass 2 is a multiply-add
+// over D in vector registers. Instruction sets are chosen at run time (target attributes +
+// cpuid), so one portable -O3 build still uses AVX2/AVX-512 where present.
 #include "msda_kernel.hpp"
 
 #include <algorithm>
@@ -70,7 +70,7 @@ EDGEDET_ALWAYS_INLINE float clamp_f(float v, float lo, float hi) {
     return v <= hi ? v : hi;
 }
 
-// Pass 1, vectorised over the K samples of one query: all arithmetic in float (token indices are
+// Pass 1, vectorised over the K samples of one query (needs -fno-trapping-math to if-convert): all arithmetic in float (token indices are
 // exact below 2^24, checked by the caller) and selects instead of branches. Clamping to
 // [-1, W] x [-1, H] first makes any input, NaN and huge values included, give valid indices.
 EDGEDET_ALWAYS_INLINE void locate_query(const SampleGeometry& g, const float* __restrict loc,
@@ -86,7 +86,10 @@ EDGEDET_ALWAYS_INLINE void locate_query(const SampleGeometry& g, const float* __
     float* __restrict w10 = c.w10.data();
     float* __restrict w01 = c.w01.data();
     float* __restrict w11 = c.w11.data();
-    for (size_t k = 0; k < k_count; ++k) {
+    const int kn = static_cast<int>(k_count);
+    // The outputs never alias the inputs; without this GCC gives up on run-time alias checks.
+#pragma GCC ivdep
+    for (int k = 0; k < kn; ++k) {
         const float w = wf[k], h = hf[k];
         const float x = clamp_f(loc[2 * k] * w - 0.5f, -1.f, w);
         const float y = clamp_f(loc[2 * k + 1] * h - 0.5f, -1.f, h);
@@ -116,7 +119,6 @@ EDGEDET_ALWAYS_INLINE void locate_query(const SampleGeometry& g, const float* __
 template <int DC, int VW>
 EDGEDET_ALWAYS_INLINE void accumulate_head(const QueryCorners& c, size_t k_begin, size_t k_end, const float* head,
                                            size_t row, float* out, size_t d_runtime) {
-    constexpr size_t kAhead = 4;  // samples to prefetch ahead; the rows of one head scatter over the map
     const size_t d = DC > 0 ? static_cast<size_t>(DC) : d_runtime;
     constexpr int kVectors = DC > 0 ? DC / VW : 1;
     typedef typename Vec<VW>::type V;
@@ -126,15 +128,6 @@ EDGEDET_ALWAYS_INLINE void accumulate_head(const QueryCorners& c, size_t k_begin
     if (DC == 0)
         std::memset(out, 0, d * sizeof(float));
     for (size_t k = k_begin; k < k_end; ++k) {
-        if (k + kAhead < k_end) {
-            const size_t n = k + kAhead;
-            for (size_t off = 0; off < d; off += 16) {  // 16 floats = one 64-byte line
-                __builtin_prefetch(head + static_cast<size_t>(c.t00[n]) * row + off);
-                __builtin_prefetch(head + static_cast<size_t>(c.t10[n]) * row + off);
-                __builtin_prefetch(head + static_cast<size_t>(c.t01[n]) * row + off);
-                __builtin_prefetch(head + static_cast<size_t>(c.t11[n]) * row + off);
-            }
-        }
         const float* v00 = head + static_cast<size_t>(c.t00[k]) * row;
         const float* v10 = head + static_cast<size_t>(c.t10[k]) * row;
         const float* v01 = head + static_cast<size_t>(c.t01[k]) * row;
