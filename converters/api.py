@@ -51,19 +51,15 @@ def resolve_model(source: ModelSource) -> Tuple[nn.Module, Dict[str, Any]]:
         return source.eval(), {}
     path = Path(source)
     if path.is_file():
-        import torch
+        from edgedet.engine.checkpoint import CheckpointError, load_checkpoint, load_model
 
         try:
-            ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception:  # official checkpoints pickle argparse Namespaces; not ours
-            ckpt = None
-        if isinstance(ckpt, dict) and ckpt.get("format") == "edgedet-checkpoint-v1":
-            from edgedet.engine.checkpoint import load_model
+            ckpt = load_checkpoint(path)
+        except CheckpointError:  # not written by `edgedet train`: an official checkpoint
+            from edgedet.checkpoints import load_official
 
-            return load_model(str(path)).eval(), dict(ckpt.get("config") or {})
-        from edgedet.checkpoints import load_official
-
-        return load_official(str(path)).eval(), {}
+            return load_official(str(path)).eval(), {}
+        return load_model(str(path)).eval(), dict(ckpt.get("config") or {})
     from edgedet import list_models
 
     if str(source) in list_models():
@@ -132,7 +128,8 @@ def build_onnx(model: nn.Module, req: ExportRequest) -> Path:
     from converters.onnx.export import export_onnx
 
     if req.precision == "fp32":
-        return export_onnx(model, req.output, req.imgsz, req.manifest, req.msda, req.dynamic_batch, req.postprocess, req.top_k, req.opset, req.simplify)
+        return export_onnx(model, req.output, req.imgsz, req.manifest, req.msda, req.dynamic_batch, req.postprocess,
+                           req.top_k, req.opset, req.simplify)
     from converters.onnxruntime.quantize import quantize_onnx_int8
     from runtime.manifest import write_sidecar
 

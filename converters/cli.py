@@ -50,8 +50,8 @@ class ExportCommand:
         get_format(args.format)  # a misspelt format fails before a model is loaded
         model, experiment = resolve_model(args.model)  # once: --verify compares against this same model
         path = export(
-            model, experiment=experiment, format=args.format, output=args.output, precision=args.precision, imgsz=tuple(args.imgsz),
-            dynamic_batch=args.dynamic_batch, msda=args.msda, calib=args.calib, postprocess=not args.raw,
+            model, experiment=experiment, format=args.format, output=args.output, precision=args.precision,
+            imgsz=tuple(args.imgsz), dynamic_batch=args.dynamic_batch, msda=args.msda, calib=args.calib, postprocess=not args.raw,
             top_k=args.top_k, calib_images=args.calib_images,
         )
         print(f"exported {path}")

@@ -59,7 +59,8 @@ class RunCommand:
             if args.json:
                 sinks.append(JsonLinesSink(args.json))
             undo.pop_all()
-        print(f"{detector} <- {source}", file=sys.stderr)
+        if not args.quiet:
+            print(f"{detector} <- {source}", file=sys.stderr)
         pipeline = Pipeline(source, detector, sinks=sinks, queue_size=args.queue_size)
         interrupted = False
         last = 0.0

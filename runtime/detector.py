@@ -77,7 +77,7 @@ class Detector:
 
     def __call__(self, frame_bgr: np.ndarray) -> Detections:
         """One uint8 BGR frame [H, W, 3] (grayscale accepted) -> Detections in its pixels, with timings_ms."""
-        return self._run([frame_bgr])[0]
+        return self.batch([frame_bgr])[0]
 
     def batch(self, frames: Sequence[np.ndarray]) -> List[Detections]:
         """Several frames -> one Detections each; fed in chunks the artifact's batch size allows."""

@@ -11,7 +11,7 @@ import pytest
 from converters import export
 from converters.onnx.msda_forms import FUSED_DOMAIN, FUSED_OP
 from edgedet.nn.ms_deform_attn import MSDeformAttn
-from export_helpers import assert_outputs_close, build_tiny, model_params, random_images, torch_outputs
+from export_helpers import SHARED, assert_outputs_close, build_tiny, model_params, probs, random_images, torch_outputs
 from runtime.manifest import Manifest, read_sidecar
 
 HW = (64, 96)
@@ -108,3 +108,22 @@ def test_manifest_embedded_and_sidecar(tmp_path):
     assert side.outputs.score_activation == "sigmoid" and side.outputs.names == ["labels", "boxes", "scores"]
     assert side.family == "tiny_msda" and side.model_config["num_queries"] == 12
     assert json.loads(side.to_json())["backend"] == "onnxruntime"
+
+
+REFERENCE = SHARED / "fixtures" / "reference"
+
+
+@pytest.mark.parametrize("family", ["detr", "deformable_detr", "dab_detr", "dino"])
+def test_official_checkpoint_export_reproduces_reference(tmp_path, family):
+    """checkpoint path -> export -> ONNX Runtime == the official repository's own outputs."""
+    ckpt = REFERENCE / family / "checkpoint.pth"
+    if not ckpt.is_file():
+        pytest.skip(f"{ckpt} is not present")
+    inputs, outputs = np.load(REFERENCE / family / "inputs.npz"), np.load(REFERENCE / family / "outputs.npz")
+    x = inputs["img0"].astype(np.float32)
+    assert not inputs["img0_mask"].any()  # unpadded: the deploy graph has no mask input
+    path = export(ckpt, "onnx", tmp_path / f"{family}.onnx", imgsz=x.shape[-2:], postprocess=False, simplify=False)
+    logits, boxes = run_ort(path, x)
+    act = read_sidecar(path).outputs.score_activation
+    np.testing.assert_allclose(probs(logits, act), probs(outputs["img0.pred_logits"], act), atol=1e-3, rtol=0)
+    np.testing.assert_allclose(boxes, outputs["img0.pred_boxes"], atol=1e-3, rtol=0)

@@ -1,7 +1,6 @@
 """OpenVINO IR export: fp32 / fp16 match PyTorch, manifest in rt_info, fused extension when built."""
 from __future__ import annotations
 
-import numpy as np
 import openvino as ov
 import pytest
 

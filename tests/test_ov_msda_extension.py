@@ -101,6 +101,17 @@ def test_library_path_and_availability(ov_msda_library):
     assert extension.library_path() == ov_msda_library
 
 
+def test_missing_library_and_toolchain_errors(monkeypatch, tmp_path):
+    monkeypatch.setattr(extension, "LIB_DIR", tmp_path / "lib")
+    assert not extension.is_available()
+    with pytest.raises(FileNotFoundError, match="build_ov_extension.sh") as err:
+        extension.library_path()
+    assert "gather" in str(err.value) and "GridSample" in str(err.value)
+    monkeypatch.setattr(extension.shutil, "which", lambda tool: None)
+    with pytest.raises(extension.ExtensionBuildError, match="missing cmake"):
+        extension.library_path(build_if_missing=True)
+
+
 @pytest.mark.parametrize("case", ["case0", "case1", "case2"])
 def test_matches_official_reference(compiled, case):
     if not (MSDA_CORE / "inputs.npz").is_file():
@@ -125,6 +136,25 @@ def test_random_non_square_batches(compiled, shapes, n, lq, d):
     value, shapes_arr, starts, loc, weights = random_inputs(shapes, n, lq, d=d, seed=lq)
     out = compiled([value, shapes_arr, starts, loc, weights])[0]
     np.testing.assert_allclose(out, reference(value, shapes_arr, loc, weights), atol=1e-4, rtol=0)
+
+
+def test_borders_far_outside_and_nan(compiled):
+    """Exact borders and pixel centres match the specification; huge, infinite and NaN
+    locations read nothing (zero contribution) instead of out-of-range memory."""
+    value, shapes, starts, _, _ = random_inputs([(3, 4), (2, 5)], 1, 1, m=2, d=8, p=1, seed=7)
+    xy = np.array([[0, 0], [1, 1], [0.5, 0.5], [1 / 8, 0.99], [-0.1, 1.05], [1.0, 0.3], [0.3, 1.0],
+                   [-3, 0.5], [1e30, 0.5], [0.5, -1e30], [np.inf, 0.2], [0.2, -np.inf]], dtype=np.float32)
+    loc = np.broadcast_to(xy.reshape(1, -1, 1, 1, 1, 2), (1, len(xy), 2, 2, 1, 2)).copy()
+    weights = np.random.default_rng(8).uniform(0.1, 1, (1, len(xy), 2, 2, 1)).astype(np.float32)
+    out = compiled([value, shapes, starts, loc, weights])[0]
+    np.testing.assert_allclose(out, reference(value, shapes, np.clip(loc, -10, 10), weights), atol=1e-5, rtol=0)
+    assert np.all(out[0, 7:] == 0)
+    nan_loc = loc.copy()
+    nan_loc[0, :, :, 0, 0, 0] = np.nan  # level 0 x of every query: that sample contributes nothing
+    far_loc = loc.copy()
+    far_loc[0, :, :, 0, 0, 0] = -10.0
+    out = compiled([value, shapes, starts, nan_loc, weights])[0]
+    np.testing.assert_allclose(out, reference(value, shapes, np.clip(far_loc, -10, 10), weights), atol=1e-5, rtol=0)
 
 
 def test_int32_level_tables_and_convert_model(ov_msda_library, tmp_path):
@@ -163,7 +193,11 @@ def test_ir_round_trip(core, tmp_path):
 
 
 def test_shape_inference_and_validation(core, tmp_path):
-    dims = {"value": [2, 30, 4, 8], "sampling_locations": [2, "Lq", 4, 2, 3, 2], "attention_weights": [2, "Lq", 4, 2, 3]}
+    dims = {
+        "value": [2, 30, 4, 8],
+        "sampling_locations": [2, "Lq", 4, 2, 3, 2],
+        "attention_weights": [2, "Lq", 4, 2, 3],
+    }
     path = tmp_path / "msda.onnx"
     onnx.save(fused_model(dims=dims), str(path))
     assert core.read_model(str(path)).output(0).get_partial_shape() == ov.PartialShape([2, -1, 32])
@@ -202,7 +236,8 @@ def test_every_instruction_set_variant(ov_msda_library, tmp_path, isa):
     np.savez(tmp_path / "cases.npz", **arrays)
     onnx.save(fused_model(), str(tmp_path / "msda.onnx"))
     proc = subprocess.run(
-        [sys.executable, "-c", _ISA_CHILD, str(ov_msda_library), str(tmp_path / "msda.onnx"), str(tmp_path / "cases.npz")],
+        [sys.executable, "-c", _ISA_CHILD, str(ov_msda_library), str(tmp_path / "msda.onnx"),
+         str(tmp_path / "cases.npz")],
         capture_output=True, text=True, env={**os.environ, "EDGEDET_OV_MSDA_ISA": isa}, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -106,3 +106,11 @@ def test_openvino_missing_extension_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEDET_OV_EXTENSION", str(tmp_path / "nowhere"))
     with pytest.raises(ArtifactError, match="EDGEDET_OV_EXTENSION"):
         Detector(xml)
+
+
+def test_openvino_truncated_model(tmp_path):
+    xml = _to_openvino(make_blob_artifact(tmp_path), tmp_path / "blob.xml")
+    text = xml.read_text()
+    xml.write_text(text[: len(text) // 2])
+    with pytest.raises(ArtifactError, match="truncated or corrupt"):
+        Detector(xml)

@@ -1,6 +1,5 @@
 """runtime.Pipeline: files lose nothing, live sources stay fresh under a slow detector, every exit joins all threads."""
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -177,6 +177,14 @@ def test_train_prompted_runs_and_lowers_the_loss(tmp_path):
                      synthetic_num_classes=4, scales=[SIZE], max_size=SIZE, val_size=SIZE, hflip=0.0)
     dataset = build_dataset(cfg, "train")
     model = tiny_model()
-    result = train_prompted(model, dataset, classes=[0, 1, 2], batch_size=2, max_steps=6, lr=5e-4, progress=False)
+    result = train_prompted(model, dataset, classes=[0, 1, 2], batch_size=2, max_steps=6, lr=5e-4, progress=False,
+                            checkpoint=str(tmp_path / "trex.pth"))
     assert result["steps"] == 6 and all(np.isfinite(result["losses"]))
     assert np.mean(result["losses"][-2:]) < np.mean(result["losses"][:2])
+    # The checkpoint rebuilds the same model (config included) for export.
+    from edgedet.engine.checkpoint import load_model
+
+    loaded = load_model(tmp_path / "trex.pth")
+    images, prompts = torch.randn(1, 3, SIZE, SIZE), F.normalize(torch.randn(1, 8, 32), dim=-1)
+    with torch.no_grad():
+        assert torch.equal(model(images, prompts=prompts)["pred_logits"], loaded(images, prompts=prompts)["pred_logits"])

@@ -6,6 +6,12 @@ The end-to-end check: prompts encoded once by the exported encoder and cached by
 """
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -18,6 +24,7 @@ from runtime.prompted import PromptedDetector
 from tests.test_trex import SIZE, tiny_model
 
 TOP_K = 20
+REPO = Path(__file__).resolve().parents[1]
 
 
 def frame(seed: int) -> np.ndarray:
@@ -110,11 +117,38 @@ def test_runtime_averages_images_and_texts_like_pytorch(exported):
     np.testing.assert_allclose(got[1], text[0].numpy(), atol=1e-5)
 
 
+def test_prompted_runtime_is_torch_free(exported, tmp_path):
+    _, enc, det = exported
+    image = tmp_path / "prompt.png"
+    cv2.imwrite(str(image), frame(6))
+    script = textwrap.dedent(f"""
+        import sys
+        for name in ("torch", "edgedet", "converters"):
+            sys.modules[name] = None  # any import of them now raises ImportError
+        import cv2
+        from runtime.prompted import PromptedDetector
+        det = PromptedDetector({str(enc)!r}, {str(det)!r}, conf=0.0)
+        det.set_prompts(cv2.imread({str(image)!r}), boxes=[[30, 20, 60, 50]], names="patch", texts=["circle"])
+        dets = det(cv2.imread({str(image)!r}))
+        leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "edgedet", "converters") and sys.modules[m] is not None)
+        print(det.prompt_names, len(dets) > 0, set(dets.names) <= {{"patch", "circle"}}, leaked)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "('patch', 'circle') True True []"
+
+
 @pytest.mark.slow
-def test_openvino_artifacts_match_onnxruntime(exported, tmp_path):
+@pytest.mark.parametrize("msda", ["gather", "fused"])
+def test_openvino_artifacts_match_onnxruntime(exported, tmp_path, msda):
     pytest.importorskip("openvino")
+    if msda == "fused":
+        from converters.openvino.convert import fused_extension_available
+
+        if not fused_extension_available():
+            pytest.skip("the OpenVINO MSDA extension is not built")
     model, enc, det = exported
-    ov_enc, ov_det = export_prompted(model, tmp_path, format="openvino", imgsz=(SIZE, SIZE), msda="gather",
+    ov_enc, ov_det = export_prompted(model, tmp_path, format="openvino", imgsz=(SIZE, SIZE), msda=msda,
                                      top_k=TOP_K, simplify=False)
     img, target = frame(4), frame(5)
     results = []

@@ -73,7 +73,10 @@ def msda_onnx_fused(
     attention_weights: Tensor,
 ) -> Tensor:
     """MSDA that exports as the fused custom node (shapes as in `edgedet.ops.msda`)."""
-    shapes = spatial_shapes if isinstance(spatial_shapes, Tensor) else _as_index_tensor(spatial_shapes_as_list(spatial_shapes), value)
+    if isinstance(spatial_shapes, Tensor):
+        shapes = spatial_shapes
+    else:
+        shapes = _as_index_tensor(spatial_shapes_as_list(spatial_shapes), value)
     if level_start_index is None:
         level_start_index = _as_index_tensor(level_start_index_from_shapes(spatial_shapes), value)
     return _FusedMSDA.apply(

@@ -18,7 +18,6 @@ from pathlib import Path
 LIBRARY_NAME = "libedgedet_ov_msda.so"
 SOURCE_DIR = Path(__file__).resolve().parent / "csrc"
 LIB_DIR = Path(__file__).resolve().parent / "lib"
-_CMAKE_DIR = LIB_DIR / "cmake-build"
 _SOURCES = ("CMakeLists.txt", "msda_kernel.hpp", "msda_kernel.cpp", "msda_op.hpp", "msda_op.cpp", "ov_extension.cpp")
 BUILD_HINT = (
     "build it with `python -m converters.openvino.extension` or `scripts/build_ov_extension.sh` "
@@ -64,22 +63,23 @@ def build(force: bool = False) -> Path:
     lib = _built_library()
     if lib.exists() and not force and not _is_stale(lib):
         return lib
-    missing = [tool for tool in ("cmake", "make") if shutil.which(tool) is None]
+    missing = [] if shutil.which("cmake") else ["cmake"]
     if shutil.which("c++") is None and shutil.which("g++") is None and shutil.which("clang++") is None:
         missing.append("a C++ compiler (g++ or clang++)")
     if missing:
         raise ExtensionBuildError(f"cannot build {LIBRARY_NAME}: missing {', '.join(missing)}; " + BUILD_HINT)
-    if force and _CMAKE_DIR.exists():
-        shutil.rmtree(_CMAKE_DIR)
-    _CMAKE_DIR.mkdir(parents=True, exist_ok=True)
+    cmake_dir = LIB_DIR / "cmake-build"
+    if force and cmake_dir.exists():
+        shutil.rmtree(cmake_dir)
+    cmake_dir.mkdir(parents=True, exist_ok=True)
     _run(
         [
-            "cmake", "-S", SOURCE_DIR, "-B", _CMAKE_DIR, "-DCMAKE_BUILD_TYPE=Release",
+            "cmake", "-S", SOURCE_DIR, "-B", cmake_dir, "-DCMAKE_BUILD_TYPE=Release",
             f"-DOpenVINO_DIR={openvino_cmake_dir()}", f"-DEDGEDET_OUTPUT_DIR={LIB_DIR}",
         ],
         cwd=LIB_DIR,
     )
-    _run(["cmake", "--build", _CMAKE_DIR, "--", f"-j{os.cpu_count() or 1}"], cwd=LIB_DIR)
+    _run(["cmake", "--build", cmake_dir, "--parallel", str(os.cpu_count() or 1)], cwd=LIB_DIR)
     if not lib.exists():
         raise ExtensionBuildError(f"the build finished but {lib} is missing")
     lib.touch()  # newer than every source even when make decided nothing changed

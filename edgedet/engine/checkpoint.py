@@ -11,7 +11,7 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Union
 
 import numpy as np
 import torch

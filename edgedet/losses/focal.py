@@ -1,7 +1,6 @@
 """Sigmoid focal loss (Lin et al. 2017) as the Deformable-DETR family uses it for classification."""
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

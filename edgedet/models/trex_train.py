@@ -108,13 +108,15 @@ def sample_prompts(model, memory, targets: Sequence[Dict], classes: Sequence[int
 def train_prompted(model, dataset, classes: Optional[Sequence[int]] = None, batch_size: int = 4, lr: float = 2e-4,
                    weight_decay: float = 1e-4, max_steps: Optional[int] = None, budget_s: Optional[float] = None,
                    visual_prob: float = 0.5, point_prob: float = 0.2, clip_max_norm: float = 0.1,
-                   warmup_steps: int = 30, device: str = "cpu", seed: int = 0, progress: bool = True) -> Dict:
+                   warmup_steps: int = 30, device: str = "cpu", seed: int = 0, progress: bool = True,
+                   checkpoint: Optional[str] = None) -> Dict:
     """Train `model` (a TRex) on `dataset` (a DetectionDataset) with sampled prompts.
 
     classes: dataset labels to prompt (default all; objects of other classes are left unlabelled).
     Stops after `max_steps` or `budget_s` seconds (at least one must be given); cosine LR decay
     over max_steps when given, else constant after warm-up. Returns {"steps", "seconds", "losses"
-    (total per step)}.
+    (total per step)}. checkpoint: where to save the trained model (an edgedet checkpoint that
+    `edgedet.engine.checkpoint.load_model` and `converters` read).
     """
     from edgedet.data import build_dataloader
 
@@ -162,8 +164,17 @@ def train_prompted(model, dataset, classes: Optional[Sequence[int]] = None, batc
             if done:
                 bar.close()
                 model.eval()
+                if checkpoint:
+                    _save(checkpoint, model, step)
                 return {"steps": step, "seconds": time.perf_counter() - start, "losses": losses}
         epoch += 1
+
+
+def _save(path: str, model, step: int) -> None:
+    from edgedet.config import ExperimentConfig
+    from edgedet.engine.checkpoint import save_checkpoint
+
+    save_checkpoint(path, model, ExperimentConfig(model=model.config), epoch=0, steps=step)
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import deque
 from pathlib import Path
 from typing import Any, Deque, Dict, List, Optional
@@ -52,6 +53,12 @@ def find_extension(artifact: Path, manifest: Optional[Manifest]) -> Optional[Pat
     )
 
 
+def _reason(e: BaseException) -> str:
+    """The informative part of an OpenVINO exception (its first lines only name C++ source files)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith("Exception from src/")]
+    return " ".join(lines)[:400] or type(e).__name__
+
+
 class OpenVINOBackend(Backend):
     """options: precision ("f32" default, "f16", "bf16", None), threads, hint ("LATENCY"|"THROUGHPUT"), num_requests."""
 
@@ -77,7 +84,7 @@ class OpenVINOBackend(Backend):
         try:
             self.model = self.core.read_model(str(path))
         except Exception as e:
-            msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            msg = _reason(e)
             hint_ext = " If it uses the fused MSDA op, load the extension ($EDGEDET_OV_EXTENSION) or re-export with msda=\"gather\"."
             raise ArtifactError(f"openvino could not read {path}: {msg}; the .xml/.bin pair may be truncated or corrupt.{hint_ext}") from e
         config: Dict[str, Any] = {"PERFORMANCE_HINT": hint}
@@ -90,7 +97,7 @@ class OpenVINOBackend(Backend):
         try:
             self.compiled = self.core.compile_model(self.model, device, config)
         except Exception as e:
-            raise ArtifactError(f"openvino could not compile {path.name} for {device}: {str(e).splitlines()[0][:300]}") from e
+            raise ArtifactError(f"openvino could not compile {path.name} for {device}: {_reason(e)}") from e
         self._inputs = [
             TensorSpec(
                 p.get_any_name(),
@@ -100,6 +107,8 @@ class OpenVINOBackend(Backend):
             for p in self.model.inputs
         ]
         self._outputs = [p.get_any_name() for p in self.compiled.outputs]
+        self._sync_request = self.compiled.create_infer_request()  # infer() never waits on an async one
+        self._sync_lock = threading.Lock()  # one request: callers on several threads take turns
         self._requests = [self.compiled.create_infer_request() for _ in range(max(1, int(num_requests)))]
         self._free: Deque[Any] = deque(self._requests)
         log.debug("openvino %s on %s config %s", path.name, device, config)
@@ -126,9 +135,9 @@ class OpenVINOBackend(Backend):
         return {name: np.array(request.get_output_tensor(i).data) for i, name in enumerate(self._outputs)}
 
     def _infer(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        request = self._requests[0]
-        request.infer(feeds)
-        return self._read(request)
+        with self._sync_lock:
+            self._sync_request.infer(feeds)
+            return self._read(self._sync_request)
 
     def infer_async(self, feeds: Dict[str, np.ndarray]) -> Any:
         """Start on a free infer request; at most `num_requests` may be in flight before `wait`."""
@@ -146,6 +155,6 @@ class OpenVINOBackend(Backend):
             self._free.append(handle)
 
     def close(self) -> None:
-        self._requests, self._free = [], deque()
+        self._requests, self._free, self._sync_request = [], deque(), None
         self.compiled = None
         self.model = None

@@ -70,9 +70,10 @@ EDGEDET_ALWAYS_INLINE float clamp_f(float v, float lo, float hi) {
     return v <= hi ? v : hi;
 }
 
-// Pass 1, vectorised over the K samples of one query (needs -fno-trapping-math to if-convert): all arithmetic in float (token indices are
-// exact below 2^24, checked by the caller) and selects instead of branches. Clamping to
-// [-1, W] x [-1, H] first makes any input, NaN and huge values included, give valid indices.
+// Pass 1, vectorised over the K samples of one query: all arithmetic in float (token indices are
+// exact below 2^24, checked by the caller) and selects instead of branches (if-converted thanks
+// to -fno-trapping-math). Clamping to [-1, W] x [-1, H] first makes any input, NaN and huge
+// values included, give valid indices.
 EDGEDET_ALWAYS_INLINE void locate_query(const SampleGeometry& g, const float* __restrict loc,
                                         const float* __restrict attn, size_t k_count, QueryCorners& c) {
     const float* __restrict wf = g.width.data();
@@ -95,9 +96,10 @@ EDGEDET_ALWAYS_INLINE void locate_query(const SampleGeometry& g, const float* __
         const float y = clamp_f(loc[2 * k + 1] * h - 0.5f, -1.f, h);
         const float x0 = std::floor(x), y0 = std::floor(y);
         const float fx = x - x0, fy = y - y0, a = attn[k];
-        const float wx0 = x0 >= 0.f ? 1.f - fx : 0.f;
+        // Corner validity: x0 in [-1, W] and y0 in [-1, H] after the clamp above.
+        const float wx0 = ((x0 >= 0.f) & (x0 < w)) ? 1.f - fx : 0.f;
         const float wx1 = x0 + 1.f < w ? fx : 0.f;
-        const float wy0 = y0 >= 0.f ? (1.f - fy) * a : 0.f;
+        const float wy0 = ((y0 >= 0.f) & (y0 < h)) ? (1.f - fy) * a : 0.f;
         const float wy1 = y0 + 1.f < h ? fy * a : 0.f;
         const float xa = clamp_f(x0, 0.f, w - 1.f), xb = clamp_f(x0 + 1.f, 0.f, w - 1.f);
         const float ya = clamp_f(y0, 0.f, h - 1.f) * w + st[k];
@@ -244,24 +246,12 @@ RowsFn pick_rows(size_t d) {
 
 }  // namespace
 
-const char* msda_kernel_variant() {
-    switch (current_variant()) {
-    case Variant::avx512:
-        return "avx512";
-    case Variant::avx2:
-        return "avx2";
-    default:
-        return "generic";
-    }
-}
-
 void msda_forward(const MsdaProblem& problem) {
     const size_t rows = problem.batch * problem.queries;
     if (rows == 0 || problem.heads * problem.channels == 0)
         return;
     const RowsFn fn = pick_rows(problem.channels);
-    // Blocks of rows handed out dynamically: balances threads when cores are shared or
-    // rows differ in cost (samples in the padding are skipped).
+    // Blocks of rows handed out dynamically, which keeps threads balanced when cores are shared.
     constexpr size_t kBlock = 32;
     const size_t blocks = (rows + kBlock - 1) / kBlock;
     ov::parallel_for(blocks, [&](size_t b) {

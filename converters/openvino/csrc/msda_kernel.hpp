@@ -23,10 +23,9 @@ struct MsdaProblem {
     size_t batch = 0, tokens = 0, heads = 0, channels = 0, queries = 0, levels = 0, points = 0;
 };
 
-// Runs the whole problem, parallel over (batch, query) on OpenVINO's thread pool.
+// Runs the whole problem, parallel over (batch, query) on OpenVINO's thread pool. The code path
+// (AVX-512, AVX2, generic) is picked once per process from the CPU; the environment variable
+// EDGEDET_OV_MSDA_ISA=generic|avx2 caps it. Requires at most 2^24 tokens and non-empty levels.
 void msda_forward(const MsdaProblem& problem);
-
-// Name of the instruction-set variant that msda_forward picks on this CPU ("avx512", "avx2", "generic").
-const char* msda_kernel_variant();
 
 }  // namespace edgedet

@@ -85,8 +85,8 @@ void MultiScaleDeformableAttention::validate_and_infer_types() {
     }
     if (loc.rank().is_static()) {
         NODE_VALIDATION_CHECK(this, loc[5].compatible(2), "sampling_locations must end in 2 (x, y), got ", loc);
-        NODE_VALIDATION_CHECK(this, ov::Dimension::merge(batch, batch, loc[0]) && ov::Dimension::merge(heads, heads, loc[2]),
-                              "sampling_locations ", loc, " disagree with value ", value, " in N or M");
+        const bool agree = ov::Dimension::merge(batch, batch, loc[0]) && ov::Dimension::merge(heads, heads, loc[2]);
+        NODE_VALIDATION_CHECK(this, agree, "sampling_locations ", loc, " disagree with value ", value, " in N or M");
         queries = loc[1];
         if (attn.rank().is_static()) {
             for (size_t i = 0; i < 5; ++i)
@@ -148,11 +148,15 @@ bool MultiScaleDeformableAttention::evaluate(ov::TensorVector& outputs, const ov
     for (size_t l = 0; l < pb.levels; ++l) {
         pb.heights.push_back(shapes[2 * l]);
         pb.widths.push_back(shapes[2 * l + 1]);
-        OPENVINO_ASSERT(pb.level_starts[l] >= 0 && shapes[2 * l] >= 0 && shapes[2 * l + 1] >= 0 &&
+        OPENVINO_ASSERT(pb.level_starts[l] >= 0 && shapes[2 * l] > 0 && shapes[2 * l + 1] > 0 &&
                             static_cast<size_t>(pb.level_starts[l] + shapes[2 * l] * shapes[2 * l + 1]) <= pb.tokens,
                         "MultiScaleDeformableAttention: level ", l, " (start ", pb.level_starts[l], ", ",
                         shapes[2 * l], "x", shapes[2 * l + 1], ") exceeds the ", pb.tokens, " value tokens");
     }
+
+    // The kernel computes token indices in float (exact below 2^24) to vectorise over samples.
+    OPENVINO_ASSERT(pb.tokens < (size_t{1} << 24), "MultiScaleDeformableAttention: at most 2^24 value tokens are "
+                    "supported, got ", pb.tokens);
 
     ov::Tensor& out = outputs[0];
     out.set_shape(ov::Shape{pb.batch, pb.queries, pb.heads * pb.channels});

@@ -1,0 +1,83 @@
+"""Find every object that looks like the ones boxed on an example image, in a video.
+
+    # once, where torch is installed: export the prompted detector (two artifacts + text bank)
+    python examples/visual_prompt.py export --checkpoint trex.pt --out artifacts/
+
+    # then, torch-free: box a few examples on one image, run on a video
+    python examples/visual_prompt.py run --artifacts artifacts/ --image shelf.jpg \
+        --box 120,40,180,110 --box 300,60,350,130 --name bottle --video aisle.mp4 --save found.mp4
+
+Prompts are encoded once (and can be saved with --save-prompts for later runs with
+--load-prompts); every frame then runs only the detector.
+"""
+import argparse
+from pathlib import Path
+
+import cv2
+
+
+def export(args: argparse.Namespace) -> None:
+    from converters.api import resolve_model
+    from converters.prompted import export_prompted
+
+    model, _ = resolve_model(args.checkpoint)
+    enc, det = export_prompted(model, args.out, format=args.format, imgsz=(args.imgsz, args.imgsz))
+    print(f"wrote {enc} and {det}")
+
+
+def run(args: argparse.Namespace) -> None:
+    from runtime import Pipeline, ShowSink, VideoSink, open_source
+    from runtime.prompted import PromptedDetector
+
+    folder = Path(args.artifacts)
+    suffix = ".xml" if args.openvino else ".onnx"
+    detector = PromptedDetector(folder / f"trex-prompt-encoder{suffix}", folder / f"trex-detector{suffix}",
+                                device=args.device, conf=args.conf)
+    if args.load_prompts:
+        detector.load_prompts(args.load_prompts)
+    else:
+        image = cv2.imread(args.image)
+        if image is None:
+            raise SystemExit(f"cannot read the example image {args.image}")
+        boxes = [[float(v) for v in b.split(",")] for b in args.box]
+        points = [[float(v) for v in p.split(",")] for p in args.point]
+        detector.set_prompts(image, boxes=boxes or None, points=points or None, names=args.name, texts=args.text)
+    if args.save_prompts:
+        detector.save_prompts(args.save_prompts)
+    print(f"prompts: {', '.join(detector.prompt_names)}")
+
+    source = open_source(args.video)
+    sink = VideoSink(args.save, fps=source.fps or 30.0, overlay_fps=True) if args.save else ShowSink()
+    with Pipeline(source, detector, sinks=[sink]) as pipeline:
+        stats = pipeline.run()
+    print(f"{stats['frames']} frames at {stats['fps']:.1f} FPS")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("export", help="export a trained trex checkpoint (needs torch)")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--out", default="artifacts")
+    e.add_argument("--format", default="onnx", choices=["onnx", "openvino"])
+    e.add_argument("--imgsz", type=int, default=640)
+    r = sub.add_parser("run", help="prompt with boxes on an image, detect in a video (torch-free)")
+    r.add_argument("--artifacts", required=True, help="folder written by the export step")
+    r.add_argument("--openvino", action="store_true", help="use the .xml artifacts")
+    r.add_argument("--image", help="the example image the boxes/points are drawn on")
+    r.add_argument("--box", action="append", default=[], help="x0,y0,x1,y1 in image pixels (repeatable)")
+    r.add_argument("--point", action="append", default=[], help="x,y in image pixels (repeatable)")
+    r.add_argument("--name", default="object", help="the name the examples' detections get")
+    r.add_argument("--text", action="append", default=[], help="also prompt with an exported text name")
+    r.add_argument("--video", default="0", help="video file or camera index")
+    r.add_argument("--device", default="CPU")
+    r.add_argument("--conf", type=float, default=0.3)
+    r.add_argument("--save", help="write an annotated video instead of showing a window")
+    r.add_argument("--save-prompts", help="store the encoded prompts (.npz)")
+    r.add_argument("--load-prompts", help="reuse prompts stored with --save-prompts")
+    args = parser.parse_args()
+    export(args) if args.command == "export" else run(args)
+
+
+if __name__ == "__main__":
+    main()
