@@ -68,7 +68,7 @@ class LetterboxInfo:
         return out.astype(np.float32, copy=False)
 
 
-def letterbox(image: np.ndarray, size_hw: Tuple[int, int], pad_value: int = 0) -> Tuple[np.ndarray, LetterboxInfo]:
+def letterbox(image: np.ndarray, size_hw: Tuple[int, int], pad_value: Union[int, Sequence[int]] = 0) -> Tuple[np.ndarray, LetterboxInfo]:
     """Resize keeping the aspect ratio into `size_hw`, padding bottom/right with `pad_value`."""
     h, w = image.shape[:2]
     th, tw = size_hw

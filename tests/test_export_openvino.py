@@ -75,3 +75,16 @@ def test_openvino_fused_matches_pytorch(tmp_path, name, postprocess):
     x = random_images(1, HW, seed=5)
     want = torch_outputs(model, x, postprocess)
     assert_outputs_close(model, run_ov(path, x, len(want), extension=lib), want, postprocess, HW)
+
+
+@pytest.mark.openvino_ext
+@pytest.mark.skipif(not fused_extension_available(), reason="OpenVINO MSDA extension not built")
+def test_openvino_fused_dynamic_batch(tmp_path):
+    name = MSDA_MODELS[0] if MSDA_MODELS else "tiny_msda"
+    model = build_tiny(name)
+    path = export(model, "openvino", tmp_path / "d.xml", imgsz=HW, msda="fused", dynamic_batch=True, simplify=False)
+    x = random_images(2, HW, seed=6)
+    want = torch_outputs(model, x, True)
+    got = run_ov(path, x, 3, extension=path.parent / EXTENSION_LIBRARY)
+    assert got[0].shape[0] == 2
+    assert_outputs_close(model, got, want, True, HW)

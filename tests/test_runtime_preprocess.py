@@ -90,12 +90,13 @@ def test_agrees_with_training_deploy_transform():
         from edgedet.data.transforms import deploy_transform
     except Exception as e:  # edgedet not importable yet, or the data helper has not landed it
         pytest.skip(f"edgedet.data.transforms.deploy_transform unavailable: {e}")
-    # deploy_transform(size_hw, mean, std, pad_value: int) takes RGB and returns (float32 [3, H, W], target).
-    spec = PreprocessSpec(size=(96, 128), pad_value=(0, 0, 0))
+    # deploy_transform takes RGB and returns (float32 [3, H, W], target); both sides use their
+    # defaults, which must agree (letterbox padding with the mean colour).
+    spec = PreprocessSpec(size=(96, 128))
     for hw in [(300, 500), (77, 41)]:
         bgr = _image(*hw, seed=7)
         x, infos = Preprocessor(spec)(bgr)
-        image, target = deploy_transform(spec.size, spec.mean, spec.std, 0)(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        image, target = deploy_transform(spec.size, spec.mean, spec.std)(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         image = np.asarray(image.numpy() if hasattr(image, "numpy") else image, np.float32)
         np.testing.assert_allclose(image, x[0], atol=1e-6, rtol=0)
         assert target["letterbox"].scale == infos[0].scale

@@ -78,3 +78,20 @@ def test_verify_map_on_dataset(tmp_path, images):
     report = verify(path, model, images, eval_dataset=dataset, repeats=1)
     assert report["eval_images"] == 4
     assert abs(report["map_delta"]) < 1e-3 and report["map_artifact"] == pytest.approx(report["map_pytorch"], abs=1e-3)
+
+
+def test_cli_export_and_verify(tmp_path, images, capsys):
+    from edgedet.cli import main
+
+    from export_helpers import SHARED
+
+    ckpt = SHARED / "fixtures" / "reference" / "deformable_detr" / "checkpoint.pth"
+    if not ckpt.is_file():
+        pytest.skip(f"{ckpt} is not present")
+    out = tmp_path / "dd.onnx"
+    code = main(["export", "--model", str(ckpt), "--format", "onnx", "--imgsz", "64", "96", "--msda", "gather",
+                 "--output", str(out), "--verify", "--images", str(images)])
+    printed = capsys.readouterr().out
+    assert code == 0 and out.is_file() and f"exported {out}" in printed
+    report = json.loads((tmp_path / "dd.verify.json").read_text())
+    assert report["topk_match"] == 1.0 and report["msda"] == "gather" and "topk_match" in printed

@@ -9,11 +9,12 @@ Randomness comes from Python's `random` (seeded per DataLoader worker by torch).
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 
+from runtime.manifest import PreprocessSpec
 from runtime.preprocess import LetterboxInfo, letterbox, normalize, resize_shorter_side
 
 Target = Dict[str, Any]
@@ -152,6 +153,11 @@ class Normalize:
         return f"Normalize(mean={self.mean}, std={self.std})"
 
 
+# The runtime letterboxes with the mean colour, which normalises to ~0: the value the training
+# batches' zero padding has (see runtime.manifest.PreprocessSpec.pad_value).
+DEPLOY_PAD_VALUE = PreprocessSpec().pad_value
+
+
 class DeployTransform:
     """The deployed runtime's preprocessing: letterbox (or stretch) into `size_hw`, then normalise.
 
@@ -159,12 +165,13 @@ class DeployTransform:
     network input, `size` = size_hw and `letterbox` = the `LetterboxInfo` (x_net = x_orig * scale + pad).
     """
 
-    def __init__(self, size_hw: Tuple[int, int], mean: Sequence[float], std: Sequence[float], pad_value: int = 0,
-                 resize: str = "letterbox"):
+    def __init__(self, size_hw: Tuple[int, int], mean: Sequence[float], std: Sequence[float],
+                 pad_value: Union[int, Sequence[int]] = DEPLOY_PAD_VALUE, resize: str = "letterbox"):
         if resize not in ("letterbox", "stretch"):
             raise ValueError(f"unknown resize '{resize}'; valid: letterbox, stretch")
         self.size_hw = (int(size_hw[0]), int(size_hw[1]))
-        self.mean, self.std, self.pad_value, self.resize = tuple(mean), tuple(std), int(pad_value), resize
+        pad = (int(pad_value),) * 3 if isinstance(pad_value, (int, np.integer)) else tuple(int(v) for v in pad_value)
+        self.mean, self.std, self.pad_value, self.resize = tuple(mean), tuple(std), pad, resize
 
     def _resize(self, image: np.ndarray) -> Tuple[np.ndarray, LetterboxInfo]:
         if self.resize == "letterbox":
@@ -190,8 +197,8 @@ class DeployTransform:
         return f"DeployTransform(size_hw={self.size_hw}, resize={self.resize}, pad_value={self.pad_value})"
 
 
-def deploy_transform(size_hw: Tuple[int, int], mean: Sequence[float], std: Sequence[float], pad_value: int = 0,
-                     resize: str = "letterbox") -> DeployTransform:
+def deploy_transform(size_hw: Tuple[int, int], mean: Sequence[float], std: Sequence[float],
+                     pad_value: Union[int, Sequence[int]] = DEPLOY_PAD_VALUE, resize: str = "letterbox") -> DeployTransform:
     """The preprocessing an exported model gets at run time (see `DeployTransform`)."""
     return DeployTransform(size_hw, mean, std, pad_value, resize)
 
