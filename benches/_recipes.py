@@ -79,7 +79,7 @@ def _bccd_data(args) -> DataConfig:
 def _bccd_missing(args) -> Optional[str]:
     root = Path(args.bccd_root)
     if not (root / "Annotations").is_dir() or not (root / "ImageSets" / "Main" / "train.txt").is_file():
-        return f"BCCD not found at {root} (expects Annotations/ and ImageSets/Main/train.txt); skipped"
+        return f"BCCD not found at {root} (expects Annotations/ and ImageSets/Main/train.txt)"
     return None
 
 

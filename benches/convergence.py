@@ -49,20 +49,29 @@ def subset(ds: DetectionDataset, n: int) -> DetectionDataset:
     return DetectionDataset(ds.records[:n], ds.class_names, ds.category_ids, ds.transforms, name=f"{ds.name}[:{n}]")
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # kernels run asynchronously: wait before reading the clock
+
+
 def time_steps(cfg: ExperimentConfig, train_ds, val_ds, steps: int = 3) -> Tuple[float, float]:
     """(seconds per training step, seconds per evaluation batch) on real batches; the first step warms up."""
     seed_everything(cfg.train.seed)
-    model = create_model_from_config(cfg.model)
-    criterion = model.build_criterion()
+    device = torch.device(cfg.train.device)
+    model = create_model_from_config(cfg.model).to(device)
+    criterion = model.build_criterion().to(device)
     opt = torch.optim.AdamW(model.parameters(), cfg.train.lr, weight_decay=cfg.train.weight_decay)
     bs = cfg.train.batch_size
     times = []
     for i, (images, mask, targets) in enumerate(build_dataloader(train_ds, bs, shuffle=False, num_workers=0)):
+        images, mask = images.to(device), mask.to(device)
+        targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
         t0 = time.perf_counter()
         loss = criterion.total_loss(criterion(model(images, mask, targets), targets))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        _sync(device)
         times.append(time.perf_counter() - t0)
         if i + 1 >= steps:
             break
@@ -70,7 +79,8 @@ def time_steps(cfg: ExperimentConfig, train_ds, val_ds, steps: int = 3) -> Tuple
     images, mask, _ = next(iter(build_dataloader(val_ds, bs, shuffle=False, num_workers=0)))
     with torch.no_grad():
         t0 = time.perf_counter()
-        model(images, mask)
+        model(images.to(device), mask.to(device))
+        _sync(device)
         t_eval = time.perf_counter() - t0
     timed = sorted(times[1:] or times)
     return timed[len(timed) // 2], t_eval
@@ -91,6 +101,10 @@ def plan(full_ipe: int, n_val_batches: int, budget_s: float, t_step: float, t_ev
     return min_evals, max(1, min(full_ipe, iters))
 
 
+def _train_overrides(args) -> Dict:
+    return dict(batch_size=args.batch_size, lr=args.lr, device=args.device)
+
+
 def run_one(model: str, ds_name: str, data_cfg, train_ds, val_ds, args) -> Dict:
     """Train one model on one dataset; -> its summary (final/best mAP, curve, epochs, seconds)."""
     out_dir = Path(args.out) / ds_name / model
@@ -101,7 +115,7 @@ def run_one(model: str, ds_name: str, data_cfg, train_ds, val_ds, args) -> Dict:
     if args.epochs > 0:
         epochs = args.epochs
     else:
-        cfg0 = experiment(model, data_cfg, out_dir, 1, 0.0, overrides=dict(batch_size=args.batch_size, lr=args.lr))
+        cfg0 = experiment(model, data_cfg, out_dir, 1, 0.0, overrides=_train_overrides(args))
         cfg0.model.num_classes, cfg0.model.class_names = len(train_ds.class_names), list(train_ds.class_names)
         t0 = time.monotonic()
         t_step, t_eval = time_steps(cfg0, train_ds, val_ds)
@@ -110,7 +124,7 @@ def run_one(model: str, ds_name: str, data_cfg, train_ds, val_ds, args) -> Dict:
         epochs, planned_cap = plan(ipe, n_val_batches, budget_s, t_step, t_eval, args.min_evals)
         iters_cap = planned_cap or iters_cap
     cfg = experiment(model, data_cfg, out_dir, epochs, budget_s, iters_cap,
-                     overrides=dict(batch_size=args.batch_size, lr=args.lr))
+                     overrides=_train_overrides(args))
     timing = f"{t_step:.2f} s/step, {t_eval:.2f} s/eval batch -> " if t_step > 0 else ""
     log.info("%s / %s: %s%d epochs of %s iterations", ds_name, model, timing, epochs, iters_cap or f"all {full_ipe}")
     t0 = time.monotonic()
@@ -196,6 +210,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--bccd-size", type=int, default=256, help="BCCD shorter image side in pixels")
     p.add_argument("--bccd-eval-split", default="val", choices=("val", "test"))
     p.add_argument("--val-images", type=int, default=0, help="evaluate on the first N images only (0 = all)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--out", default="runs/convergence", help="output folder (default runs/convergence)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep each run's last.pth / best.pth")
@@ -247,7 +262,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = Path(args.out)
     png = plot(results, {k: v.title for k, v in DATASETS.items()}, out / "convergence.png")
     summary = {"bench": "convergence", "budget_min": args.budget_min, "epochs": args.epochs, "quick": args.quick,
-               "threads": torch.get_num_threads(), "batch_size": args.batch_size, "lr": args.lr,
+               "threads": torch.get_num_threads(), "device": args.device, "batch_size": args.batch_size, "lr": args.lr,
                "image_size": {"synthetic": args.synthetic_size, "bccd": args.bccd_size},
                "plot": str(png), "results": results, "skipped": skipped}
     (out / "results.json").write_text(json.dumps(summary, indent=1))

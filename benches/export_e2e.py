@@ -33,11 +33,11 @@ sys.path.insert(0, str(REPO))
 
 from converters.api import make_manifest, resolve_model  # noqa: E402
 from converters.calibration import calibration_batches, image_paths  # noqa: E402
-from converters.onnx.export import export_onnx  # noqa: E402
+from converters.onnx.export import DeployModel, export_onnx  # noqa: E402
 from converters.onnx.msda_forms import form_available  # noqa: E402
 from converters.onnxruntime.quantize import quantize_onnx_int8  # noqa: E402
 from converters.openvino.convert import convert_openvino, fused_extension_available  # noqa: E402
-from converters.verify import verify  # noqa: E402
+from converters.verify import measure_latency, verify  # noqa: E402
 from runtime.manifest import write_sidecar  # noqa: E402
 
 BCCD = REPO.parent / "shared" / "data" / "bccd"
@@ -105,7 +105,14 @@ def build_artifact(model, exp, eng, imgsz, work: Path, calib, float_onnx: Dict[s
 def run_family(family: str, args, forms: List[str], work: Path, calib, images, dataset) -> List[Dict[str, Any]]:
     model, exp = build_model(family, args.checkpoint, args.quick)
     imgsz = (args.imgsz, args.imgsz)
-    rows, float_onnx = [], {}
+    float_onnx: Dict[str, Path] = {}
+    x = torch.from_numpy(calibration_batches(images, make_manifest(model, "", "fp32", "", imgsz, 1, True, 100, None, exp)
+                                             .preprocess, 1)[0])
+    with torch.no_grad():
+        eager = measure_latency(lambda: DeployModel(model, True, 100)(x), args.repeats)
+    rows = [{"family": family, "backend": "pytorch", "precision": "fp32", "msda": "grid_sample",
+             "latency_ms": round(eager["mean_ms"], 2), "p50_ms": round(eager["p50_ms"], 2), "fps": round(eager["fps"], 2)}]
+    log.info("%s", json.dumps(rows[0]))
     for eng in engines(forms, args.quick):
         t0 = time.perf_counter()
         try:
@@ -115,10 +122,11 @@ def run_family(family: str, args, forms: List[str], work: Path, calib, images, d
             continue
         build_s = time.perf_counter() - t0
         rep = verify(path, model, images, eval_dataset=dataset, max_images=args.parity_images,
-                     eval_images=args.eval_images, repeats=args.repeats, output_json=work / f"{path.stem}.verify.json")
+                     eval_images=args.eval_images, repeats=args.repeats, output_json=work / f"{path.stem}.verify.json",
+                     time_pytorch=False)
         row = {"family": family, **eng, "build_s": round(build_s, 1),
                "latency_ms": round(rep["latency_artifact"]["mean_ms"], 2), "p50_ms": round(rep["latency_artifact"]["p50_ms"], 2),
-               "fps": round(rep["latency_artifact"]["fps"], 2), "pytorch_ms": round(rep["latency_pytorch"]["mean_ms"], 2),
+               "fps": round(rep["latency_artifact"]["fps"], 2),
                "topk_match": round(rep["topk_match"], 3), "score_max_abs_diff": float(f"{rep['score_max_abs_diff']:.3g}")}
         if "map_artifact" in rep:
             row.update({"map": round(rep["map_artifact"], 4), "map_pytorch": round(rep["map_pytorch"], 4),
@@ -129,7 +137,7 @@ def run_family(family: str, args, forms: List[str], work: Path, calib, images, d
 
 
 def print_table(rows: List[Dict[str, Any]]) -> None:
-    cols = ["family", "backend", "precision", "msda", "latency_ms", "p50_ms", "fps", "pytorch_ms", "topk_match",
+    cols = ["family", "backend", "precision", "msda", "latency_ms", "p50_ms", "fps", "topk_match",
             "score_max_abs_diff", "map", "map_delta", "build_s", "error"]
     cols = [c for c in cols if any(c in r for r in rows)]
     table = [[str(r.get(c, "")) for c in cols] for r in rows]

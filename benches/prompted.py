@@ -181,10 +181,13 @@ def main(argv=None) -> int:
     held = list(range(args.classes - args.holdout, args.classes))
     train = without_classes(train_all, set(held))
 
-    trex = create_model("trex", **MODEL, max_prompts=8, prompt_dim=128, text_encoder=args.text_encoder, class_names=names)
-    run = train_prompted(trex, train, classes=seen, batch_size=args.batch_size, lr=args.lr, budget_s=0.45 * budget_s,
-                         progress=False)
     dino = create_model("dino", **MODEL, num_classes=len(seen), class_names=names[: len(seen)])
+    # Same backbone normalisation for both (a family may not honour backbone_frozen_bn).
+    live_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in dino.backbone.modules())
+    trex = create_model("trex", **{**MODEL, "backbone_frozen_bn": not live_bn}, max_prompts=8, prompt_dim=128,
+                        text_encoder=args.text_encoder, class_names=names)
+    run = train_prompted(trex, train, classes=seen, batch_size=args.batch_size, lr=args.lr, budget_s=0.45 * budget_s,
+                         progress=False, checkpoint=str(Path(args.out) / "trex.pth"))
     dino_steps = train_closed_set(dino, train, 0.25 * budget_s, args)
 
     shots = exemplars(exemplar_set, seen + held)
@@ -199,7 +202,8 @@ def main(argv=None) -> int:
     lat = latency(args, trex, dino, shots, held, frames)
 
     print(f"\nprompted detection, {args.classes} classes ({len(held)} held out: {', '.join(names[c] for c in held)}), "
-          f"{len(train)} training images, TRex {run['steps']} steps, DINO {dino_steps} steps")
+          f"{len(train)} training images, TRex {run['steps']} steps, DINO {dino_steps} steps, "
+          f"backbone BatchNorm {'live' if live_bn else 'frozen'}")
     print(f"{'evaluation':<28}{'mAP50':>8}{'mAP':>8}")
     for name, m in rows.items():
         print(f"{name:<28}{m['mAP50']:>8.3f}{m['mAP']:>8.3f}")

@@ -12,6 +12,9 @@
   boxes [1, T, 4] xyxy network pixels, scores [1, T] (NMS-free top-T over queries x prompts).
 - `text_prompts.npz` (names, embeddings [C, Dp]): text embeddings computed here in PyTorch, so
   the torch-free runtime can prompt with those names.
+- optionally (`text_encoder=True`, MiniLM models) `trex-text-encoder.{onnx,xml}` + `trex-text-vocab.txt`:
+  input_ids / attention_mask int64 [T, L] (`runtime.wordpiece` tokens) -> text_embeddings [T, Dp],
+  so the runtime can prompt with any text.
 Both manifests have family `trex` and `extra["prompted"]` describing the inputs. MSDA export forms
 (`fused`, `gather`, `grid_sample`) and OpenVINO conversion reuse `converters.onnx` / `converters.openvino`.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -43,6 +47,10 @@ ENCODER_INPUTS = ["images", "prompt_boxes", "prompt_box_mask"]
 ENCODER_OUTPUTS = ["prompt_embeddings", "prompt_valid"]
 DETECTOR_INPUTS = ["images", "prompt_embeddings", "prompt_mask"]
 DETECTOR_OUTPUTS = ["labels", "boxes", "scores"]
+TEXT_ENCODER_STEM = "trex-text-encoder"
+TEXT_VOCAB = "trex-text-vocab.txt"
+TEXT_INPUTS = ["input_ids", "attention_mask"]
+TEXT_OUTPUTS = ["text_embeddings"]
 
 
 class PromptEncoderGraph(nn.Module):
@@ -68,8 +76,19 @@ class PromptedDetectorGraph(nn.Module):
         return topk_detections(out["pred_logits"], out["pred_boxes"], (images.shape[-2], images.shape[-1]), "sigmoid", self.top_k)
 
 
+class TextEncoderGraph(nn.Module):
+    """input_ids, attention_mask [T, L] -> text_embeddings [T, Dp]: frozen MiniLM + the trained projection."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.backbone, self.proj = model.text_encoder.backbone, model.text_encoder.proj
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor):
+        return torch.nn.functional.normalize(self.proj(self.backbone(input_ids, attention_mask)), dim=-1)
+
+
 def _export_graph(graph: nn.Module, args: Tuple[Tensor, ...], input_names, output_names, path: Path, form: str,
-                  manifest: Manifest, opset: int, simplify: bool) -> Path:
+                  manifest: Manifest, opset: int, simplify: bool, dynamic_axes=None) -> Path:
     """Trace `graph` to ONNX at `path` with the manifest inside and beside it."""
     import onnx
 
@@ -79,7 +98,7 @@ def _export_graph(graph: nn.Module, args: Tuple[Tensor, ...], input_names, outpu
         try:
             torch.onnx.export(graph, args, str(path), dynamo=False, opset_version=opset, input_names=input_names,
                               output_names=output_names, custom_opsets={FUSED_DOMAIN: FUSED_OPSET} if form == "fused" else None,
-                              do_constant_folding=True)
+                              dynamic_axes=dynamic_axes, do_constant_folding=True)
         except Exception as e:  # the exporter raises several error types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ExportError(f"ONNX export of {path.name} failed ({first}); the model uses an op opset {opset} cannot express") from e
@@ -118,11 +137,13 @@ def write_prompt_bank(path: Union[str, Path], names: Sequence[str], embeddings: 
 
 def export_prompted(model: nn.Module, output_dir: Union[str, Path], format: str = "onnx", imgsz: Sequence[int] = (640, 640),
                     msda: Optional[str] = None, top_k: int = 100, text_prompts: Optional[Sequence[str]] = None,
-                    opset: int = 17, simplify: bool = True, experiment: Optional[Dict[str, Any]] = None) -> Tuple[Path, Path]:
+                    opset: int = 17, simplify: bool = True, experiment: Optional[Dict[str, Any]] = None,
+                    text_encoder: bool = False) -> Tuple[Path, Path]:
     """Write the prompt encoder and the prompted detector -> (encoder_path, detector_path).
 
     format: "onnx" | "openvino" (fp32). msda: None = the format's default form. text_prompts:
     names stored in `text_prompts.npz` (default: model.config.class_names; [] = none).
+    text_encoder: also write the MiniLM text encoder (~90 MB) and its vocabulary, for any text at run time.
     """
     cfg = getattr(model, "config", None)
     if getattr(cfg, "name", "") != "trex":
@@ -143,7 +164,12 @@ def export_prompted(model: nn.Module, output_dir: Union[str, Path], format: str 
         with torch.no_grad():
             write_prompt_bank(out_dir / TEXT_BANK, names, model.encode_text_prompts(names).cpu().numpy())
         bank = TEXT_BANK
+    if text_encoder and cfg.text_encoder != "minilm":
+        raise ExportError(f"text_encoder=True needs a model with text_encoder 'minilm', not '{cfg.text_encoder}'; "
+                          "use text_prompts=[...] (a text bank) instead")
+    suffix = ".xml" if format == "openvino" else ".onnx"
     info = {"max_prompts": k, "max_prompt_boxes": n, "prompt_dim": dp, "text_bank": bank,
+            "text_encoder": TEXT_ENCODER_STEM + suffix if text_encoder else "", "text_vocab": TEXT_VOCAB if text_encoder else "",
             "box_format": "cxcywh normalised to the network input; w = h = 0 is a point"}
     backend = "openvino" if format == "openvino" else "onnxruntime"
     base = make_manifest(model, backend, "fp32", form, (h, w), 1, True, top_k, [], experiment or {})
@@ -158,16 +184,28 @@ def export_prompted(model: nn.Module, output_dir: Union[str, Path], format: str 
                 torch.ones(1, k, dtype=torch.bool))
     jobs = [(PromptEncoderGraph(model).eval(), enc_args, ENCODER_INPUTS, ENCODER_OUTPUTS, ENCODER_STEM, enc_manifest),
             (PromptedDetectorGraph(model, top_k).eval(), det_args, DETECTOR_INPUTS, DETECTOR_OUTPUTS, DETECTOR_STEM, det_manifest)]
+    axes = [None, None]
+    if text_encoder:
+        tokenizer = model.text_encoder.backbone.tokenizer
+        shutil.copy2(tokenizer.vocab_file, out_dir / TEXT_VOCAB)
+        ids, attn = (torch.from_numpy(a) for a in tokenizer.batch(["a photo of a small red circle"]))
+        text_manifest = dataclasses.replace(
+            base, msda="", outputs=OutputSpec(postprocess=False, names=list(TEXT_OUTPUTS), score_activation="sigmoid"),
+            extra={"prompted": {**info, "role": "text_encoder", "inputs": TEXT_INPUTS, "outputs": TEXT_OUTPUTS}})
+        jobs.append((TextEncoderGraph(model).eval(), (ids, attn), TEXT_INPUTS, TEXT_OUTPUTS, TEXT_ENCODER_STEM, text_manifest))
+        axes.append({"input_ids": {0: "texts", 1: "tokens"}, "attention_mask": {0: "texts", 1: "tokens"},
+                     "text_embeddings": {0: "texts"}})
     paths = []
-    for graph, args, ins, outs, stem, manifest in jobs:
+    for (graph, args, ins, outs, stem, manifest), dyn in zip(jobs, axes):
         if format == "onnx":
-            paths.append(_export_graph(graph, args, ins, outs, out_dir / f"{stem}.onnx", form, manifest, opset, simplify))
+            paths.append(_export_graph(graph, args, ins, outs, out_dir / f"{stem}.onnx", form, manifest, opset, simplify, dyn))
             continue
         from converters.openvino.convert import convert_openvino
 
         with tempfile.TemporaryDirectory() as tmp:
             onnx_manifest = dataclasses.replace(manifest, backend="onnxruntime", custom_ops={})
-            onnx_path = _export_graph(graph, args, ins, outs, Path(tmp) / f"{stem}.onnx", form, onnx_manifest, opset, simplify)
+            onnx_path = _export_graph(graph, args, ins, outs, Path(tmp) / f"{stem}.onnx", form, onnx_manifest, opset,
+                                      simplify, dyn)
             paths.append(convert_openvino(onnx_path, out_dir / f"{stem}.xml", "fp32", manifest))
     log.info("wrote prompted artifacts %s, %s (msda=%s)", paths[0], paths[1], form)
     return paths[0], paths[1]

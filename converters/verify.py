@@ -77,7 +77,8 @@ def _load_frames(images: Any, limit: int) -> List[np.ndarray]:
     return [read_bgr(p) for p in evenly_spaced(image_paths(images), limit)]
 
 
-def _latency(fn, repeats: int) -> Dict[str, float]:
+def measure_latency(fn, repeats: int) -> Dict[str, float]:
+    """Call `fn` once to warm up, then `repeats` times -> mean / median ms and calls per second."""
     fn()  # warm-up (lazy allocation, kernel selection)
     times = []
     for _ in range(max(1, repeats)):
@@ -119,12 +120,14 @@ def verify(
     backend: str = "auto",
     device: str = "CPU",
     output_json: Optional[Union[str, Path]] = None,
+    time_pytorch: bool = True,
 ) -> Dict[str, Any]:
     """Compare `artifact` with `reference_model` -> report dict (also saved as JSON).
 
     images: folder / image paths / BGR uint8 frames used for the numeric comparison.
     eval_dataset: an edgedet DetectionDataset (records, category_ids, coco_gt) for mAP, or None.
     JSON goes to `output_json` or `<artifact stem>.verify.json` beside the artifact.
+    time_pytorch: also time PyTorch eager (benchmarks of many artifacts time it once instead).
     """
     from runtime.detector import Detector
 
@@ -161,16 +164,17 @@ def verify(
         "score_max_abs_diff": max(s["score"] for s in stats),
         "box_max_abs_diff_px": max(s["box"] for s in stats),
         "topk_match": float(np.mean([s["match"] for s in stats])),
-        "latency_artifact": _latency(lambda: detector.infer({man.input_name: x}), repeats),
+        "latency_artifact": measure_latency(lambda: detector.infer({man.input_name: x}), repeats),
     }
     if not post:
         report.update({"prob_max_abs_diff": raw_prob, "box_cxcywh_max_abs_diff": raw_box})
     if eval_dataset is not None:
         report.update(_dataset_map(detector, deploy, eval_dataset, eval_images))
     detector.close()  # first: idle engine threads (ORT spin-waits) would slow PyTorch's timing
-    with torch.no_grad():
-        xt = torch.from_numpy(x)
-        report["latency_pytorch"] = _latency(lambda: deploy(xt), repeats)
+    if time_pytorch:
+        with torch.no_grad():
+            xt = torch.from_numpy(x)
+            report["latency_pytorch"] = measure_latency(lambda: deploy(xt), repeats)
     path = Path(output_json) if output_json else artifact.with_name(artifact.stem + ".verify.json")
     path.write_text(json.dumps(report, indent=2))
     report["report_path"] = str(path)

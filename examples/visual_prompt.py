@@ -21,7 +21,8 @@ def export(args: argparse.Namespace) -> None:
     from converters.prompted import export_prompted
 
     model, _ = resolve_model(args.checkpoint)
-    enc, det = export_prompted(model, args.out, format=args.format, imgsz=(args.imgsz, args.imgsz))
+    enc, det = export_prompted(model, args.out, format=args.format, imgsz=(args.imgsz, args.imgsz),
+                               text_encoder=args.text_encoder)
     print(f"wrote {enc} and {det}")
 
 
@@ -61,6 +62,7 @@ def main() -> None:
     e.add_argument("--out", default="artifacts")
     e.add_argument("--format", default="onnx", choices=["onnx", "openvino"])
     e.add_argument("--imgsz", type=int, default=640)
+    e.add_argument("--text-encoder", action="store_true", help="also export MiniLM: prompt with any text at run time")
     r = sub.add_parser("run", help="prompt with boxes on an image, detect in a video (torch-free)")
     r.add_argument("--artifacts", required=True, help="folder written by the export step")
     r.add_argument("--openvino", action="store_true", help="use the .xml artifacts")
@@ -68,7 +70,8 @@ def main() -> None:
     r.add_argument("--box", action="append", default=[], help="x0,y0,x1,y1 in image pixels (repeatable)")
     r.add_argument("--point", action="append", default=[], help="x,y in image pixels (repeatable)")
     r.add_argument("--name", default="object", help="the name the examples' detections get")
-    r.add_argument("--text", action="append", default=[], help="also prompt with an exported text name")
+    r.add_argument("--text", action="append", default=[], help="also prompt with a text (bank name, or any text "
+                   "when exported with --text-encoder)")
     r.add_argument("--video", default="0", help="video file or camera index")
     r.add_argument("--device", default="CPU")
     r.add_argument("--conf", type=float, default=0.3)

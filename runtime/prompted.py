@@ -3,7 +3,7 @@
     det = PromptedDetector("trex-prompt-encoder.onnx", "trex-detector.onnx")
     det.set_prompts(image_bgr, boxes=[[x0, y0, x1, y1]], names="bolt")   # exemplars, image pixels
     det.add_prompt_image(other_bgr, points=[[x, y]], names="bolt")        # averaged into "bolt"
-    det.add_texts(["nut"])                                                # from the exported text bank
+    det.add_texts(["nut"])                    # text bank, or any text with the exported text encoder
     det.save_prompts("prompts.npz")
     dets = det(frame_bgr)                                                 # Detections, names = prompt names
 
@@ -70,8 +70,13 @@ class PromptedDetector:
         if (int(enc_info["max_prompt_boxes"]), int(enc_info["prompt_dim"])) != (self.max_boxes, self.dim):
             raise ManifestError("the prompt encoder and detector artifacts come from different exports; re-export both together")
         bank = info.get("text_bank") or ""
-        self._text_bank_path = Path(detector_artifact).parent / bank if bank else None
+        folder = Path(detector_artifact).parent
+        self._text_bank_path = folder / bank if bank else None
         self._text_bank: Optional[Dict[str, np.ndarray]] = None
+        text_encoder, vocab = info.get("text_encoder") or "", info.get("text_vocab") or ""
+        self._text_encoder_paths = (folder / text_encoder, folder / vocab) if text_encoder and vocab else None
+        self._text_engine: Optional[Tuple[Backend, Any]] = None
+        self._backend, self._device, self._options = backend, device, backend_options
         self.preprocessor = Preprocessor(self.manifest.preprocess)
         self.encoder_preprocessor = Preprocessor(self.encoder_manifest.preprocess)
         self.conf = float(conf)
@@ -92,7 +97,7 @@ class PromptedDetector:
     def set_prompts(self, image: Optional[np.ndarray] = None, boxes=None, points=None, texts: Optional[Sequence[str]] = None,
                     names: Names = None) -> "PromptedDetector":
         """Replace the prompts: exemplar boxes ([n, 4] xyxy pixels) and/or points ([n, 2] pixels) on a BGR
-        `image` (names: one per box then per point, or one for all) and/or `texts` (from the text bank)."""
+        `image` (names: one per box then per point, or one for all) and/or `texts` (see add_texts)."""
         self.clear_prompts()
         if image is not None:
             self.add_prompt_image(image, boxes=boxes, points=points, names=names)
@@ -133,23 +138,46 @@ class PromptedDetector:
         return self
 
     def add_texts(self, texts: Sequence[str]) -> "PromptedDetector":
-        """Add text prompts by name, from the text bank exported with the artifacts."""
+        """Add text prompts (each text is its own name): from the exported text bank, else encoded by the
+        exported text encoder when there is one."""
+        if isinstance(texts, str):
+            texts = [texts]
         bank = self.text_bank()
         unknown = [t for t in texts if t not in bank]
-        if unknown:
-            raise KeyError(f"text prompt {unknown[0]!r} is not in the exported text bank; known: {', '.join(sorted(bank))} "
-                           "(re-export with export_prompted(..., text_prompts=[...]))")
+        if unknown and self._text_encoder_paths is None:
+            known = ", ".join(sorted(bank)) or "none"
+            raise KeyError(f"text prompt {unknown[0]!r} is not in the exported text bank (known: {known}) and no text "
+                           "encoder was exported; re-export with export_prompted(..., text_prompts=[...] or text_encoder=True)")
+        encoded = dict(zip(unknown, self.encode_texts(unknown))) if unknown else {}
         for t in texts:
-            self._accumulate(t, bank[t])
+            self._accumulate(t, bank[t] if t in bank else encoded[t])
         self._refresh()
         return self
 
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Any texts -> [T, Dp] unit embeddings with the exported text encoder (tokenised by runtime.wordpiece)."""
+        if self._text_encoder_paths is None:
+            raise FileNotFoundError("these artifacts carry no text encoder; re-export with export_prompted(..., text_encoder=True)")
+        if self._text_engine is None:
+            from runtime.wordpiece import WordPieceTokenizer
+
+            model_path, vocab = self._text_encoder_paths
+            engine, _ = _load(model_path, "text_encoder", self._backend, self._device, self._options)
+            self._text_engine = (engine, WordPieceTokenizer(vocab))
+        engine, tokenizer = self._text_engine
+        out = []
+        for text in texts:  # one at a time: no padding, so results do not depend on the batch
+            ids, mask = tokenizer.batch([text])
+            out.append(np.asarray(engine.infer({"input_ids": ids, "attention_mask": mask})["text_embeddings"], np.float32)[0])
+        return np.stack(out) if out else np.zeros((0, self.dim), np.float32)
+
     def text_bank(self) -> Dict[str, np.ndarray]:
+        """Exported name -> text embedding [Dp] ({} when the artifacts carry no bank)."""
         if self._text_bank is None:
-            if self._text_bank_path is None or not self._text_bank_path.is_file():
-                raise FileNotFoundError("these artifacts carry no text bank (text_prompts.npz); prompt with boxes or points")
-            data = np.load(self._text_bank_path)
-            self._text_bank = {str(n): e.astype(np.float32) for n, e in zip(data["names"], data["embeddings"])}
+            self._text_bank = {}
+            if self._text_bank_path is not None and self._text_bank_path.is_file():
+                data = np.load(self._text_bank_path)
+                self._text_bank = {str(n): e.astype(np.float32) for n, e in zip(data["names"], data["embeddings"])}
         return self._text_bank
 
     def save_prompts(self, path: Union[str, Path]) -> Path:
@@ -225,6 +253,8 @@ class PromptedDetector:
     def close(self) -> None:
         self.encoder.close()
         self.detector.close()
+        if self._text_engine is not None:
+            self._text_engine[0].close()
 
     def __enter__(self) -> "PromptedDetector":
         return self

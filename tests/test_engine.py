@@ -39,7 +39,8 @@ def test_resume_continues_exactly(tmp_path):
     train_keys = [k for k in full[1] if k.startswith("train_")]
     assert "train_loss" in train_keys and "train_loss_ce_0" in train_keys
     for k in train_keys + ["lr", "val_mAP", "val_num_detections"]:
-        assert rows[1][k] == full[1][k], k
+        assert rows[0][k] == full[0][k], k  # same seed, same run
+        assert rows[1][k] == full[1][k], k  # resumed == uninterrupted
     assert full[0]["train_loss"] != full[1]["train_loss"]  # the steps did change the model
     a, b = ckpt_io.load_checkpoint(resumed), ckpt_io.load_checkpoint(tmp_path / "full" / "last.pth")
     for k in a["model"]:

@@ -24,8 +24,12 @@ def run_ov(path, x, n_outputs, extension=None):
     return [result[compiled.output(i)] for i in range(n_outputs)]
 
 
-@pytest.mark.parametrize("postprocess", [False, True], ids=["raw", "topk"])
-@pytest.mark.parametrize("name,form", PARAMS)
+# The top-K tail of the graph is the same for every model (and checked per model with ONNX
+# Runtime); OpenVINO runs it for the tiny model and the raw heads for every model.
+OV_PARAMS = [(n, f, False) for n, f in PARAMS] + [(n, f, True) for n, f in PARAMS if n == "tiny_msda"]
+
+
+@pytest.mark.parametrize("name,form,postprocess", OV_PARAMS)
 def test_openvino_fp32_matches_pytorch(tmp_path, name, form, postprocess):
     model = build_tiny(name)
     path = export(model, "openvino", tmp_path / "m.xml", imgsz=HW, msda=form or "grid_sample", postprocess=postprocess,

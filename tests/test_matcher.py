@@ -73,3 +73,10 @@ def test_prefers_the_obvious_match():
 def test_all_zero_costs_rejected():
     with pytest.raises(ValueError, match="non-zero"):
         HungarianMatcher(0, 0, 0)
+
+
+def test_nan_predictions_give_a_clear_error():
+    outputs = {"pred_logits": torch.full((1, 2, 3), float("nan")), "pred_boxes": torch.full((1, 2, 4), 0.5)}
+    targets = [{"labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
+    with pytest.raises(ValueError, match="non-finite matching cost"):
+        HungarianMatcher()(outputs, targets)

