@@ -88,6 +88,16 @@ class PromptedDetector:
     def prompt_names(self) -> Tuple[str, ...]:
         return tuple(self._names)
 
+    @property
+    def class_names(self) -> Tuple[str, ...]:
+        """The names detections carry (= prompt_names), as `runtime.Detector.class_names`."""
+        return tuple(self._names)
+
+    @property
+    def input_size(self) -> Tuple[int, int]:
+        """Network input (H, W)."""
+        return tuple(self.manifest.preprocess.size)
+
     def clear_prompts(self) -> None:
         self._names: List[str] = []
         self._sums = np.zeros((0, self.dim), np.float32)

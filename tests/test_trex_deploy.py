@@ -21,7 +21,7 @@ from converters.prompted import export_prompted
 from runtime.manifest import PreprocessSpec
 from runtime.preprocess import Preprocessor
 from runtime.prompted import PromptedDetector
-from tests.test_trex import SIZE, tiny_model
+from test_trex import SIZE, tiny_model
 
 TOP_K = 20
 REPO = Path(__file__).resolve().parents[1]

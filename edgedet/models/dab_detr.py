@@ -78,7 +78,8 @@ class DABDETR(DetectorBase):
         self.config = cfg
         d = cfg.hidden_dim
         self.backbone = Backbone(
-            cfg.backbone, return_layers=(4,), train_backbone=cfg.train_backbone, dilation=cfg.dilation, weights=cfg.backbone_weights
+            cfg.backbone, return_layers=(4,), train_backbone=cfg.train_backbone, frozen_bn=cfg.backbone_frozen_bn,
+            dilation=cfg.dilation, weights=cfg.backbone_weights,
         )
         self.position_embedding = PositionEmbeddingSine(
             d // 2, temperature_h=cfg.pe_temperature_h, temperature_w=cfg.pe_temperature_w, normalize=True

@@ -122,7 +122,7 @@ class DINO(DetectorBase):
         # Backbone levels: the last (num_feature_levels - 1) ResNet stages, then one extra conv level.
         return_layers = tuple(range(6 - cfg.num_feature_levels, 5))
         backbone = Backbone(cfg.backbone, return_layers=return_layers, train_backbone=cfg.train_backbone,
-                            dilation=cfg.dilation, weights=cfg.backbone_weights)
+                            frozen_bn=cfg.backbone_frozen_bn, dilation=cfg.dilation, weights=cfg.backbone_weights)
         projs = [nn.Sequential(nn.Conv2d(c, d, kernel_size=1), nn.GroupNorm(32, d)) for c in backbone.num_channels]
         projs.append(nn.Sequential(nn.Conv2d(backbone.num_channels[-1], d, kernel_size=3, stride=2, padding=1),
                                    nn.GroupNorm(32, d)))

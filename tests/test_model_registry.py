@@ -1,0 +1,32 @@
+"""Properties every registered detector must have (the registry drives the list)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import edgedet
+from edgedet.nn.frozen_bn import FrozenBatchNorm2d
+from edgedet.registry import UnknownNameError
+
+TINY = dict(backbone="resnet18", num_classes=3)
+
+
+@pytest.mark.parametrize("name", edgedet.list_models())
+@pytest.mark.parametrize("frozen", [True, False])
+def test_backbone_norm_follows_config(name, frozen):
+    model = edgedet.create_model(name, backbone_frozen_bn=frozen, **TINY)
+    norms = {type(m) for m in model.backbone.modules() if isinstance(m, (torch.nn.BatchNorm2d, FrozenBatchNorm2d))}
+    assert norms == ({FrozenBatchNorm2d} if frozen else {torch.nn.BatchNorm2d})
+
+
+@pytest.mark.parametrize("name", edgedet.list_models())
+def test_model_declares_score_activation_and_config(name):
+    model = edgedet.create_model(name, **TINY)
+    assert model.score_activation in ("sigmoid", "softmax")
+    assert model.config.name == name and model.config.num_classes == 3
+
+
+def test_unknown_model_name_lists_valid_names():
+    with pytest.raises(UnknownNameError) as err:
+        edgedet.create_model("dino_v3")
+    assert "Did you mean 'dino'" in str(err.value) and "deformable_detr" in str(err.value)
