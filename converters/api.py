@@ -43,6 +43,7 @@ class ExportRequest:
     opset: int
     manifest: Manifest
     simplify: bool = True
+    dry_run: bool = False  # tensorrt: write only the ONNX the engine would be built from
 
 
 def resolve_model(source: ModelSource) -> Tuple[nn.Module, Dict[str, Any]]:
@@ -68,6 +69,12 @@ def resolve_model(source: ModelSource) -> Tuple[nn.Module, Dict[str, Any]]:
         log.warning("'%s' is a model name, not a checkpoint: exporting a randomly initialised model", source)
         return create_model(str(source)).eval(), {}
     raise ExportError(f"'{source}' is neither a checkpoint file nor a model name; models: {', '.join(list_models())}")
+
+
+def deployable(model: nn.Module) -> nn.Module:
+    """The network that runs at inference: training-only parts (Co-DETR's auxiliary heads) dropped."""
+    to_base = getattr(model, "to_base_model", None)
+    return to_base().eval() if callable(to_base) else model
 
 
 def make_manifest(
@@ -170,6 +177,7 @@ def export(
     opset: int = 17,
     experiment: Optional[Dict[str, Any]] = None,
     simplify: bool = True,
+    dry_run: bool = False,
 ) -> Path:
     """Export a detector -> path of the written artifact (.onnx, .xml or .engine).
 
@@ -179,6 +187,7 @@ def export(
     postprocess: True -> labels/boxes(xyxy, input pixels)/scores top-K; False -> raw head outputs.
     experiment: the training ExperimentConfig dict (mean/std of its data) when passing a module.
     simplify: run onnxslim on the ONNX graph (skipped with a log line if it fails).
+    dry_run: format="tensorrt" only: write the ONNX the engine would be built from (no TensorRT needed).
     """
     if isinstance(imgsz, int) or len(imgsz) != 2 or min(int(s) for s in imgsz) <= 0:
         raise ExportError(f"imgsz must be (H, W) positive integers, got {imgsz!r}")
@@ -188,6 +197,7 @@ def export(
 
     get_format(format)  # fail on a misspelt format before loading anything
     model, found = resolve_model(model_or_checkpoint)
+    model = deployable(model)
     experiment = experiment or found
     fmt, form = validate_request(format, precision, msda, has_msda(model), calib is not None)
     form = _resolve_default_msda(fmt, msda, form)
@@ -196,7 +206,7 @@ def export(
     manifest = make_manifest(model, fmt.backend, precision, form, imgsz_hw, 0 if dynamic_batch else 1,
                              postprocess, top_k, class_names, experiment)
     req = ExportRequest(fmt, _output_path(output, fmt, family, form, precision), precision, form, imgsz_hw,
-                        dynamic_batch, postprocess, top_k, calib, calib_images, opset, manifest, simplify)
+                        dynamic_batch, postprocess, top_k, calib, calib_images, opset, manifest, simplify, dry_run)
     module_name, fn_name = fmt.builder.split(":")
     builder = getattr(importlib.import_module(module_name), fn_name)
     return Path(builder(model, req))

@@ -35,6 +35,8 @@ class ExportCommand:
         p.add_argument("--top-k", type=int, default=100, help="detections kept per image (postprocessed export)")
         p.add_argument("--verify", action="store_true", help="compare the artifact with PyTorch afterwards")
         p.add_argument("--images", default=None, help="images for --verify (default: --calib)")
+        p.add_argument("--dry-run", action="store_true",
+                       help="tensorrt: write only the ONNX the engine would be built from (no TensorRT needed)")
         p.add_argument("--list-formats", action="store_true", help="print the format table and exit")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -52,7 +54,7 @@ class ExportCommand:
         path = export(
             model, experiment=experiment, format=args.format, output=args.output, precision=args.precision,
             imgsz=tuple(args.imgsz), dynamic_batch=args.dynamic_batch, msda=args.msda, calib=args.calib, postprocess=not args.raw,
-            top_k=args.top_k, calib_images=args.calib_images,
+            top_k=args.top_k, calib_images=args.calib_images, dry_run=args.dry_run,
         )
         print(f"exported {path}")
         if args.verify:

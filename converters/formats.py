@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 PRECISIONS = ("fp32", "fp16", "int8")
-MSDA_FORMS = ("fused", "gather", "grid_sample")
+MSDA_FORMS = ("fused", "gather", "grid_sample", "trt_builtin")
+# The forms every ONNX graph can take; "trt_builtin" (TensorRT's own MultiscaleDeformableAttnPlugin_TRT)
+# exists for TensorRT engines only.
+PORTABLE_MSDA_FORMS = ("fused", "gather", "grid_sample")
 
 
 class ExportError(ValueError):
@@ -44,7 +47,7 @@ FORMATS: Dict[str, ExportFormat] = {
             suffix=".onnx",
             backend="onnxruntime",
             precisions=("fp32", "int8"),
-            msda_forms=MSDA_FORMS,
+            msda_forms=PORTABLE_MSDA_FORMS,
             default_msda="grid_sample",
             int8_needs_calibration=True,
             cpu_ok=True,
@@ -63,7 +66,7 @@ FORMATS: Dict[str, ExportFormat] = {
             suffix=".xml",
             backend="openvino",
             precisions=PRECISIONS,
-            msda_forms=MSDA_FORMS,
+            msda_forms=PORTABLE_MSDA_FORMS,
             default_msda="fused",
             int8_needs_calibration=True,
             cpu_ok=True,
@@ -78,7 +81,7 @@ FORMATS: Dict[str, ExportFormat] = {
             default_msda="fused",
             int8_needs_calibration=True,
             cpu_ok=False,
-            builder="converters.tensorrt:build_engine",
+            builder="converters.tensorrt.engine:build_engine",
         ),
     )
 }

