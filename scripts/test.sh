@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec python3 -m pytest -q -m "not slow" tests
+python3 -m pytest -q -m "not slow" tests
+# The runtime in a venv holding only the base install (no torch).
+bash scripts/check_runtime_base_install.sh
