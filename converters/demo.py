@@ -98,7 +98,7 @@ def match_accuracy(gt_frames: Sequence[Sequence[Dict[str, Any]]], detections: Di
 
 
 def run_demo(output_dir: Path = Path("runs/demo"), frames: int = 150, format: str = "openvino", msda: Optional[str] = None,
-             checkpoint: Path = DEMO_CHECKPOINT, conf: float = 0.3, show: bool = False) -> Dict[str, Any]:
+             checkpoint: Path = DEMO_CHECKPOINT, conf: float = 0.2, show: bool = False) -> Dict[str, Any]:
     """Run the demo; returns the summary that is also written to `output_dir/summary.json`."""
     from edgedet.data import render_synthetic_video
     from runtime import CallbackSink, Detector, Pipeline, ShowSink, VideoSink, contact_sheet, draw
@@ -178,7 +178,7 @@ class _DemoCommand:
         parser.add_argument("--format", default="openvino", help="openvino (default) or onnx")
         parser.add_argument("--msda", default=None, help="fused | gather | grid_sample (default: fused when built)")
         parser.add_argument("--checkpoint", type=Path, default=DEMO_CHECKPOINT, help="a checkpoint instead of the embedded one")
-        parser.add_argument("--conf", type=float, default=0.3, help="score threshold")
+        parser.add_argument("--conf", type=float, default=0.2, help="score threshold for drawing")
         parser.add_argument("--show", action="store_true", help="show frames in a window while running")
 
     def run(self, args: argparse.Namespace) -> int:
