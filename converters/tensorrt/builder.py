@@ -13,10 +13,12 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+from converters.formats import ExportError
+
 log = logging.getLogger(__name__)
 
 
-class TensorRTUnavailableError(RuntimeError):
+class TensorRTUnavailableError(ExportError):
     """TensorRT's Python package is not installed here."""
 
 
