@@ -34,9 +34,9 @@ from torch import Tensor, nn
 
 from converters.api import make_manifest
 from converters.formats import ExportError, validate_request
-from converters.onnx.export import _slim, embed_manifest, topk_detections
-from converters.onnx.msda_forms import FUSED_DOMAIN, FUSED_OPSET, form_available, msda_form, register_fused_schema
-from runtime.manifest import Manifest, OutputSpec, write_sidecar
+from converters.onnx.export import finalize_onnx, topk_detections
+from converters.onnx.msda_forms import FUSED_DOMAIN, FUSED_OPSET, form_available, msda_form
+from runtime.manifest import Manifest, OutputSpec
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,6 @@ class TextEncoderGraph(nn.Module):
 def _export_graph(graph: nn.Module, args: Tuple[Tensor, ...], input_names, output_names, path: Path, form: str,
                   manifest: Manifest, opset: int, simplify: bool, dynamic_axes=None) -> Path:
     """Trace `graph` to ONNX at `path` with the manifest inside and beside it."""
-    import onnx
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with msda_form(graph, form), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about python constants: the sizes are fixed
@@ -102,17 +100,7 @@ def _export_graph(graph: nn.Module, args: Tuple[Tensor, ...], input_names, outpu
         except Exception as e:  # the exporter raises several error types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ExportError(f"ONNX export of {path.name} failed ({first}); the model uses an op opset {opset} cannot express") from e
-    proto = onnx.load(str(path))
-    has_custom = any(n.domain == FUSED_DOMAIN for n in proto.graph.node)
-    if has_custom:
-        register_fused_schema()
-    if simplify:
-        proto = _slim(proto, has_custom)
-    embed_manifest(proto, manifest)
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
-    write_sidecar(manifest, path)
-    return path
+    return finalize_onnx(path, manifest, simplify)
 
 
 def _resolve_form(format: str, msda: Optional[str]) -> str:

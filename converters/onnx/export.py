@@ -110,6 +110,23 @@ def embed_manifest(model_proto, manifest: Manifest) -> None:
     entry.key, entry.value = METADATA_KEY, manifest.to_json()
 
 
+def finalize_onnx(path: Path, manifest: Manifest, simplify: bool) -> Path:
+    """After torch.onnx.export: simplify, embed the manifest, check, save, and write the sidecar."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    has_custom = any(n.domain == FUSED_DOMAIN for n in proto.graph.node)
+    if has_custom:
+        register_fused_schema()
+    if simplify:
+        proto = _slim(proto, has_custom)
+    embed_manifest(proto, manifest)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    write_sidecar(manifest, path)
+    return path
+
+
 def export_onnx(
     model: nn.Module,
     output: Path,
@@ -127,8 +144,6 @@ def export_onnx(
     model: a detector following `edgedet.models.base` (eval mode is set here).
     imgsz: network input (H, W). msda: "" for models without deformable attention.
     """
-    import onnx
-
     if opset < 17:
         raise ExportError(f"opset {opset} is too old; edgedet exports need opset >= 17")
     output = Path(output)
@@ -161,15 +176,6 @@ def export_onnx(
                 f"ONNX export failed: the model uses an operation that cannot be exported at opset {opset} "
                 f"({_first_line(e)}); replace that operation or register an ONNX symbolic for it"
             ) from e
-    proto = onnx.load(str(output))
-    has_custom = any(n.domain == FUSED_DOMAIN for n in proto.graph.node)
-    if has_custom:
-        register_fused_schema()
-    if simplify:
-        proto = _slim(proto, has_custom)
-    embed_manifest(proto, manifest)
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(output))
-    write_sidecar(manifest, output)
+    finalize_onnx(output, manifest, simplify)
     log.info("wrote %s (%s, msda=%s, outputs %s)", output, "dynamic batch" if dynamic_batch else "batch 1", msda or "-", names)
     return output
