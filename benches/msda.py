@@ -129,6 +129,9 @@ def time_forms(runners: dict, runs: int, warmup: int) -> dict:
     affects them alike instead of penalising whichever form ran during a busy spell. An untimed
     pause precedes each call: thread pools of the previous form (OpenMP, ONNX Runtime, TBB) keep
     spinning for a while after they finish and would otherwise steal the cores from the next one.
+    After the pause, one untimed call wakes the form's own threads (as the layer before it would
+    inside a model): waking a sleeping pool costs about 1.7 ms on this CPU, which would otherwise
+    be charged to the op and swamp the sub-millisecond decoder shapes.
     """
     for _ in range(warmup):
         for run in runners.values():
@@ -137,6 +140,7 @@ def time_forms(runners: dict, runs: int, warmup: int) -> dict:
     for _ in range(runs):
         for form, run in runners.items():
             time.sleep(PAUSE_S)
+            run()
             start = time.perf_counter()
             run()
             times[form].append((time.perf_counter() - start) * 1e3)
