@@ -14,7 +14,7 @@ import yaml
 from edgedet.config import ConfigError, model_config_from_dict, to_dict
 from edgedet.models import create_model, list_models
 from edgedet.models.co_detr import CoDINO, parse_aux_heads
-from edgedet.models.co_detr_adapters import CO_ADAPTERS, masked_deformable_decoder
+from edgedet.models.co_detr_adapters import CO_ADAPTERS
 from edgedet.models.deformable_detr import DeformableDETR
 from edgedet.models.dino import DINO
 from edgedet.nn.box_ops import box_cxcywh_to_xyxy
@@ -431,20 +431,6 @@ def test_main_queries_do_not_see_auxiliary_groups(co_model):
     assert torch.allclose(out_a["pred_boxes"], out_b["pred_boxes"], atol=1e-6)
     assert torch.allclose(g_a[0]["pred_logits"], g_b[0]["pred_logits"], atol=1e-6)  # group 0 unaffected by group 1
     assert not torch.allclose(g_a[1]["pred_logits"], g_b[1]["pred_logits"], atol=1e-4)
-
-
-def test_masked_deformable_decoder_equals_base_decoder():
-    torch.manual_seed(0)
-    model = create_model("co_deformable_detr", **TINY["co_deformable_detr"]).eval()
-    images, mask, _ = batch()
-    enc = CO_ADAPTERS.get("deformable_detr").encode(model, images, mask)
-    t = model.transformer
-    tgt, query_pos, ref, _, _ = t._select_proposals(enc.memory, enc.mask_flat, enc.spatial_shapes)
-    args = (tgt, ref, enc.memory, enc.spatial_shapes, enc.level_start_index, enc.valid_ratios)
-    with torch.no_grad():
-        hs, refs = masked_deformable_decoder(t.decoder, *args, query_pos, enc.mask_flat, None)
-        hs_ref, refs_ref = t.decoder(*args, query_pos, enc.mask_flat)
-    assert torch.allclose(hs, hs_ref, atol=1e-6) and torch.allclose(refs, refs_ref, atol=1e-6)
 
 
 def test_single_scale_model_uses_simple_pyramid():

@@ -9,7 +9,7 @@ heads). It reuses the base modules and weights; the base files are not changed. 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -134,39 +134,6 @@ class DINOAdapter:
 # ---------------------------------------------------------------- Deformable DETR (two-stage, box refinement)
 
 
-def masked_decoder_layer(layer: nn.Module, tgt: Tensor, query_pos: Tensor, reference_points: Tensor, src: Tensor,
-                         spatial_shapes: Tensor, level_start_index: Tensor, src_padding_mask: Optional[Tensor],
-                         attn_mask: Optional[Tensor]) -> Tensor:
-    """`DeformableDecoderLayer.forward` with a self-attention mask (same modules, same order)."""
-    q = k = tgt + query_pos
-    tgt = layer.norm2(tgt + layer.dropout2(layer.self_attn(q, k, tgt, attn_mask=attn_mask, need_weights=False)[0]))
-    ca = layer.cross_attn(tgt + query_pos, reference_points, src, spatial_shapes, level_start_index, src_padding_mask)
-    tgt = layer.norm1(tgt + layer.dropout1(ca))
-    ffn = layer.linear2(layer.dropout3(layer.activation(layer.linear1(tgt))))
-    return layer.norm3(tgt + layer.dropout4(ffn))
-
-
-def masked_deformable_decoder(decoder: nn.Module, tgt: Tensor, reference_points: Tensor, src: Tensor,
-                              spatial_shapes: Tensor, level_start_index: Tensor, valid_ratios: Tensor,
-                              query_pos: Tensor, src_padding_mask: Optional[Tensor],
-                              attn_mask: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    """`DeformableDecoder.forward` (4-d references, box refinement) with a self-attention mask.
-
-    Returns hs [L, B, Q, D] and references [L, B, Q, 4] (entry i refines layer i's input).
-    """
-    if decoder.bbox_embed is None or reference_points.shape[-1] != 4:
-        raise ValueError("Co-DETR's Deformable DETR decoder needs box refinement and 4-d reference boxes")
-    ratios = torch.cat([valid_ratios, valid_ratios], -1)[:, None]
-    output, hs, refs = tgt, [], []
-    for lid, layer in enumerate(decoder.layers):
-        output = masked_decoder_layer(layer, output, query_pos, reference_points[:, :, None] * ratios, src,
-                                      spatial_shapes, level_start_index, src_padding_mask, attn_mask)
-        reference_points = (decoder.bbox_embed[lid](output) + inverse_sigmoid(reference_points)).sigmoid().detach()
-        hs.append(output)
-        refs.append(reference_points)
-    return torch.stack(hs), torch.stack(refs)
-
-
 @CO_ADAPTERS.register("deformable_detr")
 class DeformableDETRAdapter:
     """Two-stage Deformable DETR with box refinement (Deformable-DETR++, the paper's baseline)."""
@@ -191,9 +158,10 @@ class DeformableDETRAdapter:
             query_pos = torch.cat([query_pos] + [g.query_pos for g in groups], 1)
             reference = torch.cat([reference] + [g.boxes_cxcywh.to(reference) for g in groups], 1)
             attn_mask = group_attention_mask(base, sizes, None, tgt.device)
-        hs, inter = masked_deformable_decoder(t.decoder, tgt, reference, enc.memory, enc.spatial_shapes,
-                                              enc.level_start_index, enc.valid_ratios, query_pos, enc.mask_flat,
-                                              attn_mask)
+        if t.decoder.bbox_embed is None or reference.shape[-1] != 4:
+            raise ValueError("Co-DETR's Deformable DETR decoder needs box refinement and 4-d reference boxes")
+        hs, inter = t.decoder(tgt, reference, enc.memory, enc.spatial_shapes, enc.level_start_index,
+                              enc.valid_ratios, query_pos, enc.mask_flat, self_attn_mask=attn_mask)
         logits, boxes = [], []
         for lvl in range(hs.shape[0]):
             ref = inverse_sigmoid(reference if lvl == 0 else inter[lvl - 1])
@@ -206,5 +174,4 @@ class DeformableDETRAdapter:
         return out, _group_outputs(groups, group_logits, group_boxes, cfg.aux_loss)
 
 
-__all__ = ["CO_ADAPTERS", "Encoded", "DINOAdapter", "DeformableDETRAdapter", "masked_deformable_decoder",
-           "masked_decoder_layer"]
+__all__ = ["CO_ADAPTERS", "Encoded", "DINOAdapter", "DeformableDETRAdapter"]

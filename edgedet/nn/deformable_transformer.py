@@ -247,10 +247,14 @@ class DeformableDecoderLayer(nn.Module):
         spatial_shapes: Tensor,
         level_start_index: Tensor,
         src_padding_mask: Optional[Tensor] = None,
+        self_attn_mask: Optional[Tensor] = None,
     ) -> Tensor:
-        """tgt, query_pos [B, Q, C]; reference_points [B, Q, L, 2|4]; src [B, S, C] -> [B, Q, C]."""
+        """tgt, query_pos [B, Q, C]; reference_points [B, Q, L, 2|4]; src [B, S, C] -> [B, Q, C].
+
+        `self_attn_mask` [Q, Q] (True = blocked) keeps denoising / one-to-many query groups apart.
+        """
         q = k = tgt if query_pos is None else tgt + query_pos
-        tgt2 = self.self_attn(q, k, tgt, need_weights=False)[0]
+        tgt2 = self.self_attn(q, k, tgt, attn_mask=self_attn_mask, need_weights=False)[0]
         tgt = self.norm2(tgt + self.dropout2(tgt2))
         query = tgt if query_pos is None else tgt + query_pos
         tgt2 = self.cross_attn(query, reference_points, src, spatial_shapes, level_start_index, src_padding_mask)
@@ -284,6 +288,7 @@ class DeformableDecoder(nn.Module):
         valid_ratios: Tensor,
         query_pos: Optional[Tensor] = None,
         src_padding_mask: Optional[Tensor] = None,
+        self_attn_mask: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Tensor]:
         """tgt [B, Q, C]; reference_points [B, Q, 2|4] normalised (sigmoid space).
 
@@ -298,7 +303,8 @@ class DeformableDecoder(nn.Module):
             else:
                 ratios = valid_ratios
             ref_input = reference_points[:, :, None] * ratios[:, None]
-            output = layer(output, query_pos, ref_input, src, spatial_shapes, level_start_index, src_padding_mask)
+            output = layer(output, query_pos, ref_input, src, spatial_shapes, level_start_index, src_padding_mask,
+                           self_attn_mask)
             if self.bbox_embed is not None:
                 delta = self.bbox_embed[lid](output)
                 if reference_points.shape[-1] == 4:

@@ -18,11 +18,11 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgedet.nn.box_ops import inverse_sigmoid
 from edgedet.nn.deformable_transformer import (
+    DeformableDecoderLayer,
     DeformableEncoder,
     DeformableEncoderLayer,
     encoder_output_proposals,
@@ -37,38 +37,8 @@ from edgedet.nn.position_encoding import sine_embed_boxes
 INVERSE_SIGMOID_EPS = 1e-3
 
 
-class DINODecoderLayer(nn.Module):
-    """Self-attention, deformable cross-attention, FFN; each followed by residual + LayerNorm."""
-
-    def __init__(self, d_model: int = 256, d_ffn: int = 2048, dropout: float = 0.0, n_heads: int = 8,
-                 n_levels: int = 4, n_points: int = 4, msda_impl: str = "pytorch"):
-        super().__init__()
-        self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, impl=msda_impl)
-        self.dropout1 = nn.Dropout(dropout)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
-        self.dropout2 = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, d_ffn)
-        self.dropout3 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, d_model)
-        self.dropout4 = nn.Dropout(dropout)
-        self.norm3 = nn.LayerNorm(d_model)
-
-    def forward(self, tgt: Tensor, query_pos: Tensor, reference_points: Tensor, memory: Tensor,
-                spatial_shapes: Tensor, level_start_index: Tensor, memory_padding_mask: Optional[Tensor],
-                self_attn_mask: Optional[Tensor] = None) -> Tensor:
-        """tgt, query_pos [B, Nq, D]; reference_points [B, Nq, L, 4] cxcywh; memory [B, S, D] -> [B, Nq, D]."""
-        q = k = tgt + query_pos
-        tgt = self.norm2(tgt + self.dropout2(self.self_attn(q, k, tgt, attn_mask=self_attn_mask, need_weights=False)[0]))
-        ca = self.cross_attn(tgt + query_pos, reference_points, memory, spatial_shapes, level_start_index, memory_padding_mask)
-        tgt = self.norm1(tgt + self.dropout1(ca))
-        ffn = self.linear2(self.dropout3(F.relu(self.linear1(tgt))))
-        return self.norm3(tgt + self.dropout4(ffn))
-
-
 class DINODecoder(nn.Module):
-    """Stack of `DINODecoderLayer` with iterative box refinement.
+    """Stack of Deformable-DETR decoder layers (ReLU FFN) with iterative box refinement.
 
     `bbox_embed` / `class_embed` (ModuleLists, one entry per layer, possibly the same module) are
     attached by the detector, which registers the very same objects at its top level.
@@ -78,7 +48,8 @@ class DINODecoder(nn.Module):
                  n_levels: int = 4, n_points: int = 4, msda_impl: str = "pytorch", look_forward_twice: bool = True):
         super().__init__()
         self.layers = nn.ModuleList(
-            DINODecoderLayer(d_model, d_ffn, dropout, n_heads, n_levels, n_points, msda_impl) for _ in range(num_layers)
+            DeformableDecoderLayer(d_model, d_ffn, dropout, "relu", n_levels, n_heads, n_points, msda_impl)
+            for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(d_model)
         # Sine features of the 4 box coordinates (d_model/2 each) -> query position.
@@ -225,4 +196,4 @@ class DINOTransformer(nn.Module):
         }
 
 
-__all__ = ["DINODecoderLayer", "DINODecoder", "DINOTransformer", "INVERSE_SIGMOID_EPS"]
+__all__ = ["DINODecoder", "DINOTransformer", "INVERSE_SIGMOID_EPS"]
