@@ -53,6 +53,13 @@ def find_extension(artifact: Path, manifest: Optional[Manifest]) -> Optional[Pat
     )
 
 
+def _port_name(port: Any) -> str:
+    """The port's graph-level name. A port can carry several names when conversion folds a node into
+    an input (e.g. an identity Expand): prefer the exported name over the tracer's internal '/node_output'."""
+    names = sorted(port.get_names(), key=lambda n: (n.startswith("/"), n))
+    return names[0] if names else port.get_any_name()
+
+
 def _reason(e: BaseException) -> str:
     """The informative part of an OpenVINO exception (its first lines only name C++ source files)."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith("Exception from src/")]
@@ -100,13 +107,13 @@ class OpenVINOBackend(Backend):
             raise ArtifactError(f"openvino could not compile {path.name} for {device}: {_reason(e)}") from e
         self._inputs = [
             TensorSpec(
-                p.get_any_name(),
+                _port_name(p),
                 tuple(d.get_length() if d.is_static else None for d in p.get_partial_shape()),
                 np.dtype(p.get_element_type().to_dtype()),
             )
             for p in self.model.inputs
         ]
-        self._outputs = [p.get_any_name() for p in self.compiled.outputs]
+        self._outputs = [_port_name(p) for p in self.compiled.outputs]
         self._sync_request = self.compiled.create_infer_request()  # infer() never waits on an async one
         self._sync_lock = threading.Lock()  # one request: callers on several threads take turns
         self._requests = [self.compiled.create_infer_request() for _ in range(max(1, int(num_requests)))]
