@@ -17,6 +17,9 @@
   so the runtime can prompt with any text.
 Both manifests have family `trex` and `extra["prompted"]` describing the inputs. MSDA export forms
 (`fused`, `gather`, `grid_sample`) and OpenVINO conversion reuse `converters.onnx` / `converters.openvino`.
+`format="tensorrt"` writes both ONNX graphs with the MSDA plugin node (`converters.tensorrt`), then builds
+`trex-prompt-encoder.engine` / `trex-detector.engine` where TensorRT is installed; `dry_run=True` stops
+after the ONNX (build on the device). The optional text encoder stays ONNX (run once per text).
 """
 from __future__ import annotations
 
@@ -51,6 +54,8 @@ TEXT_ENCODER_STEM = "trex-text-encoder"
 TEXT_VOCAB = "trex-text-vocab.txt"
 TEXT_INPUTS = ["input_ids", "attention_mask"]
 TEXT_OUTPUTS = ["text_embeddings"]
+# format -> precisions the two prompted artifacts can take
+PROMPTED_FORMATS = {"onnx": ("fp32",), "openvino": ("fp32", "fp16"), "tensorrt": ("fp32", "fp16")}
 
 
 class PromptEncoderGraph(nn.Module):
@@ -103,8 +108,8 @@ def _export_graph(graph: nn.Module, args: Tuple[Tensor, ...], input_names, outpu
     return finalize_onnx(path, manifest, simplify)
 
 
-def _resolve_form(format: str, msda: Optional[str]) -> str:
-    fmt, form = validate_request(format, "fp32", msda, True, False)
+def _resolve_form(format: str, msda: Optional[str], precision: str = "fp32") -> str:
+    fmt, form = validate_request(format, precision, msda, True, False)
     if msda is None and form == "fused" and fmt.name == "openvino":
         from converters.openvino.convert import fused_extension_available
 
@@ -126,21 +131,32 @@ def write_prompt_bank(path: Union[str, Path], names: Sequence[str], embeddings: 
 def export_prompted(model: nn.Module, output_dir: Union[str, Path], format: str = "onnx", imgsz: Sequence[int] = (640, 640),
                     msda: Optional[str] = None, top_k: int = 100, text_prompts: Optional[Sequence[str]] = None,
                     opset: int = 17, simplify: bool = True, experiment: Optional[Dict[str, Any]] = None,
-                    text_encoder: bool = False) -> Tuple[Path, Path]:
+                    text_encoder: bool = False, precision: str = "fp32", dry_run: bool = False) -> Tuple[Path, Path]:
     """Write the prompt encoder and the prompted detector -> (encoder_path, detector_path).
 
-    format: "onnx" | "openvino" (fp32). msda: None = the format's default form. text_prompts:
+    format: "onnx" | "openvino" | "tensorrt". msda: None = the format's default form. text_prompts:
     names stored in `text_prompts.npz` (default: model.config.class_names; [] = none).
     text_encoder: also write the MiniLM text encoder (~90 MB) and its vocabulary, for any text at run time.
+    precision: "fp32"; "fp16" for openvino (compressed weights) and tensorrt engines.
+    dry_run: tensorrt only: write the two plugin ONNX graphs TensorRT would parse and return their paths.
     """
     cfg = getattr(model, "config", None)
     if getattr(cfg, "name", "") != "trex":
         raise ExportError(f"export_prompted needs a 'trex' model, got {getattr(cfg, 'name', type(model).__name__)!r}; use converters.export")
-    if format not in ("onnx", "openvino"):
-        raise ExportError(f"prompted export supports format 'onnx' or 'openvino', got '{format}'")
+    if format not in PROMPTED_FORMATS:
+        raise ExportError(f"prompted export supports format {', '.join(map(repr, PROMPTED_FORMATS))}, got '{format}'")
+    if precision not in PROMPTED_FORMATS[format]:
+        raise ExportError(f"prompted {format} export supports precision {', '.join(PROMPTED_FORMATS[format])}, "
+                          f"got '{precision}' (INT8 would need prompt-conditioned calibration data)")
+    if dry_run and format != "tensorrt":
+        raise ExportError("dry_run applies to format='tensorrt' only (it writes the ONNX TensorRT would build from)")
     if isinstance(imgsz, int) or len(imgsz) != 2 or min(int(s) for s in imgsz) <= 0:
         raise ExportError(f"imgsz must be (H, W) positive integers, got {imgsz!r}")
-    form = _resolve_form(format, msda)
+    if format == "tensorrt" and not dry_run:
+        from converters.tensorrt.builder import import_tensorrt
+
+        import_tensorrt()  # fail before the (slow) ONNX exports when TensorRT is absent
+    form = _resolve_form(format, msda, precision)
     h, w = int(imgsz[0]), int(imgsz[1])
     k, n, dp = cfg.max_prompts, cfg.max_prompt_boxes, cfg.prompt_dim
     out_dir = Path(output_dir)
@@ -155,12 +171,13 @@ def export_prompted(model: nn.Module, output_dir: Union[str, Path], format: str 
     if text_encoder and cfg.text_encoder != "minilm":
         raise ExportError(f"text_encoder=True needs a model with text_encoder 'minilm', not '{cfg.text_encoder}'; "
                           "use text_prompts=[...] (a text bank) instead")
-    suffix = ".xml" if format == "openvino" else ".onnx"
+    text_suffix = ".xml" if format == "openvino" else ".onnx"  # TensorRT: the text encoder stays ONNX
     info = {"max_prompts": k, "max_prompt_boxes": n, "prompt_dim": dp, "text_bank": bank,
-            "text_encoder": TEXT_ENCODER_STEM + suffix if text_encoder else "", "text_vocab": TEXT_VOCAB if text_encoder else "",
+            "text_encoder": TEXT_ENCODER_STEM + text_suffix if text_encoder else "",
+            "text_vocab": TEXT_VOCAB if text_encoder else "",
             "box_format": "cxcywh normalised to the network input; w = h = 0 is a point"}
-    backend = "openvino" if format == "openvino" else "onnxruntime"
-    base = make_manifest(model, backend, "fp32", form, (h, w), 1, True, top_k, [], experiment or {})
+    backend = {"openvino": "openvino", "tensorrt": "tensorrt"}.get(format, "onnxruntime")
+    base = make_manifest(model, backend, precision, form, (h, w), 1, True, top_k, [], experiment or {})
     base = dataclasses.replace(base, family="trex")
     enc_manifest = dataclasses.replace(
         base, outputs=OutputSpec(postprocess=False, names=list(ENCODER_OUTPUTS), score_activation="sigmoid", top_k=top_k),
@@ -178,7 +195,7 @@ def export_prompted(model: nn.Module, output_dir: Union[str, Path], format: str 
         shutil.copy2(tokenizer.vocab_file, out_dir / TEXT_VOCAB)
         ids, attn = (torch.from_numpy(a) for a in tokenizer.batch(["a photo of a small red circle"]))
         text_manifest = dataclasses.replace(
-            base, msda="", outputs=OutputSpec(postprocess=False, names=list(TEXT_OUTPUTS), score_activation="sigmoid"),
+            base, msda="", backend="openvino" if format == "openvino" else "onnxruntime", outputs=OutputSpec(postprocess=False, names=list(TEXT_OUTPUTS), score_activation="sigmoid"),
             extra={"prompted": {**info, "role": "text_encoder", "inputs": TEXT_INPUTS, "outputs": TEXT_OUTPUTS}})
         jobs.append((TextEncoderGraph(model).eval(), (ids, attn), TEXT_INPUTS, TEXT_OUTPUTS, TEXT_ENCODER_STEM, text_manifest))
         axes.append({"input_ids": {0: "texts", 1: "tokens"}, "attention_mask": {0: "texts", 1: "tokens"},
@@ -187,16 +204,37 @@ def export_prompted(model: nn.Module, output_dir: Union[str, Path], format: str 
     for (graph, args, ins, outs, stem, manifest), dyn in zip(jobs, axes):
         if format == "onnx":
             paths.append(_export_graph(graph, args, ins, outs, out_dir / f"{stem}.onnx", form, manifest, opset, simplify, dyn))
-            continue
-        from converters.openvino.convert import convert_openvino
+        elif format == "tensorrt" and stem == TEXT_ENCODER_STEM:  # no MSDA inside: plain ONNX for ONNX Runtime
+            paths.append(_export_graph(graph, args, ins, outs, out_dir / f"{stem}.onnx", "", manifest, opset, simplify, dyn))
+        elif format == "tensorrt":
+            paths.append(_tensorrt_artifact(graph, args, ins, outs, out_dir / f"{stem}.engine", form, manifest, precision,
+                                            opset, simplify, dry_run))
+        else:
+            from converters.openvino.convert import convert_openvino
 
-        with tempfile.TemporaryDirectory() as tmp:
-            onnx_manifest = dataclasses.replace(manifest, backend="onnxruntime", custom_ops={})
-            onnx_path = _export_graph(graph, args, ins, outs, Path(tmp) / f"{stem}.onnx", form, onnx_manifest, opset,
-                                      simplify, dyn)
-            paths.append(convert_openvino(onnx_path, out_dir / f"{stem}.xml", "fp32", manifest))
+            with tempfile.TemporaryDirectory() as tmp:
+                onnx_manifest = dataclasses.replace(manifest, backend="onnxruntime", precision="fp32", custom_ops={})
+                onnx_path = _export_graph(graph, args, ins, outs, Path(tmp) / f"{stem}.onnx", form, onnx_manifest, opset,
+                                          simplify, dyn)
+                paths.append(convert_openvino(onnx_path, out_dir / f"{stem}.xml", precision, manifest))
     log.info("wrote prompted artifacts %s, %s (msda=%s)", paths[0], paths[1], form)
     return paths[0], paths[1]
+
+
+def _tensorrt_artifact(graph: nn.Module, args, input_names, output_names, engine_path: Path, form: str, manifest: Manifest,
+                       precision: str, opset: int, simplify: bool, dry_run: bool) -> Path:
+    """ONNX with the MSDA plugin node beside `engine_path`, then the engine (the ONNX path on a dry run)."""
+    from converters.tensorrt.engine import PLUGIN_TARGETS, engine_from_onnx, rewrite_onnx_file
+
+    onnx_manifest = dataclasses.replace(manifest, backend="onnxruntime", precision="fp32", custom_ops={})
+    onnx_form = "fused" if form in PLUGIN_TARGETS else form
+    onnx_path = _export_graph(graph, args, input_names, output_names, engine_path.with_suffix(".onnx"), onnx_form,
+                              onnx_manifest, opset, simplify)
+    rewrite_onnx_file(onnx_path, form)
+    if dry_run:
+        log.info("dry run: wrote %s; build its engine on the device (trtexec --onnx=%s)", onnx_path, onnx_path.name)
+        return onnx_path
+    return engine_from_onnx(onnx_path, engine_path, manifest, form, precision)
 
 
 __all__ = ["export_prompted", "write_prompt_bank", "PromptEncoderGraph", "PromptedDetectorGraph", "TEXT_BANK"]

@@ -57,7 +57,8 @@ def _per_box_names(names: Names, count: int) -> List[str]:
 class PromptedDetector:
     """Prompt encoder + prompted detector artifacts behind one object; see the module docstring.
 
-    backend/device/backend_options as `runtime.Detector`; conf: minimum score kept.
+    backend/device/backend_options as `runtime.Detector`; conf: minimum score kept. Artifacts of any
+    exported format: .onnx (ONNX Runtime), .xml (OpenVINO), .engine (TensorRT, with its sidecar manifest).
     """
 
     def __init__(self, encoder_artifact: Union[str, Path], detector_artifact: Union[str, Path], backend: str = "auto",
@@ -172,7 +173,10 @@ class PromptedDetector:
             from runtime.wordpiece import WordPieceTokenizer
 
             model_path, vocab = self._text_encoder_paths
-            engine, _ = _load(model_path, "text_encoder", self._backend, self._device, self._options)
+            # TensorRT exports keep the text encoder as ONNX: it then runs on ONNX Runtime, picked by suffix.
+            switched = model_path.suffix == ".onnx" and self._backend == "tensorrt"
+            engine, _ = _load(model_path, "text_encoder", "auto" if switched else self._backend,
+                              "CPU" if switched else self._device, {} if switched else self._options)
             self._text_engine = (engine, WordPieceTokenizer(vocab))
         engine, tokenizer = self._text_engine
         out = []

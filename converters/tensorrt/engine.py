@@ -18,13 +18,21 @@ from torch import nn
 from converters.tensorrt.builder import EngineOptions, build_engine_file, import_tensorrt
 from converters.tensorrt.onnx_plugins import rewrite_for_tensorrt
 from converters.tensorrt.plugin import LIBRARY_NAME, library_path
-from runtime.manifest import write_sidecar
+from runtime.manifest import Manifest, write_sidecar
 
 log = logging.getLogger(__name__)
 
 
 # msda form -> which plugin runs the fused node in TensorRT
 PLUGIN_TARGETS = {"fused": "edgedet", "trt_builtin": "trt_builtin"}
+
+
+def rewrite_onnx_file(onnx_path: Path, msda: str) -> Path:
+    """Rewrite the fused MSDA nodes of an ONNX file in place for the plugin of form `msda` (no-op for other forms)."""
+    if msda in PLUGIN_TARGETS:
+        proto = onnx.load(str(onnx_path))
+        onnx.save(rewrite_for_tensorrt(proto, PLUGIN_TARGETS[msda]), str(onnx_path))
+    return onnx_path
 
 
 def tensorrt_onnx(model: nn.Module, req, onnx_path: Path) -> Path:
@@ -35,10 +43,34 @@ def tensorrt_onnx(model: nn.Module, req, onnx_path: Path) -> Path:
     form = "fused" if req.msda in PLUGIN_TARGETS else req.msda
     export_onnx(model, onnx_path, req.imgsz, onnx_manifest, form, req.dynamic_batch, req.postprocess,
                 req.top_k, req.opset, req.simplify)
-    if req.msda in PLUGIN_TARGETS:
-        proto = onnx.load(str(onnx_path))
-        onnx.save(rewrite_for_tensorrt(proto, PLUGIN_TARGETS[req.msda]), str(onnx_path))
-    return onnx_path
+    return rewrite_onnx_file(onnx_path, req.msda)
+
+
+def engine_from_onnx(onnx_path: Path, engine_path: Path, manifest: Manifest, msda: str, precision: str = "fp32",
+                     dynamic_batch: bool = False, calib=None, calib_images: int = 32, workspace_gb: float = 2.0,
+                     max_batch: int = 8) -> Path:
+    """Build `engine_path` from a rewritten ONNX file; copy our plugin beside it and write the sidecar manifest."""
+    plugin = None
+    if msda == "fused":
+        plugin = library_path()
+        shutil.copy2(plugin, engine_path.parent / LIBRARY_NAME)
+        manifest = dataclasses.replace(manifest, custom_ops={**manifest.custom_ops, "tensorrt": LIBRARY_NAME})
+    batches = None
+    if precision == "int8":
+        from converters.calibration import calibration_batches
+
+        batches = calibration_batches(calib, manifest.preprocess, calib_images)
+    options = EngineOptions(
+        precision=precision,
+        dynamic_batch=dynamic_batch,
+        max_batch=max_batch,
+        workspace_gb=workspace_gb,
+        timing_cache=engine_path.with_suffix(".timing.cache"),
+        calibration_cache=engine_path.with_suffix(".calib.cache"),
+    )
+    build_engine_file(onnx_path, engine_path, options, plugin, batches)
+    write_sidecar(dataclasses.replace(manifest, backend="tensorrt"), engine_path)
+    return engine_path
 
 
 def build_engine(model: nn.Module, req, workspace_gb: float = 2.0, max_batch: int = 8) -> Path:
@@ -53,26 +85,5 @@ def build_engine(model: nn.Module, req, workspace_gb: float = 2.0, max_batch: in
     if dry_run:
         log.info("dry run: wrote %s; build the engine on the device with `trtexec --onnx=%s`", onnx_path, onnx_path.name)
         return onnx_path
-
-    plugin = None
-    manifest = req.manifest
-    if req.msda == "fused":
-        plugin = library_path()
-        shutil.copy2(plugin, engine_path.parent / LIBRARY_NAME)
-        manifest = dataclasses.replace(manifest, custom_ops={**manifest.custom_ops, "tensorrt": LIBRARY_NAME})
-    batches = None
-    if req.precision == "int8":
-        from converters.calibration import calibration_batches
-
-        batches = calibration_batches(req.calib, req.manifest.preprocess, req.calib_images)
-    options = EngineOptions(
-        precision=req.precision,
-        dynamic_batch=req.dynamic_batch,
-        max_batch=max_batch,
-        workspace_gb=workspace_gb,
-        timing_cache=engine_path.with_suffix(".timing.cache"),
-        calibration_cache=engine_path.with_suffix(".calib.cache"),
-    )
-    build_engine_file(onnx_path, engine_path, options, plugin, batches)
-    write_sidecar(dataclasses.replace(manifest, backend="tensorrt"), engine_path)
-    return engine_path
+    return engine_from_onnx(onnx_path, engine_path, req.manifest, req.msda, req.precision, req.dynamic_batch,
+                            req.calib, req.calib_images, workspace_gb, max_batch)
