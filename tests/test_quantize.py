@@ -60,6 +60,18 @@ def test_onnxruntime_int8_qdq(tmp_path, calib, name):
         assert_close_loosely(model, session.run(None, {"images": x}), torch_outputs(model, x, False))
 
 
+@pytest.mark.skipif("dino" not in MODELS, reason="DINO cannot export here")
+def test_onnxruntime_int8_simplified_dino_runs(tmp_path, calib):
+    """Simplification folds DINO's first-layer values (from the learned queries) into a 4-D
+    constant; that MatMul must stay float or ORT refuses the per-channel QLinearMatMul."""
+    model = build_tiny("dino")
+    path = export(model, "onnx", tmp_path / "q.onnx", imgsz=HW, precision="int8", calib=calib, msda="grid_sample",
+                  postprocess=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = next(iter(calibration_batches(calib, read_sidecar(path).preprocess, limit=1)))
+    assert_close_loosely(model, session.run(None, {"images": x}), torch_outputs(model, x, False))
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_openvino_int8_nncf(tmp_path, calib, name):
     model = build_tiny(name)

@@ -47,6 +47,18 @@ def nodes_kept_float(model_proto, patterns: Sequence[str] = KEEP_FLOAT_PATTERNS)
     ]
 
 
+def matmuls_with_folded_constants(model_proto) -> List[str]:
+    """MatMul nodes whose constant input has rank > 2: a folded activation, not a weight.
+
+    (DINO's first decoder layer attends over values computed from the learned content queries,
+    which ONNX constant folding turns into a [1, heads, Q, d] initializer.) ORT's QLinearMatMul
+    takes per-channel zero points on 2-D weights only, so these nodes stay float.
+    """
+    ranks = {init.name: len(init.dims) for init in model_proto.graph.initializer}
+    return [n.name for n in model_proto.graph.node
+            if n.op_type == "MatMul" and any(ranks.get(i, 0) > 2 for i in n.input)]
+
+
 def restore_float_inputs(model_proto, node_names: Sequence[str]) -> int:
     """Feed the named nodes the float tensor behind any Q -> DQ pair on their inputs -> inputs rewired.
 
@@ -88,7 +100,10 @@ def quantize_onnx_int8(
     if any(n.domain not in ("", "ai.onnx") for n in proto.graph.node):
         raise ExportError("ONNX Runtime INT8 needs a graph without custom nodes; export with msda='gather' or 'grid_sample'")
     excluded = nodes_kept_float(proto, keep_float)
-    log.info("INT8 (ORT QDQ): %d nodes kept in float (%s)", len(excluded), ", ".join(keep_float))
+    folded = matmuls_with_folded_constants(proto)
+    log.info("INT8 (ORT QDQ): %d nodes kept in float (%s) and %d MatMuls over folded constants",
+             len(excluded), ", ".join(keep_float), len(folded))
+    excluded += [name for name in folded if name not in excluded]
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / "int8.onnx"
         quantize_static(
