@@ -97,26 +97,24 @@ def match_accuracy(gt_frames: Sequence[Sequence[Dict[str, Any]]], detections: Di
     return {"mAP": float(evaluator.stats[0]), "mAP50": float(evaluator.stats[1]), "frames_scored": len(images)}
 
 
-def run_demo(output_dir: Path = Path("runs/demo"), frames: int = 150, format: str = "openvino", msda: Optional[str] = None,
-             checkpoint: Path = DEMO_CHECKPOINT, conf: float = 0.2, show: bool = False) -> Dict[str, Any]:
-    """Run the demo; returns the summary that is also written to `output_dir/summary.json`."""
+def render_demo_video(output_dir: Path, frames: int):
+    """The demo's moving-shapes video (fixed seed) -> (path, per-frame ground truth)."""
     from edgedet.data import render_synthetic_video
-    from runtime import CallbackSink, Detector, Pipeline, ShowSink, VideoSink, contact_sheet, draw
 
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"demo checkpoint not found: {checkpoint}; recreate it with `python scripts/train_demo_model.py`")
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    log.info("1/4 exporting the embedded detector (%s)", format)
-    artifact = export_demo_model(checkpoint, output_dir, format, msda)
-    log.info("2/4 rendering a %d-frame moving-shapes video", frames)
-    video = output_dir / "shapes.mp4"
-    gt_frames = render_synthetic_video(video, num_frames=frames, size=(360, 640), fps=15, seed=7)
+    video = Path(output_dir) / "shapes.mp4"
+    return video, render_synthetic_video(video, num_frames=frames, size=(360, 640), fps=15, seed=7)
 
-    # Score with every detection above a low floor (mAP integrates over scores); draw only `conf`.
-    detector = Detector(artifact, conf=SCORING_FLOOR)
-    log.info("3/4 running the pipeline: %s on %s", detector, video.name)
+
+def run_video(video: Path, detector, output_dir: Path, frames: int, conf: float, show: bool = False):
+    """Run `detector` over `video` in the threaded pipeline; write annotated.mp4 and contact_sheet.png.
+
+    Detections are kept down to the detector's own (low) threshold for scoring; only those at or
+    above `conf` are drawn. -> (pipeline stats, {frame index: Detections}, contact sheet path).
+    """
+    import cv2
+
+    from runtime import CallbackSink, Pipeline, ShowSink, VideoSink, contact_sheet, draw
+
     per_frame: Dict[int, Any] = {}
     keep = set(np.linspace(0, frames - 1, 8).round().astype(int).tolist())
     sheet_frames: List[np.ndarray] = []
@@ -130,19 +128,44 @@ def run_demo(output_dir: Path = Path("runs/demo"), frames: int = 150, format: st
     if show:
         sinks.append(_Confident(ShowSink(), conf))
     stats = Pipeline(str(video), detector, sinks=sinks).run()
+    sheet_path = output_dir / "contact_sheet.png"
+    if sheet_frames:
+        cv2.imwrite(str(sheet_path), contact_sheet(sheet_frames, cols=4))
+    return stats, per_frame, sheet_path
+
+
+def artifact_msda(artifact: Path) -> str:
+    """The MSDA form recorded in an artifact's sidecar manifest."""
+    return json.loads(Path(artifact).with_name(Path(artifact).stem + ".edgedet.json").read_text()).get("msda", "")
+
+
+def run_demo(output_dir: Path = Path("runs/demo"), frames: int = 150, format: str = "openvino", msda: Optional[str] = None,
+             checkpoint: Path = DEMO_CHECKPOINT, conf: float = 0.2, show: bool = False) -> Dict[str, Any]:
+    """Run the demo; returns the summary that is also written to `output_dir/summary.json`."""
+    from runtime import Detector
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"demo checkpoint not found: {checkpoint}; recreate it with `python scripts/train_demo_model.py`")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    log.info("1/4 exporting the embedded detector (%s)", format)
+    artifact = export_demo_model(checkpoint, output_dir, format, msda)
+    log.info("2/4 rendering a %d-frame moving-shapes video", frames)
+    video, gt_frames = render_demo_video(output_dir, frames)
+
+    # Score with every detection above a low floor (mAP integrates over scores); draw only `conf`.
+    detector = Detector(artifact, conf=SCORING_FLOOR)
+    log.info("3/4 running the pipeline: %s on %s", detector, video.name)
+    stats, per_frame, sheet_path = run_video(video, detector, output_dir, frames, conf, show)
     detector.close()
 
     log.info("4/4 scoring against the video's ground truth")
     accuracy = match_accuracy(gt_frames, per_frame, len(detector.class_names))
-    import cv2
-
-    sheet_path = output_dir / "contact_sheet.png"
-    if sheet_frames:
-        cv2.imwrite(str(sheet_path), contact_sheet(sheet_frames, cols=4))
     summary = {
         "artifact": str(artifact),
         "backend": detector.backend_name,
-        "msda": json.loads(Path(artifact).with_name(Path(artifact).stem + ".edgedet.json").read_text()).get("msda", ""),
+        "msda": artifact_msda(artifact),
         "frames": stats["frames"],
         "fps": stats["fps"],
         "latency_ms": stats["latency_ms"],
@@ -173,16 +196,28 @@ class _DemoCommand:
     help = "run the whole product on the embedded demo detector and a rendered video (offline, CPU)"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--output", type=Path, default=Path("runs/demo"), help="folder for the artifact, video and sheet")
+        from converters.demo_prompted import add_prompt_arguments
+
+        parser.add_argument("--output", type=Path, default=None,
+                            help="folder for the artifacts, video and sheet (default runs/demo, with --prompt runs/demo_prompt)")
         parser.add_argument("--frames", type=int, default=150, help="frames to render and process")
         parser.add_argument("--format", default="openvino", help="openvino (default) or onnx")
         parser.add_argument("--msda", default=None, help="fused | gather | grid_sample (default: fused when built)")
-        parser.add_argument("--checkpoint", type=Path, default=DEMO_CHECKPOINT, help="a checkpoint instead of the embedded one")
+        parser.add_argument("--checkpoint", type=Path, default=None,
+                            help="a checkpoint instead of the embedded one (demo_detector.pth, with --prompt prompted_detector.pth)")
         parser.add_argument("--conf", type=float, default=0.2, help="score threshold for drawing")
         parser.add_argument("--show", action="store_true", help="show frames in a window while running")
+        add_prompt_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        summary = run_demo(args.output, args.frames, args.format, args.msda, args.checkpoint, args.conf, args.show)
+        if args.prompt or args.boxes or args.text:
+            from converters.demo_prompted import run_prompted_from_args
+
+            return run_prompted_from_args(args)
+        if args.names:
+            raise ValueError("--names labels the --boxes of a prompted demo: add --prompt --boxes X1,Y1,X2,Y2 ...")
+        summary = run_demo(args.output or Path("runs/demo"), args.frames, args.format, args.msda,
+                           args.checkpoint or DEMO_CHECKPOINT, args.conf, args.show)
         print(format_summary(summary))
         return 0
 
