@@ -1,6 +1,7 @@
 """Find every object that looks like the ones boxed on an example image, in a video.
 
-    # once, where torch is installed: export the prompted detector (two artifacts + text bank)
+    # once, where torch is installed: export the prompted detector (two artifacts + text bank);
+    # without --checkpoint the embedded edgedet/assets/prompted_detector.pth (synthetic shapes)
     python examples/visual_prompt.py export --checkpoint trex.pt --out artifacts/
 
     # then, torch-free: box a few examples on one image, run on a video
@@ -15,14 +16,19 @@ from pathlib import Path
 
 import cv2
 
+EMBEDDED = Path(__file__).resolve().parents[1] / "edgedet" / "assets" / "prompted_detector.pth"
+EMBEDDED_IMGSZ = (256, 448)  # the embedded model was trained on ~256 px images of shapes
+
 
 def export(args: argparse.Namespace) -> None:
     from converters.api import resolve_model
     from converters.prompted import export_prompted
 
-    model, _ = resolve_model(args.checkpoint)
-    enc, det = export_prompted(model, args.out, format=args.format, imgsz=(args.imgsz, args.imgsz),
-                               text_encoder=args.text_encoder)
+    checkpoint = args.checkpoint or EMBEDDED
+    imgsz = args.imgsz or (EMBEDDED_IMGSZ if checkpoint == EMBEDDED else (640, 640))
+    model, experiment = resolve_model(checkpoint)
+    enc, det = export_prompted(model, args.out, format=args.format, imgsz=(imgsz[0], imgsz[-1]), experiment=experiment,
+                               text_encoder=args.text_encoder, dry_run=args.dry_run)
     print(f"wrote {enc} and {det}")
 
 
@@ -31,7 +37,7 @@ def run(args: argparse.Namespace) -> None:
     from runtime.prompted import PromptedDetector
 
     folder = Path(args.artifacts)
-    suffix = ".xml" if args.openvino else ".onnx"
+    suffix = ".engine" if args.tensorrt else ".xml" if args.openvino else ".onnx"
     detector = PromptedDetector(folder / f"trex-prompt-encoder{suffix}", folder / f"trex-detector{suffix}",
                                 device=args.device, conf=args.conf)
     if args.load_prompts:
@@ -58,14 +64,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     e = sub.add_parser("export", help="export a trained trex checkpoint (needs torch)")
-    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--checkpoint", type=Path, default=None, help="a trex checkpoint (default: the embedded one)")
     e.add_argument("--out", default="artifacts")
-    e.add_argument("--format", default="onnx", choices=["onnx", "openvino"])
-    e.add_argument("--imgsz", type=int, default=640)
+    e.add_argument("--format", default="onnx", choices=["onnx", "openvino", "tensorrt"])
+    e.add_argument("--imgsz", type=int, nargs="+", default=None, metavar="H [W]",
+                   help="network input (default 256 448 for the embedded model, else 640)")
+    e.add_argument("--dry-run", action="store_true", help="tensorrt: write only the plugin ONNX graphs (build on the device)")
     e.add_argument("--text-encoder", action="store_true", help="also export MiniLM: prompt with any text at run time")
     r = sub.add_parser("run", help="prompt with boxes on an image, detect in a video (torch-free)")
     r.add_argument("--artifacts", required=True, help="folder written by the export step")
     r.add_argument("--openvino", action="store_true", help="use the .xml artifacts")
+    r.add_argument("--tensorrt", action="store_true", help="use the .engine artifacts (device cuda)")
     r.add_argument("--image", help="the example image the boxes/points are drawn on")
     r.add_argument("--box", action="append", default=[], help="x0,y0,x1,y1 in image pixels (repeatable)")
     r.add_argument("--point", action="append", default=[], help="x,y in image pixels (repeatable)")
