@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -46,23 +46,27 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def cached_artifacts(stamp: Path, build: Callable[[], Sequence[Path]]) -> List[Path]:
+    """The artifacts recorded in `stamp` while they all exist; else `build()`'s, then recorded."""
+    if stamp.is_file():
+        paths = [Path(p) for p in json.loads(stamp.read_text()).get("artifacts", [])]
+        if paths and all(p.is_file() for p in paths):
+            return paths
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    paths = [Path(p) for p in build()]
+    stamp.write_text(json.dumps({"artifacts": [str(p) for p in paths]}))
+    return paths
+
+
 def export_demo_model(checkpoint: Path, out_dir: Path, format: str = "openvino", msda: Optional[str] = None) -> Path:
     """Export once per (checkpoint, format, msda); later runs reuse the artifact."""
     from converters.api import export
     from converters.formats import get_format
 
     fmt = get_format(format)
-    tag = f"{_sha(checkpoint)}-{format}-{msda or 'auto'}"
-    stamp = out_dir / "model" / f"{tag}.json"
-    if stamp.is_file():
-        artifact = Path(json.loads(stamp.read_text())["artifact"])
-        if artifact.is_file():
-            return artifact
-    (out_dir / "model").mkdir(parents=True, exist_ok=True)
-    artifact = export(checkpoint, format=format, output=out_dir / "model" / f"demo_detector{fmt.suffix}",
-                      imgsz=DEMO_IMGSZ, msda=msda)
-    stamp.write_text(json.dumps({"artifact": str(artifact)}))
-    return artifact
+    stamp = out_dir / "model" / f"{_sha(checkpoint)}-{format}-{msda or 'auto'}.json"
+    return cached_artifacts(stamp, lambda: [export(checkpoint, format=format, imgsz=DEMO_IMGSZ, msda=msda,
+                                                   output=out_dir / "model" / f"demo_detector{fmt.suffix}")])[0]
 
 
 def match_accuracy(gt_frames: Sequence[Sequence[Dict[str, Any]]], detections: Dict[int, Any], num_classes: int) -> Dict[str, float]:

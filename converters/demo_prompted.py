@@ -20,8 +20,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from converters.demo import ASSETS, DEMO_IMGSZ, SCORING_FLOOR, _sha, artifact_msda, format_summary, match_accuracy, \
-    render_demo_video, run_video
+from converters.demo import ASSETS, DEMO_IMGSZ, SCORING_FLOOR, _sha, artifact_msda, cached_artifacts, format_summary, \
+    match_accuracy, render_demo_video, run_video
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +36,13 @@ def export_prompted_demo_model(checkpoint: Path, out_dir: Path, format: str = "o
     from converters.prompted import export_prompted
 
     tag = f"{_sha(checkpoint)}-prompted-{format}-{msda or 'auto'}{'-text' if text_encoder else ''}"
-    stamp = out_dir / "model" / f"{tag}.json"
-    if stamp.is_file():
-        paths = [Path(p) for p in json.loads(stamp.read_text())["artifacts"]]
-        if all(p.is_file() for p in paths):
-            return paths[0], paths[1]
-    model, experiment = resolve_model(checkpoint)
-    folder = out_dir / "model" / tag
-    encoder, detector = export_prompted(model, folder, format=format, imgsz=DEMO_IMGSZ, msda=msda, experiment=experiment,
-                                        text_encoder=text_encoder)
-    stamp.write_text(json.dumps({"artifacts": [str(encoder), str(detector)]}))
+
+    def build() -> Tuple[Path, Path]:
+        model, experiment = resolve_model(checkpoint)
+        return export_prompted(model, out_dir / "model" / tag, format=format, imgsz=DEMO_IMGSZ, msda=msda,
+                               experiment=experiment, text_encoder=text_encoder)
+
+    encoder, detector = cached_artifacts(out_dir / "model" / f"{tag}.json", build)
     return encoder, detector
 
 
