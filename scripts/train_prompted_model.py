@@ -1,6 +1,6 @@
 """Train the embedded prompted detector and store it as `edgedet/assets/prompted_detector.pth`.
 
-    OMP_NUM_THREADS=1 python scripts/train_prompted_model.py            # ~17 minutes on one CPU core (1300 steps)
+    OMP_NUM_THREADS=1 python scripts/train_prompted_model.py            # 1300 steps, ~15 minutes on one CPU core
 
 A `trex` model of the demo detector's size (ResNet-10-slim, hidden 128, 2 encoder / 3 decoder
 layers, 3 feature levels) on the synthetic shapes of the demo video (circle, square, triangle),
