@@ -10,7 +10,11 @@ figures hold, parity is still meaningful, mAP is not measured).
 
     python benches/export_e2e.py --quick                       # 320x320, 3 repeats, DINO 300 queries
     python benches/export_e2e.py                               # 640x640, 20 repeats
-    python benches/export_e2e.py --checkpoint runs/dino/best.pt --data ../shared/data/bccd --data-format voc
+    python benches/export_e2e.py --checkpoint runs/bccd_dino/best.pth --data ../shared/data/bccd --data-format voc \
+        --data-split test --imgsz 384 512           # mAP on the held-out split, calibration on train
+
+With --data, INT8 calibration images come from `--calib-split` (default train), never from the
+evaluated split, so the INT8 mAP is measured on images the quantiser has not seen.
 
 Prints a table, then one JSON object with every figure as the LAST line.
 """
@@ -56,14 +60,43 @@ def build_model(family: str, checkpoint: Optional[str], quick: bool):
     return create_model(family, **overrides).eval(), {}
 
 
-def load_eval_dataset(args) -> Any:
-    if not (args.checkpoint and args.data):
-        return None
+def load_split(args, split: str, ann: str = "") -> Any:
+    """The `split` of the --data dataset with the deterministic (evaluation) transforms."""
     from edgedet.config import DataConfig
     from edgedet.data import build_dataset
 
-    cfg = DataConfig(format=args.data_format, root=args.data, val_ann=args.data_ann, val_split=args.data_split)
-    return build_dataset(cfg, "val")
+    cfg = DataConfig(format=args.data_format, root=args.data, val_ann=ann, val_split=split)
+    dataset = build_dataset(cfg, "val")
+    dataset.name = f"{args.data_format}:{split}"  # build_dataset names it after its "val" role
+    return dataset
+
+
+def load_eval_dataset(args) -> Any:
+    if not (args.checkpoint and args.data):
+        return None
+    return load_split(args, args.data_split, args.data_ann)
+
+
+def calibration_source(args) -> Any:
+    """--calib folder; else the --calib-split of --data; else the BCCD images (random-weight runs)."""
+    if args.calib:
+        return args.calib
+    if args.data:
+        if args.calib_split == args.data_split and not args.data_ann:
+            # calibrating on the evaluated images would flatter the INT8 mAP
+            raise SystemExit(f"--calib-split {args.calib_split} is the evaluated split; pick another (e.g. train)")
+        return load_split(args, args.calib_split)
+    return str(BCCD / "JPEGImages") if BCCD.is_dir() else None
+
+
+def parse_imgsz(values: Optional[List[int]], quick: bool) -> tuple:
+    """--imgsz S or H W -> (H, W); default 640 (quick 320) square."""
+    if not values:
+        side = 320 if quick else 640
+        return (side, side)
+    if len(values) > 2 or min(values) <= 0:
+        raise SystemExit(f"--imgsz takes one size or H W (positive), got {values}")
+    return (values[0], values[-1])
 
 
 def engines(forms: List[str], quick: bool) -> List[Dict[str, str]]:
@@ -84,7 +117,8 @@ def engines(forms: List[str], quick: bool) -> List[Dict[str, str]]:
     return out
 
 
-def build_artifact(model, exp, eng, imgsz, work: Path, calib, float_onnx: Dict[str, Path], quick: bool) -> Path:
+def build_artifact(model, exp, eng, imgsz, work: Path, calib, float_onnx: Dict[str, Path], quick: bool,
+                   calib_images: int) -> Path:
     form, prec = eng["msda"], eng["precision"]
     manifest = make_manifest(model, eng["backend"], prec, form, imgsz, 1, True, 100, None, exp)
     if form not in float_onnx:
@@ -95,16 +129,16 @@ def build_artifact(model, exp, eng, imgsz, work: Path, calib, float_onnx: Dict[s
     if eng["backend"] == "onnxruntime":
         if prec == "fp32":
             return src
-        out = quantize_onnx_int8(src, work / f"{form}-int8.onnx", calibration_batches(calib, manifest.preprocess, 32))
+        out = quantize_onnx_int8(src, work / f"{form}-int8.onnx", calibration_batches(calib, manifest.preprocess, calib_images))
         write_sidecar(manifest, out)
         return out
-    batches = calibration_batches(calib, manifest.preprocess, 32) if prec == "int8" else None
+    batches = calibration_batches(calib, manifest.preprocess, calib_images) if prec == "int8" else None
     return convert_openvino(src, work / f"ov-{form}-{prec}.xml", prec, manifest, batches)
 
 
 def run_family(family: str, args, forms: List[str], work: Path, calib, images, dataset) -> List[Dict[str, Any]]:
     model, exp = build_model(family, args.checkpoint, args.quick)
-    imgsz = (args.imgsz, args.imgsz)
+    imgsz = args.imgsz
     float_onnx: Dict[str, Path] = {}
     x = torch.from_numpy(calibration_batches(images, make_manifest(model, "", "fp32", "", imgsz, 1, True, 100, None, exp)
                                              .preprocess, 1)[0])
@@ -116,7 +150,7 @@ def run_family(family: str, args, forms: List[str], work: Path, calib, images, d
     for eng in engines(forms, args.quick):
         t0 = time.perf_counter()
         try:
-            path = build_artifact(model, exp, eng, imgsz, work / family, calib, float_onnx, args.quick)
+            path = build_artifact(model, exp, eng, imgsz, work / family, calib, float_onnx, args.quick, args.calib_images)
         except Exception as e:  # one failing engine must not hide the others' figures
             rows.append({"family": family, **eng, "error": str(e).splitlines()[0][:200]})
             continue
@@ -130,7 +164,8 @@ def run_family(family: str, args, forms: List[str], work: Path, calib, images, d
                "topk_match": round(rep["topk_match"], 3), "score_max_abs_diff": float(f"{rep['score_max_abs_diff']:.3g}")}
         if "map_artifact" in rep:
             row.update({"map": round(rep["map_artifact"], 4), "map_pytorch": round(rep["map_pytorch"], 4),
-                        "map_delta": round(rep["map_delta"], 4)})
+                        "map_delta": round(rep["map_delta"], 4), "map50": round(rep["map50_artifact"], 4),
+                        "map50_delta": round(rep["map50_artifact"] - rep["map50_pytorch"], 4)})
         rows.append(row)
         log.info("%s", json.dumps(row))
     return rows
@@ -138,7 +173,7 @@ def run_family(family: str, args, forms: List[str], work: Path, calib, images, d
 
 def print_table(rows: List[Dict[str, Any]]) -> None:
     cols = ["family", "backend", "precision", "msda", "latency_ms", "p50_ms", "fps", "topk_match",
-            "score_max_abs_diff", "map", "map_delta", "build_s", "error"]
+            "score_max_abs_diff", "map", "map_delta", "map50", "map50_delta", "build_s", "error"]
     cols = [c for c in cols if any(c in r for r in rows)]
     table = [[str(r.get(c, "")) for c in cols] for r in rows]
     widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
@@ -151,7 +186,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="320x320, 3 repeats, 4 calibration images, fewer engines")
     p.add_argument("--families", nargs="+", default=["deformable_detr", "dino"])
-    p.add_argument("--imgsz", type=int, default=None, help="square input size (default 640, quick 320)")
+    p.add_argument("--imgsz", type=int, nargs="+", default=None, metavar="S",
+                   help="input size: S (square) or H W (default 640, quick 320); use the size the model was trained at")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per engine (default 20, quick 3)")
     p.add_argument("--forms", nargs="+", default=None, help="MSDA forms (default grid_sample gather [+fused])")
     p.add_argument("--checkpoint", default=None, help="trained checkpoint (then only its family is benchmarked)")
@@ -160,24 +196,25 @@ def main(argv=None) -> int:
     p.add_argument("--data-ann", default="", help="annotation file / split file for --data")
     p.add_argument("--data-split", default="val")
     p.add_argument("--eval-images", type=int, default=200)
-    p.add_argument("--calib", default=None, help="calibration image folder (default: BCCD images or --data)")
+    p.add_argument("--calib", default=None, help="calibration image folder (default: --calib-split of --data, else BCCD images)")
+    p.add_argument("--calib-split", default="train", help="split of --data whose images calibrate INT8 (not the evaluated one)")
+    p.add_argument("--calib-images", type=int, default=None, help="calibration images, evenly spaced (default 32, quick 4)")
     p.add_argument("--out", default=None, help="keep artifacts here (default: a temporary folder)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     log.setLevel(logging.INFO)  # this script's progress rows; libraries stay at WARNING
-    args.imgsz = args.imgsz or (320 if args.quick else 640)
+    args.imgsz = parse_imgsz(args.imgsz, args.quick)
     args.repeats = args.repeats or (3 if args.quick else 20)
     args.parity_images = 1 if args.quick else 8
     forms = args.forms or [f for f in ("grid_sample", "gather") if form_available(f)] + (["fused"] if fused_extension_available() else [])
     dataset = load_eval_dataset(args)
-    calib = args.calib or (str(BCCD / "JPEGImages") if BCCD.is_dir() else None)
-    if dataset is not None and not args.calib:
-        calib = dataset
+    calib = calibration_source(args)
     if calib is None:
-        raise SystemExit("no calibration images: pass --calib FOLDER")
-    limit = 4 if args.quick else 32
-    images = [str(x) for x in image_paths(calib)[:limit]] if not hasattr(calib, "records") else calib
-    calib_src = images if args.quick else calib
+        raise SystemExit("no calibration images: pass --calib FOLDER or --data")
+    args.calib_images = args.calib_images or (4 if args.quick else 32)
+    # parity images: the first few calibration images (also never the evaluated split)
+    images = [str(x) for x in image_paths(calib)[: 4 if args.quick else 32]]
+    calib_src = images[: args.calib_images] if args.quick else calib
     families = args.families
     if args.checkpoint:
         families = [getattr(resolve_model(args.checkpoint)[0].config, "name", "model")]
@@ -187,7 +224,9 @@ def main(argv=None) -> int:
         for fam in families:
             rows += run_family(fam, args, forms, work, calib_src, images, dataset)
     print_table(rows)
-    print(json.dumps({"bench": "export_e2e", "imgsz": args.imgsz, "batch": 1, "repeats": args.repeats,
+    print(json.dumps({"bench": "export_e2e", "imgsz": list(args.imgsz), "batch": 1, "repeats": args.repeats,
+                      "calib_images": args.calib_images, "calib": getattr(calib, "name", str(calib)),
+                      "eval_split": args.data_split if dataset is not None else None,
                       "random_init": not args.checkpoint, "torch_threads": torch.get_num_threads(),
                       "forms": forms, "rows": rows}))
     return 0

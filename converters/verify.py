@@ -105,8 +105,10 @@ def _dataset_map(detector, deploy: nn.Module, dataset, limit: int) -> Dict[str, 
         art.extend(detector.postprocess(art_out, infos)[0].to_coco(r.image_id, dataset.category_ids))
     gt = copy.copy(dataset.coco_gt())  # shallow: only `imgs` is replaced, to score the evaluated subset
     gt.imgs = {k: v for k, v in gt.imgs.items() if k in ids}
-    m_art, m_ref = coco_metrics(gt, art)["mAP"], coco_metrics(gt, ref)["mAP"]
-    return {"map_artifact": m_art, "map_pytorch": m_ref, "map_delta": m_art - m_ref, "eval_images": len(records)}
+    s_art, s_ref = coco_metrics(gt, art), coco_metrics(gt, ref)
+    m_art, m_ref = s_art["mAP"], s_ref["mAP"]
+    return {"map_artifact": m_art, "map_pytorch": m_ref, "map_delta": m_art - m_ref, "eval_images": len(records),
+            "map50_artifact": s_art["mAP50"], "map50_pytorch": s_ref["mAP50"]}
 
 
 def verify(
