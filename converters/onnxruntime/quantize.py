@@ -20,6 +20,7 @@ from converters.formats import ExportError
 log = logging.getLogger(__name__)
 
 QUANTIZED_OP_TYPES = ("Conv", "MatMul", "Gemm")
+CALIB_CHUNK_IMAGES = 8  # images whose activations MinMax calibration holds in memory at once
 
 
 class ArrayCalibrationReader:
@@ -117,7 +118,10 @@ def quantize_onnx_int8(
             op_types_to_quantize=list(QUANTIZED_OP_TYPES),
             nodes_to_exclude=excluded,
             calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            # MinMax keeps every calibration image's activations until the end unless told to
+            # fold them in chunks; chunks give the same ranges with bounded memory.
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
+                           "CalibMaxIntermediateOutputs": CALIB_CHUNK_IMAGES},
         )
         quant = onnx.load(str(staged))
     log.debug("INT8 (ORT QDQ): %d excluded-node inputs restored to float", restore_float_inputs(quant, excluded))
