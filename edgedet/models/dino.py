@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -93,6 +93,41 @@ def _check_config(cfg: DINOConfig) -> None:
         raise ConfigError("DINO two_stage_*_embed_share needs dec_pred_class_embed_share and dec_pred_bbox_embed_share")
 
 
+def build_multiscale_input(cfg: DINOConfig) -> Tuple[Backbone, nn.ModuleList, PositionEmbeddingSine]:
+    """DINO's image side before the encoder: backbone, per-level input projections, position embedding.
+
+    Levels: the last (num_feature_levels - 1) ResNet stages, then one stride-2 conv on the last
+    stage. Shared by every DINO-based detector (`trex` too) so their key layouts stay equal.
+    """
+    d = cfg.hidden_dim
+    return_layers = tuple(range(6 - cfg.num_feature_levels, 5))
+    backbone = Backbone(cfg.backbone, return_layers=return_layers, train_backbone=cfg.train_backbone,
+                        frozen_bn=cfg.backbone_frozen_bn, dilation=cfg.dilation, weights=cfg.backbone_weights)
+    projs = [nn.Sequential(nn.Conv2d(c, d, kernel_size=1), nn.GroupNorm(32, d)) for c in backbone.num_channels]
+    projs.append(nn.Sequential(nn.Conv2d(backbone.num_channels[-1], d, kernel_size=3, stride=2, padding=1),
+                               nn.GroupNorm(32, d)))
+    for proj in projs:
+        nn.init.xavier_uniform_(proj[0].weight, gain=1)
+        nn.init.constant_(proj[0].bias, 0)
+    position = PositionEmbeddingSine(d // 2, temperature_h=cfg.pe_temperature_h, temperature_w=cfg.pe_temperature_w,
+                                     normalize=True)
+    return backbone, nn.ModuleList(projs), position
+
+
+def multiscale_features(model: nn.Module, images: Tensor, mask: Optional[Tensor]):
+    """Run `build_multiscale_input`'s modules (attributes of `model`) -> per level (features
+    [B, D, H_l, W_l], mask [B, H_l, W_l] True at padding, position [B, D, H_l, W_l])."""
+    if mask is None:
+        mask = torch.zeros(images.shape[0], *images.shape[2:], dtype=torch.bool, device=images.device)
+    feats = model.backbone(images, mask)
+    srcs = [proj(f) for proj, (f, _) in zip(model.input_proj, feats)]
+    masks = [m for _, m in feats]
+    srcs.append(model.input_proj[-1](feats[-1][0]))
+    masks.append(F.interpolate(mask[None].float(), size=srcs[-1].shape[-2:]).to(torch.bool)[0])
+    pos = [model.position_embedding(m).to(s.dtype) for s, m in zip(srcs, masks)]
+    return srcs, masks, pos
+
+
 class DINO(DetectorBase):
     """forward(images [B, 3, H, W], mask [B, H, W] True at padding, targets) -> output dict.
 
@@ -119,18 +154,7 @@ class DINO(DetectorBase):
         labelbook = cfg.num_classes if cfg.dn_labelbook_size is None else cfg.dn_labelbook_size
         self.label_enc = build_label_encoder(labelbook, d)
 
-        # Backbone levels: the last (num_feature_levels - 1) ResNet stages, then one extra conv level.
-        return_layers = tuple(range(6 - cfg.num_feature_levels, 5))
-        backbone = Backbone(cfg.backbone, return_layers=return_layers, train_backbone=cfg.train_backbone,
-                            frozen_bn=cfg.backbone_frozen_bn, dilation=cfg.dilation, weights=cfg.backbone_weights)
-        projs = [nn.Sequential(nn.Conv2d(c, d, kernel_size=1), nn.GroupNorm(32, d)) for c in backbone.num_channels]
-        projs.append(nn.Sequential(nn.Conv2d(backbone.num_channels[-1], d, kernel_size=3, stride=2, padding=1),
-                                   nn.GroupNorm(32, d)))
-        self.input_proj = nn.ModuleList(projs)
-        self.backbone = backbone
-        self.position_embedding = PositionEmbeddingSine(
-            d // 2, temperature_h=cfg.pe_temperature_h, temperature_w=cfg.pe_temperature_w, normalize=True
-        )
+        self.backbone, self.input_proj, self.position_embedding = build_multiscale_input(cfg)
 
         class_head = nn.Linear(d, cfg.num_classes)
         box_head = MLP(d, d, 4, 3)
@@ -149,24 +173,10 @@ class DINO(DetectorBase):
         self.transformer.decoder.class_embed = self.class_embed
         self.transformer.enc_out_bbox_embed = box_head if cfg.two_stage_bbox_embed_share else copy.deepcopy(box_head)
         self.transformer.enc_out_class_embed = class_head if cfg.two_stage_class_embed_share else copy.deepcopy(class_head)
-        for proj in self.input_proj:
-            nn.init.xavier_uniform_(proj[0].weight, gain=1)
-            nn.init.constant_(proj[0].bias, 0)
 
     def multiscale_features(self, images: Tensor, mask: Optional[Tensor]):
         """-> per level (features [B, D, H_l, W_l], mask [B, H_l, W_l], position [B, D, H_l, W_l])."""
-        if mask is None:
-            mask = torch.zeros(images.shape[0], *images.shape[2:], dtype=torch.bool, device=images.device)
-        feats = self.backbone(images, mask)
-        srcs, masks = [], []
-        for proj, (f, m) in zip(self.input_proj, feats):
-            srcs.append(proj(f))
-            masks.append(m)
-        src = self.input_proj[-1](feats[-1][0])
-        srcs.append(src)
-        masks.append(F.interpolate(mask[None].float(), size=src.shape[-2:]).to(torch.bool)[0])
-        pos = [self.position_embedding(m).to(s.dtype) for s, m in zip(srcs, masks)]
-        return srcs, masks, pos
+        return multiscale_features(self, images, mask)
 
     def forward(self, images: Tensor, mask: Optional[Tensor] = None, targets: Optional[List[Dict[str, Tensor]]] = None) -> Dict:
         if images.dim() != 4 or images.shape[1] != 3:

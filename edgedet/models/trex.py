@@ -25,10 +25,8 @@ from torch import Tensor, nn
 
 from edgedet.config import ConfigError
 from edgedet.models.base import DetectorBase
-from edgedet.models.dino import DINOConfig, _check_config
-from edgedet.nn.backbone import Backbone
+from edgedet.models.dino import DINOConfig, _check_config, build_multiscale_input, multiscale_features
 from edgedet.nn.mlp import MLP
-from edgedet.nn.position_encoding import PositionEmbeddingSine
 from edgedet.nn.prompt_encoder import PromptAlignment, VisualPromptEncoder, as_bool, average_prompts
 from edgedet.nn.text_encoder import TEXT_ENCODERS, build_text_encoder
 from edgedet.nn.trex_transformer import ImageMemory, TRexTransformer, build_prompt_cdn_queries
@@ -77,19 +75,7 @@ class TRex(DetectorBase):
             num_feature_levels=cfg.num_feature_levels, enc_n_points=cfg.enc_n_points, dec_n_points=cfg.dec_n_points,
             msda_impl=cfg.msda_impl, look_forward_twice=cfg.look_forward_twice, embed_init_tgt=cfg.embed_init_tgt,
         )
-        return_layers = tuple(range(6 - cfg.num_feature_levels, 5))
-        backbone = Backbone(cfg.backbone, return_layers=return_layers, train_backbone=cfg.train_backbone,
-                            frozen_bn=cfg.backbone_frozen_bn, dilation=cfg.dilation, weights=cfg.backbone_weights)
-        projs = [nn.Sequential(nn.Conv2d(c, d, kernel_size=1), nn.GroupNorm(32, d)) for c in backbone.num_channels]
-        projs.append(nn.Sequential(nn.Conv2d(backbone.num_channels[-1], d, kernel_size=3, stride=2, padding=1),
-                                   nn.GroupNorm(32, d)))
-        self.input_proj = nn.ModuleList(projs)
-        for proj in self.input_proj:
-            nn.init.xavier_uniform_(proj[0].weight, gain=1)
-            nn.init.constant_(proj[0].bias, 0)
-        self.backbone = backbone
-        self.position_embedding = PositionEmbeddingSine(d // 2, temperature_h=cfg.pe_temperature_h,
-                                                        temperature_w=cfg.pe_temperature_w, normalize=True)
+        self.backbone, self.input_proj, self.position_embedding = build_multiscale_input(cfg)
         box_head = MLP(d, d, 4, 3)
         nn.init.constant_(box_head.layers[-1].weight, 0.0)
         nn.init.constant_(box_head.layers[-1].bias, 0.0)
@@ -114,15 +100,7 @@ class TRex(DetectorBase):
         """-> per level (features [B, D, H_l, W_l], mask [B, H_l, W_l], position [B, D, H_l, W_l]) as DINO."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"TRex expects images [B, 3, H, W], got {tuple(images.shape)}")
-        if mask is None:
-            mask = torch.zeros(images.shape[0], *images.shape[2:], dtype=torch.bool, device=images.device)
-        feats = self.backbone(images, mask)
-        srcs = [proj(f) for proj, (f, _) in zip(self.input_proj, feats)]
-        masks = [m for _, m in feats]
-        srcs.append(self.input_proj[-1](feats[-1][0]))
-        masks.append(F.interpolate(mask[None].float(), size=srcs[-1].shape[-2:]).to(torch.bool)[0])
-        pos = [self.position_embedding(m).to(s.dtype) for s, m in zip(srcs, masks)]
-        return srcs, masks, pos
+        return multiscale_features(self, images, mask)
 
     def encode_images(self, images: Tensor, mask: Optional[Tensor] = None) -> ImageMemory:
         """images [B, 3, H, W] -> the encoder memory (shared by prompt encoding and detection)."""
