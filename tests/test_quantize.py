@@ -90,3 +90,27 @@ def test_openvino_int8_nncf(tmp_path, calib, name):
     for x in calibration_batches(calib, read_sidecar(path).preprocess, limit=3):
         res = compiled({"images": x})
         assert_close_loosely(model, [res[compiled.output(0)], res[compiled.output(1)]], torch_outputs(model, x, False))
+
+
+def _activation_scales(path):
+    proto = onnx.load(str(path))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    return {n.input[0]: inits[n.input[1]] for n in proto.graph.node if n.op_type == "QuantizeLinear"}
+
+
+def test_onnxruntime_calibration_in_strides_equals_one_pass(tmp_path, calib, monkeypatch):
+    """16 images fold in strides of 8 into the same ranges as one pass over all of them."""
+    import converters.onnxruntime.quantize as q
+
+    model = build_tiny("tiny_msda")
+    float_path = export(model, "onnx", tmp_path / "f.onnx", imgsz=HW, msda="grid_sample", postprocess=False,
+                        simplify=False)
+    batches = calibration_batches(calib, read_sidecar(float_path).preprocess, limit=6) * 3  # 18 = 6 x 3
+    batches = batches[:16]
+    assert q.calibration_stride(16) == 8 and q.calibration_stride(205) == 5 and q.calibration_stride(7) == 7
+    strided = _activation_scales(q.quantize_onnx_int8(float_path, tmp_path / "s.onnx", batches))
+    monkeypatch.setattr(q, "calibration_stride", lambda n: n)
+    whole = _activation_scales(q.quantize_onnx_int8(float_path, tmp_path / "w.onnx", batches))
+    assert strided.keys() == whole.keys() and strided
+    for name in whole:
+        np.testing.assert_allclose(strided[name], whole[name], rtol=1e-6)

@@ -24,7 +24,10 @@ CALIB_CHUNK_IMAGES = 8  # images whose activations MinMax calibration holds in m
 
 
 class ArrayCalibrationReader:
-    """onnxruntime CalibrationDataReader over preprocessed arrays [1, 3, H, W]."""
+    """onnxruntime CalibrationDataReader over preprocessed arrays [1, 3, H, W].
+
+    `__len__` and `set_range` let quantize_static calibrate in strides (`CalibStridedMinMax`).
+    """
 
     def __init__(self, batches: Sequence[np.ndarray], input_name: str = "images"):
         self.input_name = input_name
@@ -32,12 +35,23 @@ class ArrayCalibrationReader:
         self._it: Optional[Iterator[np.ndarray]] = None
         self.rewind()
 
+    def __len__(self) -> int:
+        return len(self.batches)
+
     def get_next(self):
         batch = next(self._it, None)
         return None if batch is None else {self.input_name: batch}
 
     def rewind(self) -> None:
         self._it = iter(self.batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._it = iter(self.batches[start_index:end_index])
+
+
+def calibration_stride(num_images: int, most: int = CALIB_CHUNK_IMAGES) -> int:
+    """The largest stride <= `most` dividing `num_images` (ORT's strided MinMax needs a divisor)."""
+    return max(d for d in range(1, min(most, num_images) + 1) if num_images % d == 0)
 
 
 def nodes_kept_float(model_proto, patterns: Sequence[str] = KEEP_FLOAT_PATTERNS) -> List[str]:
@@ -118,10 +132,11 @@ def quantize_onnx_int8(
             op_types_to_quantize=list(QUANTIZED_OP_TYPES),
             nodes_to_exclude=excluded,
             calibrate_method=CalibrationMethod.MinMax,
-            # MinMax keeps every calibration image's activations until the end unless told to
-            # fold them in chunks; chunks give the same ranges with bounded memory.
+            # MinMax keeps every image's activations until the end; strides fold each chunk into
+            # the running min/max (same ranges, bounded memory). Not CalibMaxIntermediateOutputs:
+            # ORT 1.31 discards each full chunk without folding it ("No data is collected").
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
-                           "CalibMaxIntermediateOutputs": CALIB_CHUNK_IMAGES},
+                           "CalibStridedMinMax": calibration_stride(len(batches))},
         )
         quant = onnx.load(str(staged))
     log.debug("INT8 (ORT QDQ): %d excluded-node inputs restored to float", restore_float_inputs(quant, excluded))
