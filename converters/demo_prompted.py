@@ -22,6 +22,7 @@ import numpy as np
 
 from converters.demo import ASSETS, DEMO_IMGSZ, SCORING_FLOOR, _sha, artifact_msda, cached_artifacts, format_summary, \
     match_accuracy, render_demo_video, run_video
+from converters.verify import iou_matrix
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,6 @@ def parse_boxes(values: Sequence[str]) -> np.ndarray:
     return np.asarray(boxes, np.float32).reshape(-1, 4)
 
 
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
-    return w * h / union if union > 0 else 0.0
-
-
 def default_prompt_boxes(first_gt: Sequence[Dict[str, Any]]) -> Tuple[np.ndarray, List[str]]:
     """One box per class on the first frame (the largest object of it) -> (boxes [n, 4], names)."""
     best: Dict[int, Dict[str, Any]] = {}
@@ -87,11 +81,11 @@ def prompt_classes(names: Sequence[str], box_names: Sequence[str], boxes: np.nda
     A box stands for the first-frame object it overlaps (IoU >= 0.5); a name's class is the most
     common class of its boxes, else the class of that name when it is one (a text prompt)."""
     votes: Dict[str, Counter] = {n: Counter() for n in names}
-    for name, box in zip(box_names, boxes.tolist()):
-        scored = [(_iou(box, o["box_xyxy"]), o["label"]) for o in first_gt]
-        iou, label = max(scored, default=(0.0, None))
-        if iou >= MATCH_IOU:
-            votes[name][label] += 1
+    gt_boxes = np.asarray([o["box_xyxy"] for o in first_gt], np.float32).reshape(-1, 4)
+    ious = iou_matrix(np.asarray(boxes, np.float32).reshape(-1, 4), gt_boxes)
+    for name, row in zip(box_names, ious):
+        if row.size and row.max() >= MATCH_IOU:
+            votes[name][first_gt[int(row.argmax())]["label"]] += 1
     out: Dict[str, Optional[int]] = {}
     for n in names:
         if votes[n]:
