@@ -2,7 +2,6 @@
 `benches/export_e2e.py` calibrates on a split other than the evaluated one."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import torch
 
 from edgedet.config import load_experiment
 from edgedet.models import create_model_from_config
+from script_loader import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "bccd_dino.yaml"
@@ -18,10 +18,7 @@ BENCH = REPO / "benches" / "export_e2e.py"
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("export_e2e_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCH, "export_e2e_bench")
 
 
 def test_bccd_config_builds_its_model():

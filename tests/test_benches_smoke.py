@@ -2,13 +2,13 @@
 `--quick` end-to-end run of two families on the synthetic data (slow)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from script_loader import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benches" / "convergence.py"
@@ -16,10 +16,7 @@ SCRIPT = REPO / "benches" / "convergence.py"
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("convergence_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "convergence_bench")
 
 
 def test_plan_fills_budget_with_full_epochs(bench):
