@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from script_loader import load_script
 
 REPO = Path(__file__).resolve().parents[1]
