@@ -35,7 +35,7 @@ from edgedet.config import DataConfig
 from edgedet.data import DetectionDataset, build_dataloader, build_dataset
 from edgedet.models import create_model
 from edgedet.models.trex import train_prompted
-from edgedet.models.trex_train import evaluate_prompted
+from edgedet.models.trex_train import evaluate_prompted, find_exemplars, one_shot_prompts
 
 MODEL = dict(backbone="resnet18", backbone_frozen_bn=False, hidden_dim=128, nheads=4, enc_layers=2, dec_layers=2,
              dim_feedforward=512, num_queries=100, num_feature_levels=4, dn_number=50)
@@ -112,33 +112,8 @@ def closed_set_map(model, dataset, seen) -> dict:
 
 
 def exemplars(dataset: DetectionDataset, classes):
-    """One exemplar per class: the largest box of that class on the first image holding it.
-
-    -> {class: (image tensor [3, H, W], box cxcywh [4], record, box xyxy pixels)}.
-    """
-    found = {}
-    for i, rec in enumerate(dataset.records):
-        for c in classes:
-            if c in found or c not in rec.labels:
-                continue
-            image, target = dataset[i]
-            idx = np.nonzero(rec.labels == c)[0]
-            best = idx[np.argmax([(rec.boxes_xyxy[j, 2] - rec.boxes_xyxy[j, 0]) * (rec.boxes_xyxy[j, 3] - rec.boxes_xyxy[j, 1]) for j in idx])]
-            found[c] = (image, target["boxes"][best], rec, rec.boxes_xyxy[best])
-    missing = [c for c in classes if c not in found]
-    if missing:
-        raise RuntimeError(f"no exemplar image for classes {missing}; generate more images (--val-images)")
-    return found
-
-
-@torch.no_grad()
-def visual_prompts(model, shots, classes) -> torch.Tensor:
-    embs = []
-    for c in classes:
-        image, box, _, _ = shots[c]
-        emb, _ = model.encode_visual_prompts(image[None], box.view(1, 1, 1, 4))
-        embs.append(emb[0, 0])
-    return torch.stack(embs)
+    """`find_exemplars` -> {class: (record, box xyxy pixels)} for the latency run's prompt images."""
+    return {c: (dataset.records[i], dataset.records[i].boxes_xyxy[j]) for c, (i, j) in find_exemplars(dataset, classes).items()}
 
 
 def latency(args, trex, dino, shots, held, frames) -> dict:
@@ -153,7 +128,7 @@ def latency(args, trex, dino, shots, held, frames) -> dict:
     dino_path = export(dino, format="onnx", output=out / "dino.onnx", imgsz=(s, s))
     pd = PromptedDetector(enc_path, det_path)
     for c in held:
-        _, _, rec, box = shots[c]
+        rec, box = shots[c]
         pd.add_prompt_image(cv2.imread(str(rec.path)), boxes=[box], names=trex.config.class_names[c])
     closed = Detector(dino_path)
     times = {"trex": [], "dino": []}
@@ -195,7 +170,7 @@ def main(argv=None) -> int:
     with torch.no_grad():
         text = trex.encode_text_prompts(names)
     for split, classes in (("held-out", held), ("seen", seen)):
-        rows[f"{split} visual (1 shot)"] = evaluate_prompted(trex, val, visual_prompts(trex, shots, classes), classes)
+        rows[f"{split} visual (1 shot)"] = evaluate_prompted(trex, val, one_shot_prompts(trex, exemplar_set, classes), classes)
         rows[f"{split} text"] = evaluate_prompted(trex, val, text[classes], classes)
     rows["seen closed-set DINO"] = closed_set_map(dino, val, seen)
     frames = [cv2.imread(str(r.path)) for r in val.records[: args.latency_frames]]

@@ -29,7 +29,7 @@ from edgedet.config import DataConfig, ExperimentConfig, to_dict
 from edgedet.data import build_dataset
 from edgedet.engine.checkpoint import FORMAT, load_checkpoint
 from edgedet.models import create_model
-from edgedet.models.trex_train import evaluate_prompted, train_prompted
+from edgedet.models.trex_train import evaluate_prompted, one_shot_prompts, train_prompted
 
 ASSETS = Path(edgedet.__file__).parent / "assets"
 CLASSES = 3  # the demo video's shapes: circle, square, triangle
@@ -52,24 +52,6 @@ def warm_start(model, checkpoint: Path) -> int:
     shared = {k: v.float() for k, v in source.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(shared, strict=False)
     return len(shared)
-
-
-@torch.no_grad()
-def one_shot_prompts(model, dataset, classes):
-    """One visual exemplar per class: its largest box on the first validation image holding it -> [C, Dp]."""
-    rows = []
-    for c in classes:
-        for i, rec in enumerate(dataset.records):
-            if c in rec.labels:
-                image, target = dataset[i]
-                boxes = target["boxes"][target["labels"] == c]
-                best = boxes[(boxes[:, 2] * boxes[:, 3]).argmax()]
-                emb, _ = model.encode_visual_prompts(image[None], best.view(1, 1, 1, 4))
-                rows.append(emb[0, 0])
-                break
-        else:
-            raise RuntimeError(f"no validation image holds class {c}; generate more validation images")
-    return torch.stack(rows)
 
 
 def slim_checkpoint(model, data_cfg: DataConfig, metrics: dict, steps: int) -> dict:

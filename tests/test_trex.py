@@ -188,3 +188,29 @@ def test_train_prompted_runs_and_lowers_the_loss(tmp_path):
     images, prompts = torch.randn(1, 3, SIZE, SIZE), F.normalize(torch.randn(1, 8, 32), dim=-1)
     with torch.no_grad():
         assert torch.equal(model(images, prompts=prompts)["pred_logits"], loaded(images, prompts=prompts)["pred_logits"])
+
+
+def test_one_shot_prompts_use_the_largest_box_of_the_first_image_holding_each_class(tmp_path, model):
+    from edgedet.config import DataConfig
+    from edgedet.data import build_dataset
+    from edgedet.models.trex_train import find_exemplars, one_shot_prompts
+
+    cfg = DataConfig(format="synthetic", root=str(tmp_path), synthetic_train_images=6, synthetic_image_size=64,
+                     synthetic_num_classes=3, scales=[64], max_size=64, val_size=64, hflip=0.0)
+    dataset = build_dataset(cfg, "train")
+    classes = sorted({int(c) for rec in dataset.records for c in rec.labels})
+    shots = find_exemplars(dataset, classes)
+    for c, (i, j) in shots.items():
+        assert all(c not in rec.labels for rec in dataset.records[:i])
+        rec = dataset.records[i]
+        areas = [(b[2] - b[0]) * (b[3] - b[1]) for b, label in zip(rec.boxes_xyxy, rec.labels) if label == c]
+        b = rec.boxes_xyxy[j]
+        assert rec.labels[j] == c and (b[2] - b[0]) * (b[3] - b[1]) == max(areas)
+    prompts = one_shot_prompts(model, dataset, classes)
+    assert prompts.shape == (len(classes), model.config.prompt_dim)
+    i, j = shots[classes[0]]
+    image, target = dataset[i]
+    alone, _ = model.encode_visual_prompts(image[None], target["boxes"][j].view(1, 1, 1, 4))
+    assert torch.allclose(prompts[0], alone[0, 0], atol=1e-6)
+    with pytest.raises(RuntimeError, match="no image holds"):
+        find_exemplars(dataset, [99])

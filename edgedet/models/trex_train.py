@@ -209,4 +209,33 @@ def evaluate_prompted(model, dataset, prompts: Tensor, prompt_labels: Sequence[i
     return {"mAP": float(ev.stats[0]), "mAP50": float(ev.stats[1])}
 
 
-__all__ = ["sample_prompts", "train_prompted", "evaluate_prompted"]
+def find_exemplars(dataset, classes: Sequence[int]) -> Dict[int, Tuple[int, int]]:
+    """One visual exemplar per class: the largest box of that class on the first image holding it
+    -> {class: (image index, box index)} (box index into the record's and the target's boxes)."""
+    found: Dict[int, Tuple[int, int]] = {}
+    for i, rec in enumerate(dataset.records):
+        for c in classes:
+            if c in found or c not in rec.labels:
+                continue
+            idx = [j for j, label in enumerate(rec.labels) if label == c]
+            wh = [(rec.boxes_xyxy[j][2] - rec.boxes_xyxy[j][0]) * (rec.boxes_xyxy[j][3] - rec.boxes_xyxy[j][1]) for j in idx]
+            found[c] = (i, idx[max(range(len(idx)), key=wh.__getitem__)])
+    missing = [c for c in classes if c not in found]
+    if missing:
+        raise RuntimeError(f"no image holds classes {missing}; generate more images for the exemplars")
+    return found
+
+
+@torch.no_grad()
+def one_shot_prompts(model, dataset, classes: Sequence[int]) -> Tensor:
+    """Visual prompt embeddings [len(classes), Dp], one `find_exemplars` box each."""
+    shots, rows = find_exemplars(dataset, classes), []
+    for c in classes:
+        i, j = shots[c]
+        image, target = dataset[i]
+        emb, _ = model.encode_visual_prompts(image[None], target["boxes"][j].view(1, 1, 1, 4))
+        rows.append(emb[0, 0])
+    return torch.stack(rows)
+
+
+__all__ = ["sample_prompts", "train_prompted", "evaluate_prompted", "find_exemplars", "one_shot_prompts"]
