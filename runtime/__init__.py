@@ -21,12 +21,14 @@ from runtime.capture import (
 from runtime.detector import Detector
 from runtime.draw import contact_sheet, draw, draw_fps
 from runtime.manifest import Manifest
+from runtime.multistream import MultiStreamPipeline, StreamResult
 from runtime.pipeline import Pipeline, Result, StopPipeline
 from runtime.sinks import CallbackSink, JsonLinesSink, ShowSink, VideoSink
 from runtime.types import Detections
 
 __all__ = [
     "CallbackSink", "CaptureSource", "Detections", "Detector", "Frame", "JsonLinesSink", "LiveIteratorSource", "Manifest",
+    "MultiStreamPipeline", "StreamResult",
     "PacedVideoSource", "Pipeline", "Result", "SequentialSource", "ShowSink", "Source", "StopPipeline", "VideoSink",
     "contact_sheet", "draw", "draw_fps", "jetson_csi_pipeline", "open_source",
 ]

@@ -2,6 +2,7 @@
 
     edgedet run --model model.onnx --source 0 --show
     edgedet-run --model model.xml --device CPU --source clip.mp4 --save out.mp4 --json out.jsonl
+    edgedet run --model model.xml --source 0 --source rtsp://cam2/live --save out/   # several streams, one engine
 
 Shows a live progress line (frames, FPS, latency) on stderr and a per-stage summary at the end.
 """
@@ -30,8 +31,14 @@ class RunCommand:
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--model", required=True, help="exported artifact (.onnx, .xml, .engine) with its manifest")
-        parser.add_argument("--source", default="0", type=_source_arg,
-                            help="camera index, video/image file, folder, rtsp:// or http:// URL, or GStreamer pipeline (default 0)")
+        parser.add_argument("--source", action="append", type=_source_arg, default=None,
+                            help="camera index, video/image file, folder, rtsp:// or http:// URL, or GStreamer pipeline "
+                                 "(default 0); repeat for several streams batched into one engine")
+        parser.add_argument("--sources", default=None, metavar="FILE",
+                            help="file with one source per line (name=spec or spec): several streams, one engine")
+        parser.add_argument("--batch", type=int, default=0, help="several streams: frames per engine call (0 = one per stream)")
+        parser.add_argument("--max-wait-ms", type=float, default=5.0,
+                            help="several streams: how long a partial batch waits for the other streams (default 5)")
         parser.add_argument("--backend", default="auto", help="auto (by file suffix), onnxruntime, openvino or tensorrt")
         parser.add_argument("--device", default="CPU", help="CPU, cuda, cuda:N, tensorrt (onnxruntime); CPU, GPU, NPU (openvino)")
         parser.add_argument("--conf", type=float, default=0.25, help="minimum score (default 0.25)")
@@ -46,6 +53,12 @@ class RunCommand:
         parser.add_argument("--quiet", action="store_true", help="no progress line")
 
     def run(self, args: argparse.Namespace) -> int:
+        specs = args.source or ([] if args.sources else [0])
+        if len(specs) > 1 or args.sources:
+            from runtime.multistream_cli import parse_sources, run_multistream
+
+            return run_multistream(args, parse_sources(specs, args.sources))
+        args.source = specs[0]
         options = {"threads": args.threads} if args.threads else {}
         with contextlib.ExitStack() as undo:  # closes what was opened if a later step fails
             sinks: List[Any] = [ShowSink(overlay_fps=True)] if args.show else []  # first: fail before loading anything

@@ -99,7 +99,7 @@ class VideoSink:
 
 
 class JsonLinesSink:
-    """One JSON object per frame: {"frame": index, "timestamp": s, "latency_ms", "image_size", "detections", "timings_ms"}."""
+    """One JSON object per frame: {["stream": name,] "frame": index, "timestamp": s, "latency_ms", "image_size", "detections", "timings_ms"}."""
 
     def __init__(self, path: Union[str, Path]):
         self.path = Path(path)
@@ -109,6 +109,9 @@ class JsonLinesSink:
 
     def __call__(self, result: Result) -> None:
         record = {"frame": result.frame.index, "timestamp": round(result.frame.timestamp, 6), "latency_ms": round(result.latency_ms, 3)}
+        stream = getattr(result, "stream", None)  # multi-stream results name their source
+        if stream:
+            record = {"stream": stream, **record}
         record.update(result.detections.to_dict())
         self._file.write(json.dumps(record) + "\n")
 
