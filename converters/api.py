@@ -44,6 +44,7 @@ class ExportRequest:
     manifest: Manifest
     simplify: bool = True
     dry_run: bool = False  # tensorrt: write only the ONNX the engine would be built from
+    batch_profile: Tuple[int, int, int] = (1, 8, 8)  # tensorrt + dynamic_batch: min/opt/max of the optimisation profile
 
 
 def resolve_model(source: ModelSource) -> Tuple[nn.Module, Dict[str, Any]]:
@@ -161,6 +162,15 @@ def build_openvino(model: nn.Module, req: ExportRequest) -> Path:
         return convert_openvino(float_onnx, req.output, req.precision, req.manifest, batches)
 
 
+def _batch_profile(profile: Optional[Sequence[int]]) -> Tuple[int, int, int]:
+    if profile is None:
+        return (1, 8, 8)
+    values = tuple(int(v) for v in profile)
+    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+        raise ExportError(f"batch_profile must be (min, opt, max) with 1 <= min <= opt <= max, got {tuple(profile)}")
+    return values  # type: ignore[return-value]
+
+
 def export(
     model_or_checkpoint: ModelSource,
     format: str = "onnx",
@@ -178,6 +188,7 @@ def export(
     experiment: Optional[Dict[str, Any]] = None,
     simplify: bool = True,
     dry_run: bool = False,
+    batch_profile: Optional[Sequence[int]] = None,
 ) -> Path:
     """Export a detector -> path of the written artifact (.onnx, .xml or .engine).
 
@@ -188,11 +199,14 @@ def export(
     experiment: the training ExperimentConfig dict (mean/std of its data) when passing a module.
     simplify: run onnxslim on the ONNX graph (skipped with a log line if it fails).
     dry_run: format="tensorrt" only: write the ONNX the engine would be built from (no TensorRT needed).
+    batch_profile: (min, opt, max) batch of a dynamic-batch TensorRT engine's optimisation profile;
+        default (1, 8, 8): TensorRT tunes its kernels for the opt batch, so set it to your stream count.
     """
     if isinstance(imgsz, int) or len(imgsz) != 2 or min(int(s) for s in imgsz) <= 0:
         raise ExportError(f"imgsz must be (H, W) positive integers, got {imgsz!r}")
     if top_k <= 0:
         raise ExportError(f"top_k must be positive, got {top_k}")
+    profile = _batch_profile(batch_profile)
     from converters.formats import get_format
 
     get_format(format)  # fail on a misspelt format before loading anything
@@ -206,7 +220,7 @@ def export(
     manifest = make_manifest(model, fmt.backend, precision, form, imgsz_hw, 0 if dynamic_batch else 1,
                              postprocess, top_k, class_names, experiment)
     req = ExportRequest(fmt, _output_path(output, fmt, family, form, precision), precision, form, imgsz_hw,
-                        dynamic_batch, postprocess, top_k, calib, calib_images, opset, manifest, simplify, dry_run)
+                        dynamic_batch, postprocess, top_k, calib, calib_images, opset, manifest, simplify, dry_run, profile)
     module_name, fn_name = fmt.builder.split(":")
     builder = getattr(importlib.import_module(module_name), fn_name)
     return Path(builder(model, req))

@@ -31,6 +31,8 @@ class ExportCommand:
         p.add_argument("--calib-images", type=int, default=32, help="number of calibration images used")
         p.add_argument("--output", default=None, help="artifact path or folder (default: ./<family>-<msda>-<precision><suffix>)")
         p.add_argument("--dynamic-batch", action="store_true", help="dynamic batch dimension")
+        p.add_argument("--batch-profile", type=int, nargs=3, default=None, metavar=("MIN", "OPT", "MAX"),
+                       help="tensorrt with --dynamic-batch: optimisation profile batches (default 1 8 8; OPT = your stream count)")
         p.add_argument("--raw", action="store_true", help="export raw pred_logits/pred_boxes instead of top-K detections")
         p.add_argument("--top-k", type=int, default=100, help="detections kept per image (postprocessed export)")
         p.add_argument("--verify", action="store_true", help="compare the artifact with PyTorch afterwards")
@@ -55,6 +57,7 @@ class ExportCommand:
             model, experiment=experiment, format=args.format, output=args.output, precision=args.precision,
             imgsz=tuple(args.imgsz), dynamic_batch=args.dynamic_batch, msda=args.msda, calib=args.calib, postprocess=not args.raw,
             top_k=args.top_k, calib_images=args.calib_images, dry_run=args.dry_run,
+            batch_profile=args.batch_profile,
         )
         print(f"exported {path}")
         if args.verify:

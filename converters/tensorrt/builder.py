@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Tuple
 
 import numpy as np
 
@@ -39,9 +39,21 @@ class EngineOptions:
     precision: str = "fp16"  # fp32 | fp16 | int8
     dynamic_batch: bool = False
     max_batch: int = 8
+    min_batch: int = 1
+    opt_batch: int = 0  # 0: max_batch (TensorRT tunes kernels for opt; N streams -> opt = max = N)
     workspace_gb: float = 2.0
     timing_cache: Optional[Path] = None
     calibration_cache: Optional[Path] = None
+
+
+def profile_batches(options: EngineOptions) -> Tuple[int, int, int]:
+    """(min, opt, max) batch of the optimisation profile; refuses an inconsistent one before a slow build."""
+    high = int(options.max_batch)
+    opt = int(options.opt_batch) or high
+    low = int(options.min_batch)
+    if not 1 <= low <= opt <= high:
+        raise ValueError(f"batch profile must satisfy 1 <= min <= opt <= max, got min={low} opt={opt} max={high}")
+    return low, opt, high
 
 
 def load_plugin_library(trt, logger, plugin_library: Optional[Path]) -> None:
@@ -105,8 +117,8 @@ def build_engine_file(
             rest = [int(d) for d in shape[1:]]
             if any(d < 0 for d in rest):
                 raise ValueError(f"input {tensor.name} has dynamic non-batch dims {shape}; export with a fixed imgsz")
-            opt = max(1, options.max_batch // 2)
-            profile.set_shape(tensor.name, [1] + rest, [opt] + rest, [options.max_batch] + rest)
+            low, opt, high = profile_batches(options)
+            profile.set_shape(tensor.name, [low] + rest, [opt] + rest, [high] + rest)
     config.add_optimization_profile(profile)
     if options.precision == "int8" and config.int8_calibrator is not None:
         config.set_calibration_profile(profile)

@@ -48,7 +48,7 @@ def tensorrt_onnx(model: nn.Module, req, onnx_path: Path) -> Path:
 
 def engine_from_onnx(onnx_path: Path, engine_path: Path, manifest: Manifest, msda: str, precision: str = "fp32",
                      dynamic_batch: bool = False, calib=None, calib_images: int = 32, workspace_gb: float = 2.0,
-                     max_batch: int = 8) -> Path:
+                     max_batch: int = 8, min_batch: int = 1, opt_batch: int = 0) -> Path:
     """Build `engine_path` from a rewritten ONNX file; copy our plugin beside it and write the sidecar manifest."""
     plugin = None
     if msda == "fused":
@@ -64,6 +64,8 @@ def engine_from_onnx(onnx_path: Path, engine_path: Path, manifest: Manifest, msd
         precision=precision,
         dynamic_batch=dynamic_batch,
         max_batch=max_batch,
+        min_batch=min_batch,
+        opt_batch=opt_batch,
         workspace_gb=workspace_gb,
         timing_cache=engine_path.with_suffix(".timing.cache"),
         calibration_cache=engine_path.with_suffix(".calib.cache"),
@@ -73,12 +75,13 @@ def engine_from_onnx(onnx_path: Path, engine_path: Path, manifest: Manifest, msd
     return engine_path
 
 
-def build_engine(model: nn.Module, req, workspace_gb: float = 2.0, max_batch: int = 8) -> Path:
+def build_engine(model: nn.Module, req, workspace_gb: float = 2.0) -> Path:
     """Builder named in the format table. Returns the engine path (the ONNX path when `req.dry_run`)."""
     dry_run = getattr(req, "dry_run", False)
     engine_path = Path(req.output)
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     onnx_path = engine_path.with_suffix(".onnx")
+    low, opt, high = getattr(req, "batch_profile", (1, 8, 8))
     if not dry_run:
         import_tensorrt()  # fail before the (slow) ONNX export when TensorRT is absent
     tensorrt_onnx(model, req, onnx_path)
@@ -86,4 +89,4 @@ def build_engine(model: nn.Module, req, workspace_gb: float = 2.0, max_batch: in
         log.info("dry run: wrote %s; build the engine on the device with `trtexec --onnx=%s`", onnx_path, onnx_path.name)
         return onnx_path
     return engine_from_onnx(onnx_path, engine_path, req.manifest, req.msda, req.precision, req.dynamic_batch,
-                            req.calib, req.calib_images, workspace_gb, max_batch)
+                            req.calib, req.calib_images, workspace_gb, max_batch=high, min_batch=low, opt_batch=opt)
