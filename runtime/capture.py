@@ -252,12 +252,13 @@ class CaptureSource(LiveSource):
 
 
 class PacedVideoSource(LiveSource):
-    """A video file played at its own fps as if it were a camera (latest frame only, drops when slow)."""
+    """A video file played at its own fps as if it were a camera (latest frame only, drops when slow);
+    loop=True starts it again at its end (a demo or kiosk that runs until stopped)."""
 
-    def __init__(self, path: Union[str, Path], fps: float = 0.0):
+    def __init__(self, path: Union[str, Path], fps: float = 0.0, loop: bool = False):
         super().__init__(str(path), reconnects=0)
         self.path = Path(path)
-        self._want_fps = fps
+        self._want_fps, self.loop = fps, bool(loop)
         self._cap: Optional[cv2.VideoCapture] = None
         self.start()
 
@@ -268,6 +269,9 @@ class PacedVideoSource(LiveSource):
 
     def _grab(self) -> Optional[np.ndarray]:
         ok, image = self._cap.read() if self._cap is not None else (False, None)
+        if not ok and self.loop and self._n > 0:
+            self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, image = self._cap.read()
         if not ok:
             raise EndOfStream
         # Wait until this frame's due time so frames appear at the nominal rate.
@@ -371,8 +375,11 @@ def open_source(spec: Any, live: Optional[bool] = None, **options: Any) -> Sourc
     pipeline string (contains "!"); an image file; a folder of images; a video file (every frame
     in order, or played at its fps as a live camera with live=True); a numpy image; or any
     iterable of BGR frames (live=True: newest frame only). options go to CaptureSource
-    (api, reconnects, width, height, fps).
+    (api, reconnects, width, height, fps); loop=True replays a video file played live.
     """
+    loop = bool(options.pop("loop", False))
+    if loop and not (isinstance(spec, (str, Path)) and Path(spec).is_file() and Path(spec).suffix.lower() not in IMAGE_SUFFIXES):
+        raise ValueError(f"loop applies to video files only, not {spec!r}")
     if isinstance(spec, Source):
         return spec
     if isinstance(spec, np.ndarray):
@@ -395,7 +402,7 @@ def open_source(spec: Any, live: Optional[bool] = None, **options: Any) -> Sourc
             return images_source(files, str(path))
         if path.suffix.lower() in IMAGE_SUFFIXES:
             return images_source([path], str(path))
-        return PacedVideoSource(path, **options) if live else video_source(path)
+        return PacedVideoSource(path, loop=loop, **options) if live or loop else video_source(path)
     if isinstance(spec, Iterable):
         return LiveIteratorSource(spec, **options) if live else SequentialSource("iterator", iter(spec))
     raise TypeError(f"cannot open a source from {type(spec).__name__}; pass an index, path, URL, pipeline or iterable of frames")

@@ -16,8 +16,8 @@ import time
 from typing import Any, List, Optional
 
 from runtime.capture import open_source
-from runtime.detector import Detector
 from runtime.pipeline import Pipeline
+from runtime.serve.cli_options import add_serve_arguments, make_detector, source_options, start_server
 from runtime.sinks import JsonLinesSink, ShowSink, VideoSink
 
 
@@ -51,6 +51,7 @@ class RunCommand:
         parser.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0 = until the source ends)")
         parser.add_argument("--queue-size", type=int, default=4, help="queue depth between stages for file sources")
         parser.add_argument("--quiet", action="store_true", help="no progress line")
+        add_serve_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         specs = args.source or ([] if args.sources else [0])
@@ -63,10 +64,13 @@ class RunCommand:
         with contextlib.ExitStack() as undo:  # closes what was opened if a later step fails
             sinks: List[Any] = [ShowSink(overlay_fps=True)] if args.show else []  # first: fail before loading anything
             undo.callback(lambda: [s.close() for s in sinks])
-            detector = Detector(args.model, backend=args.backend, device=args.device, conf=args.conf, classes=args.classes, **options)
+            detector = make_detector(args, options)
             undo.callback(detector.close)
-            source = open_source(args.source, live=args.live or None)
+            source = open_source(args.source, **source_options(args))
             undo.callback(source.close)
+            server = start_server(args, detector)
+            if server is not None:
+                sinks.append(server)
             if args.save:
                 sinks.append(VideoSink(args.save, fps=source.fps or 30.0))
             if args.json:
@@ -75,6 +79,8 @@ class RunCommand:
         if not args.quiet:
             print(f"{detector} <- {source}", file=sys.stderr)
         pipeline = Pipeline(source, detector, sinks=sinks, queue_size=args.queue_size)
+        if server is not None:
+            server.stats_fn = pipeline.stats
         interrupted = False
         last = 0.0
         try:

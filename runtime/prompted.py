@@ -105,6 +105,17 @@ class PromptedDetector:
         self._counts = np.zeros(0, np.float32)
         self._refresh()
 
+    def remove_prompt(self, name: str) -> "PromptedDetector":
+        """Forget one prompt name (all its sources)."""
+        if name not in self._names:
+            raise KeyError(f"no prompt named {name!r}; prompts are {list(self._names)}")
+        i = self._names.index(name)
+        del self._names[i]
+        self._sums = np.delete(self._sums, i, axis=0)
+        self._counts = np.delete(self._counts, i, axis=0)
+        self._refresh()
+        return self
+
     def set_prompts(self, image: Optional[np.ndarray] = None, boxes=None, points=None, texts: Optional[Sequence[str]] = None,
                     names: Names = None) -> "PromptedDetector":
         """Replace the prompts: exemplar boxes ([n, 4] xyxy pixels) and/or points ([n, 2] pixels) on a BGR

@@ -3,6 +3,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The live web view's tests drive Debian's Chromium through its WebDriver; without them they skip, saying so.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 \
+      || echo "WARNING: could not install chromium/chromium-driver; the browser tests will be skipped" >&2
+  else
+    echo "WARNING: chromium/chromium-driver missing (apt-get install chromium chromium-driver); the browser tests will be skipped" >&2
+  fi
+fi
 python3 -m pytest -q -m "not slow" tests
 # The runtime in a venv holding only the base install (no torch).
 bash scripts/check_runtime_base_install.sh

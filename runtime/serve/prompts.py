@@ -1,0 +1,96 @@
+"""A prompted detector that a browser may re-prompt while the pipeline runs.
+
+The pipeline's detect thread calls it on every frame while the web server's thread adds or
+removes prompts; one lock serialises the two (a prompt is encoded once, ~10-20 ms, between
+two frames). With no prompt yet it returns no detections instead of failing, so a live view
+can start empty and be prompted from the page.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+import numpy as np
+
+from runtime.types import Detections
+
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+class LivePromptedDetector:
+    """Wraps a `runtime.PromptedDetector`; prompt files are kept in `prompt_dir` only."""
+
+    def __init__(self, detector: Any, prompt_dir: Path):
+        self.detector = detector
+        self.prompt_dir = Path(prompt_dir)
+        self._lock = threading.Lock()
+
+    @property
+    def names(self) -> Sequence[str]:
+        return tuple(self.detector.prompt_names)
+
+    @property
+    def class_names(self) -> Sequence[str]:
+        return self.names
+
+    def __call__(self, frame_bgr: np.ndarray) -> Detections:
+        with self._lock:
+            if not self.detector.prompt_names:
+                return Detections.empty((), frame_bgr.shape[:2])
+            return self.detector(frame_bgr)
+
+    def add(self, image: np.ndarray, box: Optional[Sequence[float]] = None, point: Optional[Sequence[float]] = None,
+            name: str = "") -> None:
+        """One exemplar (box xyxy or point, image pixels) on `image`, under `name`."""
+        name = name.strip()
+        if not name or len(name) > 64:
+            raise ValueError("a prompt needs a name of 1 to 64 characters")
+        if (box is None) == (point is None):
+            raise ValueError("give either box [x0, y0, x1, y1] or point [x, y] in frame pixels")
+        h, w = image.shape[:2]
+        if box is not None:
+            b = np.asarray(box, np.float32).reshape(-1)
+            if b.size != 4 or not np.all(np.isfinite(b)) or b[2] - b[0] < 2 or b[3] - b[1] < 2:
+                raise ValueError(f"box must be [x0, y0, x1, y1] with x1 > x0 and y1 > y0 (pixels), got {list(box)}")
+            b = np.clip(b, 0, [w, h, w, h])
+            with self._lock:
+                self.detector.add_prompt_image(image, boxes=b[None], names=name)
+        else:
+            p = np.asarray(point, np.float32).reshape(-1)
+            if p.size != 2 or not np.all(np.isfinite(p)):
+                raise ValueError(f"point must be [x, y] (pixels), got {list(point)}")
+            with self._lock:
+                self.detector.add_prompt_image(image, points=np.clip(p, 0, [w, h])[None], names=name)
+
+    def remove(self, name: str) -> str:
+        with self._lock:
+            self.detector.remove_prompt(name)
+        return name
+
+    def _file(self, file: str) -> Path:
+        stem = file[:-4] if file.endswith(".npz") else file
+        if not _FILE_NAME.fullmatch(stem) or ".." in stem:
+            raise ValueError("a prompt file name is letters, digits, '_', '-', '.' (no folders), e.g. shop-shelf")
+        return self.prompt_dir / f"{stem}.npz"
+
+    def save(self, file: str, overwrite: bool = False) -> Path:
+        path = self._file(file)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path.name} exists; save under another name or confirm overwrite")
+        self.prompt_dir.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            return self.detector.save_prompts(path)
+
+    def load(self, file: str) -> Path:
+        path = self._file(file)
+        with self._lock:
+            self.detector.load_prompts(path)
+        return path
+
+    def files(self) -> List[str]:
+        return sorted(p.stem for p in self.prompt_dir.glob("*.npz")) if self.prompt_dir.is_dir() else []
+
+    def close(self) -> None:
+        self.detector.close()
