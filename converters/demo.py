@@ -109,8 +109,33 @@ def render_demo_video(output_dir: Path, frames: int):
     return video, render_synthetic_video(video, num_frames=frames, size=(360, 640), fps=15, seed=7)
 
 
-def run_video(video: Path, detector, output_dir: Path, frames: int, conf: float, show: bool = False):
+class _FirstFrameOverlay:
+    """Passes a sink frame 0 with `overlay(image)` drawn on a copy (the prompted demo's exemplar boxes)."""
+
+    def __init__(self, sink, overlay):
+        self.sink, self.overlay = sink, overlay
+
+    def __call__(self, result) -> None:
+        self.sink(with_first_frame_overlay(result, self.overlay))
+
+    def close(self) -> None:
+        close = getattr(self.sink, "close", None)
+        if callable(close):
+            close()
+
+
+def with_first_frame_overlay(result, overlay):
+    import dataclasses
+
+    if overlay is None or result.frame.index != 0:
+        return result
+    return dataclasses.replace(result, frame=dataclasses.replace(result.frame, image=overlay(result.frame.image.copy())))
+
+
+def run_video(video: Path, detector, output_dir: Path, frames: int, conf: float, show: bool = False, first_frame_overlay=None):
     """Run `detector` over `video` in the threaded pipeline; write annotated.mp4 and contact_sheet.png.
+
+    first_frame_overlay: image -> image drawn on frame 0 in the video, the window and the contact sheet.
 
     Detections are kept down to the detector's own (low) threshold for scoring; only those at or
     above `conf` are drawn. -> (pipeline stats, {frame index: Detections}, contact sheet path).
@@ -126,11 +151,13 @@ def run_video(video: Path, detector, output_dir: Path, frames: int, conf: float,
     def collect(result) -> None:
         per_frame[result.frame.index] = result.detections
         if result.frame.index in keep:
+            result = with_first_frame_overlay(result, first_frame_overlay)
             sheet_frames.append(draw(result.frame.image, result.detections.filter(min_score=conf)))
 
-    sinks = [CallbackSink(collect), _Confident(VideoSink(output_dir / "annotated.mp4", fps=15, overlay_fps=True), conf)]
+    video_sink = _Confident(VideoSink(output_dir / "annotated.mp4", fps=15, overlay_fps=True), conf)
+    sinks = [CallbackSink(collect), _FirstFrameOverlay(video_sink, first_frame_overlay)]
     if show:
-        sinks.append(_Confident(ShowSink(), conf))
+        sinks.append(_FirstFrameOverlay(_Confident(ShowSink(), conf), first_frame_overlay))
     stats = Pipeline(str(video), detector, sinks=sinks).run()
     sheet_path = output_dir / "contact_sheet.png"
     if sheet_frames:

@@ -149,7 +149,11 @@ def run_prompted_demo(output_dir: Path = Path("runs/demo_prompt"), frames: int =
     classes = prompt_classes(detector.prompt_names, box_names, user_boxes, gt_frames[0], class_names)
 
     log.info("4/5 running the pipeline: %s on %s", detector, video.name)
-    stats, per_frame, sheet_path = run_video(video, detector, output_dir, frames, conf, show)
+    from runtime.draw import draw_prompts
+
+    shown = draw_prompts if len(user_boxes) else None  # the exemplar boxes, on the frame they were drawn on
+    stats, per_frame, sheet_path = run_video(video, detector, output_dir, frames, conf, show,
+                                             first_frame_overlay=(lambda im: shown(im, user_boxes, box_names)) if shown else None)
     detector.close()
 
     log.info("5/5 scoring the frames after the first against the video's ground truth")

@@ -19,7 +19,7 @@ from runtime.capture import (
     open_source,
 )
 from runtime.detector import Detector
-from runtime.draw import contact_sheet, draw, draw_fps
+from runtime.draw import contact_sheet, draw, draw_fps, draw_prompts
 from runtime.manifest import Manifest
 from runtime.multistream import MultiStreamPipeline, StreamResult
 from runtime.pipeline import Pipeline, Result, StopPipeline
@@ -30,5 +30,5 @@ __all__ = [
     "CallbackSink", "CaptureSource", "Detections", "Detector", "Frame", "JsonLinesSink", "LiveIteratorSource", "Manifest",
     "MultiStreamPipeline", "StreamResult",
     "PacedVideoSource", "Pipeline", "Result", "SequentialSource", "ShowSink", "Source", "StopPipeline", "VideoSink",
-    "contact_sheet", "draw", "draw_fps", "jetson_csi_pipeline", "open_source",
+    "contact_sheet", "draw", "draw_fps", "draw_prompts", "jetson_csi_pipeline", "open_source",
 ]

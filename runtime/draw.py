@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import colorsys
 import math
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -20,24 +20,79 @@ def class_color(label: int) -> Color:
     return int(b * 255), int(g * 255), int(r * 255)
 
 
+def _overlaps(a: Tuple[int, int, int, int], b: Tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _label_rect(box: Tuple[int, int, int, int], tw: int, th: int, base: int, w: int, h: int,
+                taken: List[Tuple[int, int, int, int]], below_first: bool = False) -> Tuple[int, int, int, int]:
+    """Where a label goes: above the box, else inside its top, else below it (below first when asked);
+    slid down past labels already drawn."""
+    x0, y0, _, y1 = box
+    tx = max(0, min(x0, w - tw))
+    lh = th + base + 2
+    for top in ((y1, y0 - lh, y0) if below_first else (y0 - lh, y0, y1)):
+        rect = (tx, top, tx + tw, top + lh)
+        if top >= 0 and top + lh <= h and not any(_overlaps(rect, t) for t in taken):
+            return rect
+    top = max(0, min(y0 - lh, h - lh))
+    rect = (tx, top, tx + tw, top + lh)
+    while any(_overlaps(rect, t) for t in taken) and rect[3] + lh <= h:  # never print over another label
+        top += lh
+        rect = (tx, top, tx + tw, top + lh)
+    return rect
+
+
 def draw(frame: np.ndarray, detections: Detections, thickness: int = 2, font_scale: float = 0.5, show_scores: bool = True,
          colors: Optional[Sequence[Color]] = None, copy: bool = True) -> np.ndarray:
     """Draw boxes_xyxy (frame pixels) with "name score" labels; returns the frame (a copy unless copy=False).
 
-    colors: BGR colour per class id (default `class_color`).
+    colors: BGR colour per class id (default `class_color`). Labels never cover each other: one that
+    would is moved inside or below its box, or further down. Track ids, when present, are shown as "#id".
     """
     out = frame.copy() if copy else frame
     h, w = out.shape[:2]
-    for box, score, label, name in zip(detections.boxes_xyxy, detections.scores, detections.labels, detections.names):
+    taken: List[Tuple[int, int, int, int]] = []
+    track_ids = getattr(detections, "track_ids", None)
+    order = np.argsort(-np.asarray(detections.scores)) if len(detections) else []
+    for i in order:  # most confident first: they get the best label places
+        box, score, label, name = detections.boxes_xyxy[i], detections.scores[i], detections.labels[i], detections.names[i]
         color = tuple(int(c) for c in colors[label]) if colors is not None else class_color(int(label))
         x0, y0, x1, y1 = (int(round(float(v))) for v in box)
         cv2.rectangle(out, (x0, y0), (x1, y1), color, thickness)
-        text = f"{name} {score:.2f}" if show_scores else name
+        text = f"{name} {score:.2f}" if show_scores else str(name)
+        if track_ids is not None and int(track_ids[i]) >= 0:
+            text = f"#{int(track_ids[i])} {text}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
-        ty = y0 - 2 if y0 - th - base - 2 >= 0 else min(h - base, y0 + th + 2)  # inside the box when at the top edge
-        tx = max(0, min(x0, w - tw))
-        cv2.rectangle(out, (tx, ty - th - base), (tx + tw, ty + base // 2), color, -1)
-        cv2.putText(out, text, (tx, ty - base // 2), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1, cv2.LINE_AA)
+        rect = _label_rect((x0, y0, x1, y1), tw, th, base, w, h, taken)
+        taken.append(rect)
+        cv2.rectangle(out, rect[:2], rect[2:], color, -1)
+        cv2.putText(out, text, (rect[0], rect[3] - base - 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def draw_prompts(frame: np.ndarray, boxes_xyxy: Sequence[Sequence[float]], names: Sequence[str], color: Color = (255, 255, 255),
+                 copy: bool = True) -> np.ndarray:
+    """Draw the exemplar boxes a prompted detector was given: dashed, labelled "prompt: name"."""
+    out = frame.copy() if copy else frame
+    h, w = out.shape[:2]
+    taken: List[Tuple[int, int, int, int]] = []
+    for box, name in zip(boxes_xyxy, names):
+        x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+        dash = 10
+        for a, b, fixed, horizontal in ((x0, x1, y0, True), (x0, x1, y1, True), (y0, y1, x0, False), (y0, y1, x1, False)):
+            for start in range(a, b, 2 * dash):
+                end = min(start + dash, b)
+                p, q = ((start, fixed), (end, fixed)) if horizontal else ((fixed, start), (fixed, end))
+                cv2.line(out, p, (q[0], q[1]), (0, 0, 0), 4, cv2.LINE_AA)
+                cv2.line(out, p, (q[0], q[1]), color, 2, cv2.LINE_AA)
+        text = f"prompt: {name}"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.55, 1)
+        # below the box: detection labels, drawn later on the same frame, go above theirs
+        rect = _label_rect((x0, y0, x1, y1), tw, th, base, w, h, taken, below_first=True)
+        taken.append(rect)
+        cv2.rectangle(out, rect[:2], rect[2:], (0, 0, 0), -1)
+        cv2.putText(out, text, (rect[0], rect[3] - base - 1), cv2.FONT_HERSHEY_SIMPLEX, 0.55, color, 1, cv2.LINE_AA)
     return out
 
 
