@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 CSRC = Path(__file__).parent / "csrc"
 SOURCES = (CSRC / "msda_torch.cpp", CSRC / "msda_kernel.cu")
 EXTENSION_NAME = "edgedet_msda_cuda"
-CUDA_FLAGS = ("-O3", "-std=c++17", "--use_fast_math")
+CUDA_FLAGS = ("-O3", "-std=c++17")
 METHOD_CODES = {"default": 0, "discrete": 1}
 VALUE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 MAX_LEVELS = 16  # kMsdaMaxLevels in msda_kernel.cuh
