@@ -198,3 +198,33 @@ def test_trt_builtin_form_is_tensorrt_only():
 
     with pytest.raises(ExportError, match="not supported for format 'onnx'"):
         export(_tiny_deformable(), format="onnx", msda="trt_builtin", imgsz=(64, 64))
+
+
+def test_dry_run_int8_writes_tensorrt_explicit_qdq_graph(tmp_path):
+    """TensorRT 10's explicit quantization: symmetric INT8 Q/DQ around Conv/MatMul, plugin nodes kept,
+    DETR-sensitive projections left in float; calibrated with ONNX Runtime on the portable form."""
+    from converters import export
+    from converters.calibration import KEEP_FLOAT_PATTERNS
+
+    calib = np.random.default_rng(0).uniform(-2, 2, (4, 3, 64, 96)).astype(np.float32)
+    path = export(_tiny_deformable(), format="tensorrt", output=tmp_path / "model.engine", imgsz=(64, 96),
+                  msda="fused", precision="int8", calib=calib, dry_run=True, simplify=False)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=False)
+    nodes = list(model.graph.node)
+    assert len([n for n in nodes if n.op_type == FUSED_OP and n.domain == FUSED_DOMAIN]) == 2
+    quants = [n for n in nodes if n.op_type == "QuantizeLinear"]
+    assert len(quants) > 10
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    for q in quants:  # TensorRT takes symmetric INT8 only: zero points of 0
+        zp = inits[q.input[2]]
+        assert zp.dtype == np.int8 and not zp.any()
+    producer = {o: n for n in nodes for o in n.output}
+    quantized_convs = [n for n in nodes if n.op_type == "Conv" and producer.get(n.input[0]) is not None
+                       and producer[n.input[0]].op_type == "DequantizeLinear"]
+    assert quantized_convs, "the backbone's convolutions are quantized"
+    for n in nodes:  # kept in float: their activation inputs come straight from float tensors
+        if n.op_type in ("MatMul", "Gemm") and any(p in n.name for p in KEEP_FLOAT_PATTERNS):
+            src = producer.get(n.input[0])
+            assert src is None or src.op_type != "DequantizeLinear", n.name
+    assert not (tmp_path / "model.engine").exists()

@@ -212,6 +212,10 @@ class FakeTensorRT(types.ModuleType):
         def __init__(self, level=None):
             self.level = level
 
+    class IInt8EntropyCalibrator2:
+        def __init__(self):
+            pass
+
     def __init__(self, engine_factory):
         super().__init__("tensorrt")
         self.engine_factory = engine_factory
