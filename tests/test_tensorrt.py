@@ -30,12 +30,14 @@ LEVELS = [(8, 10), (4, 5)]
 S = sum(h * w for h, w in LEVELS)
 
 
-def fused_graph() -> onnx.ModelProto:
-    """A graph with one edgedet::MultiScaleDeformableAttention node, as the exporter writes it."""
+def fused_graph(points=None, method=None) -> onnx.ModelProto:
+    """A graph with one edgedet::MultiScaleDeformableAttention node, as the exporter writes it
+    (uniform layout, or per level with `points` and the node attributes of converters/onnx/msda_forms.py)."""
+    k = [len(LEVELS), P] if points is None else [sum(points)]
     inputs = [
         helper.make_tensor_value_info("value", TensorProto.FLOAT, [N, S, M, D]),
-        helper.make_tensor_value_info("sampling_locations", TensorProto.FLOAT, [N, LQ, M, len(LEVELS), P, 2]),
-        helper.make_tensor_value_info("attention_weights", TensorProto.FLOAT, [N, LQ, M, len(LEVELS), P]),
+        helper.make_tensor_value_info("sampling_locations", TensorProto.FLOAT, [N, LQ, M, *k, 2]),
+        helper.make_tensor_value_info("attention_weights", TensorProto.FLOAT, [N, LQ, M, *k]),
     ]
     starts = np.cumsum([0] + [h * w for h, w in LEVELS[:-1]])
     inits = [
@@ -49,6 +51,10 @@ def fused_graph() -> onnx.ModelProto:
         name="msda0",
         domain=FUSED_DOMAIN,
     )
+    if points is not None:
+        node.attribute.append(helper.make_attribute("num_points_per_level", list(points)))
+    if method is not None:
+        node.attribute.append(helper.make_attribute("method", method))
     out = helper.make_tensor_value_info("output", TensorProto.FLOAT, [N, LQ, M * D])
     graph = helper.make_graph([node], "msda", inputs, [out], initializer=inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(FUSED_DOMAIN, 1)])
@@ -99,6 +105,37 @@ def test_rewrite_for_tensorrt_builtin_plugin(version):
     assert reshape.input[0] == node.output[0] and list(reshape.output) == ["output"]
     shape = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}[reshape.input[1]]
     assert shape.tolist() == [0, 0, -1]
+
+
+@pytest.mark.parametrize("points,method", [((4, 3), None), ((2, 2), "discrete"), (None, "discrete")])
+def test_rewrite_for_edgedet_plugin_keeps_per_level_and_method_attributes(points, method):
+    model = rewrite_for_tensorrt(fused_graph(points, method), target="edgedet")
+    onnx.checker.check_model(model, full_check=False)
+    (node,) = [n for n in model.graph.node if n.op_type == FUSED_OP]
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs.get("num_points_per_level") == (list(points) if points else None)
+    assert attrs.get("method") == (method.encode() if method else None)
+    types = _input_types(model, node)
+    assert [t[0] for t in types][1:3] == [TensorProto.INT32, TensorProto.INT32]
+
+
+def test_builtin_plugin_takes_equal_per_level_counts_as_the_uniform_layout():
+    model = rewrite_for_tensorrt(fused_graph((2, 2)), target="trt_builtin")
+    onnx.checker.check_model(model, full_check=False)
+    (node,) = [n for n in model.graph.node if n.op_type == TRT_BUILTIN_OP]
+    types = _input_types(model, node)
+    assert types[3] == (TensorProto.FLOAT, [N, LQ, M, len(LEVELS), 2, 2])
+    assert types[4] == (TensorProto.FLOAT, [N, LQ, M, len(LEVELS), 2])
+
+
+@pytest.mark.parametrize("points,method,match", [((4, 3), None, r"point counts \[4, 3\]"),
+                                                 (None, "discrete", "discrete")])
+def test_builtin_plugin_refuses_what_it_cannot_do(points, method, match):
+    from converters.tensorrt.onnx_plugins import BuiltinPluginUnsupported
+
+    with pytest.raises(BuiltinPluginUnsupported, match=match) as err:
+        rewrite_for_tensorrt(fused_graph(points, method), target="trt_builtin")
+    assert "msda='fused'" in str(err.value)
 
 
 def test_rewrite_rejects_unknown_target():

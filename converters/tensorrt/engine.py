@@ -16,7 +16,8 @@ import onnx
 from torch import nn
 
 from converters.tensorrt.builder import EngineOptions, build_engine_file, import_tensorrt, resolve_int8_mode, tensorrt_major
-from converters.tensorrt.onnx_plugins import rewrite_for_tensorrt
+from converters.formats import ExportError
+from converters.tensorrt.onnx_plugins import BuiltinPluginUnsupported, rewrite_for_tensorrt
 from converters.tensorrt.plugin import LIBRARY_NAME, library_path
 from runtime.manifest import Manifest, write_sidecar
 
@@ -31,7 +32,11 @@ def rewrite_onnx_file(onnx_path: Path, msda: str) -> Path:
     """Rewrite the fused MSDA nodes of an ONNX file in place for the plugin of form `msda` (no-op for other forms)."""
     if msda in PLUGIN_TARGETS:
         proto = onnx.load(str(onnx_path))
-        onnx.save(rewrite_for_tensorrt(proto, PLUGIN_TARGETS[msda]), str(onnx_path))
+        try:
+            rewritten = rewrite_for_tensorrt(proto, PLUGIN_TARGETS[msda])
+        except BuiltinPluginUnsupported as e:
+            raise ExportError(str(e)) from e
+        onnx.save(rewritten, str(onnx_path))
     return onnx_path
 
 
