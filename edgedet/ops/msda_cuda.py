@@ -90,8 +90,14 @@ def prebuilt_extension():
     return _msda_cuda
 
 
+BUILD_DIR_ENV = "EDGEDET_CUDA_EXT_DIR"  # where the JIT build goes (default: torch's extension cache)
+
+
 def jit_build_kwargs(build_directory: Optional[str] = None, verbose: bool = False) -> dict:
     """Arguments of torch.utils.cpp_extension.load for the JIT build (also used by scripts/gpu_check.sh)."""
+    import os
+
+    build_directory = build_directory or os.environ.get(BUILD_DIR_ENV) or None
     kwargs = dict(name=EXTENSION_NAME, sources=[str(s) for s in SOURCES], extra_include_paths=[str(CSRC)],
                   extra_cflags=["-O3", "-std=c++17"], extra_cuda_cflags=list(CUDA_FLAGS), verbose=verbose)
     if build_directory is not None:
