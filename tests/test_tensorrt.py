@@ -265,3 +265,53 @@ def test_dry_run_int8_writes_tensorrt_explicit_qdq_graph(tmp_path):
             src = producer.get(n.input[0])
             assert src is None or src.op_type != "DequantizeLinear", n.name
     assert not (tmp_path / "model.engine").exists()
+
+
+ATTRIBUTES_CHECK = r"""
+#include <cassert>
+#include <cstdio>
+#include "msda_plugin_common.h"
+using namespace nvinfer1;
+int main() {
+  edgedet::trt::MsdaAttributes a;
+  assert(a.parse(nullptr) && !a.per_level() && a.method == edgedet::kBilinear);
+  int32_t pts[3] = {4, 3, 2};
+  char const method[] = "discrete";
+  PluginField fields[2] = {PluginField("num_points_per_level", pts, PluginFieldType::kINT32, 3),
+                           PluginField("method", method, PluginFieldType::kCHAR, 8)};
+  PluginFieldCollection fc{2, fields};
+  assert(a.parse(&fc) && a.points.size() == 3 && a.points[2] == 2 && a.method == edgedet::kDiscrete);
+  Dims d[5];
+  d[0].nbDims = 4; d[1].nbDims = 2; d[2].nbDims = 1;
+  d[3].nbDims = 5; d[3].d[3] = 9; d[4].nbDims = 4;
+  assert(a.shapes_ok(d));
+  d[3].d[3] = 8;
+  assert(!a.shapes_ok(d));  // K must be 4 + 3 + 2
+  d[3].nbDims = 6; d[4].nbDims = 5;
+  assert(!a.shapes_ok(d));  // uniform ranks with per-level attributes
+  char const bad[] = "nearest";
+  PluginField wrong("method", bad, PluginFieldType::kCHAR, 7);
+  PluginFieldCollection fc2{1, &wrong};
+  assert(!a.parse(&fc2));
+  int32_t zero[1] = {0};
+  PluginField nopoints("num_points_per_level", zero, PluginFieldType::kINT32, 1);
+  PluginFieldCollection fc3{1, &nopoints};
+  assert(!a.parse(&fc3));
+  std::puts("ok");
+  return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("g++") is None or _tensorrt_include() is None,
+                    reason="needs g++ and TensorRT headers (set TENSORRT_INCLUDE_DIR)")
+def test_plugin_reads_the_node_attributes(tmp_path):
+    """The plugins' attribute parsing (num_points_per_level, method) and shape checks, as a host program."""
+    src = tmp_path / "attrs.cpp"
+    src.write_text(ATTRIBUTES_CHECK)
+    cuda_inc = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"
+    build = subprocess.run(["g++", "-std=c++17", f"-I{PLUGIN_DIR}", f"-I{KERNEL_DIR}", f"-I{_tensorrt_include()}",
+                            f"-I{cuda_inc}", str(src), "-o", str(tmp_path / "attrs")], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-3000:]
+    run = subprocess.run([str(tmp_path / "attrs")], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr

@@ -73,17 +73,30 @@ class _Resources:
         self.graphs.clear()
 
     def release(self) -> None:
-        cm.set_device(self.device)
+        """Free everything; a failing step (a sticky CUDA error) does not stop the others, the first error is raised."""
+        errors: List[BaseException] = []
+
+        def attempt(fn, *args) -> None:
+            try:
+                fn(*args)
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+
+        attempt(cm.set_device, self.device)
         if self.stream is not None:
-            self.stream.synchronize()  # nothing may still read or write the buffers
-        self.drop_graphs()
+            attempt(self.stream.synchronize)  # nothing may still read or write the buffers
+        for g in self.graphs.values():
+            attempt(g.free)
+        self.graphs.clear()
         for buf in list(self.device_buffers.values()) + list(self.pinned.values()):
-            buf.free()
+            attempt(buf.free)
         self.device_buffers.clear()
         self.pinned.clear()
         if self.stream is not None:
-            self.stream.close()
+            attempt(self.stream.close)
             self.stream = None
+        if errors:
+            raise errors[0]
 
 
 class _Request:
