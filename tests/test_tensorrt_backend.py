@@ -149,3 +149,13 @@ def test_plugin_library_is_loaded_once_and_its_creator_registered_once(fakes, tm
     trt_plugins.init_builtin_plugins(trt, None)
     trt_plugins.init_builtin_plugins(trt, None)
     assert trt.init_calls == 1
+
+
+def test_close_frees_everything_even_after_a_cuda_error(fakes, monkeypatch):
+    trt, cudart, backend_mod, path = fakes
+    be = backend_mod.TensorRTBackend().load(path, device="cuda")
+    be.infer({"images": images(2)})
+    monkeypatch.setattr(cudart, "cudaStreamSynchronize", lambda s: (700,))  # a sticky error (illegal address)
+    with pytest.raises(RuntimeError, match="CUDA error"):
+        be.close()
+    assert cudart.live() == {"device": 0, "pinned": 0, "streams": 0, "graphs": 0}
