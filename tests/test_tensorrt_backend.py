@@ -159,3 +159,18 @@ def test_close_frees_everything_even_after_a_cuda_error(fakes, monkeypatch):
     with pytest.raises(RuntimeError, match="CUDA error"):
         be.close()
     assert cudart.live() == {"device": 0, "pinned": 0, "streams": 0, "graphs": 0}
+
+
+def test_cuda_graph_bench_runs_against_the_stand_ins(fakes, capsys):
+    """benches/tensorrt_graph.py end to end on the stand-ins: same outputs, a table and a JSON line."""
+    import json
+    from pathlib import Path
+
+    from script_loader import load_script
+
+    trt, cudart, backend_mod, path = fakes
+    bench = load_script(Path(__file__).resolve().parents[1] / "benches" / "tensorrt_graph.py", "bench_trt_graph")
+    assert bench.main(["--engine", str(path), "--batch", "2", "--repeats", "3", "--warmup", "1"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result["rows"]) == {"enqueue", "cuda_graph"} and result["max_abs_diff"] == 0.0
+    assert "graph" in cudart.log and cudart.live() == {"device": 0, "pinned": 0, "streams": 0, "graphs": 0}
