@@ -122,7 +122,10 @@ def build_engine(model: nn.Module, req, workspace_gb: float = 2.0, max_batch: in
     if req.precision == "int8" and resolve_int8_mode(int8_mode, major) == "qdq":
         qdq_from_model(model, req, onnx_path)
     if dry_run:
-        log.info("dry run: wrote %s; build the engine on the device with `trtexec --onnx=%s`", onnx_path, onnx_path.name)
+        plugin = f" --dynamicPlugins={LIBRARY_NAME}" if req.msda == "fused" else ""  # TensorRT 8.x: --plugins=
+        flags = {"fp16": " --fp16", "int8": " --int8 --fp16"}.get(req.precision, "")
+        log.info("dry run: wrote %s; build the engine on the device with `trtexec --onnx=%s%s%s`", onnx_path,
+                 onnx_path.name, plugin, flags)
         return onnx_path
     return engine_from_onnx(onnx_path, engine_path, req.manifest, req.msda, req.precision, req.dynamic_batch,
                             req.calib, req.calib_images, workspace_gb, max_batch)
