@@ -174,3 +174,18 @@ def test_cuda_graph_bench_runs_against_the_stand_ins(fakes, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(result["rows"]) == {"enqueue", "cuda_graph"} and result["max_abs_diff"] == 0.0
     assert "graph" in cudart.log and cudart.live() == {"device": 0, "pinned": 0, "streams": 0, "graphs": 0}
+
+
+def test_detector_batches_no_more_frames_than_the_profile_allows(fakes):
+    """Detector.batch preprocesses and runs at most the engine profile's max batch at a time."""
+    from runtime.detector import Detector
+    from runtime.manifest import Manifest, PreprocessSpec
+
+    trt, cudart, backend_mod, path = fakes
+    manifest = Manifest(batch=0, class_names=["a"], backend="tensorrt", preprocess=PreprocessSpec(size=(4, 5)))
+    det = Detector(path, backend="tensorrt", device="cuda", manifest=manifest)
+    assert det.max_batch == 0 and det.chunk == 4  # dynamic batch, bounded by the profile
+    seen = []
+    det._run = lambda frames: seen.append(len(frames)) or list(frames)
+    assert det.batch(list(range(9))) == list(range(9)) and seen == [4, 4, 1]
+    det.close()
