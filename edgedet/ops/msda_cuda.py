@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
@@ -95,8 +96,6 @@ BUILD_DIR_ENV = "EDGEDET_CUDA_EXT_DIR"  # where the JIT build goes (default: tor
 
 def jit_build_kwargs(build_directory: Optional[str] = None, verbose: bool = False) -> dict:
     """Arguments of torch.utils.cpp_extension.load for the JIT build (also used by scripts/gpu_check.sh)."""
-    import os
-
     build_directory = build_directory or os.environ.get(BUILD_DIR_ENV) or None
     kwargs = dict(name=EXTENSION_NAME, sources=[str(s) for s in SOURCES], extra_include_paths=[str(CSRC)],
                   extra_cflags=["-O3", "-std=c++17"], extra_cuda_cflags=list(CUDA_FLAGS), verbose=verbose)
