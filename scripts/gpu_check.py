@@ -3,8 +3,9 @@
 1. build   compiles the CUDA MSDA extension with torch.utils.cpp_extension (timed)
 2. tests   runs tests/test_msda_cuda.py (FP32 <= 1e-5 and FP16 <= 1e-3 against `pytorch`,
            float64 gradcheck, per-level points, discrete sampling, autocast)
-3. speed   forward and forward+backward of `cuda` vs `pytorch` at benches/msda.py's encoder and
-           decoder shapes (batch 1, 640x640 levels, 8 heads x 32 channels, 4 points), CUDA events
+3. speed   forward and forward+backward of `cuda` vs `pytorch` at benches/msda.py's problems
+           (batch 1, 640x640 levels, 8 heads x 32 channels: the encoder, decoders of 300/900
+           queries with 4 points per level, RT-DETRv2's decoder with per-level points in both methods)
 4. train   a few DINO training steps with AMP on CUDA, MSDA impl `auto`: the loss must stay finite
            and fall (one fixed batch of synthetic scenes, so falling is a real check)
 
@@ -29,7 +30,18 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-SHAPES = {"encoder": 8500, "decoder300": 300, "decoder900": 900}  # benches/msda.py
+# benches/msda.py's problems, rebuilt here so this check needs no ONNX/OpenVINO (that bench imports them):
+# name -> (levels (H, W), queries, per-level points or None = 4 on every level, method)
+LEVELS = [(80, 80), (40, 40), (20, 20), (10, 10)]
+RTDETR_LEVELS = [(80, 80), (40, 40), (20, 20)]
+HEADS, CHANNELS, POINTS = 8, 32, 4
+SHAPES = {
+    "encoder": (LEVELS, 8500, None, "default"),
+    "decoder300": (LEVELS, 300, None, "default"),
+    "decoder900": (LEVELS, 900, None, "default"),
+    "rtdetrv2_300": (RTDETR_LEVELS, 300, (4, 4, 4), "default"),
+    "rtdetrv2_300_discrete": (RTDETR_LEVELS, 300, (4, 4, 4), "discrete"),
+}
 TARGET_SPEEDUP = 5.0
 
 
@@ -95,14 +107,35 @@ def run_tests() -> Dict:
     return {"ok": ok, "summary": summary, "seconds": round(time.perf_counter() - t0, 1), **counts}
 
 
-def msda_inputs(name: str, device: str):
-    """benches/msda.py's inputs for `name`, on `device`."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from script_loader import load_script
+def msda_inputs(name: str, device: str, seed: int = 0):
+    """(levels, points per level or None, method, inputs on `device`) for problem `name`, made the way
+    benches/msda.py makes them: each head samples along its own direction, point p of a level at
+    (p + 1) pixels of that level plus jitter, around the query's reference point (the encoder's
+    token centres, else random boxes' centres)."""
+    import torch
 
-    bench = load_script(REPO / "benches" / "msda.py", "bench_msda")
-    inputs = bench.make_inputs(SHAPES[name])
-    return bench.LEVELS, {k: v.to(device) for k, v in inputs.items()}
+    levels, lq, points, method = SHAPES[name]
+    counts = points or (POINTS,) * len(levels)
+    k = sum(counts)
+    g = torch.Generator().manual_seed(seed)
+    value = torch.randn(1, sum(h * w for h, w in levels), HEADS, CHANNELS, generator=g)
+    angle = torch.arange(HEADS, dtype=torch.float32) * (2 * torch.pi / HEADS)
+    direction = torch.stack([angle.cos(), angle.sin()], -1).view(1, HEADS, 1, 2)
+    radius = torch.tensor([p + 1.0 for c in counts for p in range(c)]).view(1, 1, k, 1)
+    point_wh = torch.tensor([[w, h] for (h, w), c in zip(levels, counts) for _ in range(c)]).view(1, 1, k, 2)
+    jitter = torch.randn(lq, HEADS, k, 2, generator=g) * 0.5
+    if lq == sum(h * w for h, w in levels):
+        centres = [torch.stack(torch.meshgrid((torch.arange(w) + 0.5) / w, (torch.arange(h) + 0.5) / h,
+                                              indexing="xy"), -1).reshape(-1, 2) for h, w in levels]
+        ref = torch.cat(centres)
+    else:
+        ref = torch.rand(lq, 2, generator=g) * 0.9 + 0.05
+    loc = (ref.view(lq, 1, 1, 2) + (direction * radius + jitter) / point_wh).unsqueeze(0)
+    weights = torch.randn(1, lq, HEADS, k, generator=g).softmax(-1)
+    if points is None:
+        loc, weights = loc.view(1, lq, HEADS, len(levels), POINTS, 2), weights.view(1, lq, HEADS, len(levels), POINTS)
+    inputs = {"value": value, "sampling_locations": loc.contiguous(), "attention_weights": weights}
+    return levels, points, method, {key: t.to(device) for key, t in inputs.items()}
 
 
 def time_ms(fn, repeats: int, sync) -> float:
@@ -124,19 +157,23 @@ def time_msda(name: str, repeats: int, device: str) -> Dict:
 
     from edgedet.ops import multi_scale_deformable_attention as msda
 
-    levels, inputs = msda_inputs(name, device)
+    levels, points, method, inputs = msda_inputs(name, device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    row: Dict = {"shape": name, "queries": SHAPES[name]}
+    row: Dict = {"shape": name, "queries": SHAPES[name][1], "points": list(points) if points else POINTS,
+                 "method": method}
+    kw = dict(num_points_per_level=points, method=method)
     for impl in ("pytorch", "cuda"):
         v = inputs["value"].clone().requires_grad_()
         l_ = inputs["sampling_locations"].clone().requires_grad_()
         a = inputs["attention_weights"].clone().requires_grad_()
         with torch.no_grad():
-            row[f"{impl}_fwd_ms"] = time_ms(lambda: msda(v, levels, l_, a, impl=impl), repeats, sync)
+            row[f"{impl}_fwd_ms"] = time_ms(lambda: msda(v, levels, l_, a, impl=impl, **kw), repeats, sync)
 
         def fwd_bwd():
-            out = msda(v, levels, l_, a, impl=impl)
-            torch.autograd.grad(out.sum(), (v, l_, a))
+            out = msda(v, levels, l_, a, impl=impl, **kw)
+            # discrete sampling gives the locations no gradient
+            wrt = (v, a) if method == "discrete" else (v, l_, a)
+            torch.autograd.grad(out.sum(), wrt)
 
         row[f"{impl}_fwd_bwd_ms"] = time_ms(fwd_bwd, repeats, sync)
     row["fwd_speedup"] = row["pytorch_fwd_ms"] / row["cuda_fwd_ms"]
@@ -210,10 +247,10 @@ def train_steps(steps: int, device: str, amp: bool = True, seed: int = 0) -> Dic
 
 
 def print_table(report: Dict) -> None:
-    print(f"\n{'shape':<12}{'queries':>8}{'pytorch fwd':>13}{'cuda fwd':>10}{'x':>7}"
+    print(f"\n{'shape':<22}{'queries':>8}{'pytorch fwd':>13}{'cuda fwd':>10}{'x':>7}"
           f"{'pytorch f+b':>13}{'cuda f+b':>10}{'x bwd':>7}")
     for r in report.get("speed", []):
-        print(f"{r['shape']:<12}{r['queries']:>8}{r['pytorch_fwd_ms']:>11.2f}ms{r['cuda_fwd_ms']:>8.2f}ms"
+        print(f"{r['shape']:<22}{r['queries']:>8}{r['pytorch_fwd_ms']:>11.2f}ms{r['cuda_fwd_ms']:>8.2f}ms"
               f"{r['fwd_speedup']:>7.1f}{r['pytorch_fwd_bwd_ms']:>11.2f}ms{r['cuda_fwd_bwd_ms']:>8.2f}ms"
               f"{r['bwd_speedup']:>7.1f}")
     for key in ("build", "tests", "train"):

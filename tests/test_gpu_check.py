@@ -23,7 +23,8 @@ def check():
 
 def test_arguments(check):
     args = check.parse_args([])
-    assert args.repeats == 20 and args.train_steps == 30 and args.shapes == ["encoder", "decoder300", "decoder900"]
+    assert args.repeats == 20 and args.train_steps == 30
+    assert args.shapes == ["encoder", "decoder300", "decoder900", "rtdetrv2_300", "rtdetrv2_300_discrete"]
     args = check.parse_args(["--shapes", "encoder", "--repeats", "3", "--build-dir", "/tmp/b", "--device", "cuda:1"])
     assert args.shapes == ["encoder"] and args.repeats == 3 and args.build_dir == Path("/tmp/b")
     for bad in (["--repeats", "0"], ["--train-steps", "1"], ["--shapes", "huge"]):
@@ -49,10 +50,29 @@ def test_pytest_summary(check, line, expected):
     assert check.parse_pytest_summary(line) == expected
 
 
-def test_benchmark_inputs_are_benches_msda_shapes(check):
-    levels, inputs = check.msda_inputs("decoder300", "cpu")
-    assert levels == [(80, 80), (40, 40), (20, 20), (10, 10)]
+def test_benchmark_inputs_are_benches_msda_problems(check):
+    levels, points, method, inputs = check.msda_inputs("decoder300", "cpu")
+    assert levels == [(80, 80), (40, 40), (20, 20), (10, 10)] and points is None and method == "default"
     assert inputs["value"].shape == (1, 8500, 8, 32) and inputs["sampling_locations"].shape == (1, 300, 8, 4, 4, 2)
+    levels, points, method, inputs = check.msda_inputs("rtdetrv2_300_discrete", "cpu")
+    assert points == (4, 4, 4) and method == "discrete" and inputs["attention_weights"].shape == (1, 300, 8, 12)
+    levels, _, _, inputs = check.msda_inputs("encoder", "cpu")
+    ref = inputs["sampling_locations"][0, :, 0, 0, 0]  # the encoder queries sit on the token centres
+    assert inputs["sampling_locations"].shape[1] == 8500 and torch.allclose(ref.mean(0), torch.tensor([0.5, 0.5]), atol=0.05)
+    weights = inputs["attention_weights"]
+    assert torch.allclose(weights.flatten(3).sum(-1), torch.ones(1, 8500, 8), atol=1e-5)
+
+
+def test_speed_rows_on_the_cpu(check, monkeypatch):
+    """The timing code end to end, with `cuda` played by the reference (on the CPU)."""
+    from edgedet.ops.msda import msda_pytorch
+    from edgedet.registry import MSDA_IMPLS
+
+    monkeypatch.setitem(MSDA_IMPLS._items, "cuda", msda_pytorch)
+    monkeypatch.setattr(check, "SHAPES", {**check.SHAPES, "tiny": ([(8, 8), (4, 4)], 20, (2, 1), "discrete")})
+    row = check.time_msda("tiny", 2, "cpu")
+    assert row["shape"] == "tiny" and row["points"] == [2, 1] and row["method"] == "discrete"
+    assert all(row[k] > 0 for k in ("pytorch_fwd_ms", "cuda_fwd_ms", "pytorch_fwd_bwd_ms", "cuda_fwd_bwd_ms"))
 
 
 def test_training_steps_run_and_report(check):
