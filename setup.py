@@ -3,6 +3,8 @@
 Extras by footprint: the base install is the torch-free runtime; `train`, `convert`
 and `tensorrt` add the heavier stacks; `all` is everything that installs on a CPU box.
 """
+import os
+
 from setuptools import find_packages, setup
 
 RUNTIME = ["numpy>=1.24", "opencv-python-headless>=4.8", "onnxruntime>=1.17", "pyyaml>=6.0", "tqdm>=4.66"]
@@ -18,6 +20,35 @@ SERVE = ["aiohttp>=3.9"]
 # Browser tests of that page drive Debian's chromium + chromium-driver through selenium.
 TEST = ["pytest>=7.4", "selenium>=4.15"]
 
+
+def cuda_extension_build():
+    """(cmdclass, ext_modules) building `edgedet._msda_cuda` when this build sees CUDA PyTorch and nvcc.
+
+    pip's isolated builds do not see torch, so this applies to `pip install --no-build-isolation`;
+    otherwise `scripts/setup.sh` compiles the same sources once into torch's extension cache, and
+    impl='cuda' does so on first use (edgedet/ops/msda_cuda.py).
+    """
+    if os.environ.get("EDGEDET_NO_CUDA_EXT") == "1":
+        return {}, []
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
+    except ImportError:
+        return {}, []
+    if torch.version.cuda is None or CUDA_HOME is None:
+        return {}, []
+    csrc = os.path.join("edgedet", "ops", "csrc")
+    ext = CUDAExtension(
+        "edgedet._msda_cuda",
+        sources=[os.path.join(csrc, "msda_torch.cpp"), os.path.join(csrc, "msda_kernel.cu")],
+        include_dirs=[os.path.abspath(csrc)],
+        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17"]},
+    )
+    return {"build_ext": BuildExtension}, [ext]
+
+
+CMDCLASS, EXT_MODULES = cuda_extension_build()
+
 setup(
     name="edgedet",
     version="0.1.0",
@@ -27,7 +58,9 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["edgedet*", "converters*", "runtime*"]),
     include_package_data=True,
-    package_data={"edgedet": ["assets/*"], "runtime": ["serve/static/*"], "converters": ["openvino/csrc/*", "tensorrt/plugins/**/*"]},
+    ext_modules=EXT_MODULES,
+    cmdclass=CMDCLASS,
+    package_data={"edgedet": ["assets/*", "ops/csrc/*"], "runtime": ["serve/static/*"], "converters": ["openvino/csrc/*", "tensorrt/plugins/**/*"]},
     install_requires=RUNTIME,
     extras_require={
         "train": TRAIN,

@@ -50,6 +50,9 @@ class Detector:
             raise ManifestError(f"manifest input_name '{self.manifest.input_name}' is not an input of {self.artifact.name} ({sorted(names)})")
         spec = next(s for s in self.backend.input_specs if s.name == self.manifest.input_name)
         self.max_batch = spec.shape[0] if spec.shape and spec.shape[0] else 0  # 0 = dynamic
+        # A dynamic batch may still be bounded (a TensorRT optimisation profile): preprocess and run at most that many.
+        limits = getattr(self.backend, "batch_limits", None)
+        self.chunk = self.max_batch or (int(limits[1]) if limits and limits[1] and limits[1] > 0 else 0)
 
     @property
     def class_names(self) -> Tuple[str, ...]:
@@ -82,7 +85,7 @@ class Detector:
     def batch(self, frames: Sequence[np.ndarray]) -> List[Detections]:
         """Several frames -> one Detections each; fed in chunks the artifact's batch size allows."""
         frames = list(frames)
-        step = self.max_batch or len(frames) or 1
+        step = self.chunk or len(frames) or 1
         out: List[Detections] = []
         for start in range(0, len(frames), step):
             chunk = frames[start:start + step]

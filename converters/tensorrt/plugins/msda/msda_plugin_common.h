@@ -1,10 +1,19 @@
 // Shared by the TensorRT 10 (IPluginV3) and TensorRT 8.6 (IPluginV2DynamicExt) MSDA plugins:
-// names, tensor checks and the dtype dispatch onto the framework-free CUDA kernel.
+// names, attributes, tensor checks and the dtype dispatch onto the framework-free CUDA kernel.
+//
+// Attributes (the ONNX node's, see converters/onnx/msda_forms.py; TensorRT's ONNX parser hands
+// INTS over as kINT32 arrays and STRING as kCHAR):
+//   num_points_per_level  ints, present iff the per-level layout (locations [N,Lq,M,K,2],
+//                         weights [N,Lq,M,K], K = sum); absent = uniform [N,Lq,M,L,P,2] / [N,Lq,M,L,P]
+//   method                "default" (bilinear) or "discrete" (RT-DETRv2's nearest pixel)
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <string>
+#include <vector>
 
 #include "NvInfer.h"
 #include "msda_kernel.cuh"
@@ -17,6 +26,68 @@ namespace trt {
 constexpr char const* kPluginName = "MultiScaleDeformableAttention";
 constexpr char const* kPluginVersion = "1";
 constexpr int32_t kNbInputs = 5;  // value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+constexpr char const* kPointsField = "num_points_per_level";
+constexpr char const* kMethodField = "method";
+
+// The plugin's attributes. `points` empty = the uniform layout.
+struct MsdaAttributes {
+  std::vector<int32_t> points;
+  int32_t method = kBilinear;
+
+  bool per_level() const { return !points.empty(); }
+
+  // From a PluginFieldCollection (ONNX attributes at build time, our serialised fields at run
+  // time). Returns false on an unknown method or a bad point list.
+  bool parse(nvinfer1::PluginFieldCollection const* fc) {
+    points.clear();
+    method = kBilinear;
+    if (fc == nullptr) return true;
+    for (int32_t i = 0; i < fc->nbFields; ++i) {
+      auto const& f = fc->fields[i];
+      if (f.name == nullptr) continue;
+      if (std::strcmp(f.name, kPointsField) == 0) {
+        if (f.type == nvinfer1::PluginFieldType::kINT32) {
+          auto const* p = static_cast<int32_t const*>(f.data);
+          points.assign(p, p + f.length);
+#if NV_TENSORRT_MAJOR >= 10
+        } else if (f.type == nvinfer1::PluginFieldType::kINT64) {
+          auto const* p = static_cast<int64_t const*>(f.data);
+          for (int32_t k = 0; k < f.length; ++k) points.push_back(static_cast<int32_t>(p[k]));
+#endif
+        } else {
+          return false;
+        }
+      } else if (std::strcmp(f.name, kMethodField) == 0) {
+        if (f.type == nvinfer1::PluginFieldType::kCHAR) {
+          std::string m(static_cast<char const*>(f.data), static_cast<size_t>(f.length));
+          m = m.c_str();  // drop a trailing NUL if the length counted it
+          if (m == "default") method = kBilinear;
+          else if (m == "discrete") method = kDiscrete;
+          else return false;
+        } else if (f.type == nvinfer1::PluginFieldType::kINT32) {
+          method = *static_cast<int32_t const*>(f.data);
+          if (method != kBilinear && method != kDiscrete) return false;
+        } else {
+          return false;
+        }
+      }
+    }
+    if (points.size() > static_cast<size_t>(kMsdaMaxLevels)) return false;
+    for (int32_t p : points) if (p < 1) return false;
+    return true;
+  }
+
+  // Input ranks and point counts agree (value 4-d, shapes 2-d, starts 1-d, locations 6-d and
+  // weights 5-d uniform, or 5-d and 4-d per level with K = sum of the counts when K is known).
+  bool shapes_ok(nvinfer1::Dims const* dims) const {
+    if (dims[0].nbDims != 4 || dims[1].nbDims != 2 || dims[2].nbDims != 1) return false;
+    if (!per_level()) return dims[3].nbDims == 6 && dims[4].nbDims == 5;
+    if (dims[3].nbDims != 5 || dims[4].nbDims != 4) return false;
+    int64_t total = 0;
+    for (int32_t p : points) total += p;
+    return dims[3].d[3] < 0 || dims[3].d[3] == total;
+  }
+};
 
 inline bool is_index_type(nvinfer1::DataType t) {
 #if NV_TENSORRT_MAJOR >= 10
@@ -44,16 +115,18 @@ bool supports_combination(int32_t pos, Desc const* io) {
   }
 }
 
-inline MsdaDims dims_from(nvinfer1::Dims const& value, nvinfer1::Dims const& locs) {
-  MsdaDims m;
+inline bool dims_from(nvinfer1::Dims const& value, nvinfer1::Dims const& locs, MsdaAttributes const& attrs,
+                      MsdaDims& m) {
+  m = MsdaDims{};
   m.batch = static_cast<int>(value.d[0]);
   m.num_values = static_cast<int>(value.d[1]);
   m.num_heads = static_cast<int>(value.d[2]);
   m.head_dim = static_cast<int>(value.d[3]);
   m.num_queries = static_cast<int>(locs.d[1]);
-  m.num_levels = static_cast<int>(locs.d[3]);
-  m.num_points = static_cast<int>(locs.d[4]);
-  return m;
+  m.method = attrs.method;
+  if (!attrs.per_level()) return msda_set_uniform_points(m, static_cast<int>(locs.d[3]), static_cast<int>(locs.d[4]));
+  std::vector<int64_t> pts(attrs.points.begin(), attrs.points.end());
+  return msda_set_points(m, static_cast<int>(pts.size()), pts.data()) && m.num_points == locs.d[3];
 }
 
 template <typename IndexT>
@@ -61,18 +134,20 @@ cudaError_t launch_typed(nvinfer1::DataType type, void const* const* in, void* o
   auto shapes = static_cast<IndexT const*>(in[1]);
   auto starts = static_cast<IndexT const*>(in[2]);
   if (type == nvinfer1::DataType::kHALF) {
-    return msda_forward<__half, IndexT>(static_cast<__half const*>(in[0]), shapes, starts,
-                                        static_cast<__half const*>(in[3]), static_cast<__half const*>(in[4]),
-                                        static_cast<__half*>(out), m, s);
+    return msda_forward<__half, __half, IndexT>(static_cast<__half const*>(in[0]), shapes, starts,
+                                                static_cast<__half const*>(in[3]), static_cast<__half const*>(in[4]),
+                                                static_cast<__half*>(out), m, s);
   }
-  return msda_forward<float, IndexT>(static_cast<float const*>(in[0]), shapes, starts, static_cast<float const*>(in[3]),
-                                     static_cast<float const*>(in[4]), static_cast<float*>(out), m, s);
+  return msda_forward<float, float, IndexT>(static_cast<float const*>(in[0]), shapes, starts,
+                                            static_cast<float const*>(in[3]), static_cast<float const*>(in[4]),
+                                            static_cast<float*>(out), m, s);
 }
 
 // Returns 0 on success (TensorRT's convention for enqueue).
 inline int32_t enqueue_msda(nvinfer1::PluginTensorDesc const* inputDesc, void const* const* inputs, void* output,
-                            cudaStream_t stream) {
-  MsdaDims m = dims_from(inputDesc[0].dims, inputDesc[3].dims);
+                            MsdaAttributes const& attrs, cudaStream_t stream) {
+  MsdaDims m;
+  if (!dims_from(inputDesc[0].dims, inputDesc[3].dims, attrs, m)) return 1;
   cudaError_t err;
 #if NV_TENSORRT_MAJOR >= 10
   if (inputDesc[1].type == nvinfer1::DataType::kINT64) {

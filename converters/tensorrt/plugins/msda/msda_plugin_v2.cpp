@@ -1,7 +1,11 @@
 // TensorRT 8.6 plugin (IPluginV2DynamicExt), for JetPack 5 devices, for
 // edgedet::MultiScaleDeformableAttention. TensorRT 10+ builds use msda_plugin_v3.cpp.
+// Attributes (msda_plugin_common.h) are serialised as: int32 level count (0 = uniform layout),
+// that many int32 point counts, int32 method.
+#include <cstring>
 #include <exception>
 #include <string>
+#include <utility>
 
 #include "NvInferRuntime.h"
 #include "msda_plugin_common.h"
@@ -13,7 +17,21 @@ namespace trt {
 
 class MsdaPluginV2 final : public IPluginV2DynamicExt {
  public:
-  MsdaPluginV2() = default;
+  explicit MsdaPluginV2(MsdaAttributes attrs) : mAttrs(std::move(attrs)) {}
+
+  // From serialize()'s bytes; `ok` is false when they are malformed.
+  MsdaPluginV2(void const* data, size_t length, bool& ok) {
+    auto const* p = static_cast<char const*>(data);
+    int32_t count = 0;
+    ok = length >= 2 * sizeof(int32_t);
+    if (ok) std::memcpy(&count, p, sizeof(int32_t));
+    ok = ok && count >= 0 && count <= kMsdaMaxLevels && length == (static_cast<size_t>(count) + 2) * sizeof(int32_t);
+    if (!ok) return;
+    mAttrs.points.resize(count);
+    std::memcpy(mAttrs.points.data(), p + sizeof(int32_t), count * sizeof(int32_t));
+    std::memcpy(&mAttrs.method, p + (count + 1) * sizeof(int32_t), sizeof(int32_t));
+    ok = mAttrs.method == kBilinear || mAttrs.method == kDiscrete;
+  }
 
   // IPluginV2
   AsciiChar const* getPluginType() const noexcept override { return kPluginName; }
@@ -21,8 +39,16 @@ class MsdaPluginV2 final : public IPluginV2DynamicExt {
   int32_t getNbOutputs() const noexcept override { return 1; }
   int32_t initialize() noexcept override { return 0; }
   void terminate() noexcept override {}
-  size_t getSerializationSize() const noexcept override { return 0; }  // no attributes
-  void serialize(void*) const noexcept override {}
+  size_t getSerializationSize() const noexcept override {
+    return (mAttrs.points.size() + 2) * sizeof(int32_t);
+  }
+  void serialize(void* buffer) const noexcept override {
+    auto* p = static_cast<char*>(buffer);
+    int32_t count = static_cast<int32_t>(mAttrs.points.size());
+    std::memcpy(p, &count, sizeof(int32_t));
+    std::memcpy(p + sizeof(int32_t), mAttrs.points.data(), count * sizeof(int32_t));
+    std::memcpy(p + (count + 1) * sizeof(int32_t), &mAttrs.method, sizeof(int32_t));
+  }
   void destroy() noexcept override { delete this; }
   void setPluginNamespace(AsciiChar const* ns) noexcept override { mNamespace = ns ? ns : ""; }
   AsciiChar const* getPluginNamespace() const noexcept override { return mNamespace.c_str(); }
@@ -35,7 +61,7 @@ class MsdaPluginV2 final : public IPluginV2DynamicExt {
   // IPluginV2DynamicExt
   IPluginV2DynamicExt* clone() const noexcept override {
     try {
-      auto* p = new MsdaPluginV2();
+      auto* p = new MsdaPluginV2(mAttrs);
       p->setPluginNamespace(mNamespace.c_str());
       return p;
     } catch (std::exception const&) {
@@ -58,7 +84,15 @@ class MsdaPluginV2 final : public IPluginV2DynamicExt {
     return supports_combination(pos, inOut);
   }
 
-  void configurePlugin(DynamicPluginTensorDesc const*, int32_t, DynamicPluginTensorDesc const*, int32_t) noexcept override {}
+  void configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const*,
+                       int32_t) noexcept override {
+    // V2 cannot refuse here; enqueue checks the shapes again and fails the launch instead.
+    if (nbInputs == kNbInputs) {
+      Dims dims[kNbInputs];
+      for (int32_t i = 0; i < kNbInputs; ++i) dims[i] = in[i].desc.dims;
+      mShapesOk = mAttrs.shapes_ok(dims);
+    }
+  }
 
   size_t getWorkspaceSize(PluginTensorDesc const*, int32_t, PluginTensorDesc const*, int32_t) const noexcept override {
     return 0;
@@ -66,44 +100,76 @@ class MsdaPluginV2 final : public IPluginV2DynamicExt {
 
   int32_t enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const*, void const* const* inputs,
                   void* const* outputs, void*, cudaStream_t stream) noexcept override {
-    return enqueue_msda(inputDesc, inputs, outputs[0], stream);
+    if (!mShapesOk) return 1;
+    return enqueue_msda(inputDesc, inputs, outputs[0], mAttrs, stream);
   }
 
  private:
+  MsdaAttributes mAttrs;
+  bool mShapesOk = true;
   std::string mNamespace;
 };
 
 class MsdaPluginV2Creator final : public IPluginCreator {
  public:
   MsdaPluginV2Creator() {
-    mFields.nbFields = 0;
-    mFields.fields = nullptr;
+    mFieldNames.emplace_back(kPointsField, nullptr, PluginFieldType::kINT32, 0);
+    mFieldNames.emplace_back(kMethodField, nullptr, PluginFieldType::kCHAR, 0);
+    mFields.nbFields = static_cast<int32_t>(mFieldNames.size());
+    mFields.fields = mFieldNames.data();
   }
   AsciiChar const* getPluginName() const noexcept override { return kPluginName; }
   AsciiChar const* getPluginVersion() const noexcept override { return kPluginVersion; }
   PluginFieldCollection const* getFieldNames() noexcept override { return &mFields; }
-  IPluginV2* createPlugin(AsciiChar const*, PluginFieldCollection const*) noexcept override {
-    return make();
-  }
-  IPluginV2* deserializePlugin(AsciiChar const*, void const*, size_t) noexcept override { return make(); }
-  void setPluginNamespace(AsciiChar const* ns) noexcept override { mNamespace = ns ? ns : ""; }
-  AsciiChar const* getPluginNamespace() const noexcept override { return mNamespace.c_str(); }
-
- private:
-  IPluginV2* make() noexcept {
+  IPluginV2* createPlugin(AsciiChar const*, PluginFieldCollection const* fc) noexcept override {
     try {
-      auto* p = new MsdaPluginV2();
-      p->setPluginNamespace(mNamespace.c_str());
-      return p;
+      MsdaAttributes attrs;
+      if (!attrs.parse(fc)) return nullptr;
+      return named(new MsdaPluginV2(std::move(attrs)));
     } catch (std::exception const&) {
       return nullptr;
     }
   }
+  IPluginV2* deserializePlugin(AsciiChar const*, void const* data, size_t length) noexcept override {
+    try {
+      bool ok = false;
+      auto* p = new MsdaPluginV2(data, length, ok);
+      if (!ok) {
+        delete p;
+        return nullptr;
+      }
+      return named(p);
+    } catch (std::exception const&) {
+      return nullptr;
+    }
+  }
+  void setPluginNamespace(AsciiChar const* ns) noexcept override { mNamespace = ns ? ns : ""; }
+  AsciiChar const* getPluginNamespace() const noexcept override { return mNamespace.c_str(); }
+
+ private:
+  IPluginV2* named(MsdaPluginV2* p) noexcept {
+    p->setPluginNamespace(mNamespace.c_str());
+    return p;
+  }
   std::string mNamespace;
+  std::vector<PluginField> mFieldNames;
   PluginFieldCollection mFields{};
 };
 
-REGISTER_TENSORRT_PLUGIN(MsdaPluginV2Creator);
-
 }  // namespace trt
 }  // namespace edgedet
+
+// TensorRT 8.x loads V2 plugins with a plain dlopen: register while loading, but only if no
+// creator of this name/version is registered yet (e.g. a second copy of the library), so the
+// creator is registered once per process.
+namespace {
+struct Registrar {
+  Registrar() {
+    auto* registry = getPluginRegistry();
+    if (registry->getPluginCreator(edgedet::trt::kPluginName, edgedet::trt::kPluginVersion, "") == nullptr) {
+      static edgedet::trt::MsdaPluginV2Creator creator;
+      registry->registerCreator(creator, "");
+    }
+  }
+} gRegistrar;
+}  // namespace

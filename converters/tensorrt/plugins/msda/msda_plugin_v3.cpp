@@ -1,5 +1,5 @@
 // TensorRT 10+ plugin (IPluginV3) for edgedet::MultiScaleDeformableAttention.
-// The op has no attributes, so nothing is serialised besides the plugin's identity.
+// Attributes (msda_plugin_common.h): num_points_per_level and method, serialised as fields.
 #include <cstring>
 #include <exception>
 #include <string>
@@ -16,7 +16,7 @@ namespace trt {
 
 class MsdaPluginV3 final : public IPluginV3, public IPluginV3OneCore, public IPluginV3OneBuild, public IPluginV3OneRuntime {
  public:
-  explicit MsdaPluginV3(std::string ns = "") : mNamespace(std::move(ns)) {}
+  MsdaPluginV3(MsdaAttributes attrs, std::string ns) : mAttrs(std::move(attrs)), mNamespace(std::move(ns)) {}
 
   // IPluginV3
   IPluginCapability* getCapabilityInterface(PluginCapabilityType type) noexcept override {
@@ -29,7 +29,7 @@ class MsdaPluginV3 final : public IPluginV3, public IPluginV3OneCore, public IPl
   }
   IPluginV3* clone() noexcept override {
     try {
-      return new MsdaPluginV3(mNamespace);
+      return new MsdaPluginV3(mAttrs, mNamespace);
     } catch (std::exception const&) {
       return nullptr;
     }
@@ -46,10 +46,9 @@ class MsdaPluginV3 final : public IPluginV3, public IPluginV3OneCore, public IPl
   int32_t configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const*,
                           int32_t nbOutputs) noexcept override {
     if (nbInputs != kNbInputs || nbOutputs != 1) return 1;
-    // value [N,S,M,D], shapes [L,2], starts [L], locations [N,Lq,M,L,P,2], weights [N,Lq,M,L,P]
-    bool ok = in[0].desc.dims.nbDims == 4 && in[1].desc.dims.nbDims == 2 && in[2].desc.dims.nbDims == 1 &&
-              in[3].desc.dims.nbDims == 6 && in[4].desc.dims.nbDims == 5;
-    return ok ? 0 : 1;
+    Dims dims[kNbInputs];
+    for (int32_t i = 0; i < kNbInputs; ++i) dims[i] = in[i].desc.dims;
+    return mAttrs.shapes_ok(dims) ? 0 : 1;
   }
 
   int32_t getOutputDataTypes(DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes,
@@ -91,35 +90,50 @@ class MsdaPluginV3 final : public IPluginV3, public IPluginV3OneCore, public IPl
 
   int32_t enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const*, void const* const* inputs,
                   void* const* outputs, void*, cudaStream_t stream) noexcept override {
-    return enqueue_msda(inputDesc, inputs, outputs[0], stream);
+    return enqueue_msda(inputDesc, inputs, outputs[0], mAttrs, stream);
   }
 
   IPluginV3* attachToContext(IPluginResourceContext*) noexcept override { return clone(); }
 
   PluginFieldCollection const* getFieldsToSerialize() noexcept override {
-    mFields.nbFields = 0;
-    mFields.fields = nullptr;
+    mMethodName = mAttrs.method == kDiscrete ? "discrete" : "default";
+    mSerial.clear();
+    if (mAttrs.per_level()) {
+      mSerial.emplace_back(kPointsField, mAttrs.points.data(), PluginFieldType::kINT32,
+                           static_cast<int32_t>(mAttrs.points.size()));
+    }
+    mSerial.emplace_back(kMethodField, mMethodName.c_str(), PluginFieldType::kCHAR,
+                         static_cast<int32_t>(mMethodName.size()));
+    mFields.nbFields = static_cast<int32_t>(mSerial.size());
+    mFields.fields = mSerial.data();
     return &mFields;
   }
 
  private:
+  MsdaAttributes mAttrs;
   std::string mNamespace;
+  std::string mMethodName;
+  std::vector<PluginField> mSerial;
   PluginFieldCollection mFields{};
 };
 
 class MsdaPluginV3Creator final : public IPluginCreatorV3One {
  public:
   MsdaPluginV3Creator() {
-    mFields.nbFields = 0;
-    mFields.fields = nullptr;
+    mFieldNames.emplace_back(kPointsField, nullptr, PluginFieldType::kINT32, 0);
+    mFieldNames.emplace_back(kMethodField, nullptr, PluginFieldType::kCHAR, 0);
+    mFields.nbFields = static_cast<int32_t>(mFieldNames.size());
+    mFields.fields = mFieldNames.data();
   }
   AsciiChar const* getPluginName() const noexcept override { return kPluginName; }
   AsciiChar const* getPluginVersion() const noexcept override { return kPluginVersion; }
   AsciiChar const* getPluginNamespace() const noexcept override { return mNamespace.c_str(); }
   PluginFieldCollection const* getFieldNames() noexcept override { return &mFields; }
-  IPluginV3* createPlugin(AsciiChar const*, PluginFieldCollection const*, TensorRTPhase) noexcept override {
+  IPluginV3* createPlugin(AsciiChar const*, PluginFieldCollection const* fc, TensorRTPhase) noexcept override {
     try {
-      return new MsdaPluginV3(mNamespace);
+      MsdaAttributes attrs;
+      if (!attrs.parse(fc)) return nullptr;  // unknown method or bad point counts: TensorRT reports the failure
+      return new MsdaPluginV3(std::move(attrs), mNamespace);
     } catch (std::exception const&) {
       return nullptr;
     }
@@ -127,31 +141,37 @@ class MsdaPluginV3Creator final : public IPluginCreatorV3One {
 
  private:
   std::string mNamespace;
+  std::vector<PluginField> mFieldNames;
   PluginFieldCollection mFields{};
 };
 
 }  // namespace trt
 }  // namespace edgedet
 
-// Entry points TensorRT looks for when the library is loaded with
-// IPluginRegistry::loadLibrary / trtexec --dynamicPlugins / trt.get_plugin_registry().load_library.
+// Entry points. TensorRT registers the creators `getCreators` returns when the library is loaded
+// with IPluginRegistry::loadLibrary / trtexec --dynamicPlugins / trt.get_plugin_registry().load_library
+// (edgedet's runtime and builder do that, once per process). Nothing registers at dlopen time, so
+// the creator is never registered twice; a C++ program that dlopens the library itself calls
+// edgedetRegisterMsdaPlugin(), which registers only if no creator of this name/version exists.
+namespace {
+edgedet::trt::MsdaPluginV3Creator& the_creator() {
+  static edgedet::trt::MsdaPluginV3Creator creator;
+  return creator;
+}
+}  // namespace
+
 extern "C" {
 void setLoggerFinder(nvinfer1::ILoggerFinder*) {}
 
 IPluginCreatorInterface* const* getCreators(int32_t& nbCreators) {
-  static edgedet::trt::MsdaPluginV3Creator creator;
-  static IPluginCreatorInterface* const creators[] = {&creator};
+  static IPluginCreatorInterface* const creators[] = {&the_creator()};
   nbCreators = 1;
   return creators;
 }
-}
 
-// Also register at load time, so a plain dlopen/ctypes.CDLL of the library is enough.
-namespace {
-struct Registrar {
-  Registrar() {
-    static edgedet::trt::MsdaPluginV3Creator creator;
-    getPluginRegistry()->registerCreator(creator, "");
-  }
-} gRegistrar;
-}  // namespace
+bool edgedetRegisterMsdaPlugin() {
+  auto* registry = getPluginRegistry();
+  if (registry->getCreator(edgedet::trt::kPluginName, edgedet::trt::kPluginVersion, "") != nullptr) return true;
+  return registry->registerCreator(the_creator(), "");
+}
+}
