@@ -50,7 +50,8 @@ class TrackerConfig:
     high_thresh: float = 0.5  # first association; detections below go to the second
     low_thresh: float = 0.1  # below this a detection is ignored
     new_track_thresh: float = 0.6  # an unmatched detection starts a track at or above this
-    match_thresh: float = 0.8  # max cost (1 - IoU x score) of a first-stage match
+    match_thresh: float = 0.8  # max cost (1 - IoU x score, or 1 - IoU without fuse_score) of a first-stage match
+    fuse_score: bool = True  # weigh IoU by the score in the first stage (off for detectors with low scores)
     low_match_thresh: float = 0.5  # max cost (1 - IoU) of a second-stage match
     unconfirmed_match_thresh: float = 0.7
     track_buffer: int = 30  # frames a lost track is kept for re-identification
@@ -103,7 +104,7 @@ class ByteTracker:
 
     def _cost(self, tracks: List[_Track], boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, fuse: bool) -> np.ndarray:
         iou = iou_matrix(np.array([t.predicted_box for t in tracks]).reshape(-1, 4), boxes)
-        cost = 1 - (iou * scores[None] if fuse else iou)
+        cost = 1 - (iou * scores[None] if fuse and self.config.fuse_score else iou)
         if self.config.per_class and cost.size:
             cost[np.array([t.label for t in tracks])[:, None] != labels[None]] = 1e6
         return cost

@@ -31,8 +31,9 @@ class LineCounter:
     """Counts tracks whose anchor crosses the segment start -> end.
 
     `in` = crossing from the segment's left to its right (seen from start looking at end), `out` the
-    other way. A track is counted once per crossing; jitter on the line does not count twice until
-    the anchor has been seen on the other side. `update(dets)` -> (track ids in, track ids out).
+    other way. Each change of side of a track's anchor counts once (back and forth = one in, one out);
+    an anchor exactly on the line or beside the segment's ends changes nothing. `update(dets)` ->
+    (track ids that went in, track ids that went out) this frame.
     """
 
     def __init__(self, start: Point, end: Point, anchor: str = "bottom_center"):
