@@ -39,6 +39,8 @@ def _skip_reason(fmt: str, precision: str, form: Optional[str], calib: Any) -> s
     row = FORMATS[fmt]
     if fmt == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
         return "TensorRT is not installed (pip install 'edgedet[tensorrt]' on a machine with an NVIDIA GPU)"
+    if fmt == "onnx" and form == "fused":
+        return "ONNX Runtime has no kernel for the fused MSDA node (that graph is for OpenVINO and TensorRT)"
     if (precision, form or "") in row.unsupported:
         return row.unsupported[(precision, form or "")].split(";")[0]
     if form and fmt != "tensorrt" and not form_available(form):

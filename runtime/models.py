@@ -18,15 +18,15 @@ CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
 PLUGIN_GROUP = "edgedet.plugins"
 
 
-def plugin(name: str, needs: str) -> Any:
-    """The object registered as `name` in the `edgedet.plugins` group; ImportError saying what to install."""
+def plugin(name: str, needs: str, extra: str) -> Any:
+    """The object registered as `name` in the `edgedet.plugins` group; ImportError naming the extra to install."""
     found = [ep for ep in entry_points(group=PLUGIN_GROUP) if ep.name == name]
     if not found:
-        raise ImportError(f"{needs}: pip install 'edgedet[{'convert' if 'export' in needs else 'train'}]'")
+        raise ImportError(f"{needs}: pip install 'edgedet[{extra}]'")
     try:
         return found[0].load()
     except ImportError as e:
-        raise ImportError(f"{needs} ({e}): pip install 'edgedet[{'convert' if 'export' in needs else 'train'}]'") from None
+        raise ImportError(f"{needs} ({e}): pip install 'edgedet[{extra}]'") from None
 
 
 def is_checkpoint(path: Union[str, Path]) -> bool:
@@ -49,7 +49,7 @@ def load_model(model: Union[str, Path, Any], imgsz: Optional[Sequence[int]] = No
     suffix = path.suffix.lower()
     if suffix in CHECKPOINT_SUFFIXES:
         loader = plugin("checkpoint_detector", "loading a PyTorch checkpoint needs the training extra "
-                        "(or export it with `edgedet export` and pass the artifact)")
+                        "(or export it with `edgedet export` and pass the artifact)", "train")
         return loader(path, imgsz=imgsz, conf=conf, classes=classes, device="cpu" if device == "CPU" else device)
     if suffix not in ARTIFACT_SUFFIXES:
         raise ValueError(f"unknown model file kind '{path.name}': pass an exported artifact "

@@ -8,32 +8,13 @@ import pytest
 from edgedet.cli import main
 from runtime.commands.predict import predict
 from runtime.datasets import DatasetError, load_dataset
-from runtime.testing import make_blob_artifact
+from runtime.testing import BLOB_BGR as COLOURS
+from runtime.testing import make_blob_artifact, make_blob_dataset
 from runtime.val import val
-
-COLOURS = {0: (0, 0, 255), 1: (0, 255, 0), 2: (255, 0, 0)}  # BGR of red, green, blue
 
 
 def _coco_dataset(folder, n=6, seed=0, names=("red", "green", "blue")):
-    """Images with one rectangle per colour drawn (at most one each, as the toy detector finds them)."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    images, anns = [], []
-    for i in range(n):
-        h, w = (120, 160) if i % 2 else (200, 150)
-        img = np.zeros((h, w, 3), np.uint8)
-        for label in rng.choice(3, size=int(rng.integers(1, 4)), replace=False).tolist():
-            bw, bh = int(rng.integers(15, 40)), int(rng.integers(15, 40))
-            x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
-            img[y:y + bh, x:x + bw] = np.maximum(img[y:y + bh, x:x + bw], COLOURS[label])
-            anns.append({"id": len(anns) + 1, "image_id": 10 + i, "category_id": 7 + label, "bbox": [x, y, bw, bh],
-                         "area": bw * bh, "iscrowd": 0})
-        cv2.imwrite(str(folder / f"im{i}.png"), img)
-        images.append({"id": 10 + i, "file_name": f"im{i}.png", "height": h, "width": w})
-    cats = [{"id": 7 + k, "name": n} for k, n in enumerate(names)]
-    path = folder / "instances.json"
-    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
-    return path
+    return make_blob_dataset(folder, n, seed, names)
 
 
 def test_predict_folder_mixed_sizes_grayscale_and_a_text_file(tmp_path, capsys):

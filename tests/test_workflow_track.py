@@ -114,18 +114,11 @@ def test_polygon_zone_counts_current_and_distinct_objects():
 
 
 def test_track_command_on_a_video(tmp_path):
-    import cv2
-
     from runtime.commands.track import track
-    from runtime.testing import make_blob_artifact
+    from runtime.testing import make_blob_artifact, make_blob_video
 
     model = make_blob_artifact(tmp_path)
-    writer = cv2.VideoWriter(str(tmp_path / "v.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (160, 120))
-    for i in range(20):
-        f = np.zeros((120, 160, 3), np.uint8)
-        f[20:50, 5 + 6 * i:35 + 6 * i] = (0, 0, 255)
-        writer.write(f)
-    writer.release()
+    make_blob_video(tmp_path / "v.avi")
     s = track(str(model), str(tmp_path / "v.avi"), line=[80, 0, 80, 120], zone=[(0, 0), (60, 0), (60, 120), (0, 120)],
               anchor="center", project=str(tmp_path / "runs"), quiet=True)
     assert s["frames"] == 20 and s["tracks"] == 1 and s["line"]["in"] + s["line"]["out"] == 1 and s["zone"]["total"] == 1
@@ -154,3 +147,20 @@ def test_track_with_the_demo_detector_reports_mot_metrics(video, tmp_path):
     print(f"demo detector + ByteTrack on the rendered video: IDF1 {s['idf1']:.3f} MOTA {s['mota']:.3f} "
           f"ID switches {s['num_switches']:.0f}")
     assert s["idf1"] > 0.45 and s["mota"] > 0.3, s
+
+
+@pytest.mark.slow
+def test_count_vehicles_example_on_the_shared_road_video(shared, tmp_path, monkeypatch):
+    """Four cars cross the middle of car-detection.mp4 (two each way, checked by eye on the contact sheet)."""
+    import sys
+    from pathlib import Path
+
+    from script_loader import load_script
+
+    video = shared / "data" / "videos" / "car-detection.mp4"
+    example = load_script(Path(__file__).resolve().parents[1] / "examples" / "count_vehicles.py", "count_vehicles")
+    monkeypatch.setattr(sys, "argv", ["count_vehicles.py", "--source", str(video), "--project", str(tmp_path)])
+    example.main()
+    counts = json.loads((tmp_path / "count_vehicles" / "1" / "counts.json").read_text())
+    assert (counts["in"], counts["out"], counts["tracks"]) == (2, 2, 4), counts
+    assert (tmp_path / "count_vehicles" / "1" / "crossings.png").is_file()

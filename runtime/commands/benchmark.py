@@ -73,7 +73,7 @@ def deviation(ref_dets: Sequence[Any], dets: Sequence[Any]) -> Dict[str, float]:
 
 def _size_mb(path: Path) -> float:
     files = [path] + ([path.with_suffix(".bin")] if path.suffix == ".xml" else [])
-    return round(sum(f.stat().st_size for f in files if f.is_file()) / 1e6, 2)
+    return round(sum(f.stat().st_size for f in files if f.is_file()) / 1e6, 3)
 
 
 def _throughput(det: Any, frame: np.ndarray) -> tuple:
@@ -108,7 +108,7 @@ def benchmark(model: Any, data: Optional[str] = None, split: str = "val", imgsz:
     if len(models) == 1 and is_checkpoint(models[0]):
         ckpt = models[0]
         imgsz = tuple(imgsz) if imgsz else (640, 640)
-        export_matrix = plugin("export_matrix", "benchmarking a checkpoint exports it, which needs the convert extra")
+        export_matrix = plugin("export_matrix", "benchmarking a checkpoint exports it, which needs the conversion extra", "convert")
         calib = None
         if data:
             from runtime.datasets import load_dataset
@@ -123,15 +123,22 @@ def benchmark(model: Any, data: Optional[str] = None, split: str = "val", imgsz:
             rows.append({"format": m.suffix.lstrip("."), "precision": "", "msda": "", "path": str(m), "skipped": ""})
     live = [r for r in rows if not r["skipped"]]
     dets = {}
-    for r in live:  # load all first: timing below interleaves them
+    for r in list(live):  # load all first: timing below interleaves them
         t0 = time.perf_counter()
-        det = load_model(r["path"], imgsz=imgsz if r["format"] == "pytorch" else None, conf=0.0)
+        try:
+            det = load_model(r["path"], imgsz=imgsz if r["format"] == "pytorch" else None, conf=0.0)
+        except (RuntimeError, ValueError, ImportError, OSError) as e:  # e.g. an engine library or custom op missing here
+            r["skipped"] = f"cannot load here: {str(e).splitlines()[0][:160]}"
+            live.remove(r)
+            continue
         r["load_s"] = round(time.perf_counter() - t0, 3)
         r["size_mb"] = _size_mb(Path(r["path"]))
         if not r["precision"]:
             r["precision"], r["msda"] = det.manifest.precision, det.manifest.msda
             r["format"] = det.manifest.backend
         dets[id(r)] = det
+    if not dets:
+        raise RuntimeError("no engine could be loaded: " + "; ".join(f"{r['format']} {r['precision']}: {r['skipped']}" for r in rows))
     first = next(iter(dets.values()))
     frames = sample_frames(data, split, first.input_size)
     if not frames:

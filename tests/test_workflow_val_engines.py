@@ -1,0 +1,52 @@
+"""`val` scores a checkpoint and its ONNX / OpenVINO exports alike: same letterbox input, same metrics."""
+import dataclasses
+
+import pytest
+
+from converters.demo import DEMO_CHECKPOINT
+
+IMGSZ = (256, 256)  # the demo detector's training scale
+
+
+def test_checkpoint_detector_declares_the_exports_preprocessing():
+    from converters.api import make_manifest
+    from edgedet.predictor import checkpoint_manifest, load_checkpoint_model
+
+    model, experiment = load_checkpoint_model(DEMO_CHECKPOINT)
+    ours = checkpoint_manifest(model, experiment, (192, 320))
+    export = make_manifest(model, "onnxruntime", "fp32", "gather", (192, 320), 1, True, 100, None, experiment)
+    assert dataclasses.asdict(ours.preprocess) == dataclasses.asdict(export.preprocess)
+    assert ours.class_names == export.class_names and ours.outputs.score_activation == export.outputs.score_activation
+    assert ours.outputs.top_k == export.outputs.top_k
+
+
+def test_unknown_extension_and_imgsz_on_an_artifact_are_refused(tmp_path):
+    from runtime.models import load_model
+    from runtime.testing import make_blob_artifact
+
+    with pytest.raises(ValueError, match="unknown model file kind"):
+        (tmp_path / "m.tflite").write_bytes(b"0")
+        load_model(tmp_path / "m.tflite")
+    with pytest.raises(ValueError, match="applies to checkpoints"):
+        load_model(make_blob_artifact(tmp_path), imgsz=(64, 64))
+
+
+@pytest.mark.slow
+def test_val_checkpoint_onnx_openvino_agree_within_half_a_point(tmp_path):
+    from converters import export
+    from edgedet.data.synthetic import generate_synthetic
+    from runtime.val import val
+
+    ann = generate_synthetic(tmp_path / "data", 24, image_size=256, seed=123)
+    runs = str(tmp_path / "runs")
+    ckpt = val(str(DEMO_CHECKPOINT), str(ann), imgsz=IMGSZ, project=runs, plots=False, quiet=True)
+    onnx = export(DEMO_CHECKPOINT, format="onnx", imgsz=IMGSZ, output=tmp_path / "m.onnx")
+    ov = export(DEMO_CHECKPOINT, format="openvino", imgsz=IMGSZ, output=tmp_path / "m.xml")
+    scores = {"pytorch": ckpt}
+    for name, artifact in (("onnx", onnx), ("openvino", ov)):
+        scores[name] = val(str(artifact), str(ann), project=runs, plots=False, quiet=True)
+    print({k: (round(v["mAP"], 4), round(v["mAP50"], 4)) for k, v in scores.items()})
+    assert ckpt["mAP50"] > 0.3  # a real detector on its own domain: the agreement below is not 0 == 0
+    for name in ("onnx", "openvino"):
+        assert abs(scores[name]["mAP"] - ckpt["mAP"]) <= 0.005, (name, scores[name]["mAP"], ckpt["mAP"])
+        assert abs(scores[name]["mAP50"] - ckpt["mAP50"]) <= 0.005, (name, scores[name]["mAP50"], ckpt["mAP50"])
