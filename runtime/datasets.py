@@ -81,7 +81,7 @@ def _coco(ann_file: Path, images_root: Optional[Path] = None) -> Dataset:
         raise DatasetError(f"{ann_file} is not a COCO instances JSON (needs images, annotations, categories): {e}") from None
     ids = [int(c["id"]) for c in cats]
     label_of = {cid: i for i, cid in enumerate(ids)}
-    roots = [images_root] if images_root else [ann_file.parent, ann_file.parent / "images", ann_file.parent.parent / "images"]
+    roots = ([images_root] if images_root else []) + [ann_file.parent, ann_file.parent / "images", ann_file.parent.parent / "images"]
     first = images[0]["file_name"] if images else ""
     root = next((r for r in roots if r is not None and (r / first).is_file()), roots[0])
     by_image: Dict[int, list] = {}

@@ -101,3 +101,16 @@ def test_val_reads_voc_with_the_models_class_order(shared):
     ds = load_dataset(shared / "data" / "bccd", "test").aligned_to(["RBC", "WBC", "Platelets"])
     assert ds.class_names == ["RBC", "WBC", "Platelets"] and len(ds) == 72
     assert set(np.concatenate([s.labels for s in ds.samples]).tolist()) == {0, 1, 2}
+
+
+def test_predict_on_a_video_writes_json_lines_and_a_video(tmp_path):
+    from runtime.testing import make_blob_video
+
+    model = make_blob_artifact(tmp_path / "m")
+    video = make_blob_video(tmp_path / "clip.avi", frames=8)
+    s = predict(str(model), str(video), save_txt=True, project=str(tmp_path / "runs"), quiet=True)
+    run = tmp_path / "runs" / "predict" / "1"
+    lines = [json.loads(x) for x in (run / "clip.jsonl").read_text().splitlines()]
+    assert s["images"] == 8 and [r["frame"] for r in lines] == list(range(8))
+    assert all(r["detections"][0]["name"] == "red" for r in lines) and lines[0]["file_name"] == "clip_0"
+    assert (run / "clip.mp4").stat().st_size > 0 and len(list((run / "labels").glob("clip_*.txt"))) == 8

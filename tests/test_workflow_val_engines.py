@@ -50,3 +50,18 @@ def test_val_checkpoint_onnx_openvino_agree_within_half_a_point(tmp_path):
     for name in ("onnx", "openvino"):
         assert abs(scores[name]["mAP"] - ckpt["mAP"]) <= 0.005, (name, scores[name]["mAP"], ckpt["mAP"])
         assert abs(scores[name]["mAP50"] - ckpt["mAP50"]) <= 0.005, (name, scores[name]["mAP50"], ckpt["mAP50"])
+
+
+def test_predict_with_a_checkpoint_goes_through_the_plugin(tmp_path):
+    """`predict --model ckpt.pth` loads the CheckpointDetector plug-in and finds the demo detector's shapes."""
+    from edgedet.data.synthetic import generate_synthetic
+    from edgedet.predictor import CheckpointDetector
+    from runtime.commands.predict import predict
+    from runtime.models import load_model
+
+    ann = generate_synthetic(tmp_path / "data", 2, image_size=256, seed=5)
+    det = load_model(DEMO_CHECKPOINT, imgsz=IMGSZ)
+    assert isinstance(det, CheckpointDetector) and det.input_size == IMGSZ and det.class_names == ("circle", "square", "triangle")
+    s = predict(str(DEMO_CHECKPOINT), str(tmp_path / "data" / "images"), conf=0.3, imgsz=IMGSZ, data=str(ann),
+                project=str(tmp_path / "runs"), quiet=True)
+    assert s["images"] == 2 and s["objects"] > 0

@@ -68,7 +68,7 @@ def deviation(ref_dets: Sequence[Any], dets: Sequence[Any]) -> Dict[str, float]:
         for box, label in zip(r.boxes_xyxy[r.scores >= 0.3], r.labels[r.scores >= 0.3]):
             same = d.boxes_xyxy[d.labels == label]
             box_dev = max(box_dev, float(np.abs(same - box).max(1).min()) if len(same) else float("inf"))
-    return {"score_dev": round(score_dev, 5), "box_dev_px": round(box_dev, 3)}
+    return {"score_dev": float(f"{score_dev:.3g}"), "box_dev_px": round(box_dev, 3)}
 
 
 def _size_mb(path: Path) -> float:
@@ -184,10 +184,13 @@ def format_table(result: Dict[str, Any]) -> str:
         if r["skipped"]:
             lines.append(f"{r['format']:<12}{r['precision']:<6}{r['msda'] or '-':<12}  skipped: {r['skipped']}")
             continue
-        f = lambda k, fmt: format(r[k], fmt) if r.get(k) not in ("", None) else "-"  # noqa: E731
+        def f(key: str, spec: str) -> str:
+            width = int(spec[1:spec.index(".")] if "." in spec else spec[1:-1])
+            return format(r[key], spec) if r.get(key) not in ("", None) else format("-", f">{width}")
+
         lines.append(f"{r['format']:<12}{r['precision']:<6}{r['msda'] or '-':<12}{f('size_mb', '>7.2f')}{f('load_s', '>8.2f')}"
                      f"{f('p50_ms', '>9.2f')}{f('p95_ms', '>9.2f')}{f('batch', '>6d')}{f('throughput_ips', '>8.1f')}"
-                     f"{f('mAP', '>8.3f')}{f('mAP50', '>8.3f')}{f('score_dev', '>9.4f')}{f('box_dev_px', '>8.2f')}")
+                     f"{f('mAP', '>8.3f')}{f('mAP50', '>8.3f')}{f('score_dev', '>9.1e')}{f('box_dev_px', '>8.2f')}")
     lines.append(f"results in {result['dir']} (results.csv, results.json)")
     return "\n".join(lines)
 
