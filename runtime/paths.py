@@ -1,12 +1,13 @@
-"""Output paths: fresh numbered run folders, and a refusal to write over an input.
+"""Fresh numbered run folders (`runs/predict/1`, `runs/predict/2`, ...), as Ultralytics users expect.
 
-Torch-free and dependency-free, so every command (runtime, edgedet, converters) can share it.
+Each folder is created with mkdir (never exist_ok), so a command writing only inside it can
+neither overwrite an earlier run nor any input. Torch-free, so every package can share it.
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Iterable, Union
+from typing import Union
 
 PathLike = Union[str, Path]
 
@@ -26,20 +27,4 @@ def next_run_dir(root: PathLike = "runs", task: str = "predict") -> Path:
             n += 1
 
 
-def refuse_input_overwrite(output: PathLike, inputs: Iterable[PathLike]) -> None:
-    """Raise ValueError when `output` resolves to one of `inputs` (or into an input folder's files)."""
-    out = Path(output).expanduser().resolve()
-    for item in inputs:
-        if item is None:
-            continue
-        src = Path(item).expanduser()
-        if not src.exists():
-            continue
-        src = src.resolve()
-        if out == src:
-            raise ValueError(f"output {output} is the input {item}: choose another output path; inputs are never overwritten")
-        if src.is_dir() and out.parent == src and out.exists():
-            raise ValueError(f"output {output} would replace a file of the input folder {item}: write elsewhere")
-
-
-__all__ = ["next_run_dir", "refuse_input_overwrite"]
+__all__ = ["next_run_dir"]

@@ -114,3 +114,13 @@ def test_predict_on_a_video_writes_json_lines_and_a_video(tmp_path):
     assert s["images"] == 8 and [r["frame"] for r in lines] == list(range(8))
     assert all(r["detections"][0]["name"] == "red" for r in lines) and lines[0]["file_name"] == "clip_0"
     assert (run / "clip.mp4").stat().st_size > 0 and len(list((run / "labels").glob("clip_*.txt"))) == 8
+
+
+def test_run_dirs_are_fresh_numbered_folders(tmp_path):
+    from runtime.paths import next_run_dir
+
+    assert next_run_dir(tmp_path, "predict") == tmp_path / "predict" / "1"
+    (tmp_path / "predict" / "7").mkdir()
+    (tmp_path / "predict" / "notes").mkdir()
+    assert next_run_dir(tmp_path, "predict") == tmp_path / "predict" / "8"
+    assert next_run_dir(tmp_path, "predict") == tmp_path / "predict" / "9"

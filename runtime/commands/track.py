@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+import numpy as np
 from tqdm import tqdm
 
 from runtime.capture import open_source
@@ -46,7 +47,7 @@ def track(model: Any, source: Any, conf: float = 0.1, imgsz: Optional[Sequence[i
     writer = show_sink = None
     frames, ids, t0 = 0, set(), time.perf_counter()
     try:
-        from runtime.pipeline import Result
+        from runtime.pipeline import Result, StopPipeline
         from runtime.sinks import ShowSink, VideoSink
 
         writer = VideoSink(out / f"{stem}.mp4", fps=src.fps or 30.0, annotate=False) if save else None
@@ -70,10 +71,15 @@ def track(model: Any, source: Any, conf: float = 0.1, imgsz: Optional[Sequence[i
                         draw_zone(image, region)
                     if counter is not None:
                         draw_line(image, counter)
-                    result = Result(type(frame)(image, frame.index, frame.timestamp), tracked, 0.0)
-                    for sink in (writer, show_sink):
-                        if sink is not None:
-                            sink(result)
+                    drawn = type(frame)(image, frame.index, frame.timestamp)
+                    if writer is not None:
+                        writer(Result(drawn, tracked, 0.0))
+                    if show_sink is not None:  # already drawn: the window adds only its FPS overlay
+                        try:
+                            show_sink(Result(drawn, tracked.select(np.zeros(0, np.int64)), 0.0))
+                        except StopPipeline:  # 'q' or Esc
+                            frames += 1
+                            break
                 frames += 1
                 if max_frames and frames >= max_frames:
                     break
