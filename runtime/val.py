@@ -16,7 +16,6 @@ import io
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import cv2
