@@ -95,6 +95,9 @@ def test_val_one_line_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["predict", "--model", str(model), "--source", str(tmp_path / "empty")]) == 2
     assert "is empty" in capsys.readouterr().err
+    (tmp_path / "empty" / "a.txt").write_text("x")
+    assert main(["predict", "--model", str(model), "--source", str(tmp_path / "empty"), "--project", str(tmp_path / "r2")]) == 2
+    assert "no images in" in capsys.readouterr().err and not (tmp_path / "r2").exists()
 
 
 def test_val_reads_voc_with_the_models_class_order(shared):

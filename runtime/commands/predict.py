@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from runtime.capture import open_source
+from runtime.capture import IMAGE_SUFFIXES, open_source
 from runtime.commands.common import add_model_arguments, expand_images, source_arg, source_kind, summarize_names
 from runtime.draw import draw
 from runtime.models import load_model
@@ -83,6 +83,9 @@ def predict(model: Any, source: Any, conf: float = 0.25, imgsz: Optional[Sequenc
     images: List[Path] = []
     if kind == "images":
         images, others = expand_images(source)  # before loading the model: a bad source fails fast
+        if not images:
+            raise FileNotFoundError(f"no images in {source}: {len(others)} files, none of them "
+                                    f"{'/'.join(IMAGE_SUFFIXES)}; pass images, a video or a camera")
     detector = load_model(model, imgsz=imgsz, conf=conf, classes=classes, backend=backend, device=device, **options)
     try:
         ids = _Ids(data, split, detector.class_names)
