@@ -102,14 +102,14 @@ def coco_evaluate(dataset: Dataset, sizes: Dict[int, tuple], results: List[dict]
 
 
 def val(model: Any, data: str, split: str = "val", imgsz: Optional[Sequence[int]] = None, conf: float = SCORE_FLOOR,
-        project: str = "runs", plots: bool = True, backend: str = "auto", device: str = "CPU", batch: int = 1,
-        quiet: bool = False, **options: Any) -> Dict[str, Any]:
+        project: str = "runs", plots: bool = True, backend: str = "auto", device: str = "CPU",
+        classes: Optional[Sequence[int]] = None, quiet: bool = False, **options: Any) -> Dict[str, Any]:
     """Score `model` (artifact path, checkpoint path or a loaded Detector) on `split` of `data`.
 
     Returns (and writes to runs/val/N/metrics.json) mAP, mAP50, mAP75, per-class AP, counts and paths.
     """
     dataset = load_dataset(data, split)
-    detector = load_model(model, imgsz=imgsz, conf=conf, backend=backend, device=device, **options)
+    detector = load_model(model, imgsz=imgsz, conf=conf, classes=classes, backend=backend, device=device, **options)
     try:
         dataset = dataset.aligned_to(detector.class_names)
         out = next_run_dir(project, "val")
@@ -180,7 +180,7 @@ class ValCommand:
 
     def run(self, args: argparse.Namespace) -> int:
         m = val(args.model, args.data, args.split, args.imgsz, args.conf, args.project, not args.no_plots, args.backend,
-                args.device, quiet=args.quiet)
+                args.device, args.classes, quiet=args.quiet)
         print(format_metrics(m))
         return 0
 
