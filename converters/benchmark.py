@@ -67,6 +67,10 @@ def export_matrix(checkpoint: Path, out_dir: Path, imgsz: Sequence[int], quick: 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for fmt, precision, form in tqdm(_candidates(has_msda(model), quick), desc="exporting", unit="artifact", disable=None):
+        if fmt == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
+            if not any(r["format"] == "tensorrt" for r in rows):  # one line for the whole format, not one per combination
+                rows.append({"format": fmt, "precision": "all", "msda": "all", "path": None, "skipped": _skip_reason(fmt, precision, form, calib)})
+            continue
         row = {"format": fmt, "precision": precision, "msda": form or "", "path": None, "skipped": ""}
         rows.append(row)
         reason = _skip_reason(fmt, precision, form, calib)

@@ -65,3 +65,29 @@ def test_predict_with_a_checkpoint_goes_through_the_plugin(tmp_path):
     s = predict(str(DEMO_CHECKPOINT), str(tmp_path / "data" / "images"), conf=0.3, imgsz=IMGSZ, data=str(ann),
                 project=str(tmp_path / "runs"), quiet=True)
     assert s["images"] == 2 and s["objects"] > 0
+
+
+def test_export_matrix_lists_every_combination_and_why_some_are_skipped(tmp_path, monkeypatch):
+    import importlib.util
+
+    import converters.api
+    from converters.benchmark import export_matrix
+
+    made = []
+
+    def fake_export(model, format, precision, imgsz, msda, calib, calib_images, output, experiment):
+        made.append((format, precision, msda))
+        output.write_bytes(b"0")
+        return output
+
+    monkeypatch.setattr(converters.api, "export", fake_export)
+    rows = export_matrix(DEMO_CHECKPOINT, tmp_path, IMGSZ, quick=False, calib=None)
+    skipped = {(r["format"], r["precision"], r["msda"]): r["skipped"] for r in rows if r["skipped"]}
+    assert all("INT8 needs calibration" in why for (f, p, m), why in skipped.items() if p == "int8" and m != "fused")
+    assert "no kernel for the fused" in skipped[("onnx", "fp32", "fused")]
+    assert ("openvino", "fp16", "gather") in made and ("onnx", "fp32", "grid_sample") in made
+    assert not any(p == "int8" for _, p, _ in made)  # no calibration images: no INT8 export attempted
+    if importlib.util.find_spec("tensorrt") is None:
+        assert [r["precision"] for r in rows if r["format"] == "tensorrt"] == ["all"]
+    quick = export_matrix(DEMO_CHECKPOINT, tmp_path / "q", IMGSZ, quick=True)
+    assert [(r["format"], r["precision"]) for r in quick] == [("onnx", "fp32"), ("openvino", "fp32")]
