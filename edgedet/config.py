@@ -189,6 +189,7 @@ def from_dict(cls: Type[T], data: Dict[str, Any], where: str = "") -> T:
 
 def model_config_from_dict(data: Dict[str, Any]) -> ModelConfig:
     """Pick the family's config class from `data['name']` through the model registry."""
+    import edgedet.models  # noqa: F401  (registers the families; `import edgedet` no longer does)
     from edgedet.registry import MODELS
 
     if "name" not in data:

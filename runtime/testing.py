@@ -138,3 +138,47 @@ def make_blob_artifact(directory: Union[str, Path], layout: str = "postprocessed
     if sidecar:
         write_sidecar(manifest, path)
     return path
+
+
+BLOB_BGR = {0: (0, 0, 255), 1: (0, 255, 0), 2: (255, 0, 0)}  # red, green, blue as OpenCV writes them
+
+
+def make_blob_dataset(directory: Union[str, Path], n: int = 6, seed: int = 0, class_names=BLOB_CLASSES) -> Path:
+    """COCO dataset the toy detector scores exactly on: images of mixed sizes with at most one
+    rectangle per colour (category ids 7, 8, 9 to exercise id mapping). -> the instances JSON path."""
+    import json
+
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    images, anns = [], []
+    for i in range(n):
+        h, w = (120, 160) if i % 2 else (200, 150)
+        img = np.zeros((h, w, 3), np.uint8)
+        for label in rng.choice(3, size=int(rng.integers(1, 4)), replace=False).tolist():
+            bw, bh = int(rng.integers(15, 40)), int(rng.integers(15, 40))
+            x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+            img[y:y + bh, x:x + bw] = np.maximum(img[y:y + bh, x:x + bw], BLOB_BGR[label])
+            anns.append({"id": len(anns) + 1, "image_id": 10 + i, "category_id": 7 + label, "bbox": [x, y, bw, bh],
+                         "area": bw * bh, "iscrowd": 0})
+        cv2.imwrite(str(directory / f"im{i}.png"), img)
+        images.append({"id": 10 + i, "file_name": f"im{i}.png", "height": h, "width": w})
+    path = directory / "instances.json"
+    cats = [{"id": 7 + k, "name": name} for k, name in enumerate(class_names)]
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return path
+
+
+def make_blob_video(path: Union[str, Path], frames: int = 20) -> Path:
+    """A red square moving left to right across a 160x120 MJPG video (one track, crosses x = 80)."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (160, 120))
+    for i in range(frames):
+        f = np.zeros((120, 160, 3), np.uint8)
+        f[20:50, 5 + 6 * i:35 + 6 * i] = BLOB_BGR[0]
+        writer.write(f)
+    writer.release()
+    return Path(path)

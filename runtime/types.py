@@ -15,7 +15,8 @@ class Detections:
     """Detections of one image, boxes in that image's pixels.
 
     boxes_xyxy [N, 4] float32 (x0, y0, x1, y1); scores [N] float32; labels [N] int64
-    (indices into `class_names`); image_size (H, W); timings_ms per stage.
+    (indices into `class_names`); image_size (H, W); timings_ms per stage; track_ids [N] int64
+    (a stable identity per object, set by a tracker; None when not tracked).
     """
 
     boxes_xyxy: np.ndarray
@@ -24,6 +25,7 @@ class Detections:
     class_names: Tuple[str, ...] = ()
     image_size: Tuple[int, int] = (0, 0)
     timings_ms: Dict[str, float] = field(default_factory=dict)
+    track_ids: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         boxes = np.asarray(self.boxes_xyxy, dtype=np.float32).reshape(-1, 4)
@@ -35,6 +37,11 @@ class Detections:
         object.__setattr__(self, "scores", scores)
         object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "class_names", tuple(self.class_names))
+        if self.track_ids is not None:
+            ids = np.asarray(self.track_ids, dtype=np.int64).reshape(-1)
+            if len(ids) != len(scores):
+                raise ValueError(f"Detections: {len(ids)} track_ids for {len(scores)} detections")
+            object.__setattr__(self, "track_ids", ids)
 
     @classmethod
     def empty(cls, class_names: Sequence[str] = (), image_size: Tuple[int, int] = (0, 0)) -> "Detections":
@@ -58,15 +65,18 @@ class Detections:
         return self.select(keep)
 
     def select(self, index: np.ndarray) -> "Detections":
-        return replace(self, boxes_xyxy=self.boxes_xyxy[index], scores=self.scores[index], labels=self.labels[index])
+        ids = None if self.track_ids is None else self.track_ids[index]
+        return replace(self, boxes_xyxy=self.boxes_xyxy[index], scores=self.scores[index], labels=self.labels[index], track_ids=ids)
 
     def to_dict(self) -> Dict[str, object]:
+        dets = [{"box_xyxy": [round(float(v), 2) for v in b], "score": round(float(s), 4), "label": int(l), "name": n}
+                for b, s, l, n in zip(self.boxes_xyxy, self.scores, self.labels, self.names)]
+        if self.track_ids is not None:
+            for d, t in zip(dets, self.track_ids.tolist()):
+                d["track_id"] = int(t)
         return {
             "image_size": list(self.image_size),
-            "detections": [
-                {"box_xyxy": [round(float(v), 2) for v in b], "score": round(float(s), 4), "label": int(l), "name": n}
-                for b, s, l, n in zip(self.boxes_xyxy, self.scores, self.labels, self.names)
-            ],
+            "detections": dets,
             "timings_ms": {k: round(float(v), 3) for k, v in self.timings_ms.items()},
         }
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The runtime on the base install alone: a fresh venv with only `pip install .` (numpy, OpenCV,
-# onnxruntime, pyyaml, tqdm; no torch, no onnx) must load an ONNX artifact and detect.
+# onnxruntime, pyyaml, tqdm, lap, pycocotools; no torch, no onnx) must load an ONNX artifact and
+# detect, and `edgedet predict / val / track / benchmark` must work on it; training and export
+# commands must answer with one line naming the extra to install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -9,8 +11,10 @@ ART=$(mktemp -d)
 trap 'rm -rf "$ART"' EXIT
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e .
-# The artifact is written here, by the full environment (writing ONNX needs the onnx package).
-"$PY" -c "from runtime.testing import make_blob_artifact; make_blob_artifact('$ART')"
+# The artifact, a labelled dataset and a video are written here, by the full environment (writing ONNX needs onnx).
+"$PY" -c "
+from runtime.testing import make_blob_artifact, make_blob_dataset, make_blob_video
+make_blob_artifact('$ART'); make_blob_dataset('$ART/data'); make_blob_video('$ART/clip.avi')"
 "$VENV/bin/python" - "$ART" <<'PYEOF'
 import importlib.util, sys
 from pathlib import Path
@@ -30,3 +34,17 @@ assert np.allclose(box, [100, 60, 200, 120], atol=3), box
 assert "torch" not in sys.modules
 print(f"runtime base install: OK ({len(dets)} detections, red box {box.round(1).tolist()}, no torch)")
 PYEOF
+E="$VENV/bin/edgedet"
+cd "$ART"
+"$E" predict --model blob.onnx --source data --save-txt --quiet
+test -f runs/predict/1/im0.json && test -f runs/predict/1/labels/im0.txt && test -f runs/predict/1/predictions.json
+"$E" val --model blob.onnx --data data/instances.json --quiet | tee val.txt
+grep -qE "^all +6 +[0-9]+ +1\.000" val.txt
+"$E" track --model blob.onnx --source clip.avi --line 80 0 80 120 --anchor center --quiet
+grep -q '"tracks": 1' runs/track/1/counts.json
+"$E" benchmark --model blob.onnx --quick --iters 5 --quiet > bench.txt && tail -1 bench.txt | grep -q p50_ms
+for cmd in train export; do
+  if out=$("$E" $cmd --model x 2>&1); then echo "edgedet $cmd should fail without torch"; exit 1; fi
+  echo "$out" | grep -q "pip install 'edgedet\[" || { echo "edgedet $cmd: no install hint: $out"; exit 1; }
+done
+echo "edgedet predict / val / track / benchmark on the base install: OK; train / export name their extra"

@@ -32,6 +32,7 @@ from edgedet.checkpoints.official_spec import (
 )
 from edgedet.checkpoints.safe_load import safe_torch_load
 from edgedet.config import ModelConfig, from_dict
+import edgedet.models  # noqa: F401,E402  (registers the families' configs in MODELS)
 from edgedet.registry import MODELS
 
 log = logging.getLogger(__name__)

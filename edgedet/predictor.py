@@ -1,0 +1,117 @@
+"""`CheckpointDetector`: a PyTorch checkpoint behind the runtime `Detector` interface.
+
+It feeds the model exactly what an export at `imgsz` would be fed (the runtime's letterbox
+`Preprocessor` with the manifest `converters.export` writes for that size) and decodes the raw
+heads with the runtime's top-K postprocessing, so a checkpoint and its engines are scored on
+identical inputs. Registered for the runtime as the `checkpoint_detector` plug-in.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from runtime.manifest import Manifest, OutputSpec, PreprocessSpec
+from runtime.postprocess import Postprocessor
+from runtime.preprocess import Preprocessor
+from runtime.types import Detections
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IMGSZ = (640, 640)  # `edgedet export`'s default input
+
+
+def load_checkpoint_model(path: Union[str, Path]) -> Tuple[torch.nn.Module, dict]:
+    """Our checkpoint or an official one -> (deployable model in eval mode, experiment config dict or {})."""
+    from edgedet.engine.checkpoint import CheckpointError, load_checkpoint, load_model
+
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError:
+        from edgedet.checkpoints import load_official
+
+        model, config = load_official(str(path)), {}
+    else:
+        model, config = load_model(str(path)), dict(ckpt.get("config") or {})
+    to_base = getattr(model, "to_base_model", None)  # Co-DETR: drop the training-only heads, as export does
+    return (to_base() if callable(to_base) else model).eval(), config
+
+
+def checkpoint_manifest(model: torch.nn.Module, experiment: dict, imgsz: Sequence[int], top_k: int = 100) -> Manifest:
+    """The manifest an export at `imgsz` declares, with the raw-head output layout."""
+    config = getattr(model, "config", None)
+    data = experiment.get("data") or {}
+    pre = PreprocessSpec(size=(int(imgsz[0]), int(imgsz[1])))
+    if data.get("mean") and data.get("std"):
+        pre = PreprocessSpec(size=pre.size, mean=tuple(data["mean"]), std=tuple(data["std"]))
+    outputs = OutputSpec(postprocess=False, names=["pred_logits", "pred_boxes"],
+                         score_activation=getattr(model, "score_activation", "softmax"), top_k=top_k)
+    return Manifest(family=getattr(config, "name", "") or type(model).__name__,
+                    class_names=list(getattr(config, "class_names", None) or []), preprocess=pre, outputs=outputs,
+                    backend="pytorch", batch=0)
+
+
+class CheckpointDetector:
+    """path: checkpoint; imgsz (H, W): the export input to reproduce (default 640x640)."""
+
+    def __init__(self, path: Union[str, Path], imgsz: Optional[Sequence[int]] = None, conf: float = 0.25,
+                 classes: Optional[Iterable[int]] = None, device: str = "cpu", top_k: int = 100):
+        self.artifact = Path(path)
+        self.model, experiment = load_checkpoint_model(self.artifact)
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        if imgsz is None:
+            imgsz = DEFAULT_IMGSZ
+            log.info("checkpoint scored at imgsz %dx%d (the export default; pass --imgsz H W to match your export)", *imgsz)
+        self.manifest = checkpoint_manifest(self.model, experiment, imgsz, top_k)
+        self.conf = float(conf)
+        self.preprocessor = Preprocessor(self.manifest.preprocess)
+        self.postprocessor = Postprocessor(self.manifest.outputs, self.manifest.preprocess.size,
+                                           self.manifest.class_names, conf, classes)
+        self.max_batch = 0
+        self.backend_name = "pytorch"
+
+    @property
+    def class_names(self) -> Tuple[str, ...]:
+        return tuple(self.manifest.class_names)
+
+    @property
+    def input_size(self) -> Tuple[int, int]:
+        return tuple(self.manifest.preprocess.size)
+
+    def __call__(self, frame_bgr: np.ndarray) -> Detections:
+        return self.batch([frame_bgr])[0]
+
+    @torch.inference_mode()
+    def batch(self, frames: Sequence[np.ndarray]) -> List[Detections]:
+        t0 = time.perf_counter()
+        x, infos = self.preprocessor(list(frames))
+        t1 = time.perf_counter()
+        out = self.model(torch.from_numpy(x).to(self.device))
+        outputs = {k: out[k].float().cpu().numpy() for k in ("pred_logits", "pred_boxes")}
+        t2 = time.perf_counter()
+        dets = self.postprocessor(outputs, infos)
+        t3 = time.perf_counter()
+        for d in dets:
+            d.timings_ms.update({"preprocess": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3})
+        return dets
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "CheckpointDetector":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"CheckpointDetector({self.artifact.name}, backend=pytorch, family={self.manifest.family or '?'}, "
+                f"input={self.input_size}, classes={len(self.class_names)})")
+
+
+__all__ = ["CheckpointDetector", "checkpoint_manifest", "load_checkpoint_model", "DEFAULT_IMGSZ"]

@@ -1,0 +1,1 @@
+"""Torch-free everyday commands: predict, val, track, benchmark (each also a Python function)."""

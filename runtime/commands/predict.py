@@ -1,0 +1,195 @@
+"""`edgedet predict` / `runtime.commands.predict.predict()`: a model on images or a video, files you can use.
+
+    edgedet predict --model model.onnx --source photos/            # or an image, a glob, a video, 0, a URL
+    edgedet predict --model best.pth --source "data/*.jpg" --data data.yaml --save-txt
+
+Writes under a fresh runs/predict/N: annotated images (same names) or an annotated video, one
+JSON per image (<stem>.json: file name, size, boxes in pixels, scores, class ids and names;
+<stem>.jsonl per frame for a video), `predictions.json` in COCO results format (the dataset's
+image and category ids with --data), and YOLO txt labels under labels/ with --save-txt.
+Files that are not images are skipped with a line saying so.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from runtime.capture import IMAGE_SUFFIXES, open_source
+from runtime.commands.common import add_model_arguments, expand_images, source_arg, source_kind, summarize_names
+from runtime.draw import draw
+from runtime.models import load_model
+from runtime.paths import next_run_dir
+from runtime.types import Detections
+
+
+def yolo_lines(dets: Detections, with_conf: bool = False) -> List[str]:
+    """'class cx cy w h' normalised to the image (the YOLO label format), one line per detection."""
+    h, w = dets.image_size
+    lines = []
+    for (x0, y0, x1, y1), label, score in zip(dets.boxes_xyxy.tolist(), dets.labels.tolist(), dets.scores.tolist()):
+        vals = [(x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h]
+        lines.append(f"{label} " + " ".join(f"{v:.6f}" for v in vals) + (f" {score:.4f}" if with_conf else ""))
+    return lines
+
+
+def image_record(name: str, dets: Detections) -> Dict[str, Any]:
+    record = {"file_name": name, "height": int(dets.image_size[0]), "width": int(dets.image_size[1])}
+    record.update(dets.to_dict())
+    return record
+
+
+class _Ids:
+    """COCO image/category ids: the dataset's (matched by file name) with --data, else 1-based order / class id + 1."""
+
+    def __init__(self, data: Optional[str], split: str, class_names: Sequence[str]):
+        self.by_name, self.category_ids = {}, [i + 1 for i in range(len(class_names))]
+        if data:
+            from runtime.datasets import load_dataset
+
+            ds = load_dataset(data, split).aligned_to(class_names)
+            self.by_name = {name: s.image_id for name, s in ds.by_file_name().items()}
+            self.category_ids = ds.category_ids
+        self.from_data = bool(self.by_name)
+        self.next_id = max(self.by_name.values(), default=0) + 1
+
+    def image_id(self, name: str) -> int:
+        if name in self.by_name:
+            return self.by_name[name]
+        if self.from_data:
+            print(f"note: {name} is not in the --data split; COCO image id {self.next_id} given", file=sys.stderr)
+        self.by_name[name] = self.next_id
+        self.next_id += 1
+        return self.by_name[name]
+
+
+def predict(model: Any, source: Any, conf: float = 0.25, imgsz: Optional[Sequence[int]] = None, data: Optional[str] = None,
+            split: str = "val", save_txt: bool = False, save_conf: bool = False, save: bool = True, project: str = "runs",
+            classes: Optional[Iterable[int]] = None, backend: str = "auto", device: str = "CPU", max_frames: int = 0,
+            quiet: bool = False, **options: Any) -> Dict[str, Any]:
+    """Run `model` on `source`; returns {"dir", "images", "skipped", "objects", "ms_per_image", "files"}.
+
+    model: artifact or checkpoint path (or a loaded Detector). source: image, folder, glob, video,
+    camera index, URL. data/split: a labelled dataset whose image and category ids the COCO file uses.
+    """
+    kind = source_kind(source)
+    images: List[Path] = []
+    if kind == "images":
+        images, others = expand_images(source)  # before loading the model: a bad source fails fast
+        if not images:
+            raise FileNotFoundError(f"no images in {source}: {len(others)} files, none of them "
+                                    f"{'/'.join(IMAGE_SUFFIXES)}; pass images, a video or a camera")
+    detector = load_model(model, imgsz=imgsz, conf=conf, classes=classes, backend=backend, device=device, **options)
+    try:
+        ids = _Ids(data, split, detector.class_names)
+        out = next_run_dir(project, "predict")
+        if save_txt:
+            (out / "labels").mkdir()
+        say = (lambda text: None) if quiet else print
+        if kind == "images":
+            summary = _predict_images(detector, images, others, ids, out, save, save_txt, save_conf, say)
+        else:
+            summary = _predict_stream(detector, source, ids, out, save, save_txt, save_conf, max_frames, quiet)
+    finally:
+        detector.close()
+    (out / "predictions.json").write_text(json.dumps(summary.pop("coco")))
+    summary["dir"] = str(out)
+    say(f"{summary['images']} {'images' if kind == 'images' else 'frames'}, {summary['objects']} objects, "
+        f"{summary['skipped']} skipped, {summary['ms_per_image']:.1f} ms/image; results in {out}")
+    return summary
+
+
+def _predict_images(detector, images, others, ids, out, save, save_txt, save_conf, say) -> Dict[str, Any]:
+    for p in others:
+        say(f"skip {p}: not an image file ({p.suffix or 'no suffix'})")
+    skipped, coco, objects, times, seen = len(others), [], 0, [], set()
+    total = len(images)
+    for n, path in enumerate(images, 1):
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # grayscale and 16-bit files come back as 8-bit BGR
+        if image is None:
+            say(f"skip {path}: OpenCV cannot decode it (corrupt or not an image)")
+            skipped += 1
+            continue
+        stem = path.stem if path.name not in seen else f"{path.stem}_{n}"  # a glob over folders may repeat names
+        seen.add(path.name)
+        t0 = time.perf_counter()
+        dets = detector(image)
+        times.append((time.perf_counter() - t0) * 1e3)
+        objects += len(dets)
+        (out / f"{stem}.json").write_text(json.dumps(image_record(path.name, dets)))
+        coco += dets.to_coco(ids.image_id(path.name), ids.category_ids)
+        if save:
+            cv2.imwrite(str(out / (stem + path.suffix)), draw(image, dets))
+        if save_txt:
+            (out / "labels" / f"{stem}.txt").write_text("".join(line + "\n" for line in yolo_lines(dets, save_conf)))
+        say(f"image {n}/{total} {path.name} {image.shape[1]}x{image.shape[0]}: {summarize_names(dets.names)} ({times[-1]:.1f} ms)")
+    if not times:
+        raise FileNotFoundError(f"no readable images among {total + len(others)} files: pass images ({', '.join(sorted({'.jpg', '.png'}))}, ...)")
+    return {"images": len(times), "skipped": skipped, "objects": objects, "ms_per_image": float(np.mean(times)), "coco": coco}
+
+
+def _predict_stream(detector, source, ids, out, save, save_txt, save_conf, max_frames, quiet) -> Dict[str, Any]:
+    from runtime.sinks import VideoSink
+
+    src = open_source(source)
+    stem = Path(str(source)).stem if not str(source).isdigit() else f"camera{source}"
+    writer = VideoSink(out / f"{stem}.mp4", fps=src.fps or 30.0) if save else None
+    coco, objects, times = [], 0, []
+    try:
+        with open(out / f"{stem}.jsonl", "w", encoding="utf-8") as jl:
+            for frame in tqdm(src, desc="predict", unit="frame", disable=quiet or None):
+                t0 = time.perf_counter()
+                dets = detector(frame.image)
+                times.append((time.perf_counter() - t0) * 1e3)
+                objects += len(dets)
+                name = f"{stem}_{frame.index}"
+                jl.write(json.dumps({"frame": frame.index, **image_record(name, dets)}) + "\n")
+                coco += dets.to_coco(ids.image_id(name), ids.category_ids)
+                if writer is not None:
+                    from runtime.pipeline import Result
+
+                    writer(Result(frame, dets, times[-1]))
+                if save_txt:
+                    (out / "labels" / f"{name}.txt").write_text("".join(line + "\n" for line in yolo_lines(dets, save_conf)))
+                if max_frames and len(times) >= max_frames:
+                    break
+    finally:
+        src.close()
+        if writer is not None:
+            writer.close()
+    if not times:
+        raise RuntimeError(f"{source} gave no frames: check the file or camera")
+    return {"images": len(times), "skipped": 0, "objects": objects, "ms_per_image": float(np.mean(times)), "coco": coco}
+
+
+class PredictCommand:
+    name = "predict"
+    help = "detect objects in images, folders, globs, videos or streams; write annotated files, JSON, COCO results, YOLO labels"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_model_arguments(parser)
+        parser.add_argument("--source", required=True, type=source_arg, help="image, folder, glob (quoted), video, camera index or URL")
+        parser.add_argument("--data", default=None, help="labelled dataset whose image/category ids predictions.json should use")
+        parser.add_argument("--split", default="val", help="split of --data (default val)")
+        parser.add_argument("--save-txt", action="store_true", help="also write YOLO-format labels (class cx cy w h) under labels/")
+        parser.add_argument("--save-conf", action="store_true", help="append the score to each --save-txt line")
+        parser.add_argument("--nosave", action="store_true", help="do not write annotated images/video")
+        parser.add_argument("--max-frames", type=int, default=0, help="video/stream: stop after this many frames")
+        parser.add_argument("--quiet", action="store_true", help="no per-image lines")
+
+    def run(self, args: argparse.Namespace) -> int:
+        predict(args.model, args.source, args.conf, args.imgsz, args.data, args.split, args.save_txt, args.save_conf,
+                not args.nosave, args.project, args.classes, args.backend, args.device, args.max_frames, args.quiet)
+        return 0
+
+
+PREDICT_COMMAND = PredictCommand()
+
+__all__ = ["predict", "PREDICT_COMMAND", "yolo_lines"]
