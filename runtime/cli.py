@@ -37,6 +37,8 @@ class RunCommand:
         parser.add_argument("--sources", default=None, metavar="FILE",
                             help="file with one source per line (name=spec or spec): several streams, one engine")
         parser.add_argument("--batch", type=int, default=0, help="several streams: frames per engine call (0 = one per stream)")
+        parser.add_argument("--track", action="store_true",
+                            help="several streams: follow objects in each stream (ByteTrack, its own tracks per stream)")
         parser.add_argument("--max-wait-ms", type=float, default=5.0,
                             help="several streams: how long a partial batch waits for the other streams (default 5)")
         parser.add_argument("--backend", default="auto", help="auto (by file suffix), onnxruntime, openvino or tensorrt")
@@ -59,6 +61,8 @@ class RunCommand:
             from runtime.multistream_cli import parse_sources, run_multistream
 
             return run_multistream(args, parse_sources(specs, args.sources))
+        if args.track:
+            raise ValueError("--track applies to several streams; for one source use `edgedet track --model M --source S`")
         args.source = specs[0]
         options = {"threads": args.threads} if args.threads else {}
         with contextlib.ExitStack() as undo:  # closes what was opened if a later step fails

@@ -44,6 +44,21 @@ class StreamResult(Result):
     stream: str = ""
 
 
+def per_stream(factory: Callable[[], Any]) -> StreamStep:
+    """A `step` keeping one `factory()` object per stream (a ByteTracker, a zone counter) and calling its
+    `update(detections)` with that stream's results, in frame order: each stream has its own tracks."""
+    objects: Dict[str, Any] = {}
+
+    def step(stream: str, frame: Frame, dets: Detections) -> Detections:
+        if stream not in objects:
+            objects[stream] = factory()
+        out = objects[stream].update(dets)
+        return out if isinstance(out, Detections) else dets
+
+    step.objects = objects  # type: ignore[attr-defined]
+    return step
+
+
 def _percentiles(values: Sequence[float]) -> Dict[str, float]:
     v = np.asarray(list(values), np.float64)
     if not len(v):

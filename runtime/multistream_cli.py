@@ -130,7 +130,13 @@ def run_multistream(args: argparse.Namespace, sources: Dict[str, Any]) -> int:
                     per_stream[n].append(VideoSink(target, fps=15.0))
         if args.json:
             shared.append(JsonLinesSink(args.json))
-        pipe = MultiStreamPipeline(sources, detector, sinks=per_stream, shared_sinks=shared,
+        step = None
+        if getattr(args, "track", False):
+            from runtime.multistream import per_stream as one_per_stream
+            from runtime.track import ByteTracker
+
+            step = one_per_stream(ByteTracker)
+        pipe = MultiStreamPipeline(sources, detector, sinks=per_stream, shared_sinks=shared, step=step,
                                    max_batch=args.batch, max_wait_ms=args.max_wait_ms, live=args.live or None)
         undo.pop_all()
     if not args.quiet:

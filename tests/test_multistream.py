@@ -182,3 +182,18 @@ def test_run_cli_several_sources(tmp_path, capsys):
     assert main(["--model", str(model), "--sources", str(listing), "--save", str(tmp_path / "videos"), "--quiet"]) == 2
     assert "exists" in capsys.readouterr().err
     assert not _edgedet_threads()
+
+
+def test_one_tracker_per_stream(tmp_path):
+    from runtime.multistream import per_stream
+    from runtime.track import ByteTracker
+
+    det = Detector(make_blob_artifact(tmp_path, dynamic_batch=True))
+    sources = {n: SequentialSource(n, _frames(i, 10)) for i, n in enumerate(("a", "b"))}
+    step = per_stream(lambda: ByteTracker(high_thresh=0.5, new_track_thresh=0.5))
+    got = []
+    MultiStreamPipeline(sources, det, shared_sinks=[got.append], step=step).run()
+    assert set(step.objects) == {"a", "b"} and step.objects["a"] is not step.objects["b"]
+    for name in ("a", "b"):
+        ids = {int(t) for r in got if r.stream == name for t in r.detections.track_ids if t >= 0}
+        assert len(ids) == 1  # one moving box per stream: one track each, numbered by its own tracker

@@ -29,11 +29,13 @@ def track(model: Any, source: Any, conf: float = 0.1, imgsz: Optional[Sequence[i
           line: Optional[Sequence[float]] = None, zone: Optional[Sequence[Sequence[float]]] = None, anchor: str = "bottom_center",
           tracker: Optional[TrackerConfig] = None, save: bool = True, show: bool = False, project: str = "runs",
           classes=None, backend: str = "auto", device: str = "CPU", max_frames: int = 0, quiet: bool = False,
+          serve: Optional[str] = None, host: Optional[str] = None, token: Optional[str] = None,
           **options: Any) -> Dict[str, Any]:
     """Track objects through `source`; returns {"dir", "frames", "tracks", "line": {...}, "zone": {...}, "fps"}.
 
     conf: detector floor (low, so ByteTrack's second stage sees weak detections); line: x0, y0, x1, y1
     in frame pixels; zone: polygon points [(x, y), ...]. tracker: ByteTrack thresholds.
+    serve: "[HOST:]PORT" of a live view in the browser (runtime.serve; `host` binds beyond loopback).
     """
     if line is not None and len(line) != 4:
         raise ValueError(f"line needs 4 numbers x0 y0 x1 y1, got {len(line)}")
@@ -44,9 +46,16 @@ def track(model: Any, source: Any, conf: float = 0.1, imgsz: Optional[Sequence[i
     out = next_run_dir(project, "track")
     stem = Path(str(source)).stem if not str(source).isdigit() else f"camera{source}"
     bt, trails = ByteTracker(tracker or TrackerConfig()), Trails()
-    writer = show_sink = None
+    writer = show_sink = server = None
     frames, ids, t0 = 0, set(), time.perf_counter()
     try:
+        if serve:
+            from runtime.serve import LiveServer, parse_serve_address
+
+            bind, port, remote = parse_serve_address(serve, host)
+            server = LiveServer(bind, port, token=token, allow_remote=remote,
+                                stats=lambda: {"frames": frames, "fps": frames / max(time.perf_counter() - t0, 1e-9)}).start()
+            print(f"live view: {server.url}", flush=True)
         from runtime.pipeline import Result, StopPipeline
         from runtime.sinks import ShowSink, VideoSink
 
@@ -56,6 +65,8 @@ def track(model: Any, source: Any, conf: float = 0.1, imgsz: Optional[Sequence[i
             for frame in tqdm(src, desc="track", unit="frame", disable=quiet or None):
                 tracked = bt.update(detector(frame.image))
                 trails.update(tracked)
+                if server is not None:  # boxes labelled #track_id in the page
+                    server(Result(frame, tracked, (time.perf_counter() - frame.timestamp) * 1e3))
                 ids.update(tracked.track_ids.tolist())
                 record = {"frame": frame.index, **tracked.to_dict()}
                 if counter is not None:
@@ -86,7 +97,7 @@ def track(model: Any, source: Any, conf: float = 0.1, imgsz: Optional[Sequence[i
     finally:
         src.close()
         detector.close()
-        for sink in (writer, show_sink):
+        for sink in (writer, show_sink, server):
             if sink is not None:
                 sink.close()
     if not frames:
@@ -133,12 +144,16 @@ class TrackCommand:
         parser.add_argument("--nosave", action="store_true", help="do not write the annotated video")
         parser.add_argument("--max-frames", type=int, default=0, help="stop after this many frames")
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
+        parser.add_argument("--serve", default=None, metavar="[HOST:]PORT", help="live view in the browser on 127.0.0.1:PORT")
+        parser.add_argument("--host", default=None, help="with --serve: bind this address (beyond loopback: a warning)")
+        parser.add_argument("--token", default=None, help="with --serve: the page token (default random, printed)")
 
     def run(self, args: argparse.Namespace) -> int:
         cfg = TrackerConfig(high_thresh=args.track_high, low_thresh=args.conf, new_track_thresh=args.track_new,
                             track_buffer=args.track_buffer, per_class=args.per_class)
         track(args.model, args.source, args.conf, args.imgsz, args.line, args.zone, args.anchor, cfg, not args.nosave,
-              args.show, args.project, args.classes, args.backend, args.device, args.max_frames, args.quiet)
+              args.show, args.project, args.classes, args.backend, args.device, args.max_frames, args.quiet,
+              serve=args.serve, host=args.host, token=args.token)
         return 0
 
 
