@@ -238,6 +238,11 @@ class _DemoCommand:
                             help="a checkpoint instead of the embedded one (demo_detector.pth, with --prompt prompted_detector.pth)")
         parser.add_argument("--conf", type=float, default=0.2, help="score threshold for drawing")
         parser.add_argument("--show", action="store_true", help="show frames in a window while running")
+        parser.add_argument("--serve", default=None, metavar="[HOST:]PORT",
+                            help="afterwards, keep playing the video in a loop with a live view in the browser "
+                                 "(with --prompt: draw new prompts on the page); Ctrl-C stops")
+        parser.add_argument("--host", default=None, help="with --serve: bind this address beyond loopback (a warning)")
+        parser.add_argument("--token", default=None, help="with --serve: the page's token (default random, printed)")
         add_prompt_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -247,10 +252,38 @@ class _DemoCommand:
             return run_prompted_from_args(args)
         if args.names:
             raise ValueError("--names labels the --boxes of a prompted demo: add --prompt --boxes X1,Y1,X2,Y2 ...")
-        summary = run_demo(args.output or Path("runs/demo"), args.frames, args.format, args.msda,
-                           args.checkpoint or DEMO_CHECKPOINT, args.conf, args.show)
+        if args.serve:  # a bad address fails before the demo's slow work
+            from runtime.serve import parse_serve_address
+
+            parse_serve_address(args.serve, args.host)
+        output = args.output or Path("runs/demo")
+        summary = run_demo(output, args.frames, args.format, args.msda, args.checkpoint or DEMO_CHECKPOINT, args.conf, args.show)
         print(format_summary(summary))
+        if args.serve:
+            from runtime import Detector
+
+            serve_demo(Detector(summary["artifact"], conf=args.conf), Path(output) / "shapes.mp4", args)
         return 0
+
+
+def serve_demo(detector, video: Path, args: argparse.Namespace, prompts=None) -> None:
+    """Play the demo video in a loop through the pipeline with the live web view, until Ctrl-C."""
+    from runtime import Pipeline
+    from runtime.capture import PacedVideoSource
+    from runtime.serve import LiveServer, parse_serve_address
+
+    bind, port, remote = parse_serve_address(args.serve, args.host)
+    server = LiveServer(bind, port, token=args.token, allow_remote=remote, prompts=prompts).start()
+    pipe = Pipeline(PacedVideoSource(video, loop=True), prompts or detector, sinks=[server])
+    server.stats_fn = pipe.stats
+    print(f"live view: {server.url}  (the demo video loops; Ctrl-C stops)", flush=True)
+    try:
+        pipe.run()
+    except KeyboardInterrupt:
+        print("stopped")
+    finally:
+        pipe.close()
+        detector.close()
 
 
 DEMO_COMMAND = _DemoCommand()

@@ -196,10 +196,24 @@ def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_prompted_from_args(args: argparse.Namespace) -> int:
-    summary = run_prompted_demo(args.output or Path("runs/demo_prompt"), args.frames, args.format, args.msda,
-                                args.checkpoint or PROMPTED_CHECKPOINT, args.boxes, args.names, args.text,
-                                args.conf, args.show)
+    serve = getattr(args, "serve", None)
+    if serve:  # a bad address fails before the demo's slow work
+        from runtime.serve import parse_serve_address
+
+        parse_serve_address(serve, args.host)
+    output = args.output or Path("runs/demo_prompt")
+    summary = run_prompted_demo(output, args.frames, args.format, args.msda, args.checkpoint or PROMPTED_CHECKPOINT,
+                                args.boxes, args.names, args.text, args.conf, args.show)
     print(format_prompted_summary(summary))
+    if serve:  # the same artifacts and prompts, live; new prompts are drawn on the page
+        from converters.demo import serve_demo
+        from runtime.prompted import PromptedDetector
+        from runtime.serve import LivePromptedDetector
+
+        detector = PromptedDetector(summary["prompt_encoder"], summary["artifact"], conf=args.conf)
+        detector.load_prompts(summary["prompts_file"])
+        live = LivePromptedDetector(detector, Path(output) / "prompts")
+        serve_demo(detector, Path(output) / "shapes.mp4", args, prompts=live)
     return 0
 
 

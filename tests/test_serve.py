@@ -196,3 +196,11 @@ def test_port_in_use_is_a_clear_error():
             LiveServer(port=first.port).start()
     finally:
         first.close()
+
+
+def test_demo_serve_address_is_checked_before_the_slow_work(capsys):
+    from edgedet.cli import main
+
+    t0 = time.perf_counter()
+    assert main(["demo", "--serve", "0.0.0.0:8080", "--frames", "2"]) != 0
+    assert "--host 0.0.0.0" in capsys.readouterr().err and time.perf_counter() - t0 < 30
