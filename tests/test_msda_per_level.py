@@ -171,3 +171,26 @@ def test_per_level_default_gradcheck(impl):
         return multi_scale_deformable_attention(v, spatial_shapes, sl, aw, impl=impl, num_points_per_level=counts)
 
     assert torch.autograd.gradcheck(fn, (value, loc, weights), eps=1e-6, atol=1e-5)
+
+
+def test_impl_without_layout_options_refuses_instead_of_guessing(monkeypatch):
+    """An implementation registered with the original signature keeps working for the uniform
+    bilinear case and raises NotImplementedError naming itself for anything else."""
+    from edgedet.ops.msda import msda_pytorch
+    from edgedet.registry import MSDA_IMPLS
+
+    name = "test_uniform_only"
+    monkeypatch.setitem(MSDA_IMPLS._items, name, lambda v, shapes, starts, loc, w: msda_pytorch(v, shapes, starts, loc, w))
+    monkeypatch.setitem(MSDA_IMPLS._meta, name, {})
+    shapes, counts = [(3, 4), (2, 2)], (2, 2)
+    value, spatial_shapes, loc, weights = per_level_case(shapes, counts, n=1, lq=3, m=2, d=3, seed=9)
+    uniform_loc, uniform_w = loc.view(1, 3, 2, 2, 2, 2), weights.view(1, 3, 2, 2, 2)
+    torch.testing.assert_close(
+        multi_scale_deformable_attention(value, spatial_shapes, uniform_loc, uniform_w, impl=name),
+        multi_scale_deformable_attention(value, spatial_shapes, uniform_loc, uniform_w),
+    )
+    with pytest.raises(NotImplementedError, match=f"'{name}' lacks per-level point counts and method='discrete'"):
+        multi_scale_deformable_attention(value, spatial_shapes, loc, weights, impl=name, num_points_per_level=counts,
+                                         method="discrete")
+    with pytest.raises(NotImplementedError, match=f"'{name}' lacks method='discrete'"):
+        multi_scale_deformable_attention(value, spatial_shapes, uniform_loc, uniform_w, impl=name, method="discrete")

@@ -31,10 +31,14 @@ Two sampling methods:
 The `pytorch` implementation below is the specification; every other implementation (gather form
 for export, C++/CUDA kernels) registers itself in `MSDA_IMPLS`, receives `num_points_per_level` and
 `method` as keyword arguments, is tested against it, and raises NotImplementedError naming itself
-and what it lacks for a combination it cannot compute.
+and what it lacks for a combination it cannot compute. An implementation whose signature has
+neither keyword (written before they existed) is called without them for the uniform default
+case; for anything else the dispatcher raises that NotImplementedError on its behalf.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import numbers
 import warnings
 from typing import List, Optional, Sequence, Tuple, Union
@@ -225,7 +229,26 @@ def multi_scale_deformable_attention(
     """Dispatch to the implementation registered as `impl` (see module docstring for shapes and rules)."""
     check_msda_inputs(value, spatial_shapes, sampling_locations, attention_weights, num_points_per_level, method)
     fn = MSDA_IMPLS.get(impl)
+    counts = points_per_level_as_tuple(num_points_per_level)
+    if not _takes_layout_options(fn):
+        # An implementation written before per-level points and methods existed: it computes the
+        # uniform bilinear case only, and says so for anything else instead of guessing.
+        if counts is not None or method != "default":
+            lacks = " and ".join(
+                what for what, used in (("per-level point counts", counts is not None),
+                                        (f"method={method!r}", method != "default")) if used
+            )
+            raise NotImplementedError(f"MSDA impl '{impl}' lacks {lacks}; use impl='pytorch' or 'gather'")
+        return fn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     return fn(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-        num_points_per_level=points_per_level_as_tuple(num_points_per_level), method=method,
+        num_points_per_level=counts, method=method,
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_layout_options(fn) -> bool:
+    params = inspect.signature(fn).parameters
+    return ("num_points_per_level" in params and "method" in params) or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
     )
