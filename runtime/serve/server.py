@@ -106,6 +106,7 @@ class LiveServer:
         self._ready = threading.Event()
         self._start_error: Optional[BaseException] = None
         self._runner: Any = None
+        self._closing = False
         self.clients = 0
 
     # -- the sink side (pipeline thread) ------------------------------------------------------
@@ -131,6 +132,8 @@ class LiveServer:
 
     def _pulse(self) -> None:
         """On the server loop: wake every browser waiting for a frame (each waits on the event it saw)."""
+        if self._new_frame is None:
+            return
         event, self._new_frame = self._new_frame, asyncio.Event()
         event.set()
 
@@ -187,7 +190,8 @@ class LiveServer:
         r.add_post("/api/prompts/save", self._prompt_save)
         r.add_post("/api/prompts/load", self._prompt_load)
         r.add_get("/api/prompts/files", self._prompt_files)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # shutdown_timeout: at close, open streams get 1 s to end (they end at once on _closing).
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
@@ -196,8 +200,10 @@ class LiveServer:
 
     def close(self) -> None:
         """Stop serving (browsers see the stream end); safe to call twice."""
+        self._closing = True
         loop = self._loop
         if loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(self._pulse)  # streams see _closing and end
             loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5.0)
@@ -248,7 +254,7 @@ class LiveServer:
         loop = asyncio.get_running_loop()
         last, self.clients = -1, self.clients + 1
         try:
-            while True:
+            while not self._closing:
                 event = self._new_frame
                 if self._version == last:
                     try:
