@@ -231,7 +231,7 @@ def test_config_errors():
     from edgedet.config import ConfigError
 
     with pytest.raises(ConfigError, match="presnet18, presnet34"):
-        create_model("rtdetr", backbone="resnet18")
+        create_model("rtdetr", backbone="resnet19")
     with pytest.raises(ConfigError, match="num_points"):
         create_model("rtdetr", num_points=[4, 4])
     with pytest.raises(ConfigError, match="cross_attn_method"):
