@@ -122,9 +122,10 @@ def timed(what: str, fn: Callable[[], Any]) -> Any:
 def build_engines(args, tmp: Path, frames: List[np.ndarray]) -> List[Engine]:
     hw = (args.imgsz, args.imgsz)
     engines: List[Engine] = []
-    rt = deployable(rtdetr_r18(args.rtdetr_checkpoint))
+    trained = rtdetr_r18(args.rtdetr_checkpoint)
+    p = params_m(trained)  # before deploy(): the fused RepVGG convs are extra modules
+    rt = deployable(trained)
     manifest = make_manifest(rt, "onnxruntime", "fp32", "grid_sample", hw, 1, True, args.top_k, None, {})
-    p = params_m(rt)
     engines.append(Engine("torch", "rtdetrv2-r18", torch_runner(rt, args.top_k), p))
     grid = timed("export grid_sample", lambda: export_onnx(rt, tmp / "rt_grid.onnx", hw, manifest, "grid_sample",
                                                             top_k=args.top_k, simplify=False))
