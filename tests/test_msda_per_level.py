@@ -82,7 +82,7 @@ def test_uniform_layout_discrete_equals_per_level(impl):
     for method in ("default", "discrete"):
         uniform = multi_scale_deformable_attention(value, spatial_shapes, uniform_loc, uniform_w, impl=impl, method=method)
         per_level = multi_scale_deformable_attention(
-            value, spatial_shapes, loc, weights, impl=impl, num_points_per_level=[p, p], method=method
+            value, spatial_shapes, loc, weights, impl=impl, num_points_per_level=np.array([p, p]), method=method
         )
         torch.testing.assert_close(uniform, per_level, atol=1e-6, rtol=0)
     expected = naive_msda(value, shapes, loc, weights, (p, p), "discrete")

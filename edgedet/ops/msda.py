@@ -35,6 +35,7 @@ and what it lacks for a combination it cannot compute.
 """
 from __future__ import annotations
 
+import numbers
 import warnings
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -75,9 +76,9 @@ def points_per_level_as_tuple(num_points_per_level: PointsPerLevel) -> Optional[
             f"num_points_per_level must be a sequence with one point count per level, got {num_points_per_level!r}"
         )
     counts = tuple(num_points_per_level)
-    if not counts or any(isinstance(p, bool) or not isinstance(p, int) or p < 1 for p in counts):
+    if not counts or any(isinstance(p, bool) or not isinstance(p, numbers.Integral) or p < 1 for p in counts):
         raise ValueError(f"num_points_per_level must be positive integers, one per level, got {list(counts)}")
-    return counts
+    return tuple(int(p) for p in counts)
 
 
 def check_msda_inputs(
