@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Sequence
 
 import yaml
 from torch import Tensor
