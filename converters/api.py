@@ -6,6 +6,7 @@ artifact plus its manifest (inside the artifact and as `<stem>.edgedet.json`).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import logging
@@ -75,7 +76,11 @@ def resolve_model(source: ModelSource) -> Tuple[nn.Module, Dict[str, Any]]:
 def deployable(model: nn.Module) -> nn.Module:
     """The network that runs at inference: training-only parts (Co-DETR's auxiliary heads) dropped."""
     to_base = getattr(model, "to_base_model", None)
-    return to_base().eval() if callable(to_base) else model
+    if callable(to_base):
+        return to_base().eval()
+    if callable(getattr(model, "deploy", None)):  # RT-DETR: RepVGG branches fused, on a copy (the caller's model stays)
+        return copy.deepcopy(model).deploy()
+    return model
 
 
 def make_manifest(
@@ -91,6 +96,8 @@ def make_manifest(
     pre = PreprocessSpec(size=(int(imgsz[0]), int(imgsz[1])))
     if data.get("mean") and data.get("std"):
         pre = dataclasses.replace(pre, mean=tuple(data["mean"]), std=tuple(data["std"]))
+    elif getattr(model, "input_mean", None) is not None:  # the family's own preprocessing (RT-DETR: /255 only)
+        pre = dataclasses.replace(pre, mean=tuple(model.input_mean), std=tuple(model.input_std))
     activation = getattr(model, "score_activation", "softmax")
     names_out = ["labels", "boxes", "scores"] if postprocess else ["pred_logits", "pred_boxes"]
     return Manifest(
