@@ -25,6 +25,7 @@ from tqdm import tqdm
 from edgedet.config import ExperimentConfig, apply_overrides
 from edgedet.engine import checkpoint as ckpt_io
 from edgedet.engine import distributed as ddp
+from edgedet.engine import finetune
 from edgedet.engine.ema import ModelEMA
 from edgedet.engine.evaluator import evaluate
 from edgedet.engine.optim import build_optimizer, build_scheduler
@@ -160,9 +161,24 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
     from edgedet.data import build_dataloader, build_dataset
     from edgedet.models import create_model_from_config
 
+    pretrained = finetune.read_weights(cfg.model.weights) if cfg.model.weights else None
+    if pretrained is not None:
+        cfg = finetune.resolve_config(cfg, pretrained)
+    elif cfg.model.keep_classes:
+        raise ValueError("model.keep_classes picks class rows of pretrained weights: set model.weights (--weights) too")
     train_ds, val_ds = datasets if datasets is not None else (build_dataset(cfg.data, "train"), build_dataset(cfg.data, "val"))
     cfg = _sync_classes(cfg, train_ds)
-    model = create_model_from_config(cfg.model).to(device)
+    model = create_model_from_config(cfg.model)
+    if pretrained is not None and resume_ckpt is None:
+        report = finetune.load_pretrained(model, pretrained, cfg.model.keep_classes)
+        log.info("%s", report.text())
+        if info.is_main:
+            report.save(out_dir)
+    freeze = tc.freeze_backbone
+    if pretrained is not None and pretrained.kind == "imagenet" and freeze == 0:
+        freeze = 1  # ImageNet stem and layer1 stay frozen, as in every DETR recipe
+    finetune.freeze_backbone(model, freeze)
+    model = model.to(device)
     criterion = model.build_criterion().to(device)
     loader = build_dataloader(train_ds, batch_size=tc.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
                               distributed=info.enabled, seed=tc.seed)

@@ -18,6 +18,7 @@ The model classes subclass the base detectors, so every base parameter keeps its
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -85,6 +86,12 @@ class CoDETRMixin:
     """Collaborative hybrid assignment training on top of a base detector class (listed after it)."""
 
     score_activation = "sigmoid"
+
+    def class_dependent_keys(self) -> List[str]:
+        """The base detector's class heads plus the auxiliary heads' classifiers."""
+        co = [k for k in self.state_dict() if fnmatch.fnmatchcase(k, "co.heads.*.atss_cls.*")
+              or fnmatch.fnmatchcase(k, "co.heads.*.fc_cls.*")]
+        return super().class_dependent_keys() + co
 
     def _init_co(self, cfg: CoDETRConfig, family: str) -> None:
         if cfg.base != family:
