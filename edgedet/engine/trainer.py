@@ -134,6 +134,19 @@ def _sync_classes(cfg: ExperimentConfig, dataset) -> ExperimentConfig:
     return cfg
 
 
+def restore_rng(ckpt: Dict, rank: int, world_size: int) -> None:
+    """Each rank continues from its own saved RNG state (data augmentation, denoising noise, dropout);
+    a checkpoint from another world size (or from before per-rank states) gives every rank rank 0's."""
+    states = ckpt.get("rng_per_rank")
+    if states and len(states) == world_size:
+        ckpt_io.set_rng_state(states[rank])
+        return
+    if world_size > 1:
+        log.warning("checkpoint has RNG states for %s processes, not %d: every rank continues from rank 0's",
+                    len(states) if states else 1, world_size)
+    ckpt_io.set_rng_state(ckpt["rng"])
+
+
 def _append_metrics(path: Path, row: Dict) -> None:
     with path.open("a") as f:
         f.write(json.dumps(row) + "\n")
@@ -198,7 +211,7 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
             scaler.load_state_dict(resume_ckpt["scaler"])
         start_epoch = int(resume_ckpt["epoch"]) + 1
         best = float(resume_ckpt.get("best_map", -1.0))
-        ckpt_io.set_rng_state(resume_ckpt["rng"])  # rank 0's state: every rank continues from it
+        restore_rng(resume_ckpt, info.rank, info.world_size)
         log.info("resumed from %s at epoch %d", resume, start_epoch)
     train_model = ddp.wrap_model(model, info, device)
 
@@ -224,13 +237,15 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
             val = evaluate(eval_model, val_ds, tc.batch_size, device, progress=progress)
             row.update({f"val_{k}": v for k, v in val.items()})
         ddp.barrier()
+        rng_per_rank = ddp.gather_objects(ckpt_io.rng_state())  # each rank resumes from its own
         if info.is_main:
             _append_metrics(metrics_path, row)
             log.info("epoch %d: loss %.4f%s", epoch, losses.get("loss", float("nan")),
                      f", mAP {row['val_mAP']:.4f}, mAP50 {row['val_mAP50']:.4f}" if "val_mAP" in row else "")
             is_best = "val_mAP" in row and row["val_mAP"] > best
             best = max(best, row.get("val_mAP", best))
-            state = dict(optimizer=optimizer, scheduler=scheduler, ema=ema, scaler=scaler, metrics=row, best_map=best)
+            state = dict(optimizer=optimizer, scheduler=scheduler, ema=ema, scaler=scaler, metrics=row, best_map=best,
+                         rng_per_rank=rng_per_rank)
             ckpt_io.save_checkpoint(last_path, model, cfg, epoch, **state)
             if is_best:
                 ckpt_io.save_checkpoint(out_dir / "best.pth", model, cfg, epoch, **state)
