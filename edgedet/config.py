@@ -64,6 +64,8 @@ class DataConfig:
     val_size: int = 256
     random_crop: bool = False
     hflip: float = 0.5
+    # Photometric jitter [brightness, contrast, saturation, hue] (0 = off), e.g. [0.4, 0.4, 0.4, 0.1].
+    color_jitter: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
     mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: Tuple[float, float, float] = (0.229, 0.224, 0.225)
     skip_corrupt: bool = False
