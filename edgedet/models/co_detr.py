@@ -50,7 +50,7 @@ class CoDETRConfig:
 
     base: str = ""
     aux_heads: List[Dict[str, Any]] = field(default_factory=lambda: [{"type": "atss"}, {"type": "rcnn"}])
-    pyramid: str = "auto"  # auto | identity | simple
+    pyramid: str = "auto"  # auto | multiscale | identity | simple
     query_pool_size: int = 3  # RoIAlign size of the positive queries' content features
 
 
