@@ -104,12 +104,16 @@ def resolve_config(cfg: ExperimentConfig, weights: PretrainedWeights) -> Experim
     if weights.config is None:  # ImageNet backbone: the architecture is the user's
         return cfg
     w = weights.config
-    if m.name != w.name:
+    if m.name != w.name and not isinstance(m, type(w)):
         raise ConfigError(f"--weights {weights.path} holds a '{w.name}' model, not '{m.name}'; drop --model "
                           f"(the architecture comes from the weights) or pass '{m.name}' weights")
-    default = default_config(w.name)
+    # A family built on the weights' family (trex on dino) takes the shared fields from the weights;
+    # its own tensors are reported missing (left at their initialisation).
+    default = default_config(m.name)
     values = {}
     for f in dataclasses.fields(w):
+        if f.name == "name":
+            continue
         mine, theirs, dflt = getattr(m, f.name), getattr(w, f.name), getattr(default, f.name)
         if mine == dflt or mine == theirs:
             values[f.name] = theirs
@@ -122,7 +126,7 @@ def resolve_config(cfg: ExperimentConfig, weights: PretrainedWeights) -> Experim
                   num_classes=m.num_classes)
     for name in getattr(type(w), "class_count_fields", ()):
         values[name] = None  # follows the (dataset's) class count
-    return replace(cfg, model=replace(w, **values))
+    return replace(cfg, model=replace(m, **values))
 
 
 # ---------------------------------------------------------------- loading
