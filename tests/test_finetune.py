@@ -177,3 +177,27 @@ def test_freeze_backbone_stages():
     assert len(freeze_backbone(model, -1)) == sum(1 for n, _ in model.named_parameters() if n.startswith("backbone."))
     with pytest.raises(ConfigError, match="freeze_backbone=7"):
         freeze_backbone(model, 7)
+
+
+def test_trex_starts_from_dino_weights(tmp_path):
+    """A family built on another (trex on dino) takes the shared architecture and tensors from its weights."""
+    small = dict(backbone="resnet18", hidden_dim=32, nheads=4, enc_layers=1, dec_layers=1, dim_feedforward=32,
+                 num_queries=6, enc_n_points=2, dec_n_points=2)
+    dino_cfg = default_config("dino")
+    for k, v in small.items():
+        setattr(dino_cfg, k, v)
+    dino_cfg.num_classes, dino_cfg.class_names = 2, ["a", "b"]
+    dino = create_model_from_config(dino_cfg)
+    path = ckpt_io.save_checkpoint(tmp_path / "dino.pth", dino, ExperimentConfig(model=dino_cfg), 0)
+    weights = read_weights(path)
+    trex_cfg = default_config("trex")
+    trex_cfg.text_encoder, trex_cfg.prompt_dim, trex_cfg.max_prompts = "token", 16, 4
+    cfg = resolve_config(ExperimentConfig(model=trex_cfg), weights).model
+    assert cfg.name == "trex" and cfg.hidden_dim == 32 and cfg.backbone == "resnet18" and cfg.prompt_dim == 16
+    cfg.num_classes, cfg.class_names = 3, ["x", "y", "z"]
+    trex = create_model_from_config(cfg)
+    report = load_pretrained(trex, weights)
+    assert torch.equal(trex.backbone.body.conv1.weight, dino.backbone.body.conv1.weight)
+    assert any(k.startswith("prompt_encoder.") for k in report.missing)
+    assert "label_enc.weight" in report.unused and any(k.startswith("class_embed.") for k in report.unused)
+    assert report.reinitialised == []  # trex's default prompts are absent from a DINO checkpoint: missing
