@@ -122,8 +122,10 @@ def resolve_config(cfg: ExperimentConfig, weights: PretrainedWeights) -> Experim
         else:
             raise ConfigError(f"model.{f.name}={mine!r} conflicts with the weights ({weights.path} has "
                               f"{f.name}={theirs!r}); drop that setting or use other weights")
+    # The checkpoint's own ImageNet file (a path on the machine that trained it) is not needed: its
+    # backbone tensors are in the checkpoint.
     values.update(weights=m.weights, keep_classes=list(m.keep_classes), class_names=list(m.class_names),
-                  num_classes=m.num_classes)
+                  num_classes=m.num_classes, backbone_weights=m.backbone_weights)
     for name in getattr(type(w), "class_count_fields", ()):
         values[name] = None  # follows the (dataset's) class count
     return replace(cfg, model=replace(m, **values))
