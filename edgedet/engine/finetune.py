@@ -255,7 +255,9 @@ def load_pretrained(model: nn.Module, weights: PretrainedWeights, keep_classes: 
                      and not any(a in own for a in weights.aliases.get(k, []))]
     if report.reinitialised and rows is None:
         why = "its class names are unknown" if not src_names else f"its classes are not the dataset's {cfg.class_names}"
-        report.notes.append(f"class heads re-initialised: {why}; keep checkpoint rows with model.keep_classes=[...]")
+        known = cfg.class_names and all(n in src_names for n in cfg.class_names)
+        hint = f"model.keep_classes=[{','.join(cfg.class_names)}]" if known else "model.keep_classes=[...]"
+        report.notes.append(f"class heads re-initialised: {why}; keep checkpoint rows with {hint}")
     with torch.no_grad():
         for k, v in new_values.items():
             own[k].copy_(v.to(own[k].dtype))
