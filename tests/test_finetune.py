@@ -208,3 +208,15 @@ def test_trex_starts_from_dino_weights(tmp_path):
     assert any(k.startswith("prompt_encoder.") for k in report.missing)
     assert "label_enc.weight" in report.unused and any(k.startswith("class_embed.") for k in report.unused)
     assert report.reinitialised == []  # trex's default prompts are absent from a DINO checkpoint: missing
+
+
+def test_finetune_bench_plans_equal_step_budgets(tmp_path):
+    from script_loader import load_script
+
+    bench = load_script(Path(__file__).resolve().parents[1] / "benches" / "finetune.py", "finetune_bench")
+    args = bench.parse_args(["--steps", "90", "--evals", "3", "--imgsz", "224", "--data", str(tmp_path)])
+    cfg = bench.base_config(args)
+    assert cfg.model.name == "dino" and cfg.train.epochs * cfg.train.max_iters_per_epoch == 90
+    assert cfg.data.val_size == 224 and cfg.data.scales == [192, 224, 256] and cfg.train.time_budget_s == 0
+    with pytest.raises(SystemExit, match="BCCD not found"):
+        bench.main(["--data", str(tmp_path)])
