@@ -3,7 +3,9 @@
 Per epoch: train (AMP, grad clipping, EMA, per-iteration LR schedule, tqdm bar with live losses),
 evaluate every `eval_every` epochs, append a JSON line to `metrics.jsonl`, redraw `curves.png`
 and save `last.pth` / `best.pth`. Resuming restores model, optimiser, scheduler, EMA and RNG
-states, so a resumed run continues exactly as an uninterrupted one.
+states (each DDP rank its own), so a resumed run continues exactly as an uninterrupted one.
+With `model.weights` the run starts from pretrained weights (`edgedet.engine.finetune`: architecture
+from the weights, class heads re-initialised, load_report.txt beside the checkpoints).
 """
 from __future__ import annotations
 
