@@ -20,7 +20,6 @@ import contextlib
 import io
 import json
 import logging
-import math
 import statistics
 import sys
 import tempfile
@@ -28,14 +27,16 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 import torch
 
-from edgedet.config import DataConfig
+from edgedet.config import DataConfig, ExperimentConfig, TrainConfig
 from edgedet.data import DetectionDataset, build_dataloader, build_dataset
+from edgedet.engine.checkpoint import load_model
+from edgedet.engine.plots import read_metrics
+from edgedet.engine.trainer import train as train_engine
 from edgedet.models import create_model
-from edgedet.models.trex import train_prompted
-from edgedet.models.trex_train import evaluate_prompted, find_exemplars, one_shot_prompts
+from edgedet.models.trex import TRexConfig
+from edgedet.models.trex_prompts import evaluate_prompted, find_exemplars, one_shot_prompts
 
 MODEL = dict(backbone="resnet18", backbone_frozen_bn=False, hidden_dim=128, nheads=4, enc_layers=2, dec_layers=2,
              dim_feedforward=512, num_queries=100, num_feature_levels=4, dn_number=50)
@@ -67,6 +68,21 @@ def data_config(args) -> DataConfig:
 def without_classes(ds: DetectionDataset, held: set) -> DetectionDataset:
     records = [r for r in ds.records if not held & set(r.labels.tolist())]
     return DetectionDataset(records, ds.class_names, ds.category_ids, ds.transforms, name=ds.name + ":seen")
+
+
+def train_prompted(args, train, val, seen, live_bn: bool, budget_s: float):
+    """TRex through the common engine (sampled visual/text prompts of the seen classes), constant LR
+    after warm-up, for `budget_s` seconds -> (model, steps, mean loss of the last epoch)."""
+    model_cfg = TRexConfig(name="trex", **{**MODEL, "backbone_frozen_bn": not live_bn}, max_prompts=8, prompt_dim=128,
+                           text_encoder=args.text_encoder, prompt_classes=list(seen))
+    out = Path(args.out) / "trex"
+    train_cfg = TrainConfig(output_dir=str(out), epochs=10**6, batch_size=args.batch_size, lr=args.lr,
+                            lr_backbone_mult=1.0, lr_linear_proj_mult=1.0, weight_decay=1e-4, clip_max_norm=0.1,
+                            scheduler="step", lr_drop_epoch=10**6, warmup_iters=30, eval_every=0, time_budget_s=budget_s)
+    last = train_engine(ExperimentConfig(model=model_cfg, data=data_config(args), train=train_cfg), progress=False,
+                        datasets=(train, val))
+    rows = read_metrics(out / "metrics.jsonl")
+    return load_model(last), sum(r["iters"] for r in rows), rows[-1]["train_loss"]
 
 
 def train_closed_set(model, dataset, budget_s: float, args) -> int:
@@ -159,10 +175,7 @@ def main(argv=None) -> int:
     dino = create_model("dino", **MODEL, num_classes=len(seen), class_names=names[: len(seen)])
     # Same backbone normalisation for both (a family may not honour backbone_frozen_bn).
     live_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in dino.backbone.modules())
-    trex = create_model("trex", **{**MODEL, "backbone_frozen_bn": not live_bn}, max_prompts=8, prompt_dim=128,
-                        text_encoder=args.text_encoder, class_names=names)
-    run = train_prompted(trex, train, classes=seen, batch_size=args.batch_size, lr=args.lr, budget_s=0.45 * budget_s,
-                         progress=False, checkpoint=str(Path(args.out) / "trex.pth"))
+    trex, trex_steps, trex_loss = train_prompted(args, train, val, seen, live_bn, 0.45 * budget_s)
     dino_steps = train_closed_set(dino, train, 0.25 * budget_s, args)
 
     shots = exemplars(exemplar_set, seen + held)
@@ -177,7 +190,7 @@ def main(argv=None) -> int:
     lat = latency(args, trex, dino, shots, held, frames)
 
     print(f"\nprompted detection, {args.classes} classes ({len(held)} held out: {', '.join(names[c] for c in held)}), "
-          f"{len(train)} training images, TRex {run['steps']} steps, DINO {dino_steps} steps, "
+          f"{len(train)} training images, TRex {trex_steps} steps, DINO {dino_steps} steps, "
           f"backbone BatchNorm {'live' if live_bn else 'frozen'}")
     print(f"{'evaluation':<28}{'mAP50':>8}{'mAP':>8}")
     for name, m in rows.items():
@@ -187,8 +200,8 @@ def main(argv=None) -> int:
           f"closed-set {lat['dino']:.1f}, ratio {ratio:.2f}")
     result = {
         "bench": "prompted", "budget_min": args.budget_min, "classes": args.classes, "held_out": [names[c] for c in held],
-        "train_images": len(train), "trex_steps": run["steps"], "dino_steps": dino_steps,
-        "final_loss": float(np.mean(run["losses"][-20:])) if run["losses"] else math.nan,
+        "train_images": len(train), "trex_steps": trex_steps, "dino_steps": dino_steps,
+        "final_loss": trex_loss,  # mean over TRex's last epoch
         **{k.replace(" ", "_").replace("(", "").replace(")", "") + "_" + m: round(v[m], 4)
            for k, v in rows.items() for m in ("mAP50", "mAP")},
         "latency_ms_prompted": round(lat["trex"], 2), "latency_ms_closed_set": round(lat["dino"], 2),

@@ -38,6 +38,11 @@ class ModelConfig:
     num_queries: int = 100
     aux_loss: bool = True
     class_names: List[str] = field(default_factory=list)
+    # Fine-tuning (edgedet.engine.finetune): start from these weights (an `edgedet train` checkpoint,
+    # an official checkpoint `load_official` reads, or a torchvision ImageNet ResNet state dict).
+    weights: Optional[str] = None
+    # One entry per dataset class: the checkpoint class (name, or index) whose head rows it keeps.
+    keep_classes: List[Union[str, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -59,6 +64,8 @@ class DataConfig:
     val_size: int = 256
     random_crop: bool = False
     hflip: float = 0.5
+    # Photometric jitter [brightness, contrast, saturation, hue] (0 = off), e.g. [0.4, 0.4, 0.4, 0.1].
+    color_jitter: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
     mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: Tuple[float, float, float] = (0.229, 0.224, 0.225)
     skip_corrupt: bool = False
@@ -80,6 +87,9 @@ class TrainConfig:
     scheduler: str = "step"  # step | cosine
     lr_drop_epoch: int = 40
     warmup_iters: int = 0
+    # 0: train the whole backbone (as its config allows); N in 1..4: freeze the stem and layer1..layerN;
+    # -1: freeze the whole backbone.
+    freeze_backbone: int = 0
     amp: bool = False
     ema: bool = False
     ema_decay: float = 0.9998

@@ -4,10 +4,11 @@
 
 A `trex` model of the demo detector's size (ResNet-10-slim, hidden 128, 2 encoder / 3 decoder
 layers, 3 feature levels) on the synthetic shapes of the demo video (circle, square, triangle),
-trained with `edgedet.models.trex_train.train_prompted` on visual and text prompts in the same
-batches. The image side (backbone, encoder, decoder, box heads) starts from the embedded closed-set
-demo detector (`demo_detector.pth`, same renderer and classes), so the budget goes to what is new:
-the visual prompt encoder, the prompt alignment heads and the text projection.
+trained by the common engine (`edgedet.engine.trainer.train`, as `edgedet train --model trex`) on
+visual and text prompts in the same batches. The image side (backbone, encoder, decoder, box heads)
+starts from the embedded closed-set demo detector (`model.weights = demo_detector.pth`, same renderer
+and classes; its class heads are unused), so the budget goes to what is new: the visual prompt
+encoder, the prompt alignment heads and the text projection.
 
 The stored file keeps only what inference needs: weights in float16 and the config. The frozen
 MiniLM text encoder is not in it (it is not part of the model's state_dict; it loads offline from
@@ -19,17 +20,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 import edgedet
-from edgedet.config import DataConfig, ExperimentConfig, to_dict
+from edgedet.config import DataConfig, ExperimentConfig, TrainConfig, to_dict
 from edgedet.data import build_dataset
-from edgedet.engine.checkpoint import FORMAT, load_checkpoint
-from edgedet.models import create_model
-from edgedet.models.trex_train import evaluate_prompted, one_shot_prompts, train_prompted
+from edgedet.engine.checkpoint import FORMAT, load_model
+from edgedet.engine.plots import read_metrics
+from edgedet.engine.trainer import train
+from edgedet.models.trex import TRexConfig
+from edgedet.models.trex_prompts import evaluate_prompted, one_shot_prompts
 
 ASSETS = Path(edgedet.__file__).parent / "assets"
 CLASSES = 3  # the demo video's shapes: circle, square, triangle
@@ -43,15 +48,6 @@ def data_config(root: str) -> DataConfig:
     return DataConfig(format="synthetic", root=root, synthetic_train_images=600, synthetic_val_images=60,
                       synthetic_image_size=256, synthetic_num_classes=CLASSES, scales=[224, 256, 288], max_size=512,
                       val_size=256, hflip=0.5)
-
-
-def warm_start(model, checkpoint: Path) -> int:
-    """Copy every weight of the closed-set detector whose name and shape match -> how many tensors."""
-    source = load_checkpoint(checkpoint)["model"]
-    own = model.state_dict()
-    shared = {k: v.float() for k, v in source.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(shared, strict=False)
-    return len(shared)
 
 
 def slim_checkpoint(model, data_cfg: DataConfig, metrics: dict, steps: int) -> dict:
@@ -81,13 +77,23 @@ def main() -> None:
     data_cfg = data_config(args.data_root)
     train_set, val_set = build_dataset(data_cfg, "train"), build_dataset(data_cfg, "val")
     names = list(train_set.class_names)
-    model = create_model("trex", **MODEL, num_classes=len(names), class_names=names)
-    if str(args.init) != "none":
-        print(f"warm start: {warm_start(model, args.init)} tensors from {args.init}")
+    # The cosine schedule spans `steps`: whole epochs of at most ceil(steps / epochs) iterations.
+    per_epoch = math.ceil(len(train_set) / args.batch_size)
+    epochs = math.ceil(args.steps / per_epoch)
+    model_cfg = TRexConfig(name="trex", **MODEL, prompt_visual_prob=args.visual_prob,
+                           weights=None if str(args.init) == "none" else str(args.init))
     start = time.perf_counter()
-    run = train_prompted(model, train_set, batch_size=args.batch_size, lr=args.lr, max_steps=args.steps,
-                         budget_s=args.budget_min * 60, visual_prob=args.visual_prob, seed=args.seed, progress=False)
+    with tempfile.TemporaryDirectory() as run_dir:
+        train_cfg = TrainConfig(output_dir=run_dir, epochs=epochs, max_iters_per_epoch=math.ceil(args.steps / epochs),
+                                batch_size=args.batch_size, lr=args.lr, lr_backbone_mult=1.0, lr_linear_proj_mult=1.0,
+                                weight_decay=1e-4, clip_max_norm=0.1, scheduler="cosine", warmup_iters=30,
+                                eval_every=0, seed=args.seed, time_budget_s=args.budget_min * 60)
+        last = train(ExperimentConfig(model=model_cfg, data=data_cfg, train=train_cfg), progress=False,
+                     datasets=(train_set, val_set))
+        rows = read_metrics(Path(run_dir) / "metrics.jsonl")
+        model = load_model(last)
     train_s = time.perf_counter() - start
+    run = {"steps": sum(r["iters"] for r in rows), "final_loss": rows[-1]["train_loss"]}
     model.eval()
     classes = list(range(len(names)))
     with torch.no_grad():
@@ -97,7 +103,7 @@ def main() -> None:
         "visual_1shot": evaluate_prompted(model, val_set, one_shot_prompts(model, val_set, classes), classes),
         "text": evaluate_prompted(model, val_set, text, classes),
         "train_steps": run["steps"], "train_s": round(train_s, 1),
-        "final_loss": round(sum(run["losses"][-50:]) / max(1, len(run["losses"][-50:])), 4),
+        "final_loss": round(run["final_loss"], 4),  # mean over the last epoch
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     torch.save(slim_checkpoint(model, data_cfg, metrics, run["steps"]), args.output)

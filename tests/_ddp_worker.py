@@ -13,6 +13,7 @@ from _tiny_detector import TINY, TinyConfig, TinyShapes  # noqa: E402
 
 from edgedet.config import DataConfig, ExperimentConfig, TrainConfig  # noqa: E402
 from edgedet.data import build_dataloader  # noqa: E402
+from edgedet.engine import checkpoint as ckpt_io  # noqa: E402
 from edgedet.engine import distributed as ddp  # noqa: E402
 from edgedet.engine.optim import build_optimizer, build_scheduler  # noqa: E402
 from edgedet.engine.trainer import train, train_one_epoch  # noqa: E402
@@ -34,5 +35,6 @@ losses, iters, _ = train_one_epoch(wrapped, model.build_criterion(), loader, opt
                                    cfg, 0, progress=False)
 torch.save({"init": init, "final": model.state_dict(), "iters": iters, "losses": losses}, out / f"rank{info.rank}.pt")
 last = train(cfg, progress=False, datasets=(TinyShapes(8), TinyShapes(4, seed=1)))
+torch.save(ckpt_io.rng_state(), out / f"rng_after_train{info.rank}.pt")  # nothing random ran after the last save
 ddp.barrier()
 ddp.cleanup()

@@ -24,7 +24,7 @@ from edgedet.nn.co_heads.atss_head import ATSSHead, ATSSHeadConfig, centerness_t
 from edgedet.nn.co_heads.box_coding import batched_nms, decode_deltas, encode_deltas, nms
 from edgedet.nn.co_heads.common import Positives
 from edgedet.nn.co_heads.positive_queries import PositiveQueryBuilder, fixed_assignment, group_attention_mask
-from edgedet.nn.co_heads.pyramid import SimpleFeaturePyramid, image_sizes, split_levels
+from edgedet.nn.co_heads.pyramid import MultiScaleDownsamplePyramid, SimpleFeaturePyramid, image_sizes, split_levels
 from edgedet.nn.co_heads.roi_align import multilevel_roi_align, roi_align, roi_levels
 from edgedet.registry import UnknownNameError
 
@@ -431,6 +431,21 @@ def test_main_queries_do_not_see_auxiliary_groups(co_model):
     assert torch.allclose(out_a["pred_boxes"], out_b["pred_boxes"], atol=1e-6)
     assert torch.allclose(g_a[0]["pred_logits"], g_b[0]["pred_logits"], atol=1e-6)  # group 0 unaffected by group 1
     assert not torch.allclose(g_a[1]["pred_logits"], g_b[1]["pred_logits"], atol=1e-4)
+
+
+def test_multi_scale_model_adds_the_official_downsampled_level():
+    """Official Co-DINO / Co-Deformable-DETR: the encoder levels plus a 3x3 stride-2 conv + GroupNorm level."""
+    torch.manual_seed(0)
+    model = create_model("co_deformable_detr", **dict(TINY["co_deformable_detr"], num_queries=8))
+    pyramid = model.co["pyramid"]
+    assert isinstance(pyramid, MultiScaleDownsamplePyramid)
+    levels = [torch.randn(2, pyramid.downsample[0].in_channels, 8, 10), torch.randn(2, pyramid.downsample[0].in_channels, 4, 5)]
+    outs = pyramid(levels)
+    assert len(outs) == 3 and outs[0] is levels[0] and tuple(outs[2].shape[-2:]) == (2, 3)
+    conv, norm = pyramid.downsample
+    assert torch.allclose(outs[2], norm(conv(levels[1])))
+    assert pyramid.output_strides([8, 16]) == [8, 16, 32]
+    assert model.co["heads"][0].scales.numel() == model.config.num_feature_levels + 1
 
 
 def test_single_scale_model_uses_simple_pyramid():

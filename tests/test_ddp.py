@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from edgedet.engine.plots import read_metrics
+from edgedet.engine.trainer import restore_rng
 
 
 def test_two_process_training_keeps_replicas_identical(tmp_path):
@@ -28,3 +29,10 @@ def test_two_process_training_keeps_replicas_identical(tmp_path):
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")  # written once, by rank 0
     assert [r["epoch"] for r in rows] == [0, 1] and "val_mAP" in rows[-1]
     assert (tmp_path / "run" / "last.pth").exists()
+    # Resume restores each rank's own RNG state: the checkpoint holds one per rank, and they differ.
+    saved = torch.load(tmp_path / "run" / "last.pth", weights_only=True)["rng_per_rank"]
+    assert len(saved) == 2 and not torch.equal(saved[0]["torch"], saved[1]["torch"])
+    for r in (0, 1):
+        assert torch.equal(saved[r]["torch"], torch.load(tmp_path / f"rng_after_train{r}.pt", weights_only=True)["torch"])
+        restore_rng({"rng_per_rank": saved, "rng": saved[0]}, r, 2)
+        assert torch.equal(torch.get_rng_state(), saved[r]["torch"])

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from edgedet.models import create_model
 from edgedet.models.trex import TRex, TRexConfig
-from edgedet.models.trex_train import sample_prompts
+from edgedet.models.trex_prompts import sample_prompts
 from edgedet.nn.prompt_encoder import MASKED_LOGIT, PromptAlignment, average_prompts
 from edgedet.nn.text_encoder import TokenTextEncoder
 
@@ -167,33 +167,56 @@ def test_prompt_labels_must_index_prompt_slots():
         criterion(out, [{"labels": torch.tensor([9]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}])
 
 
-@pytest.mark.slow
-def test_train_prompted_runs_and_lowers_the_loss(tmp_path):
-    from edgedet.config import DataConfig
-    from edgedet.data import build_dataset
-    from edgedet.models.trex import train_prompted
+def _engine_cfg(out, **train_kw):
+    from edgedet.config import DataConfig, ExperimentConfig, TrainConfig
 
-    cfg = DataConfig(format="synthetic", root=str(tmp_path), synthetic_train_images=4, synthetic_image_size=SIZE,
-                     synthetic_num_classes=4, scales=[SIZE], max_size=SIZE, val_size=SIZE, hflip=0.0)
-    dataset = build_dataset(cfg, "train")
-    model = tiny_model()
-    result = train_prompted(model, dataset, classes=[0, 1, 2], batch_size=2, max_steps=6, lr=5e-4, progress=False,
-                            checkpoint=str(tmp_path / "trex.pth"))
-    assert result["steps"] == 6 and all(np.isfinite(result["losses"]))
-    assert np.mean(result["losses"][-2:]) < np.mean(result["losses"][:2])
-    # The checkpoint rebuilds the same model (config included) for export.
+    tc = dict(output_dir=str(out), epochs=2, batch_size=2, lr=5e-4, max_iters_per_epoch=1, warmup_iters=1,
+              eval_every=1, seed=0, ema=True, ema_decay=0.9, scheduler="step", lr_drop_epoch=1)
+    tc.update(train_kw)
+    model = TRexConfig(**{**TINY, "class_names": [], "prompt_visual_prob": 0.5, "prompt_classes": [0, 1]})
+    return ExperimentConfig(model=model, data=DataConfig(format="synthetic"), train=TrainConfig(**tc))
+
+
+def _engine_data():
+    from _tiny_detector import TinyShapes
+
+    return TinyShapes(2, size=64), TinyShapes(1, size=64, seed=1)
+
+
+def test_trex_trains_through_the_engine(tmp_path):
+    """Sampled visual/text prompt tasks inside the common loop: all losses, EMA, checkpoint, mAP."""
     from edgedet.engine.checkpoint import load_model
+    from edgedet.engine.plots import read_metrics
+    from edgedet.engine.trainer import train
 
-    loaded = load_model(tmp_path / "trex.pth")
-    images, prompts = torch.randn(1, 3, SIZE, SIZE), F.normalize(torch.randn(1, 8, 32), dim=-1)
-    with torch.no_grad():
-        assert torch.equal(model(images, prompts=prompts)["pred_logits"], loaded(images, prompts=prompts)["pred_logits"])
+    last = train(_engine_cfg(tmp_path, epochs=1), progress=False, datasets=_engine_data())
+    row = read_metrics(tmp_path / "metrics.jsonl")[-1]
+    assert "val_mAP" in row and {"train_loss_align", "train_loss_ce_dn", "train_loss_ce_interm"} <= set(row)
+    model = load_model(last, prefer_ema=False)
+    assert model.config.class_names == ["red", "green", "blue"] and model.config.num_classes == 3
+    with torch.no_grad():  # evaluation / export detect the class names: default prompts = their text prompts
+        similarity = model.default_prompts @ model.encode_text_prompts(model.config.class_names).t()
+        assert model(torch.randn(1, 3, 64, 64))["pred_logits"].shape == (1, TINY["num_queries"], 3)
+    assert torch.equal(similarity.argmax(1), torch.arange(3)) and similarity.diagonal().min() > 0.99
+
+
+@pytest.mark.slow
+def test_trex_engine_training_resumes_exactly(tmp_path):
+    from edgedet.engine.checkpoint import load_checkpoint
+    from edgedet.engine.trainer import train
+
+    full = train(_engine_cfg(tmp_path / "full"), progress=False, datasets=_engine_data())
+    part = train(_engine_cfg(tmp_path / "part", epochs=1), progress=False, datasets=_engine_data())
+    resumed = train(_engine_cfg(tmp_path / "part"), resume=str(part), progress=False, datasets=_engine_data())
+    a, b = load_checkpoint(full), load_checkpoint(resumed)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
 
 
 def test_one_shot_prompts_use_the_largest_box_of_the_first_image_holding_each_class(tmp_path, model):
     from edgedet.config import DataConfig
     from edgedet.data import build_dataset
-    from edgedet.models.trex_train import find_exemplars, one_shot_prompts
+    from edgedet.models.trex_prompts import find_exemplars, one_shot_prompts
 
     cfg = DataConfig(format="synthetic", root=str(tmp_path), synthetic_train_images=6, synthetic_image_size=64,
                      synthetic_num_classes=3, scales=[64], max_size=64, val_size=64, hflip=0.0)

@@ -12,7 +12,8 @@ log = logging.getLogger(__name__)
 
 class TrainCommand:
     name = "train"
-    help = "train a detector (e.g. edgedet train --model deformable_detr --data synthetic --epochs 12)"
+    help = ("train a detector (e.g. edgedet train --model deformable_detr --data synthetic --epochs 12) "
+            "or fine-tune one (edgedet train --weights dino.pth --data my.yaml)")
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", help="registered model name (e.g. detr, deformable_detr, dab_detr, dino)")
@@ -22,6 +23,9 @@ class TrainCommand:
         p.add_argument("--batch-size", type=int, help="images per step and process")
         p.add_argument("--device", help="cpu, cuda or cuda:N")
         p.add_argument("--output", help="output folder for checkpoints, metrics.jsonl and curves.png")
+        p.add_argument("--weights", metavar="PATH",
+                       help="fine-tune from these weights: an `edgedet train` checkpoint, an official DETR-family "
+                            "checkpoint (architecture taken from it when --model is absent) or a torchvision ImageNet ResNet")
         p.add_argument("--resume", metavar="CKPT", help="continue from a last.pth of the same model")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override any config value, e.g. --set model.num_queries=100 --set train.lr=2e-4 (repeatable)")
@@ -29,6 +33,7 @@ class TrainCommand:
 
     def run(self, args: argparse.Namespace) -> int:
         from edgedet.config import ExperimentConfig, apply_overrides, load_experiment
+        from edgedet.engine.finetune import weights_family
         from edgedet.engine.trainer import train
         from edgedet.models import default_config
 
@@ -38,8 +43,12 @@ class TrainCommand:
                 cfg = replace(cfg, model=default_config(args.model))
         elif args.model:
             cfg = ExperimentConfig(model=default_config(args.model))
+        elif args.weights:  # the architecture comes from the weights
+            cfg = ExperimentConfig(model=default_config(weights_family(args.weights)))
         else:
-            raise ValueError("say which model to train: --model NAME or --config experiment.yaml")
+            raise ValueError("say which model to train: --model NAME, --config experiment.yaml or --weights PATH")
+        if args.weights:
+            cfg = replace(cfg, model=replace(cfg.model, weights=args.weights))
         if args.data is not None or not args.config:
             cfg = replace(cfg, data=parse_data_arg(args.data or "synthetic", cfg.data))
         cfg = family_normalization(cfg)

@@ -42,11 +42,16 @@ class ImageRecord:
 
 
 def load_image_rgb(path: Path) -> np.ndarray:
-    """uint8 [H, W, 3] RGB; raises DataFormatError naming the file when it cannot be decoded."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """uint8 [H, W, 3] RGB from any 8/16-bit gray, RGB or RGBA file (see `augment.to_uint8_rgb`);
+    raises DataFormatError naming the file when it cannot be decoded."""
+    from edgedet.data.augment import to_uint8_rgb
+
+    # ANYDEPTH keeps 16-bit values (IMREAD_COLOR alone divides them by 256, which leaves 12-bit
+    # sensor data nearly black); EXIF orientation is still applied.
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     if image is None:
         raise DataFormatError(f"cannot decode image {path}: the file is missing or corrupt")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return to_uint8_rgb(image)
 
 
 class DetectionDataset(Dataset):

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
+from edgedet.data.augment import ColorJitter, color_jitter
 from runtime.manifest import PreprocessSpec
 from runtime.preprocess import LetterboxInfo, letterbox, normalize, resize_shorter_side
 
@@ -211,10 +212,13 @@ def _crop_branch(scales: Sequence[int], max_size: int) -> Compose:
 
 
 def build_transforms(data_cfg: Any, train: bool) -> Compose:
-    """Train: flip, multi-scale resize (optionally DETR's random crop branch); val: deterministic resize
+    """Train: photometric jitter, flip, multi-scale resize (optionally DETR's random crop branch); val: deterministic resize
     of the shorter side to `val_size`. Both end with ToTarget + Normalize(data_cfg.mean, data_cfg.std)."""
     steps: List[Callable] = []
     if train:
+        jitter = color_jitter(getattr(data_cfg, "color_jitter", (0.0, 0.0, 0.0, 0.0)))
+        if any(v > 0 for v in jitter):
+            steps.append(ColorJitter(*jitter))
         if data_cfg.hflip > 0:
             steps.append(RandomHorizontalFlip(data_cfg.hflip))
         multi_scale = RandomResize(data_cfg.scales, data_cfg.max_size)

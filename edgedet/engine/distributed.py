@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Dict
+from typing import Any, Dict, List
 
 import torch
 import torch.distributed as dist
@@ -106,10 +106,19 @@ def any_process(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+def gather_objects(obj: Any) -> List[Any]:
+    """[obj of rank 0, obj of rank 1, ...] on every rank ([obj] without DDP)."""
+    if world_size() == 1:
+        return [obj]
+    out: List[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
 __all__ = ["DistInfo", "init_distributed", "device_for", "wrap_model", "is_main_process", "world_size", "barrier",
-           "all_reduce_mean", "reduce_dict", "any_process", "cleanup"]
+           "all_reduce_mean", "reduce_dict", "any_process", "gather_objects", "cleanup"]

@@ -29,7 +29,14 @@ class ModelEMA:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         src = model.state_dict()
-        for k, v in self.module.state_dict().items():
+        seen = set()
+        for k, v in self.module.state_dict(keep_vars=True).items():
+            # A tied tensor (e.g. a box head shared by every decoder layer) is listed under each of
+            # its names: average it once per step, not once per name.
+            if id(v) in seen:
+                continue
+            seen.add(id(v))
+            v = v.data
             if v.dtype.is_floating_point:
                 v.mul_(d).add_(src[k].detach(), alpha=1 - d)
             else:

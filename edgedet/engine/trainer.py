@@ -3,7 +3,9 @@
 Per epoch: train (AMP, grad clipping, EMA, per-iteration LR schedule, tqdm bar with live losses),
 evaluate every `eval_every` epochs, append a JSON line to `metrics.jsonl`, redraw `curves.png`
 and save `last.pth` / `best.pth`. Resuming restores model, optimiser, scheduler, EMA and RNG
-states, so a resumed run continues exactly as an uninterrupted one.
+states (each DDP rank its own), so a resumed run continues exactly as an uninterrupted one.
+With `model.weights` the run starts from pretrained weights (`edgedet.engine.finetune`: architecture
+from the weights, class heads re-initialised, load_report.txt beside the checkpoints).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from tqdm import tqdm
 from edgedet.config import ExperimentConfig, apply_overrides
 from edgedet.engine import checkpoint as ckpt_io
 from edgedet.engine import distributed as ddp
+from edgedet.engine import finetune
 from edgedet.engine.ema import ModelEMA
 from edgedet.engine.evaluator import evaluate
 from edgedet.engine.optim import build_optimizer, build_scheduler
@@ -133,6 +136,19 @@ def _sync_classes(cfg: ExperimentConfig, dataset) -> ExperimentConfig:
     return cfg
 
 
+def restore_rng(ckpt: Dict, rank: int, world_size: int) -> None:
+    """Each rank continues from its own saved RNG state (data augmentation, denoising noise, dropout);
+    a checkpoint from another world size (or from before per-rank states) gives every rank rank 0's."""
+    states = ckpt.get("rng_per_rank")
+    if states and len(states) == world_size:
+        ckpt_io.set_rng_state(states[rank])
+        return
+    if world_size > 1:
+        log.warning("checkpoint has RNG states for %s processes, not %d: every rank continues from rank 0's",
+                    len(states) if states else 1, world_size)
+    ckpt_io.set_rng_state(ckpt["rng"])
+
+
 def _append_metrics(path: Path, row: Dict) -> None:
     with path.open("a") as f:
         f.write(json.dumps(row) + "\n")
@@ -160,9 +176,24 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
     from edgedet.data import build_dataloader, build_dataset
     from edgedet.models import create_model_from_config
 
+    pretrained = finetune.read_weights(cfg.model.weights) if cfg.model.weights else None
+    if pretrained is not None:
+        cfg = finetune.resolve_config(cfg, pretrained)
+    elif cfg.model.keep_classes:
+        raise ValueError("model.keep_classes picks class rows of pretrained weights: set model.weights (--weights) too")
     train_ds, val_ds = datasets if datasets is not None else (build_dataset(cfg.data, "train"), build_dataset(cfg.data, "val"))
     cfg = _sync_classes(cfg, train_ds)
-    model = create_model_from_config(cfg.model).to(device)
+    model = create_model_from_config(cfg.model)
+    if pretrained is not None and resume_ckpt is None:
+        report = finetune.load_pretrained(model, pretrained, cfg.model.keep_classes)
+        log.info("%s", report.text())
+        if info.is_main:
+            report.save(out_dir)
+    freeze = tc.freeze_backbone
+    if pretrained is not None and pretrained.kind == "imagenet" and freeze == 0:
+        freeze = 1  # ImageNet stem and layer1 stay frozen, as in every DETR recipe
+    finetune.freeze_backbone(model, freeze)
+    model = model.to(device)
     criterion = model.build_criterion().to(device)
     loader = build_dataloader(train_ds, batch_size=tc.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
                               distributed=info.enabled, seed=tc.seed)
@@ -182,7 +213,7 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
             scaler.load_state_dict(resume_ckpt["scaler"])
         start_epoch = int(resume_ckpt["epoch"]) + 1
         best = float(resume_ckpt.get("best_map", -1.0))
-        ckpt_io.set_rng_state(resume_ckpt["rng"])  # rank 0's state: every rank continues from it
+        restore_rng(resume_ckpt, info.rank, info.world_size)
         log.info("resumed from %s at epoch %d", resume, start_epoch)
     train_model = ddp.wrap_model(model, info, device)
 
@@ -208,13 +239,15 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
             val = evaluate(eval_model, val_ds, tc.batch_size, device, progress=progress)
             row.update({f"val_{k}": v for k, v in val.items()})
         ddp.barrier()
+        rng_per_rank = ddp.gather_objects(ckpt_io.rng_state())  # each rank resumes from its own
         if info.is_main:
             _append_metrics(metrics_path, row)
             log.info("epoch %d: loss %.4f%s", epoch, losses.get("loss", float("nan")),
                      f", mAP {row['val_mAP']:.4f}, mAP50 {row['val_mAP50']:.4f}" if "val_mAP" in row else "")
             is_best = "val_mAP" in row and row["val_mAP"] > best
             best = max(best, row.get("val_mAP", best))
-            state = dict(optimizer=optimizer, scheduler=scheduler, ema=ema, scaler=scaler, metrics=row, best_map=best)
+            state = dict(optimizer=optimizer, scheduler=scheduler, ema=ema, scaler=scaler, metrics=row, best_map=best,
+                         rng_per_rank=rng_per_rank)
             ckpt_io.save_checkpoint(last_path, model, cfg, epoch, **state)
             if is_best:
                 ckpt_io.save_checkpoint(out_dir / "best.pth", model, cfg, epoch, **state)

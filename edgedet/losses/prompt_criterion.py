@@ -42,6 +42,8 @@ class PromptCriterion(DINOCriterion):
         return super()._target_classes(logits, targets, indices)
 
     def forward(self, outputs: Dict, targets: Sequence[Dict]) -> Dict[str, Tensor]:
+        # A task the model sampled itself (engine training): its slot targets replace the dataset's.
+        targets = outputs.get("prompt_targets", targets)
         k = outputs["pred_logits"].shape[-1]
         for t in targets:
             if t["labels"].numel() and int(t["labels"].max()) >= k:

@@ -9,10 +9,14 @@ returns the standard dict:
 `targets` (list of {labels [n] int64, boxes [n, 4] normalised cxcywh}) is used only by
 families that build training-time queries from ground truth (DINO's denoising).
 `build_criterion()` returns the loss module that trains it.
+`class_dependent_patterns` names (fnmatch patterns over state_dict keys) the tensors whose first
+dimension is the class count; fine-tuning (`edgedet.engine.finetune`) re-initialises or re-maps
+exactly those, so every family declares its own.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+import fnmatch
+from typing import Dict, List, Optional, Tuple
 
 from torch import Tensor, nn
 
@@ -21,6 +25,12 @@ from edgedet.config import ModelConfig
 
 class DetectorBase(nn.Module):
     config: ModelConfig
+    # state_dict keys whose dim 0 is (num_classes + a fixed number of extra rows), e.g. "class_embed.*"
+    class_dependent_patterns: Tuple[str, ...] = ()
+
+    def class_dependent_keys(self) -> List[str]:
+        """state_dict keys of the tensors whose shape depends on the class count."""
+        return [k for k in self.state_dict() if any(fnmatch.fnmatchcase(k, p) for p in self.class_dependent_patterns)]
 
     def forward(self, images: Tensor, mask: Optional[Tensor] = None, targets: Optional[List[Dict[str, Tensor]]] = None) -> Dict:
         raise NotImplementedError

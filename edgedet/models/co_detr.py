@@ -18,6 +18,7 @@ The model classes subclass the base detectors, so every base parameter keeps its
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -49,7 +50,7 @@ class CoDETRConfig:
 
     base: str = ""
     aux_heads: List[Dict[str, Any]] = field(default_factory=lambda: [{"type": "atss"}, {"type": "rcnn"}])
-    pyramid: str = "auto"  # auto | identity | simple
+    pyramid: str = "auto"  # auto | multiscale | identity | simple
     query_pool_size: int = 3  # RoIAlign size of the positive queries' content features
 
 
@@ -85,6 +86,12 @@ class CoDETRMixin:
     """Collaborative hybrid assignment training on top of a base detector class (listed after it)."""
 
     score_activation = "sigmoid"
+
+    def class_dependent_keys(self) -> List[str]:
+        """The base detector's class heads plus the auxiliary heads' classifiers."""
+        co = [k for k in self.state_dict() if fnmatch.fnmatchcase(k, "co.heads.*.atss_cls.*")
+              or fnmatch.fnmatchcase(k, "co.heads.*.fc_cls.*")]
+        return super().class_dependent_keys() + co
 
     def _init_co(self, cfg: CoDETRConfig, family: str) -> None:
         if cfg.base != family:

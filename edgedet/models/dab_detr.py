@@ -71,6 +71,8 @@ class DABDETR(DetectorBase):
     aux_outputs: one dict per earlier decoder layer.
     """
 
+    class_dependent_patterns = ("class_embed.*",)
+
     score_activation = "sigmoid"
 
     def __init__(self, cfg: DABDETRConfig):

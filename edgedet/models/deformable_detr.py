@@ -80,6 +80,8 @@ class DeformableDETR(DetectorBase):
     pred_logits [B, Q, C] (sigmoid), pred_boxes [B, Q, 4] normalised cxcywh, aux_outputs,
     and with two-stage enc_outputs (one class-agnostic proposal per encoder token)."""
 
+    class_dependent_patterns = ("class_embed.*", "transformer.decoder.class_embed.*")
+
     score_activation = "sigmoid"
 
     def __init__(self, cfg: DeformableDETRConfig):

@@ -69,6 +69,8 @@ class DETR(DetectorBase):
     pred_logits [B, Q, C + 1] (last column = no-object, softmax), pred_boxes [B, Q, 4]
     normalised cxcywh, aux_outputs (one dict per earlier decoder layer when aux_loss)."""
 
+    class_dependent_patterns = ("class_embed.*",)  # num_classes + 1 rows: the last is "no object"
+
     score_activation = "softmax"
 
     def __init__(self, cfg: DETRConfig):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import ClassVar, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +68,8 @@ class DINOConfig(ModelConfig):
     dn_label_noise_ratio: float = 0.5
     dn_box_noise_scale: float = 0.4
     dn_labelbook_size: Optional[int] = None  # rows of label_enc minus one; None = num_classes
+    # Fields that follow the class count: fine-tuning to another class count resets them to None.
+    class_count_fields: ClassVar[Tuple[str, ...]] = ("dn_labelbook_size",)
     # Loss weights and matching costs.
     cls_loss_coef: float = 1.0
     bbox_loss_coef: float = 5.0
@@ -137,6 +139,10 @@ class DINO(DetectorBase):
     dn_meta {pad_size, num_dn_group} and dn_outputs (the denoising queries' predictions, same
     layout: pred_logits [B, pad_size, C], pred_boxes, aux_outputs).
     """
+
+    # label_enc: labelbook + 1 rows (the denoising label book, one row per class).
+    class_dependent_patterns = ("class_embed.*", "transformer.decoder.class_embed.*",
+                                "transformer.enc_out_class_embed.*", "label_enc.*")
 
     score_activation = "sigmoid"
 

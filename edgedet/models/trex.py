@@ -10,13 +10,14 @@ focal loss), so "classes" are whatever the prompts describe. Prompts come from
 - text (`encode_text_prompts`): `edgedet.nn.text_encoder` (MiniLM + projection, or hashed tokens);
 
 and may be averaged per class (`average_prompts`). Inference = encode prompts once, then
-`forward(images, prompts=..., prompt_mask=...)` per frame. Training: `train_prompted`
-(`edgedet.models.trex_train`), loss `edgedet.losses.prompt_criterion`.
+`forward(images, prompts=..., prompt_mask=...)` per frame. Training: the common engine
+(`edgedet train --model trex`): in training mode with targets and no prompts, forward samples a
+prompted task per batch (`edgedet.models.trex_prompts`); loss `edgedet.losses.prompt_criterion`.
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -36,7 +37,8 @@ from edgedet.registry import MODELS
 @dataclass
 class TRexConfig(DINOConfig):
     """DINO's fields plus the prompt fields. num_classes / class_names describe the *default prompts*
-    (used when forward gets none, e.g. a plain `converters.export`); see `TRex.set_default_prompts`."""
+    (used when forward gets none, e.g. a plain `converters.export`); see `TRex.set_default_prompts`.
+    Training through the engine keeps them at the text prompts of the class names."""
 
     name: str = "trex"
     num_classes: int = 16
@@ -47,6 +49,10 @@ class TRexConfig(DINOConfig):
     text_encoder: str = "minilm"  # minilm | token
     align_loss_coef: float = 1.0  # visual <-> text InfoNCE
     align_temperature: float = 0.1
+    # Training (prompted tasks sampled per batch, `edgedet.models.trex_prompts.sample_prompts`):
+    prompt_visual_prob: float = 0.5  # share of images prompted visually (else by text)
+    prompt_point_prob: float = 0.2  # share of exemplar boxes given as points
+    prompt_classes: List[int] = field(default_factory=list)  # dataset labels prompted in training; empty = all
 
 
 def _check_trex_config(cfg: TRexConfig) -> None:
@@ -63,6 +69,7 @@ class TRex(DetectorBase):
     Without prompts the default prompts (`set_default_prompts`) are used: pred_logits [B, Q, num_classes]."""
 
     score_activation = "sigmoid"
+    class_dependent_patterns = ("default_prompts",)  # [num_classes, Dp]; training recomputes them
 
     def __init__(self, cfg: TRexConfig):
         super().__init__()
@@ -150,9 +157,12 @@ class TRex(DetectorBase):
                 prompts: Optional[Tensor] = None, prompt_mask: Optional[Tensor] = None,
                 memory: Optional[ImageMemory] = None) -> Dict:
         cfg = self.config
+        align = None
+        mem = memory if memory is not None else self.encode_images(images, mask)
+        if prompts is None and self.training and targets is not None:
+            prompts, prompt_mask, targets, align = self._sample_task(mem, targets)
         if prompts is None:
             prompts, prompt_mask = self.default_prompts, None
-        mem = memory if memory is not None else self.encode_images(images, mask)
         batch = mem.memory.shape[0]
         if prompts.dim() == 2:
             prompts = prompts.unsqueeze(0)
@@ -187,7 +197,25 @@ class TRex(DetectorBase):
             out["dn_meta"] = dn_meta
             if dn is not None:
                 out["dn_outputs"] = self._layer_outputs(dn_logits, dn_boxes)
+        if align is not None:  # a sampled task: the criterion scores these slot targets and the alignment
+            out["prompt_targets"], out["prompt_align"] = targets, align
         return out
+
+    def _sample_task(self, mem: ImageMemory, targets: List[Dict[str, Tensor]]):
+        """Dataset targets -> a prompted task (see `trex_prompts.sample_prompts`). The default prompts
+        follow the text prompts of the class names (as of this step), so evaluation and a plain export
+        detect the dataset's classes."""
+        from edgedet.models.trex_prompts import sample_prompts
+
+        cfg = self.config
+        names = list(cfg.class_names) or [str(i) for i in range(cfg.num_classes)]
+        classes = list(cfg.prompt_classes) or list(range(len(names)))
+        task = sample_prompts(self, mem, targets, classes, names, cfg.prompt_visual_prob, cfg.prompt_point_prob)
+        if len(names) == self.default_prompts.shape[0]:
+            with torch.no_grad():
+                text = task[3]["text"] if classes == list(range(len(names))) else self.encode_text_prompts(names)
+                self.default_prompts.copy_(F.normalize(text.detach().float(), dim=-1))
+        return task
 
     def _layer_outputs(self, logits, boxes) -> Dict:
         out: Dict = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
@@ -208,16 +236,9 @@ class TRex(DetectorBase):
         return build_prompt_criterion(self.config)
 
 
-def train_prompted(model: TRex, dataset, **kwargs):
-    """Train `model` on a detection dataset with sampled visual/text prompts; see `edgedet.models.trex_train`."""
-    from edgedet.models.trex_train import train_prompted as _train
-
-    return _train(model, dataset, **kwargs)
-
-
 @MODELS.register("trex", config=TRexConfig)
 def build_trex(cfg: TRexConfig) -> TRex:
     return TRex(cfg)
 
 
-__all__ = ["TRexConfig", "TRex", "build_trex", "train_prompted"]
+__all__ = ["TRexConfig", "TRex", "build_trex"]

@@ -150,7 +150,10 @@ def load_torchvision_weights(resnet: ResNet, path: Union[str, Path]) -> None:
     state = torch.load(p, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    own = resnet.state_dict()
+    # fc is the ImageNet classifier; BatchNorm step counters are absent from a frozen-BN model.
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")
+             and not (k.endswith("num_batches_tracked") and k not in own)}
     missing, unexpected = resnet.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:

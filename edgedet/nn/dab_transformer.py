@@ -227,16 +227,18 @@ class DABDecoder(nn.Module):
             raise RuntimeError("DABDecoder.bbox_embed must be set to the detector's box head before forward")
         out = tgt
         anchors = anchors_unsigmoid.sigmoid()
+        box_anchors = anchors  # what this layer's box output is built on
         hs: List[Tensor] = []
         per_layer_anchors: List[Tensor] = []
         for layer_id, layer in enumerate(self.layers):
-            per_layer_anchors.append(anchors)
+            per_layer_anchors.append(box_anchors)
             query_pos, query_sine = self._query_sine(out, anchors, layer_id)
             out = layer(out, memory, pos, query_pos, query_sine, padding_mask)
-            # Iterative anchor update on the un-normed output; no gradient flows through the
-            # anchor into the next layer (each layer learns its own correction).
-            delta = self.bbox_embed(out)
-            anchors = (delta + inverse_sigmoid(anchors, ANCHOR_LOGIT_EPS)).sigmoid().detach()
+            # Iterative anchor update on the un-normed output. As in the official DAB-DETR, the next
+            # layer's box output is built on the refined anchor *with* its gradient (its box loss also
+            # trains this layer's refinement); the next layer's queries get it detached.
+            box_anchors = (self.bbox_embed(out) + inverse_sigmoid(anchors, ANCHOR_LOGIT_EPS)).sigmoid()
+            anchors = box_anchors.detach()
             hs.append(self.norm(out))
         return torch.stack(hs), torch.stack(per_layer_anchors)
 

@@ -1,9 +1,12 @@
 """Feature pyramid for the auxiliary heads, built from the DETR encoder's output.
 
 The encoder memory [B, S, D] is split back into its levels ([B, D, H_l, W_l]). A multi-scale
-model already has a pyramid (`identity`); a single-scale one (one stride-s map) gets ViTDet's
+model keeps its levels and adds one more at twice the last stride (`multiscale`: 3x3 stride-2
+conv + GroupNorm(32) on the last level, as the official Co-DINO / Co-Deformable-DETR heads do);
+`identity` keeps the levels only. A single-scale one (one stride-s map) gets ViTDet's
 simple feature pyramid (`simple`): strides s/4, s/2 (transposed convs), s, and 2s (max-pool),
-each followed by a 1x1 and a 3x3 conv with GroupNorm. `auto` picks by the number of levels.
+each followed by a 1x1 and a 3x3 conv with GroupNorm. `auto` picks multiscale or simple by the
+number of levels.
 """
 from __future__ import annotations
 
@@ -47,6 +50,24 @@ class IdentityPyramid(nn.Module):
         return list(levels)
 
 
+@PYRAMIDS.register("multiscale")
+class MultiScaleDownsamplePyramid(nn.Module):
+    """Multi-scale encoders: the levels plus one extra level downsampled from the last (official Co-DETR)."""
+
+    def __init__(self, d_model: int, num_levels: int):
+        super().__init__()
+        if num_levels < 2:
+            raise ValueError(f"the multiscale pyramid builds on several levels, got {num_levels}; use 'simple'")
+        self.num_levels = num_levels
+        self.downsample = nn.Sequential(nn.Conv2d(d_model, d_model, 3, stride=2, padding=1), _norm(d_model))
+
+    def output_strides(self, strides: Sequence[int]) -> List[int]:
+        return list(strides) + [strides[-1] * 2]
+
+    def forward(self, levels: List[Tensor]) -> List[Tensor]:
+        return list(levels) + [self.downsample(levels[-1])]
+
+
 @PYRAMIDS.register("simple")
 class SimpleFeaturePyramid(nn.Module):
     """One stride-s map [B, D, H, W] -> four maps at strides s/4, s/2, s, 2s (Li et al. 2022, ViTDet)."""
@@ -76,9 +97,9 @@ class SimpleFeaturePyramid(nn.Module):
 
 
 def build_pyramid(kind: str, d_model: int, num_levels: int) -> nn.Module:
-    """`identity`, `simple`, or `auto` (identity for several levels, simple for one)."""
+    """`multiscale`, `identity`, `simple`, or `auto` (multiscale for several levels, simple for one)."""
     if kind == "auto":
-        kind = "identity" if num_levels > 1 else "simple"
+        kind = "multiscale" if num_levels > 1 else "simple"
     return PYRAMIDS.get(kind)(d_model, num_levels)
 
 
@@ -89,4 +110,4 @@ def image_sizes(mask: Tensor) -> Tensor:
     return torch.stack([h, w], 1).to(torch.float32)
 
 
-__all__ = ["PYRAMIDS", "split_levels", "IdentityPyramid", "SimpleFeaturePyramid", "build_pyramid", "image_sizes"]
+__all__ = ["PYRAMIDS", "split_levels", "IdentityPyramid", "MultiScaleDownsamplePyramid", "SimpleFeaturePyramid", "build_pyramid", "image_sizes"]

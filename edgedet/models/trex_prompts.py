@@ -1,24 +1,24 @@
-"""Training and evaluation of the prompted detector on an ordinary detection dataset.
+"""Prompted tasks for the prompted detector (`trex`) on an ordinary detection dataset.
 
-Each batch is turned into a prompted task (`sample_prompts`):
+Training goes through the common engine (`edgedet train --model trex`): in training mode with
+targets and no explicit prompts, `TRex.forward` calls `sample_prompts`, which turns the batch into
+a prompted task:
 - every image gets prompt slots for the classes it contains (positives) plus classes it does
   not contain (negatives: their columns get no target), shuffled, at most `max_prompts`;
-- per image the prompts are visual (with probability `visual_prob`) or text; a visual prompt of
-  class c is encoded from 1..N boxes of c on a random batch image holding c (often another
+- per image the prompts are visual (with probability `prompt_visual_prob`) or text; a visual prompt
+  of class c is encoded from 1..N boxes of c on a random batch image holding c (often another
   image: the exemplar and the detected object differ), some boxes reduced to points;
   classes without an exemplar in the batch fall back to text;
 - targets' labels become prompt-slot indices; the visual embeddings and the text embeddings of
   all classes feed the InfoNCE alignment loss.
-`evaluate_prompted` scores COCO mAP of given prompts restricted to the classes they stand for.
+`evaluate_prompted` scores COCO mAP of given prompts restricted to the classes they stand for;
+`find_exemplars` / `one_shot_prompts` pick one visual exemplar per class.
 """
 from __future__ import annotations
 
 import contextlib
 import io
-import logging
-import math
 import random
-import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -26,8 +26,6 @@ from torch import Tensor
 from tqdm import tqdm
 
 from edgedet.engine.postprocess import to_detections
-
-log = logging.getLogger(__name__)
 
 
 def _exemplars(targets: Sequence[Dict], classes: Sequence[int], max_boxes: int, point_prob: float,
@@ -59,7 +57,7 @@ def sample_prompts(model, memory, targets: Sequence[Dict], classes: Sequence[int
     memory: the batch's `ImageMemory`; classes: dataset labels that may be prompted (the seen
     classes); class_names: names of all dataset labels (text prompts).
     """
-    rng = rng or random.Random()
+    rng = rng or random  # the global generator: seeded per rank and restored on resume by the engine
     cfg = model.config
     k_max, device = cfg.max_prompts, memory.memory.device
     classes = list(classes)
@@ -103,78 +101,6 @@ def sample_prompts(model, memory, targets: Sequence[Dict], classes: Sequence[int
         "text": text,
     }
     return prompts, prompt_mask, new_targets, align
-
-
-def train_prompted(model, dataset, classes: Optional[Sequence[int]] = None, batch_size: int = 4, lr: float = 2e-4,
-                   weight_decay: float = 1e-4, max_steps: Optional[int] = None, budget_s: Optional[float] = None,
-                   visual_prob: float = 0.5, point_prob: float = 0.2, clip_max_norm: float = 0.1,
-                   warmup_steps: int = 30, device: str = "cpu", seed: int = 0, progress: bool = True,
-                   checkpoint: Optional[str] = None) -> Dict:
-    """Train `model` (a TRex) on `dataset` (a DetectionDataset) with sampled prompts.
-
-    classes: dataset labels to prompt (default all; objects of other classes are left unlabelled).
-    Stops after `max_steps` or `budget_s` seconds (at least one must be given); cosine LR decay
-    over max_steps when given, else constant after warm-up. Returns {"steps", "seconds", "losses"
-    (total per step)}. checkpoint: where to save the trained model (an edgedet checkpoint that
-    `edgedet.engine.checkpoint.load_model` and `converters` read).
-    """
-    from edgedet.data import build_dataloader
-
-    if max_steps is None and budget_s is None:
-        raise ValueError("train_prompted needs max_steps or budget_s")
-    classes = list(range(len(dataset.class_names))) if classes is None else list(classes)
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
-    model.to(device).train()
-    criterion = model.build_criterion()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-
-    def factor(step: int) -> float:
-        warm = min(1.0, (step + 1) / max(1, warmup_steps))
-        return warm * (0.5 * (1 + math.cos(math.pi * step / max_steps)) if max_steps else 1.0)
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    losses: List[float] = []
-    start, step, epoch = time.perf_counter(), 0, 0
-    bar = tqdm(total=max_steps, desc="train prompted", disable=not progress, leave=False)
-    while True:
-        loader = build_dataloader(dataset, batch_size=batch_size, shuffle=True, seed=seed + epoch, drop_last=True)
-        for images, mask, targets in loader:
-            images, mask = images.to(device), mask.to(device)
-            memory = model.encode_images(images, mask)
-            prompts, prompt_mask, slot_targets, align = sample_prompts(
-                model, memory, targets, classes, dataset.class_names, visual_prob, point_prob, rng)
-            out = model(images, mask, slot_targets, prompts=prompts, prompt_mask=prompt_mask, memory=memory)
-            out["prompt_align"] = align
-            loss = criterion.total_loss(criterion(out, slot_targets))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip_max_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, clip_max_norm)
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-            step += 1
-            bar.update(1)
-            if not math.isfinite(losses[-1]):
-                raise FloatingPointError(f"train_prompted: loss became {losses[-1]} at step {step}; lower lr")
-            done = (max_steps is not None and step >= max_steps) or (
-                budget_s is not None and time.perf_counter() - start >= budget_s)
-            if done:
-                bar.close()
-                model.eval()
-                if checkpoint:
-                    _save(checkpoint, model, step)
-                return {"steps": step, "seconds": time.perf_counter() - start, "losses": losses}
-        epoch += 1
-
-
-def _save(path: str, model, step: int) -> None:
-    from edgedet.config import ExperimentConfig
-    from edgedet.engine.checkpoint import save_checkpoint
-
-    save_checkpoint(path, model, ExperimentConfig(model=model.config), epoch=0, steps=step)
 
 
 @torch.no_grad()
@@ -238,4 +164,4 @@ def one_shot_prompts(model, dataset, classes: Sequence[int]) -> Tensor:
     return torch.stack(rows)
 
 
-__all__ = ["sample_prompts", "train_prompted", "evaluate_prompted", "find_exemplars", "one_shot_prompts"]
+__all__ = ["sample_prompts", "evaluate_prompted", "find_exemplars", "one_shot_prompts"]
