@@ -228,6 +228,8 @@ class RTDETR(DetectorBase):
     """
 
     score_activation = "sigmoid"
+    # re-initialised (or kept by model.keep_classes) when fine-tuning to other classes
+    class_dependent_patterns = ("decoder.enc_score_head.*", "decoder.dec_score_head.*", "decoder.denoising_class_embed.*")
     input_mean = INPUT_MEAN
     input_std = INPUT_STD
 
