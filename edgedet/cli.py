@@ -76,7 +76,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError) as e:  # OSError: unwritable folder, full disk
         # Bad input: one line that says what to do, not a traceback (use -v for one).
         if args.verbose:
             raise

@@ -69,7 +69,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    output_dir: str = "runs/train"
+    output_dir: str = "runs/train/exp"  # a folder holding an earlier run gives way to exp2, exp3 ...
     epochs: int = 50
     batch_size: int = 4
     lr: float = 1e-4

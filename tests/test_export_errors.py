@@ -39,7 +39,7 @@ def test_fp16_onnxruntime_is_refused_with_alternative(tiny, tmp_path):
 
 
 def test_fused_int8_for_onnxruntime_is_refused(tiny, tmp_path):
-    with pytest.raises(ExportError, match="msda 'fused' is not supported.*'gather'"):
+    with pytest.raises(ExportError, match="msda form 'fused' is not supported for format 'onnx'.*gather"):
         export(tiny, "onnx", tmp_path / "m.onnx", precision="int8", msda="fused", calib=tmp_path, imgsz=HW)
 
 

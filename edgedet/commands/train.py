@@ -22,7 +22,9 @@ class TrainCommand:
         p.add_argument("--batch-size", type=int, help="images per step and process")
         p.add_argument("--device", help="cpu, cuda or cuda:N")
         p.add_argument("--output", help="output folder for checkpoints, metrics.jsonl and curves.png")
-        p.add_argument("--resume", metavar="CKPT", help="continue from a last.pth of the same model")
+        p.add_argument("--resume", metavar="CKPT", help="continue from a last.pth of the same model (in its folder)")
+        p.add_argument("--exist-ok", action="store_true",
+                       help="write into --output even if it holds an earlier run (default: the next free exp2, exp3 ...)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override any config value, e.g. --set model.num_queries=100 --set train.lr=2e-4 (repeatable)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -42,10 +44,15 @@ class TrainCommand:
             raise ValueError("say which model to train: --model NAME or --config experiment.yaml")
         if args.data is not None or not args.config:
             cfg = replace(cfg, data=parse_data_arg(args.data or "synthetic", cfg.data))
-        flags = {"epochs": args.epochs, "batch_size": args.batch_size, "device": args.device, "output_dir": args.output}
+        output = args.output
+        if args.resume and not output:  # continue the run where it lives
+            from pathlib import Path
+
+            output = str(Path(args.resume).parent)
+        flags = {"epochs": args.epochs, "batch_size": args.batch_size, "device": args.device, "output_dir": output}
         cfg = replace(cfg, train=replace(cfg.train, **{k: v for k, v in flags.items() if v is not None}))
         cfg = apply_overrides(cfg, args.overrides)
-        last = train(cfg, resume=args.resume, progress=not args.no_progress)
+        last = train(cfg, resume=args.resume, progress=not args.no_progress, exist_ok=args.exist_ok)
         log.info("last checkpoint: %s", last)
         return 0
 
