@@ -226,6 +226,9 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
     metrics_path, last_path, best_path = out_dir / "metrics.jsonl", out_dir / "last.pth", out_dir / "best.pth"
     if info.is_main:
         run_dir.truncate_metrics(metrics_path, start_epoch)  # a resumed run redoes what came after its checkpoint
+        saved_row = (resume_ckpt or {}).get("metrics")
+        if saved_row and not any(r.get("epoch") == saved_row.get("epoch") for r in run_dir.read_metrics_rows(metrics_path)):
+            run_dir.write_metrics_row(metrics_path, saved_row)  # killed between last.pth and its metrics row
     clock = _Stopwatch(tc.time_budget_s)
     epoch, last_plot = start_epoch - 1, time.monotonic()
     for epoch in range(start_epoch, tc.epochs):
