@@ -199,6 +199,10 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
 
     train_ds, val_ds = datasets if datasets is not None else (build_dataset(cfg.data, "train"), build_dataset(cfg.data, "val"))
     cfg = _sync_classes(cfg, train_ds)
+    if info.is_main:
+        from edgedet.data.checks import report_split_classes
+
+        report_split_classes(train_ds, val_ds)
     model = create_model_from_config(cfg.model).to(device)
     criterion = model.build_criterion().to(device)
     loader = build_dataloader(train_ds, batch_size=tc.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
