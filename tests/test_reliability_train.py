@@ -204,12 +204,19 @@ def test_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(t
         ckpt_io.atomic_torch_save({"epoch": 1}, path)
 
 
-def test_stale_temp_files_of_a_killed_run_are_removed_on_start(tmp_path):
+def test_stale_temp_files_of_a_killed_run_are_removed_on_start(tmp_path, monkeypatch):
     first = train(_cfg(tmp_path / "run", epochs=1), progress=False, datasets=_datasets())
-    (tmp_path / "run" / "last.pth.tmp").write_bytes(b"torn")
+    for name in ("last.pth.tmp", "best.pth.tmp", "metrics.jsonl.tmp"):
+        (tmp_path / "run" / name).write_bytes(b"torn")
     (tmp_path / "run" / "notes.tmp").write_text("the user's")
-    train(_cfg(tmp_path / "run", epochs=2), resume=str(first), progress=False, datasets=_datasets())
-    assert not (tmp_path / "run" / "last.pth.tmp").exists() and (tmp_path / "run" / "notes.tmp").exists()
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_mod, "train_one_epoch", stop)  # removed on start, before any save could replace them
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tmp_path / "run", epochs=2), resume=str(first), progress=False, datasets=_datasets())
+    assert sorted(p.name for p in (tmp_path / "run").glob("*.tmp")) == ["notes.tmp"]
 
 
 # ---------------------------------------------------------------- silent wrong results on resume
