@@ -53,7 +53,7 @@ class ExportCommand:
         get_format(args.format)  # a misspelt format fails before a model is loaded
         from runtime.safety import refuse_output_over_input
 
-        refuse_output_over_input([args.output], [args.model, args.calib, args.images], what="--output")
+        refuse_output_over_input([args.output], [args.model], what="--output")
         model, experiment = resolve_model(args.model)  # once: --verify compares against this same model
         path = export(
             model, experiment=experiment, format=args.format, output=args.output, precision=args.precision,
