@@ -205,3 +205,22 @@ def test_manifest_class_names_that_do_not_match_the_outputs_are_refused(tmp_path
     with pytest.raises(ValueError, match="class names"):
         Detector(path)
     json.loads(sidecar_path(path).read_text())  # the user's sidecar is untouched, still valid JSON
+
+
+# ---------------------------------------------------------------- benches/soak.py (its arithmetic and output, briefly)
+
+
+def test_soak_bench_reports_rss_and_latency_drift(tmp_path, artifact, capsys):
+    from script_loader import load_script
+
+    soak = load_script(Path(__file__).resolve().parents[1] / "benches" / "soak.py", "soak_bench")
+    video = _video(tmp_path / "loop.mp4", frames=5)
+    code = soak.main(["--model", str(artifact), "--video", str(video), "--minutes", "0.05", "--no-progress"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert result["frames"] > 5  # the video looped
+    assert result["rss_baseline_mb"] > 0 and result["p95_first_ms"] > 0 and result["window_s"] > 0
+    assert code == (0 if result["rss_ok"] and result["latency_ok"] else 1)
+    assert any(line.startswith("RSS") for line in lines) and any(line.startswith("latency p95") for line in lines)
+    samples = [(0.5, 10.0), (1.0, 20.0), (5.0, 99.0)]
+    assert soak.window_p95(samples, 0.0, 2.0) == pytest.approx(19.5)
