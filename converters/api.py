@@ -2,7 +2,7 @@
 
 Validation follows the format table (`converters.formats`), the model comes from a module,
 a checkpoint (ours or official) or a registry name, and each format's builder writes the
-artifact plus its manifest (inside the artifact and as `<stem>.edgedet.json`).
+artifact plus its manifest (inside the artifact and as `<artifact name>.edgedet.json`).
 """
 from __future__ import annotations
 
@@ -126,6 +126,27 @@ def _output_path(output: Optional[Union[str, Path]], fmt: ExportFormat, family: 
     return path
 
 
+def companion_files(fmt: ExportFormat, output: Path, dry_run: bool) -> list:
+    """Every file of the user's that this export would write: the artifact and its data / build files."""
+    if fmt.name == "tensorrt":
+        return [output.with_suffix(".onnx")] + ([] if dry_run else [output])
+    if fmt.suffix == ".xml":
+        return [output, output.with_suffix(".bin")]
+    return [output]
+
+
+def check_outputs(fmt: ExportFormat, output: Path, dry_run: bool, overwrite: bool, inputs: Sequence[Any] = ()) -> None:
+    """Before any slow work: never write over an input, an existing file (unless `overwrite`), or into
+    a folder that cannot be written."""
+    from runtime.safety import check_writable_folder, refuse_output_over_input, refuse_overwrite
+
+    files = companion_files(fmt, output, dry_run)
+    refuse_output_over_input(files, [i for i in inputs if isinstance(i, (str, Path))], what="export output")
+    for f in files:
+        refuse_overwrite(f, overwrite, flag="--exist-ok (overwrite=True)")
+    check_writable_folder(output.parent, what="export folder")
+
+
 def _resolve_default_msda(fmt: ExportFormat, msda: Optional[str], form: str) -> str:
     """An unrequested 'fused' default falls back to an exportable form when the extension is unbuilt."""
     if msda is not None or form != "fused" or fmt.name != "openvino":
@@ -196,6 +217,7 @@ def export(
     simplify: bool = True,
     dry_run: bool = False,
     batch_profile: Optional[Sequence[int]] = None,
+    overwrite: bool = False,
 ) -> Path:
     """Export a detector -> path of the written artifact (.onnx, .xml or .engine).
 
@@ -208,6 +230,7 @@ def export(
     dry_run: format="tensorrt" only: write the ONNX the engine would be built from (no TensorRT needed).
     batch_profile: (min, opt, max) batch of a dynamic-batch TensorRT engine's optimisation profile;
         default (1, 8, 8): TensorRT tunes its kernels for the opt batch, so set it to your stream count.
+    overwrite: replace existing files at the output path (otherwise refused before any work).
     """
     if isinstance(imgsz, int) or len(imgsz) != 2 or min(int(s) for s in imgsz) <= 0:
         raise ExportError(f"imgsz must be (H, W) positive integers, got {imgsz!r}")
@@ -216,7 +239,9 @@ def export(
     profile = _batch_profile(batch_profile)
     from converters.formats import get_format
 
-    get_format(format)  # fail on a misspelt format before loading anything
+    fmt0 = get_format(format)  # fail on a misspelt format before loading anything
+    if output is not None and not (Path(output).is_dir() or str(output).endswith(("/", "\\"))):
+        check_outputs(fmt0, Path(output), dry_run, overwrite, [model_or_checkpoint])  # before loading the model
     model, found = resolve_model(model_or_checkpoint)
     model = deployable(model)
     experiment = experiment or found
@@ -226,7 +251,9 @@ def export(
     imgsz_hw = (int(imgsz[0]), int(imgsz[1]))
     manifest = make_manifest(model, fmt.backend, precision, form, imgsz_hw, 0 if dynamic_batch else 1,
                              postprocess, top_k, class_names, experiment)
-    req = ExportRequest(fmt, _output_path(output, fmt, family, form, precision), precision, form, imgsz_hw,
+    out_path = _output_path(output, fmt, family, form, precision)
+    check_outputs(fmt, out_path, dry_run, overwrite, [model_or_checkpoint])
+    req = ExportRequest(fmt, out_path, precision, form, imgsz_hw,
                         dynamic_batch, postprocess, top_k, calib, calib_images, opset, manifest, simplify, dry_run, profile)
     module_name, fn_name = fmt.builder.split(":")
     builder = getattr(importlib.import_module(module_name), fn_name)

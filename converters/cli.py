@@ -39,6 +39,7 @@ class ExportCommand:
         p.add_argument("--images", default=None, help="images for --verify (default: --calib)")
         p.add_argument("--dry-run", action="store_true",
                        help="tensorrt: write only the ONNX the engine would be built from (no TensorRT needed)")
+        p.add_argument("--exist-ok", action="store_true", help="replace existing files at --output (refused otherwise)")
         p.add_argument("--list-formats", action="store_true", help="print the format table and exit")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -52,12 +53,16 @@ class ExportCommand:
         from converters.formats import get_format
 
         get_format(args.format)  # a misspelt format fails before a model is loaded
+        from runtime.safety import refuse_output_over_input
+
+        refuse_output_over_input([args.output], [args.model], what="--output")
         model, experiment = resolve_model(args.model)  # once: --verify compares against this same model
         path = export(
             model, experiment=experiment, format=args.format, output=args.output, precision=args.precision,
             imgsz=tuple(args.imgsz), dynamic_batch=args.dynamic_batch, msda=args.msda, calib=args.calib, postprocess=not args.raw,
             top_k=args.top_k, calib_images=args.calib_images, dry_run=args.dry_run,
             batch_profile=args.batch_profile,
+            overwrite=args.exist_ok,
         )
         print(f"exported {path}")
         if args.verify:

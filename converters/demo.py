@@ -66,7 +66,8 @@ def export_demo_model(checkpoint: Path, out_dir: Path, format: str = "openvino",
     fmt = get_format(format)
     stamp = out_dir / "model" / f"{_sha(checkpoint)}-{format}-{msda or 'auto'}.json"
     return cached_artifacts(stamp, lambda: [export(checkpoint, format=format, imgsz=DEMO_IMGSZ, msda=msda,
-                                                   output=out_dir / "model" / f"demo_detector{fmt.suffix}")])[0]
+                                                   output=out_dir / "model" / f"demo_detector{fmt.suffix}",
+                                                   overwrite=True)])[0]  # the demo's own cache folder
 
 
 def match_accuracy(gt_frames: Sequence[Sequence[Dict[str, Any]]], detections: Dict[int, Any], num_classes: int) -> Dict[str, float]:
@@ -167,7 +168,9 @@ def run_video(video: Path, detector, output_dir: Path, frames: int, conf: float,
 
 def artifact_msda(artifact: Path) -> str:
     """The MSDA form recorded in an artifact's sidecar manifest."""
-    return json.loads(Path(artifact).with_name(Path(artifact).stem + ".edgedet.json").read_text()).get("msda", "")
+    from runtime.manifest import read_sidecar
+
+    return read_sidecar(artifact).msda
 
 
 def run_demo(output_dir: Path = Path("runs/demo"), frames: int = 150, format: str = "openvino", msda: Optional[str] = None,

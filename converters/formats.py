@@ -47,15 +47,12 @@ FORMATS: Dict[str, ExportFormat] = {
             suffix=".onnx",
             backend="onnxruntime",
             precisions=("fp32", "int8"),
-            msda_forms=PORTABLE_MSDA_FORMS,
+            # not "fused": ONNX Runtime has no kernel for that node, so nothing here could run the file
+            msda_forms=("gather", "grid_sample"),
             default_msda="grid_sample",
             int8_needs_calibration=True,
             cpu_ok=True,
             builder="converters.api:build_onnx",
-            unsupported={
-                ("int8", "fused"): "ONNX Runtime has no kernel for the fused MSDA node, so it cannot calibrate; "
-                "use msda='gather' or 'grid_sample' for ONNX INT8, or format='openvino' for a fused INT8 model",
-            },
             precision_notes={
                 "fp16": "ONNX Runtime's CPU provider lacks fp16 kernels for most ops; use format='openvino' "
                 "(precision='fp16' compresses weights) or format='tensorrt' for fp16",
@@ -135,7 +132,10 @@ def validate_request(
         raise _choice_error("msda form", msda, MSDA_FORMS)
     form = (msda or fmt.default_msda) if has_msda else ""
     if form and form not in fmt.msda_forms:
-        raise ExportError(f"msda form '{form}' is not supported for format '{fmt.name}'; use one of {', '.join(fmt.msda_forms)}")
+        why = (": ONNX Runtime has no kernel for the fused node; for fused MSDA export format='openvino' (C++ extension) "
+               "or format='tensorrt' (CUDA plugin)") if (fmt.name, form) == ("onnx", "fused") else ""
+        raise ExportError(f"msda form '{form}' is not supported for format '{fmt.name}'{why}; "
+                          f"use one of {', '.join(fmt.msda_forms)}")
     reason = fmt.unsupported.get((precision, form))
     if reason:
         raise ExportError(f"format '{fmt.name}' with precision '{precision}' and msda '{form}' is not supported: {reason}")

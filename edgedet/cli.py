@@ -101,7 +101,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         hint = str(e) if "pip install" in str(e) else f"{e}; install the extra: pip install 'edgedet[{extra}]'"
         print(f"edgedet {args.command}: {hint}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError) as e:  # OSError: unwritable folder, full disk
         # Bad input: one line that says what to do, not a traceback (use -v for one).
         if args.verbose:
             raise

@@ -76,7 +76,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    output_dir: str = "runs/train"
+    output_dir: str = "runs/train/exp"  # a folder holding an earlier run gives way to exp2, exp3 ...
     epochs: int = 50
     batch_size: int = 4
     lr: float = 1e-4
@@ -223,11 +223,23 @@ def save_yaml(cfg: Any, path: Union[str, Path]) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+def read_yaml(path: Union[str, Path]) -> Any:
+    """yaml.safe_load of a file; a syntax error becomes one line naming the file, line and problem."""
+    p = Path(path)
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"{p} is not valid YAML ({problem} at{where or ' an unknown place'}); fix the file") from None
+
+
 def load_experiment(path: Union[str, Path]) -> ExperimentConfig:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"config file not found: {p}")
-    return experiment_from_dict(yaml.safe_load(p.read_text()) or {})
+    return experiment_from_dict(read_yaml(p) or {})
 
 
 # ---------------------------------------------------------------- command-line overrides

@@ -29,7 +29,8 @@ def main() -> None:
     output = Path(args.out_dir) / (Path(args.checkpoint).stem + suffix)
     output.parent.mkdir(parents=True, exist_ok=True)
     artifact = export(args.checkpoint, format=args.format, output=output, precision="fp32",
-                      imgsz=tuple(args.imgsz), msda=args.msda, postprocess=True)
+                      imgsz=tuple(args.imgsz), msda=args.msda, postprocess=True,
+                      overwrite=True)  # re-running the example replaces its own export
     print(f"exported {artifact}")
 
     detector = Detector(artifact, device="cuda" if args.format == "tensorrt" else "CPU")

@@ -49,6 +49,7 @@ class Source:
     def __init__(self, name: str):
         self.name = name
         self.dropped = 0  # frames replaced before anyone read them (live sources)
+        self.skipped: List[str] = []  # inputs that could not be decoded (named in a warning, then skipped)
 
     def read(self, timeout: Optional[float] = None) -> Optional[Frame]:
         """Next frame, or None at the end of the source."""
@@ -341,15 +342,21 @@ def image_files(folder: Union[str, Path]) -> List[Path]:
 
 
 def images_source(paths: List[Path], name: str) -> SequentialSource:
-    """Images read in order; an unreadable file raises naming it."""
+    """Images read in order; an unreadable file is named in a warning, counted in `source.skipped`
+    and skipped, so one bad file does not end the run. A single image that cannot be read raises."""
     def frames() -> Iterator[np.ndarray]:
         for p in paths:
             image = cv2.imread(str(p), cv2.IMREAD_COLOR)
             if image is None:
-                raise RuntimeError(f"could not read image {p} (corrupt or not an image)")
+                if len(paths) == 1:
+                    raise RuntimeError(f"could not read image {p} (corrupt or not an image)")
+                log.warning("skipping %s: cannot be decoded (corrupt or not an image)", p)
+                source.skipped.append(str(p))
+                continue
             yield image
 
-    return SequentialSource(name, frames())
+    source = SequentialSource(name, frames())
+    return source
 
 
 def jetson_csi_pipeline(sensor_id: int = 0, width: int = 1280, height: int = 720, fps: int = 30, flip: int = 0,
@@ -384,6 +391,8 @@ def open_source(spec: Any, live: Optional[bool] = None, **options: Any) -> Sourc
         return spec
     if isinstance(spec, np.ndarray):
         return SequentialSource("array", iter([spec]))
+    if isinstance(spec, str) and spec.strip() and Path(spec).exists():
+        spec = Path(spec)  # an existing file or folder always wins over a camera index or pipeline
     if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit()):
         return CaptureSource(int(spec), **options)
     if isinstance(spec, str) and "!" in spec:

@@ -13,16 +13,27 @@ import contextlib
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Any, List, Optional
 
 from runtime.capture import open_source
 from runtime.pipeline import Pipeline
+from runtime.safety import check_writable_file, refuse_output_over_input
 from runtime.serve.cli_options import add_serve_arguments, make_detector, source_options, start_server
 from runtime.sinks import JsonLinesSink, ShowSink, VideoSink
 
 
 def _source_arg(text: str) -> Any:
-    return int(text) if text.strip().isdigit() else text
+    # An existing file named like a camera index ("2024") is a file.
+    return int(text) if text.strip().isdigit() and not Path(text).exists() else text
+
+
+def check_outputs(outputs: List[Optional[str]], inputs: List[Any]) -> None:
+    """Before opening anything: no output over an input (through links), every output writable."""
+    refuse_output_over_input(outputs, inputs, what="output")
+    for out in outputs:
+        if out:
+            check_writable_file(out)
 
 
 class RunCommand:
@@ -65,6 +76,7 @@ class RunCommand:
             raise ValueError("--track applies to several streams; for one source use `edgedet track --model M --source S`")
         args.source = specs[0]
         options = {"threads": args.threads} if args.threads else {}
+        check_outputs([args.save, args.json], [args.source, args.model])
         with contextlib.ExitStack() as undo:  # closes what was opened if a later step fails
             sinks: List[Any] = [ShowSink(overlay_fps=True)] if args.show else []  # first: fail before loading anything
             undo.callback(lambda: [s.close() for s in sinks])
@@ -111,7 +123,8 @@ class RunCommand:
 
 def format_summary(stats: dict) -> str:
     """Pipeline stats as a small table."""
-    lines = [f"frames {stats['frames']}  dropped {stats['dropped']}  fps {stats['fps']:.1f}  elapsed {stats['elapsed_s']:.1f} s",
+    skipped = f"  skipped {stats['skipped']} unreadable" if stats.get("skipped") else ""
+    lines = [f"frames {stats['frames']}  dropped {stats['dropped']}{skipped}  fps {stats['fps']:.1f}  elapsed {stats['elapsed_s']:.1f} s",
              f"{'stage':<12}{'p50 ms':>10}{'p95 ms':>10}"]
     for stage, v in stats["latency_ms"].items():
         lines.append(f"{stage:<12}{v['p50']:>10.2f}{v['p95']:>10.2f}")
@@ -130,7 +143,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
         return RUN_COMMAND.run(args)
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError, TypeError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
         if args.verbose:
             raise
         print(f"edgedet-run: error: {e}", file=sys.stderr)

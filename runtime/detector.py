@@ -48,11 +48,25 @@ class Detector:
         names = {s.name for s in self.backend.input_specs}
         if self.manifest.input_name not in names:
             raise ManifestError(f"manifest input_name '{self.manifest.input_name}' is not an input of {self.artifact.name} ({sorted(names)})")
+        self._check_class_count()
         spec = next(s for s in self.backend.input_specs if s.name == self.manifest.input_name)
         self.max_batch = spec.shape[0] if spec.shape and spec.shape[0] else 0  # 0 = dynamic
         # A dynamic batch may still be bounded (a TensorRT optimisation profile): preprocess and run at most that many.
         limits = getattr(self.backend, "batch_limits", None)
         self.chunk = self.max_batch or (int(limits[1]) if limits and limits[1] and limits[1] > 0 else 0)
+
+    def _check_class_count(self) -> None:
+        """Raw outputs tell the class count: refuse a manifest whose names would label the wrong classes."""
+        out = self.manifest.outputs
+        shape = self.backend.output_shapes().get(out.names[0] if out.names else "", ()) if not out.postprocess else ()
+        names = self.manifest.class_names
+        if not names or not shape or shape[-1] is None:
+            return
+        expected = len(names) + (1 if out.score_activation == "softmax" else 0)  # softmax: + no-object
+        if shape[-1] != expected:
+            self.backend.close()
+            raise ManifestError(f"{self.artifact.name} predicts {shape[-1]} scores per query but its manifest lists "
+                                f"{len(names)} class names (expected {expected}); fix class_names in the manifest or re-export")
 
     @property
     def class_names(self) -> Tuple[str, ...]:

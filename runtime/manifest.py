@@ -3,7 +3,7 @@
 Written by `converters`, read by `runtime`, so the runtime never guesses preprocessing.
 Stored inside the artifact where the format allows (ONNX `metadata_props["edgedet"]`,
 OpenVINO `rt_info["edgedet"]["manifest"]`) and always as a sidecar JSON next to it:
-`model.onnx` -> `model.edgedet.json`.
+`model.onnx` -> `model.onnx.edgedet.json` (the legacy `model.edgedet.json` is still read).
 """
 from __future__ import annotations
 
@@ -90,10 +90,20 @@ class Manifest:
             raise ManifestError(f"manifest is not valid JSON: {e}") from e
 
 
+SIDECAR_SUFFIX = ".edgedet.json"
+
+
 def sidecar_path(artifact: Union[str, Path]) -> Path:
-    """`dir/model.onnx` -> `dir/model.edgedet.json` (also for .xml, .engine)."""
+    """`dir/model.onnx` -> `dir/model.onnx.edgedet.json`: one sidecar per artifact file, so a
+    `model.onnx` and a `model.xml` in one folder never share (and overwrite) a manifest."""
     p = Path(artifact)
-    return p.with_name(p.stem + ".edgedet.json")
+    return p.with_name(p.name + SIDECAR_SUFFIX)
+
+
+def legacy_sidecar_path(artifact: Union[str, Path]) -> Path:
+    """The name earlier versions wrote (`dir/model.edgedet.json`), still read for existing artifacts."""
+    p = Path(artifact)
+    return p.with_name(p.stem + SIDECAR_SUFFIX)
 
 
 def write_sidecar(manifest: Manifest, artifact: Union[str, Path]) -> Path:
@@ -103,7 +113,8 @@ def write_sidecar(manifest: Manifest, artifact: Union[str, Path]) -> Path:
 
 
 def read_sidecar(artifact: Union[str, Path]) -> Optional[Manifest]:
-    path = sidecar_path(artifact)
-    if not path.is_file():
-        return None
-    return Manifest.from_json(path.read_text())
+    """The artifact's sidecar manifest (its own name first, then the legacy stem name), or None."""
+    for path in (sidecar_path(artifact), legacy_sidecar_path(artifact)):
+        if path.is_file():
+            return Manifest.from_json(path.read_text())
+    return None

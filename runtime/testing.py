@@ -111,7 +111,7 @@ def _blob_graph(size_hw: Tuple[int, int], layout: str, dynamic_batch: bool):
 def make_blob_artifact(directory: Union[str, Path], layout: str = "postprocessed", size_hw: Tuple[int, int] = (96, 128),
                        resize: str = "letterbox", dynamic_batch: bool = False, embed: bool = False,
                        sidecar: bool = True, name: str = "blob") -> Path:
-    """Write `directory/name.onnx` (+ `name.edgedet.json`) and return the .onnx path.
+    """Write `directory/name.onnx` (+ `name.onnx.edgedet.json`) and return the .onnx path.
 
     layout: "postprocessed" (labels/boxes/scores) | "softmax" | "sigmoid" (raw pred_logits/pred_boxes).
     embed: also store the manifest in the ONNX metadata_props.

@@ -71,7 +71,8 @@ def _to_openvino(onnx_path, xml_path, embed=False):
 @pytest.mark.parametrize("layout", ["postprocessed", "sigmoid"])
 def test_openvino_matches_onnxruntime(tmp_path, layout):
     onnx_path = make_blob_artifact(tmp_path, layout)
-    xml = _to_openvino(onnx_path, tmp_path / "blob.xml")  # same stem: shares blob.edgedet.json
+    xml = _to_openvino(onnx_path, tmp_path / "blob.xml")
+    write_sidecar(read_sidecar(onnx_path), xml)  # each artifact file has its own sidecar
     ort_det, ov_det = Detector(onnx_path), Detector(xml, device="cpu")
     assert ov_det.backend_name == "openvino"
     a, b = ort_det(_scene()), ov_det(_scene())

@@ -142,9 +142,12 @@ def config_for_checkpoint(
         raise OfficialCheckpointError(f"not a {family} checkpoint: it lacks the key {e}") from None
     if args is None:
         fields = shapes
-        if "nheads" not in overrides:
-            log.warning("%s checkpoint has no args: config inferred from tensor shapes, assuming nheads=%d and "
-                        "dilation=False (not visible in shapes; override with nheads=... / dilation=true)", family, nheads)
+        if "nheads" not in overrides:  # a wrong guess loads without error and moves every box: refuse to guess
+            raise OfficialCheckpointError(
+                f"this {family} checkpoint has no args, and its number of attention heads is not visible in the "
+                f"weights; say it: --set nheads=N (API: overrides={{'nheads': N}}; the official default is {DEFAULT_NHEADS})")
+        log.warning("%s checkpoint has no args: config inferred from tensor shapes with nheads=%d and dilation=False "
+                    "(not visible in shapes; override with dilation=true for a DC5 model)", family, nheads)
     else:
         wrong = [f"{f}={fields[f]!r} (weights: {shapes[f]!r})" for f in ("backbone",) + tuple(spec.shape_fields)
                  if f in fields and f in shapes and fields[f] != shapes[f]]
@@ -310,6 +313,9 @@ def convert_official(
     from edgedet.config import DataConfig, ExperimentConfig, to_dict
     from edgedet.engine.checkpoint import FORMAT
 
+    from runtime.safety import refuse_output_over_input
+
+    refuse_output_over_input([out], [src], what="converted checkpoint")  # never replace the official file
     model = load_official(src, family, overrides, config=config, updates=updates)
     experiment = ExperimentConfig(model=model.config)
     if getattr(model, "input_mean", None) is not None:  # the family's preprocessing travels with the weights

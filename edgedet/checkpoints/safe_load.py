@@ -53,12 +53,18 @@ def safe_torch_load(path: Union[str, Path]) -> Any:
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         names = _unsafe_globals(p, str(e))
-        if not names:  # a broken or foreign file rather than a forbidden class
-            raise ValueError(f"cannot read {p} as a PyTorch checkpoint: {str(e).splitlines()[0]}") from None
+        if not names:  # a broken or foreign file rather than a forbidden class (never echo torch's weights_only=False advice)
+            raise ValueError(not_a_checkpoint(p)) from None
         raise UnsafeCheckpointError(
             f"refusing to load {p}: its pickle needs the global(s) {', '.join(names)}, and edgedet does not "
             "execute arbitrary pickles (only tensors, containers and argparse.Namespace are allowed). "
             "If you trust the file, re-save it as {'model': state_dict, 'args': dict} and load that."
         ) from None
-    except Exception as e:  # torch raises RuntimeError, KeyError, EOFError... for foreign bytes
-        raise ValueError(f"cannot read {p} as a PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    except Exception:  # torch raises RuntimeError, KeyError, EOFError... for foreign bytes
+        raise ValueError(not_a_checkpoint(p)) from None
+
+
+def not_a_checkpoint(path: Path) -> str:
+    """The one-line answer to bytes torch cannot read (PyTorch's own text suggests weights_only=False: never that)."""
+    return (f"{path} is not a PyTorch checkpoint (corrupt, truncated, or another kind of file); "
+            "pass the .pth written by the official repository or by `edgedet train`")

@@ -4,9 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import yaml
-
-from edgedet.config import DataConfig, from_dict, to_dict
+from edgedet.config import DataConfig, from_dict, read_yaml, to_dict
 
 DATA_HELP = ("'synthetic' (generated shapes) or a YAML file holding a data config, either at top level or under "
              "a 'data:' section (keys of DataConfig: format, root, train_ann, val_ann, ...)")
@@ -21,7 +19,7 @@ def parse_data_arg(value: str, base: Optional[DataConfig] = None) -> DataConfig:
     path = Path(value)
     if not path.is_file():
         raise FileNotFoundError(f"dataset config not found: {value}; pass 'synthetic' or a YAML file with a data config")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"{value}: expected a mapping of data config keys")
     section = raw.get("data", raw) if isinstance(raw.get("data"), dict) else raw

@@ -28,6 +28,14 @@ class EvalCommand:
         from edgedet.engine.checkpoint import checkpoint_config, load_checkpoint, load_model
         from edgedet.engine.evaluator import evaluate
 
+        from edgedet.engine.distributed import check_device
+
+        check_device(args.device)  # before loading anything
+        if args.json:
+            from runtime.safety import check_writable_file, refuse_output_over_input
+
+            refuse_output_over_input([args.json], [args.checkpoint, args.data], what="--json")
+            check_writable_file(args.json)
         cfg = checkpoint_config(load_checkpoint(args.checkpoint))
         data_cfg = parse_data_arg(args.data, cfg.data) if args.data else cfg.data
         model = load_model(args.checkpoint, args.device, prefer_ema=not args.raw_weights)

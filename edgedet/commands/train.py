@@ -26,7 +26,9 @@ class TrainCommand:
         p.add_argument("--weights", metavar="PATH",
                        help="fine-tune from these weights: an `edgedet train` checkpoint, an official DETR-family "
                             "checkpoint (architecture taken from it when --model is absent) or a torchvision ImageNet ResNet")
-        p.add_argument("--resume", metavar="CKPT", help="continue from a last.pth of the same model")
+        p.add_argument("--resume", metavar="CKPT", help="continue from a last.pth of the same model (in its folder)")
+        p.add_argument("--exist-ok", action="store_true",
+                       help="write into --output even if it holds an earlier run (default: the next free exp2, exp3 ...)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override any config value, e.g. --set model.num_queries=100 --set train.lr=2e-4 (repeatable)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -52,10 +54,15 @@ class TrainCommand:
         if args.data is not None or not args.config:
             cfg = replace(cfg, data=parse_data_arg(args.data or "synthetic", cfg.data))
         cfg = family_normalization(cfg)
-        flags = {"epochs": args.epochs, "batch_size": args.batch_size, "device": args.device, "output_dir": args.output}
+        output = args.output
+        if args.resume and not output:  # continue the run where it lives
+            from pathlib import Path
+
+            output = str(Path(args.resume).parent)
+        flags = {"epochs": args.epochs, "batch_size": args.batch_size, "device": args.device, "output_dir": output}
         cfg = replace(cfg, train=replace(cfg.train, **{k: v for k, v in flags.items() if v is not None}))
         cfg = apply_overrides(cfg, args.overrides)
-        last = train(cfg, resume=args.resume, progress=not args.no_progress)
+        last = train(cfg, resume=args.resume, progress=not args.no_progress, exist_ok=args.exist_ok)
         log.info("last checkpoint: %s", last)
         return 0
 

@@ -77,6 +77,8 @@ def synthetic_cache_root(cfg: DataConfig) -> Path:
 
 @DATASET_FORMATS.register("synthetic")
 def _synthetic(cfg: DataConfig, split: str) -> Parsed:
+    if split not in ("train", "val"):  # any other name would silently render a new split
+        raise ValueError(f"synthetic data has the splits 'train' and 'val', not '{split}'")
     num = cfg.synthetic_train_images if split == "train" else cfg.synthetic_val_images
     # Each split gets its own seed stream, so no image of one split appears in another.
     seed = zlib.crc32(f"{split}:{cfg.synthetic_seed}".encode()) & 0x7FFFFFFF

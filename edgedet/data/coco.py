@@ -50,6 +50,9 @@ def read_coco(
         class_names = [str(c["name"]) for c in cats]
     except (KeyError, TypeError, ValueError) as e:
         raise DataFormatError(f"malformed category in {ann_file}: {e!r}") from None
+    if not cats:
+        raise DataFormatError(f"{ann_file} lists no categories, so no class can be learnt or scored; add a "
+                              "'categories' list such as [{\"id\": 1, \"name\": \"cat\"}]")
     label_of: Dict[int, int] = {cid: i for i, cid in enumerate(category_ids)}
 
     first = data["images"][0].get("file_name", "") if data["images"] else ""
@@ -83,7 +86,7 @@ def read_coco(
         if str(image_id) in bad_images:
             continue  # an annotation of it was malformed and skipped; keeping the rest would hide an object
         try:
-            width, height = image_size(path)
+            width, height = image_size(path, decode=policy.skip)
         except DataFormatError as e:
             policy.handle(e)
             continue

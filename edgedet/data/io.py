@@ -22,12 +22,16 @@ class DataFormatError(ValueError):
     """A corrupt image or a malformed annotation; the message names the file (and line)."""
 
 
-def image_size(path: Union[str, Path]) -> Tuple[int, int]:
-    """(width, height) from the image header, without decoding the pixels."""
+def image_size(path: Union[str, Path], decode: bool = False) -> Tuple[int, int]:
+    """(width, height) from the image header, without decoding the pixels; with `decode` (used
+    with data.skip_corrupt) the pixels are decoded too, which catches a truncated body behind an intact header."""
     try:
         with Image.open(path) as im:
             im.verify()  # checks the container structure cheaply (no full decode)
             w, h = im.size
+        if decode:
+            with Image.open(path) as im:
+                im.load()  # PIL raises "image file is truncated" where OpenCV would fill the rest with grey
     except FileNotFoundError:
         raise DataFormatError(f"image not found: {path}; {SKIP_HINT}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
@@ -86,3 +90,22 @@ def resolve_path(path: str, root: Path) -> Path:
     if p.is_absolute() or p.exists():
         return p
     return root / p
+
+
+def jpeg_truncated(path: Union[str, Path]) -> bool:
+    """True when a JPEG's body is cut short (OpenCV decodes such a file as a partly grey image, silently).
+    Cheap: only files whose last bytes lack the end-of-image marker are decoded with PIL to be sure."""
+    path = Path(path)
+    if path.suffix.lower() not in (".jpg", ".jpeg"):
+        return False
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 64))
+            tail = f.read().rstrip(b"\x00\r\n ")
+        if tail.endswith(b"\xff\xd9"):
+            return False
+        with Image.open(path) as im:
+            im.load()
+    except OSError:
+        return True
+    return False

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from edgedet.data.io import DataFormatError
+from edgedet.data.io import SKIP_HINT, DataFormatError, jpeg_truncated
 
 Transform = Callable[[np.ndarray, Dict[str, Any]], Tuple[np.ndarray, Dict[str, Any]]]
 
@@ -51,6 +51,8 @@ def load_image_rgb(path: Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     if image is None:
         raise DataFormatError(f"cannot decode image {path}: the file is missing or corrupt")
+    if jpeg_truncated(path):  # would train as a partly grey image
+        raise DataFormatError(f"image {path} is truncated (its data ends early); {SKIP_HINT}")
     return to_uint8_rgb(image)
 
 

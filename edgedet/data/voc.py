@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from tqdm import tqdm
@@ -47,13 +47,26 @@ def _parse_xml(xml_path: Path) -> Tuple[Optional[Tuple[int, int]], List[Tuple[st
 
 def voc_class_names(root: Union[str, Path]) -> List[str]:
     """Sorted object names found in every parseable XML under `root/Annotations` (all splits agree)."""
-    names = set()
-    for xml_path in sorted((Path(root) / "Annotations").glob("*.xml")):
+    files: Dict[str, List[Path]] = {}
+    xml_paths = sorted((Path(root) / "Annotations").glob("*.xml"))
+    for xml_path in xml_paths:
         try:
-            names.update(name for name, _, _ in _parse_xml(xml_path)[1])
+            for name in {name for name, _, _ in _parse_xml(xml_path)[1]}:
+                files.setdefault(name, []).append(xml_path)
         except DataFormatError:
             continue  # reported when the file is read as part of a split
-    return sorted(names)
+    report_rare_classes(files, len(xml_paths))
+    return sorted(files)
+
+
+def report_rare_classes(files: Dict[str, List[Path]], total_files: int) -> None:
+    """A class named in a single file of a larger dataset is most often a typo ('dgo'): say where."""
+    if total_files < 10 or len(files) < 2:
+        return
+    for name, where in sorted(files.items()):
+        if len(where) == 1:
+            logger.warning("class '%s' appears only in %s (1 of %d annotation files): a misspelt name adds a class; "
+                           "fix the file or set data.class_names to the intended list", name, where[0], total_files)
 
 
 def _find_image(images_dir: Path, stem: str, filename: str) -> Path:
@@ -101,7 +114,7 @@ def read_voc(
             if unknown:
                 raise DataFormatError(f"{xml_path}: class '{unknown[0]}' is not one of {names}")
             path = _find_image(root / "JPEGImages", stem, "")
-            width, height = image_size(path)
+            width, height = image_size(path, decode=policy.skip)
         except DataFormatError as e:
             policy.handle(e)
             continue

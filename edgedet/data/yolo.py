@@ -124,7 +124,7 @@ def read_yolo(
     records: List[ImageRecord] = []
     for index, path in enumerate(tqdm(images, desc=f"reading YOLO {split}", disable=None, leave=False)):
         try:
-            width, height = image_size(path)
+            width, height = image_size(path, decode=policy.skip)
             cxcywh, labels = parse_label_file(label_path(path), len(names))
         except DataFormatError as e:
             policy.handle(e)

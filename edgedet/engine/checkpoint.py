@@ -1,17 +1,22 @@
 """Training checkpoints: save, load (weights_only), resume state, and rebuilding a model from one.
 
 Format (a dict saved with `torch.save`): format "edgedet-checkpoint-v1", model (state_dict),
-config (plain dict of the ExperimentConfig), edgedet_version, epoch, and for resuming optimizer,
-scheduler, ema, scaler, rng (python / numpy / torch / cuda states), metrics.
+config (plain dict of the ExperimentConfig), class_names, edgedet_version, epoch, metrics, ema.
+`last.pth` adds what resuming needs: optimizer, scheduler, scaler, rng (python / numpy / torch /
+cuda states), best_map. `best.pth` is lean: weights, EMA weights, config, metrics, best_map.
+Every write is atomic and fsynced (`atomic_torch_save`).
 Everything is tensors and plain Python values, so `torch.load(weights_only=True)` reads it.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import random
+import shutil
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Optional, Union
 
 import numpy as np
 import torch
@@ -64,22 +69,93 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
+TMP_SUFFIX = ".tmp"
+# What resuming needs on top of the weights; `best.pth` leaves these out (see save_best).
+RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng")
+
+
+def atomic_torch_save(obj: Any, path: PathLike) -> Path:
+    """torch.save to a temp file, fsync, rename over `path`, fsync the folder: after a crash or
+    kill -9 `path` is the old file or the new one, never a torn one. A full disk or an unwritable
+    folder raises CheckpointError in one line and leaves the old file intact."""
+    path = Path(path)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except (OSError, RuntimeError) as e:  # torch reports ENOSPC as "unexpected pos ..." RuntimeError
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise CheckpointError(f"cannot write checkpoint {path}: {_disk_reason(e, path.parent)}; "
+                              f"{'the previous ' + path.name + ' is intact; ' if path.exists() else ''}"
+                              "free space or choose a writable --output folder") from None
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a folder be opened for fsync
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _disk_reason(e: BaseException, folder: Path) -> str:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = -1
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC or 0 <= free < 64 * 2**20 or "unexpected pos" in str(e):
+        return f"no space left on the device ({max(free, 0) / 2**20:.0f} MiB free)"
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    return str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+
+
+def remove_stale_temp_files(folder: PathLike) -> list:
+    """Delete `*.pth.tmp` partial writes a killed run left in its own run folder (ours, never a user file)."""
+    removed = []
+    for tmp in sorted(Path(folder).glob(f"*.pth{TMP_SUFFIX}")) + sorted(Path(folder).glob(f"*.jsonl{TMP_SUFFIX}")):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+            log.info("removed %s, a partial write left by an interrupted run", tmp)
+    return removed
+
+
 def save_checkpoint(path: PathLike, model: nn.Module, cfg: ExperimentConfig, epoch: int, **state: Any) -> Path:
-    """Write a checkpoint atomically (temp file, then rename). `state`: optimizer, scheduler, ema,
-    scaler (objects with state_dict()) and plain extras such as metrics."""
+    """Write a resumable checkpoint atomically. `state`: optimizer, scheduler, ema, scaler (objects
+    with state_dict()) and plain extras such as metrics."""
     import edgedet
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ckpt: Dict[str, Any] = {"format": FORMAT, "model": unwrap(model).state_dict(), "config": to_dict(cfg),
-                            "edgedet_version": edgedet.__version__, "epoch": int(epoch), "rng": rng_state()}
+                            "edgedet_version": edgedet.__version__, "epoch": int(epoch), "rng": rng_state(),
+                            "class_names": list(cfg.model.class_names)}
     for k, v in state.items():
         if v is not None:
             ckpt[k] = v.state_dict() if hasattr(v, "state_dict") else v
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_torch_save(ckpt, path)
+
+
+def save_best(path: PathLike, model: nn.Module, cfg: ExperimentConfig, epoch: int, ema: Any = None,
+              metrics: Optional[Dict[str, Any]] = None, best_map: float = -1.0) -> Path:
+    """Write what inference and fine-tuning need: weights, EMA weights, config, class names,
+    metrics. No optimizer / scheduler / scaler / RNG state (resume from last.pth)."""
+    import edgedet
+
+    ckpt: Dict[str, Any] = {"format": FORMAT, "model": unwrap(model).state_dict(), "config": to_dict(cfg),
+                            "edgedet_version": edgedet.__version__, "epoch": int(epoch),
+                            "class_names": list(cfg.model.class_names), "metrics": dict(metrics or {}),
+                            "best_map": float(best_map)}
+    if ema is not None:
+        ckpt["ema"] = {"module": ema.module.state_dict()}
+    return atomic_torch_save(ckpt, path)
 
 
 def load_checkpoint(path: PathLike) -> Dict[str, Any]:
@@ -91,6 +167,8 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated or foreign files
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in reason or "Weights only" in reason:  # never relay torch's "retry with weights_only=False"
+            reason = "not a tensor checkpoint"
         raise CheckpointError(f"cannot read checkpoint {path} ({reason[:160]}); the file is corrupt or not an edgedet "
                               "checkpoint: re-run training or convert official weights with `edgedet convert-checkpoint`") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -139,5 +217,5 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", prefer_
     return model.to(device).eval()
 
 
-__all__ = ["FORMAT", "CheckpointError", "save_checkpoint", "load_checkpoint", "load_model", "checkpoint_config",
+__all__ = ["FORMAT", "CheckpointError", "save_checkpoint", "save_best", "atomic_torch_save", "remove_stale_temp_files", "load_checkpoint", "load_model", "checkpoint_config",
            "load_state_checked", "check_same_model", "rng_state", "set_rng_state", "unwrap"]

@@ -50,8 +50,24 @@ def init_distributed(device: str = "cpu") -> DistInfo:
     return DistInfo(rank, world, local)
 
 
+def check_device(device: str) -> torch.device:
+    """torch.device(device), refusing in one line a CUDA device this PyTorch cannot use."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device '{device}'; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device '{device}': this PyTorch sees no CUDA GPU (CPU-only build, or no driver); "
+                             "use --device cpu, or install a CUDA build of PyTorch")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device '{device}': only {torch.cuda.device_count()} CUDA GPU(s) here; use cuda:0 ...")
+    return dev
+
+
 def device_for(info: DistInfo, device: str) -> torch.device:
     """cuda -> this process's GPU; anything else unchanged."""
+    check_device(device)
     if device.startswith("cuda") and info.enabled:
         return torch.device("cuda", info.local_rank)
     return torch.device(device)

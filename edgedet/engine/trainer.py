@@ -9,7 +9,6 @@ from the weights, class heads re-initialised, load_report.txt beside the checkpo
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -27,7 +26,7 @@ from tqdm import tqdm
 from edgedet.config import ExperimentConfig, apply_overrides
 from edgedet.engine import checkpoint as ckpt_io
 from edgedet.engine import distributed as ddp
-from edgedet.engine import finetune
+from edgedet.engine import finetune, run_dir
 from edgedet.engine.ema import ModelEMA
 from edgedet.engine.evaluator import evaluate
 from edgedet.engine.optim import build_optimizer, build_scheduler
@@ -149,17 +148,45 @@ def restore_rng(ckpt: Dict, rank: int, world_size: int) -> None:
     ckpt_io.set_rng_state(ckpt["rng"])
 
 
-def _append_metrics(path: Path, row: Dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
+# Changing these on resume would not take effect (the saved optimizer and schedule continue), so it
+# is refused. `epochs` may grow or shrink with the step schedule (it does not depend on it), not with cosine.
+RESUME_FIXED = ("lr", "lr_backbone_mult", "lr_linear_proj_mult", "weight_decay", "scheduler", "lr_drop_epoch",
+                "warmup_iters", "batch_size", "max_iters_per_epoch")
+
+
+def check_resume_config(saved: Dict, cfg: ExperimentConfig, path: str) -> None:
+    """Refuse a resume whose optimiser / schedule settings differ from the checkpoint's: they would
+    be recorded without being applied."""
+    old = (saved.get("config") or {}).get("train") or {}
+    fixed = RESUME_FIXED + (("epochs",) if cfg.train.scheduler == "cosine" else ())
+    changed = [f"train.{k} {old[k]!r} -> {getattr(cfg.train, k)!r}" for k in fixed
+               if k in old and old[k] != getattr(cfg.train, k)]
+    if changed:
+        raise ckpt_io.CheckpointError(
+            f"resuming {path} with changed {', '.join(changed)}: a resumed run continues the saved optimizer and "
+            "schedule; resume without changing them, or start a new run from these weights (fine-tune)")
+
+
+def _best_so_far(resume_ckpt: Dict, best_path: Path) -> float:
+    """The best mAP of the run being resumed: last.pth's record, or best.pth's when that is newer
+    (a kill between writing best.pth and last.pth)."""
+    best = float(resume_ckpt.get("best_map", -1.0))
+    if best_path.is_file():
+        try:
+            best = max(best, float(ckpt_io.load_checkpoint(best_path).get("best_map", -1.0)))
+        except ckpt_io.CheckpointError as e:
+            log.warning("ignoring unreadable %s (%s)", best_path, e)
+    return best
 
 
 def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequence[str] = (),
-          progress: bool = True, datasets: Optional[Tuple] = None) -> Path:
+          progress: bool = True, datasets: Optional[Tuple] = None, exist_ok: bool = False) -> Path:
     """Train `cfg` (with dotted `overrides` applied); returns the path of the last checkpoint.
 
     resume: a checkpoint from an earlier run of the same model; training continues after its epoch.
     datasets: optional (train, val) DetectionDatasets instead of building them from `cfg.data`.
+    The run writes into `train.output_dir`; when that holds an earlier run (and this is not its
+    resume) the next numbered folder is used (`exp` -> `exp2`), or the same one with `exist_ok`.
     Under torchrun every process trains its shard; rank 0 evaluates, logs and saves.
     """
     if overrides:
@@ -167,10 +194,19 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
     tc = cfg.train
     info = ddp.init_distributed(tc.device)
     device = ddp.device_for(info, tc.device)
-    out_dir = Path(tc.output_dir)
     resume_ckpt = ckpt_io.load_checkpoint(resume) if resume else None
     if resume_ckpt is not None:
         ckpt_io.check_same_model(resume_ckpt, cfg.model.name, resume)
+        if "optimizer" not in resume_ckpt:
+            raise ckpt_io.CheckpointError(f"{resume} holds weights only (a best.pth); resume from the run's last.pth, "
+                                          "or start a new run from these weights")
+        check_resume_config(resume_ckpt, cfg, resume)
+    out_dir = Path(tc.output_dir)
+    if info.is_main:  # other ranks never write
+        out_dir = run_dir.prepare_run_dir(out_dir, resume=resume_ckpt is not None, exist_ok=exist_ok)
+        ckpt_io.remove_stale_temp_files(out_dir)
+    cfg = replace(cfg, train=replace(tc, output_dir=str(out_dir)))
+    tc = cfg.train
     seed_everything(tc.seed + info.rank)
 
     from edgedet.data import build_dataloader, build_dataset
@@ -183,6 +219,10 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
         raise ValueError("model.keep_classes picks class rows of pretrained weights: set model.weights (--weights) too")
     train_ds, val_ds = datasets if datasets is not None else (build_dataset(cfg.data, "train"), build_dataset(cfg.data, "val"))
     cfg = _sync_classes(cfg, train_ds)
+    if info.is_main:
+        from edgedet.data.checks import report_split_classes
+
+        report_split_classes(train_ds, val_ds)
     model = create_model_from_config(cfg.model)
     if pretrained is not None and resume_ckpt is None:
         report = finetune.load_pretrained(model, pretrained, cfg.model.keep_classes)
@@ -212,19 +252,17 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
         if scaler is not None and "scaler" in resume_ckpt:
             scaler.load_state_dict(resume_ckpt["scaler"])
         start_epoch = int(resume_ckpt["epoch"]) + 1
-        best = float(resume_ckpt.get("best_map", -1.0))
+        best = _best_so_far(resume_ckpt, out_dir / "best.pth")
         restore_rng(resume_ckpt, info.rank, info.world_size)
         log.info("resumed from %s at epoch %d", resume, start_epoch)
     train_model = ddp.wrap_model(model, info, device)
 
-    metrics_path, last_path = out_dir / "metrics.jsonl", out_dir / "last.pth"
+    metrics_path, last_path, best_path = out_dir / "metrics.jsonl", out_dir / "last.pth", out_dir / "best.pth"
     if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if resume_ckpt is None:  # a fresh run: results of an earlier run in this folder would mislead
-            for stale in (metrics_path, out_dir / "best.pth"):
-                if stale.exists():
-                    log.warning("fresh run: removing %s left by an earlier run", stale)
-                    stale.unlink()
+        run_dir.truncate_metrics(metrics_path, start_epoch)  # a resumed run redoes what came after its checkpoint
+        saved_row = (resume_ckpt or {}).get("metrics")
+        if saved_row and not any(r.get("epoch") == saved_row.get("epoch") for r in run_dir.read_metrics_rows(metrics_path)):
+            run_dir.write_metrics_row(metrics_path, saved_row)  # killed between last.pth and its metrics row
     clock = _Stopwatch(tc.time_budget_s)
     epoch, last_plot = start_epoch - 1, time.monotonic()
     for epoch in range(start_epoch, tc.epochs):
@@ -234,23 +272,27 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
         row = {"epoch": epoch, "iters": n_iters, "time_s": round(clock.elapsed(), 2),
                "lr": optimizer.param_groups[-1]["lr"], **{f"train_{k}": v for k, v in losses.items()}}
         last_epoch = epoch == tc.epochs - 1 or stopped
+        rng_per_rank = ddp.gather_objects(ckpt_io.rng_state())  # every rank takes part; each resumes from its own
+        if info.is_main:  # the epoch is safe before evaluation starts (a crash there loses nothing)
+            ckpt_io.save_checkpoint(last_path, model, cfg, epoch, optimizer=optimizer, scheduler=scheduler, ema=ema,
+                                    scaler=scaler, metrics=row, best_map=best, rng_per_rank=rng_per_rank)
+            run_dir.write_metrics_row(metrics_path, row)
         if info.is_main and (last_epoch or (tc.eval_every > 0 and (epoch + 1) % tc.eval_every == 0)):
             eval_model = ema.module if ema is not None else model
             val = evaluate(eval_model, val_ds, tc.batch_size, device, progress=progress)
             row.update({f"val_{k}": v for k, v in val.items()})
         ddp.barrier()
-        rng_per_rank = ddp.gather_objects(ckpt_io.rng_state())  # each rank resumes from its own
         if info.is_main:
-            _append_metrics(metrics_path, row)
             log.info("epoch %d: loss %.4f%s", epoch, losses.get("loss", float("nan")),
                      f", mAP {row['val_mAP']:.4f}, mAP50 {row['val_mAP50']:.4f}" if "val_mAP" in row else "")
-            is_best = "val_mAP" in row and row["val_mAP"] > best
-            best = max(best, row.get("val_mAP", best))
-            state = dict(optimizer=optimizer, scheduler=scheduler, ema=ema, scaler=scaler, metrics=row, best_map=best,
-                         rng_per_rank=rng_per_rank)
-            ckpt_io.save_checkpoint(last_path, model, cfg, epoch, **state)
-            if is_best:
-                ckpt_io.save_checkpoint(out_dir / "best.pth", model, cfg, epoch, **state)
+            if "val_mAP" in row:
+                score = row["val_mAP"] if math.isfinite(row["val_mAP"]) else -1.0
+                # best.pth from the first evaluation on (even at mAP 0), written before last.pth records it
+                if score > best or not best_path.exists():
+                    best = max(best, score)
+                    ckpt_io.save_best(best_path, model, cfg, epoch, ema=ema, metrics=row, best_map=best)
+                # last.pth (written above) is not rewritten: on resume best.pth's own best_map is read back
+                run_dir.write_metrics_row(metrics_path, row)
             if last_epoch or time.monotonic() - last_plot > PLOT_EVERY_S:
                 plot_curves(metrics_path, out_dir / "curves.png")
                 last_plot = time.monotonic()

@@ -74,6 +74,10 @@ class Backend:
     def output_names(self) -> List[str]:
         raise NotImplementedError
 
+    def output_shapes(self) -> Dict[str, Tuple[Optional[int], ...]]:
+        """Output name -> shape (None = dynamic) where the engine says; {} when it cannot."""
+        return {}
+
     def embedded_manifest(self) -> Optional[Manifest]:
         """The manifest stored inside the artifact, when the format can hold one."""
         return None

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from runtime.backends.base import ArtifactError, Backend, BackendUnavailableError, TensorSpec
 from runtime.manifest import Manifest, ManifestError, METADATA_KEY
+from runtime.safety import custom_op_library
 
 try:
     import onnxruntime as ort
@@ -81,8 +82,8 @@ class OnnxRuntimeBackend(Backend):
         opts.graph_optimization_level = levels[optimization]
         lib = (manifest.custom_ops.get("onnxruntime") if manifest else None) or ""
         if lib:
-            lib_path = path.parent / lib
-            if not lib_path.is_file():
+            lib_path = custom_op_library(lib, path, what="ONNX Runtime custom-op library")  # refuses paths
+            if lib_path is None:
                 raise ArtifactError(f"{path.name} needs the ONNX Runtime custom-op library {lib}, not found in {path.parent}")
             opts.register_custom_ops_library(str(lib_path))
         providers = providers_for(device)
@@ -111,6 +112,9 @@ class OnnxRuntimeBackend(Backend):
     @property
     def output_names(self) -> List[str]:
         return list(self._outputs)
+
+    def output_shapes(self) -> Dict[str, Tuple[Optional[int], ...]]:
+        return {o.name: tuple(d if isinstance(d, int) and d > 0 else None for d in o.shape) for o in self.session.get_outputs()}
 
     def embedded_manifest(self) -> Optional[Manifest]:
         text = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)

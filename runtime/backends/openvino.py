@@ -11,12 +11,13 @@ import os
 import threading
 from collections import deque
 from pathlib import Path
-from typing import Any, Deque, Dict, List, Optional
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from runtime.backends.base import ArtifactError, Backend, TensorSpec
 from runtime.manifest import Manifest, ManifestError, METADATA_KEY
+from runtime.safety import custom_op_library
 
 try:
     import openvino as ov
@@ -38,14 +39,16 @@ def find_extension(artifact: Path, manifest: Optional[Manifest]) -> Optional[Pat
     lib = (manifest.custom_ops.get("openvino") if manifest else None) or ""
     if not lib:
         return None
-    candidates = [artifact.parent / lib]
     env = os.environ.get(EXTENSION_ENV, "")
-    if env:
-        env_path = Path(env)
-        candidates.append(env_path / lib if env_path.is_dir() else env_path)
-    for c in candidates:
-        if c.is_file():
-            return c
+    env_path = Path(env) if env else None
+    # Only a bare name inside the artifact's folder or the configured extension folder (never a path
+    # from the manifest); $EDGEDET_OV_EXTENSION naming a file is the user's own explicit choice.
+    found = custom_op_library(lib, artifact, [env_path] if env_path is not None and env_path.is_dir() else [],
+                              what="OpenVINO extension")
+    if found is not None:
+        return found
+    if env_path is not None and env_path.is_file():
+        return env_path
     raise ArtifactError(
         f"{artifact.name} uses the fused MSDA op and needs the OpenVINO extension {lib}, not found in "
         f"{artifact.parent}" + (f" nor at ${EXTENSION_ENV}={env}" if env else f" and ${EXTENSION_ENV} is not set")
@@ -149,6 +152,10 @@ class OpenVINOBackend(Backend):
     @property
     def output_names(self) -> List[str]:
         return list(self._outputs)
+
+    def output_shapes(self) -> Dict[str, Tuple[Optional[int], ...]]:
+        return {_port_name(p): tuple(d.get_length() if d.is_static else None for d in p.get_partial_shape())
+                for p in self.compiled.outputs}
 
     def embedded_manifest(self) -> Optional[Manifest]:
         if not self.model.has_rt_info([METADATA_KEY, "manifest"]):

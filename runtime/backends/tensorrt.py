@@ -27,6 +27,7 @@ import numpy as np
 
 from runtime.backends.base import ArtifactError, Backend, InputError, TensorSpec
 from runtime.manifest import Manifest
+from runtime.safety import custom_op_library
 
 try:
     import tensorrt as trt
@@ -47,8 +48,10 @@ def _find_plugin(path: Path, manifest: Optional[Manifest]) -> Optional[Path]:
         return None
     import os
 
-    candidates = [path.parent / lib_name, Path(os.environ.get(PLUGIN_ENV, "") or "/nonexistent")]
-    lib = next((c for c in candidates if c.is_file()), None)
+    env = Path(os.environ.get(PLUGIN_ENV, "") or "/nonexistent")
+    lib = custom_op_library(lib_name, path, [env] if env.is_dir() else [], what="TensorRT plugin")  # refuses paths
+    if lib is None and env.is_file():
+        lib = env  # the user's own explicit choice
     if lib is None:
         raise ArtifactError(
             f"{path.name} needs the TensorRT plugin {lib_name}, not found next to it or in ${PLUGIN_ENV}; "
