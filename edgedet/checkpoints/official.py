@@ -17,7 +17,7 @@ import logging
 import re
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -88,6 +88,9 @@ def read_official_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, Tensor],
 
 def detect_family(state: Mapping[str, Tensor], args: Optional[Dict[str, Any]] = None) -> str:
     """The official family whose key signature `state` matches (cross-checked with args.modelname)."""
+    if any(k.startswith("decoder.decoder.lqe_layers.") for k in state):
+        raise OfficialCheckpointError("this is a D-FINE/DEIM checkpoint, which carries no config: pass config='dfine_hgnetv2_n_coco' "
+                                      "(the official YAML name it was trained with) and any -u updates")
     hits = [name for name in family_names() if get_spec(name).matches(state)]
     signatures = "; ".join(f"{n}: {get_spec(n).signature}" for n in family_names())
     if not hits:
@@ -248,16 +251,25 @@ def load_official_state_dict(model: nn.Module, state: Mapping[str, Tensor], sour
 
 
 def load_official(
-    path: Union[str, Path], family: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None
+    path: Union[str, Path], family: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None,
+    config: Optional[str] = None, updates: Optional[Sequence[str]] = None,
 ) -> nn.Module:
     """Build the edgedet model for an official checkpoint and load its weights; eval mode.
 
     family: detr | deformable_detr | dab_detr | dino, or None to detect it from the keys.
     overrides: config fields to set on top of what the checkpoint implies (see
     `config_for_checkpoint`); shape-changing ones make the load fail with the mismatches.
+    config / updates: for checkpoints that carry no config (D-FINE, DEIM): the official YAML
+    name (`dfine_hgnetv2_n_coco`) and its `-u KEY=VALUE` overrides (`edgedet.checkpoints.dfine_official`).
     """
+    from edgedet.checkpoints.dfine_official import is_dfine_config, load_dfine_official
     from edgedet.models import create_model_from_config
 
+    if config is not None and (family in (None, "dfine") and is_dfine_config(config)):
+        return load_dfine_official(path, config, updates or (), overrides)
+    if family == "dfine":
+        raise OfficialCheckpointError("D-FINE/DEIM checkpoints carry no config: pass config='dfine_hgnetv2_n_coco' "
+                                      "(the official YAML name) and any -u updates")
     state, args = read_official_checkpoint(path)
     family = _resolve_family(state, args, family)
     cfg = config_for_checkpoint(family, state, args, overrides)

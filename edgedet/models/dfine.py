@@ -64,6 +64,8 @@ class DFINEConfig(ModelConfig):
     dec_layers: int = 3
     dim_feedforward: int = 512
     dropout: float = 0.0
+    activation: str = "relu"  # decoder FFN and LQE; DEIM: silu
+    mlp_act: str = "relu"  # query_pos / enc / pre / FDR box heads; DEIM: silu
     num_points: List[int] = field(default_factory=lambda: [6, 6])
     eval_idx: int = -1
     reg_max: int = 32
@@ -140,20 +142,20 @@ class DFineTransformer(nn.Module):
         self.up = nn.Parameter(torch.tensor([0.5]), requires_grad=False)
         self.reg_scale = nn.Parameter(torch.tensor([float(cfg.reg_scale)]), requires_grad=False)
         layer_args = dict(d_model=d, n_heads=cfg.nheads, dim_ff=cfg.dim_feedforward, num_points=cfg.num_points,
-                          dropout=cfg.dropout, msda_impl=cfg.msda_impl)
+                          dropout=cfg.dropout, msda_impl=cfg.msda_impl, activation=cfg.activation)
         self.decoder = FDRDecoder(layer_args, cfg.dec_layers, cfg.eval_idx, cfg.reg_max, self.up, self.reg_scale)
         if cfg.num_denoising > 0:
             self.denoising_class_embed = nn.Embedding(c + 1, d, padding_idx=c)
             nn.init.normal_(self.denoising_class_embed.weight[:-1])
         if cfg.learn_query_content:
             self.tgt_embed = nn.Embedding(cfg.num_queries, d)
-        self.query_pos_head = MLP(4, 2 * d, d, 2)
+        self.query_pos_head = MLP(4, 2 * d, d, 2, act=cfg.mlp_act)
         self.enc_output = nn.Sequential(OrderedDict([("proj", nn.Linear(d, d)), ("norm", nn.LayerNorm(d))]))
         self.enc_score_head = nn.Linear(d, c)
-        self.enc_bbox_head = MLP(d, d, 4, 3)
+        self.enc_bbox_head = MLP(d, d, 4, 3, act=cfg.mlp_act)
         self.dec_score_head = nn.ModuleList(nn.Linear(d, c) for _ in range(cfg.dec_layers))
-        self.pre_bbox_head = MLP(d, d, 4, 3)
-        self.dec_bbox_head = nn.ModuleList(MLP(d, d, 4 * (cfg.reg_max + 1), 3) for _ in range(cfg.dec_layers))
+        self.pre_bbox_head = MLP(d, d, 4, 3, act=cfg.mlp_act)
+        self.dec_bbox_head = nn.ModuleList(MLP(d, d, 4 * (cfg.reg_max + 1), 3, act=cfg.mlp_act) for _ in range(cfg.dec_layers))
         self._reset_parameters()
 
     def _proj(self, cin: int, k: int, s: int) -> nn.Module:

@@ -75,10 +75,10 @@ def integral(corners: Tensor, project: Tensor, reg_max: int) -> Tensor:
 class LQE(nn.Module):
     """Localization-quality estimate from each edge's top-k probabilities and their mean."""
 
-    def __init__(self, k: int, hidden_dim: int, num_layers: int, reg_max: int):
+    def __init__(self, k: int, hidden_dim: int, num_layers: int, reg_max: int, act: str = "relu"):
         super().__init__()
         self.k, self.reg_max = k, reg_max
-        self.reg_conf = MLP(4 * (k + 1), hidden_dim, 1, num_layers)
+        self.reg_conf = MLP(4 * (k + 1), hidden_dim, 1, num_layers, act=act)
         nn.init.zeros_(self.reg_conf.layers[-1].weight)
         nn.init.zeros_(self.reg_conf.layers[-1].bias)
 
@@ -178,8 +178,11 @@ class MSDeformableAttentionV2(nn.Module):
 
 class DFineDecoderLayer(nn.Module):
     def __init__(self, d_model: int, n_heads: int, dim_ff: int, num_points: Sequence[int], dropout: float = 0.0,
-                 msda_impl: str = "pytorch"):
+                 msda_impl: str = "pytorch", activation: str = "relu"):
         super().__init__()
+        if activation not in ("relu", "silu"):
+            raise ValueError(f"decoder activation must be relu (D-FINE) or silu (DEIM), got '{activation}'")
+        self.activation = F.relu if activation == "relu" else F.silu
         self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
@@ -201,7 +204,7 @@ class DFineDecoderLayer(nn.Module):
         tgt = self.norm1(tgt + self.dropout1(sa))
         ca = self.cross_attn(tgt + pos, ref_boxes, value, shapes, record)
         tgt = self.gateway(tgt, self.dropout2(ca))
-        tgt = tgt + self.dropout4(self.linear2(self.dropout3(F.relu(self.linear1(tgt)))))
+        tgt = tgt + self.dropout4(self.linear2(self.dropout3(self.activation(self.linear1(tgt)))))
         # the clamp keeps FP16 finite before the last LayerNorm (official)
         return self.norm3(tgt.clamp(min=-65504, max=65504))
 
@@ -217,7 +220,8 @@ class FDRDecoder(nn.Module):
         self.eval_idx = eval_idx if eval_idx >= 0 else num_layers + eval_idx
         self.up, self.reg_scale = up, reg_scale
         self.layers = nn.ModuleList(DFineDecoderLayer(**layer_args) for _ in range(num_layers))
-        self.lqe_layers = nn.ModuleList(LQE(4, 64, 2, reg_max) for _ in range(num_layers))
+        # DEIM runs the LQE MLP with the decoder's activation
+        self.lqe_layers = nn.ModuleList(LQE(4, 64, 2, reg_max, layer_args.get("activation", "relu")) for _ in range(num_layers))
 
     def project(self) -> Tensor:
         if hasattr(self, "project_const"):
