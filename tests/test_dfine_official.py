@@ -12,7 +12,6 @@ from edgedet.checkpoints import OfficialCheckpointError, load_official
 from edgedet.checkpoints.dfine_official import (
     DFINE_OFFICIAL_CONFIGS,
     official_to_model_fields,
-    parse_updates,
     resolve_official_config,
 )
 from edgedet.engine.postprocess import to_detections
@@ -132,9 +131,12 @@ def test_released_configs_build_with_their_published_sizes():
 
 
 def test_update_parsing_and_errors(tmp_path, fixture):
-    assert parse_updates(["A.b=3", "A.c=[1,2]", "d=~"]) == {"A": {"b": 3, "c": [1, 2]}, "d": None}
+    cfg = resolve_official_config("deim_hgnetv2_n", ["DFINETransformer.num_points=[4,2]", "eval_spatial_size=~", "DEIM.backbone=HGNetv2"])
+    assert cfg["DFINETransformer"]["num_points"] == [4, 2] and cfg["eval_spatial_size"] is None
     with pytest.raises(OfficialCheckpointError, match="KEY=VALUE"):
-        parse_updates(["HybridEncoder.hidden_dim"])
+        resolve_official_config("dfine_hgnetv2_n", ["HybridEncoder.hidden_dim"])
+    with pytest.raises(OfficialCheckpointError, match="unknown D-FINE update key 'Decoder.hidden_dim'"):
+        resolve_official_config("dfine_hgnetv2_n", ["Decoder.hidden_dim=64"])
     with pytest.raises(OfficialCheckpointError, match="unknown D-FINE/DEIM config"):
         resolve_official_config("dfine_hgnetv2_q_coco")
     # the released N config does not fit the small fixture: one line naming the mismatches

@@ -71,8 +71,12 @@ def msda_onnx_fused(
     level_start_index: Optional[Tensor],
     sampling_locations: Tensor,
     attention_weights: Tensor,
+    num_points_per_level=None,
+    method: str = "default",
 ) -> Tensor:
     """MSDA that exports as the fused custom node (shapes as in `edgedet.ops.msda`)."""
+    if num_points_per_level is not None or method != "default":
+        raise NotImplementedError("MSDA impl 'onnx_fused' lacks per-level point counts and method='discrete' (yet)")
     if isinstance(spatial_shapes, Tensor):
         shapes = spatial_shapes
     else:

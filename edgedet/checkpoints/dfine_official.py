@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-import yaml
 from torch import Tensor
 
 from edgedet.checkpoints.official_spec import OfficialCheckpointError
+from edgedet.checkpoints.rtdetr_official import parse_updates
 from edgedet.checkpoints.safe_load import safe_torch_load
 from edgedet.config import from_dict
 
@@ -83,6 +83,10 @@ def _merge(dst: Dict[str, Any], src: Mapping[str, Any]) -> Dict[str, Any]:
     return dst
 
 
+_IGNORED_SECTIONS = ("DFINE", "DEIM", "DFINECriterion", "DEIMCriterion")
+_IGNORED_KEYS = ("use_focal_loss", "HGNetv2.local_model_dir")
+
+
 def _build_table() -> Dict[str, Dict[str, Any]]:
     table = {}
     for size, over in _SIZES.items():
@@ -106,39 +110,23 @@ def is_dfine_config(name: str) -> bool:
     return name.removesuffix(".yml") in DFINE_OFFICIAL_CONFIGS or name.startswith(("dfine_", "deim_"))
 
 
-def parse_updates(updates: Sequence[str]) -> Dict[str, Any]:
-    """Official `yaml_utils.parse_cli`: ['A.b=3', 'c=[1,2]'] -> {'A': {'b': 3}, 'c': [1, 2]} (YAML values, '~' = None)."""
-    out: Dict[str, Any] = {}
-    for item in updates or []:
-        if "=" not in item:
-            raise OfficialCheckpointError(f"update '{item}' is not KEY=VALUE (e.g. HybridEncoder.hidden_dim=64)")
-        key, raw = item.strip().split("=", 1)
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise OfficialCheckpointError(f"update '{item}': the value is not valid YAML ({e.problem})") from None
-        node: Dict[str, Any] = {}
-        cur = node
-        parts = key.split(".")
-        for p in parts[:-1]:
-            cur = cur.setdefault(p, {})
-        cur[parts[-1]] = value
-        _merge(out, node)
-    return out
-
-
 def resolve_official_config(config: str, updates: Sequence[str] = ()) -> Dict[str, Any]:
     """The merged official config (model sections) for a built-in name plus `-u` updates."""
     name = config.removesuffix(".yml")
     if name not in DFINE_OFFICIAL_CONFIGS:
         raise OfficialCheckpointError(f"unknown D-FINE/DEIM config '{config}'; built in: {', '.join(dfine_config_names())}")
     cfg = copy.deepcopy(DFINE_OFFICIAL_CONFIGS[name])
-    upd = parse_updates(updates)
-    for section in upd:
-        if section not in cfg and section not in ("DFINE", "DEIM", "DFINECriterion", "DEIMCriterion", "use_focal_loss"):
-            raise OfficialCheckpointError(
-                f"update section '{section}' is not part of the D-FINE model config; sections: {', '.join(sorted(cfg))}")
-    return _merge(cfg, upd)
+    for key, value in parse_updates(updates).items():
+        section, _, leaf = key.rpartition(".")
+        if section in _IGNORED_SECTIONS or key in _IGNORED_KEYS:
+            continue  # training-only or module-registry keys: no effect on the weights' layout
+        target = cfg if not section else cfg.get(section)
+        if not isinstance(target, dict) or "." in section:
+            raise OfficialCheckpointError(f"unknown D-FINE update key '{key}'; model sections: "
+                                          f"{', '.join(k for k, v in cfg.items() if isinstance(v, dict))}, or a top-level "
+                                          f"key ({', '.join(k for k, v in cfg.items() if not isinstance(v, dict))})")
+        target[leaf] = value
+    return cfg
 
 
 def _points(value: Any, levels: int) -> List[int]:
@@ -150,8 +138,6 @@ def official_to_model_fields(cfg: Mapping[str, Any]) -> Dict[str, Any]:
     bb, enc, dec = cfg["HGNetv2"], cfg["HybridEncoder"], cfg["DFINETransformer"]
     if int(dec.get("layer_scale", 1)) != 1:
         raise OfficialCheckpointError("DFINETransformer.layer_scale != 1 (wide auxiliary layers) is not supported; no released config uses it")
-    if dec.get("cross_attn_method", "default") != "default":
-        raise OfficialCheckpointError("DFINETransformer.cross_attn_method=discrete is not supported for dfine; use the default bilinear sampling")
     if dec.get("query_select_method", "default") != "default":
         raise OfficialCheckpointError(f"DFINETransformer.query_select_method={dec['query_select_method']} is not supported; only 'default'")
     levels = int(dec["num_levels"])
@@ -172,6 +158,7 @@ def official_to_model_fields(cfg: Mapping[str, Any]) -> Dict[str, Any]:
         "dim_feedforward": int(dec["dim_feedforward"]), "dropout": float(dec.get("dropout", 0.0)),
         "activation": dec.get("activation", "relu"), "mlp_act": dec.get("mlp_act", "relu"),
         "num_points": _points(dec["num_points"], levels), "eval_idx": int(dec["eval_idx"]),
+        "cross_attn_method": dec.get("cross_attn_method", "default"),
         "reg_max": int(dec["reg_max"]), "reg_scale": float(dec["reg_scale"]),
         "learn_query_content": bool(dec.get("learn_query_content", False)), "anchor_eps": float(dec.get("eps", 0.01)),
         "num_denoising": int(dec["num_denoising"]), "label_noise_ratio": float(dec["label_noise_ratio"]),

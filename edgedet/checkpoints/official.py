@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 import edgedet.checkpoints.official_configs  # noqa: F401  (registers the family specs)
+from edgedet.checkpoints import rtdetr_official
 from edgedet.checkpoints.official_spec import (
     DEFAULT_NHEADS,
     OfficialCheckpointError,
@@ -60,14 +61,19 @@ def read_official_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, Tensor],
     """-> (state_dict with the official key names, args dict or None).
 
     Accepts {'model': state_dict, 'args': ...} (the training scripts' format, optimizer etc.
-    ignored), {'state_dict': ...} or a bare state_dict. A DDP `module.` prefix is removed.
+    ignored), {'ema': {'module': state_dict}, ...} (RT-DETR's solver: the EMA weights win, as
+    its export tool loads them), {'state_dict': ...} or a bare state_dict. A DDP `module.`
+    prefix is removed.
     """
     p = Path(path)
     obj = safe_torch_load(p)
     if not isinstance(obj, Mapping):
         raise OfficialCheckpointError(f"{p} holds a {type(obj).__name__}, not a checkpoint dict")
     args = None
-    if "model" in obj and isinstance(obj["model"], Mapping):
+    ema = obj.get("ema")
+    if isinstance(ema, Mapping) and isinstance(ema.get("module"), Mapping):
+        state = ema["module"]
+    elif "model" in obj and isinstance(obj["model"], Mapping):
         state, args = obj["model"], _as_args(obj.get("args"), p)
     elif "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         state = obj["state_dict"]
@@ -250,29 +256,49 @@ def load_official_state_dict(model: nn.Module, state: Mapping[str, Tensor], sour
 # ---------------------------------------------------------------- public entry point
 
 
+def rtdetr_config_for_checkpoint(state: Mapping[str, Tensor], config: Optional[str], updates: Sequence[str] = (),
+                                 overrides: Optional[Mapping[str, Any]] = None, source: str = "checkpoint") -> ModelConfig:
+    """RTDETRConfig for an RT-DETRv2 release checkpoint: the named released config + official updates,
+    checked against what the weights show; `overrides` (our field names) applied last."""
+    if config is None:
+        rtdetr_official._needs_config()
+    fields = rtdetr_official.official_to_fields(rtdetr_official.resolve_config(config, updates))
+    rtdetr_official.check_against_weights(fields, state, f"{source} with config {config}")
+    fields.update(dict(overrides or {}))
+    return from_dict(MODELS.meta("rtdetr")["config"], {**fields, "name": "rtdetr"}, "model")
+
+
 def load_official(
     path: Union[str, Path], family: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None,
-    config: Optional[str] = None, updates: Optional[Sequence[str]] = None,
+    config: Optional[str] = None, updates: Sequence[str] = (),
 ) -> nn.Module:
     """Build the edgedet model for an official checkpoint and load its weights; eval mode.
 
-    family: detr | deformable_detr | dab_detr | dino, or None to detect it from the keys.
+    family: detr | deformable_detr | dab_detr | dino | rtdetr, or None to detect it from the keys.
     overrides: config fields to set on top of what the checkpoint implies (see
     `config_for_checkpoint`); shape-changing ones make the load fail with the mismatches.
-    config / updates: for checkpoints that carry no config (D-FINE, DEIM): the official YAML
-    name (`dfine_hgnetv2_n_coco`) and its `-u KEY=VALUE` overrides (`edgedet.checkpoints.dfine_official`).
+    config, updates: for RT-DETRv2 checkpoints (which carry no config): a released config name
+    (`rtdetr_official.RTDETR_CONFIGS`, e.g. "rtdetrv2_r18vd") and the official `-u` strings
+    (e.g. ["HybridEncoder.hidden_dim=64", "num_classes=5"]). D-FINE/DEIM checkpoints likewise,
+    with their YAML names (`dfine_hgnetv2_n_coco`, `deim_hgnetv2_s_coco`; `edgedet.checkpoints.dfine_official`).
     """
     from edgedet.checkpoints.dfine_official import is_dfine_config, load_dfine_official
     from edgedet.models import create_model_from_config
 
     if config is not None and (family in (None, "dfine") and is_dfine_config(config)):
-        return load_dfine_official(path, config, updates or (), overrides)
+        return load_dfine_official(path, config, updates, overrides)
     if family == "dfine":
         raise OfficialCheckpointError("D-FINE/DEIM checkpoints carry no config: pass config='dfine_hgnetv2_n_coco' "
                                       "(the official YAML name) and any -u updates")
     state, args = read_official_checkpoint(path)
+    family = "rtdetr" if config is not None and family is None else family
     family = _resolve_family(state, args, family)
-    cfg = config_for_checkpoint(family, state, args, overrides)
+    if family == "rtdetr":
+        cfg = rtdetr_config_for_checkpoint(state, config, updates, overrides, f"checkpoint {path}")
+    elif config is not None or updates:
+        raise OfficialCheckpointError(f"config/updates are for RT-DETRv2 checkpoints; this one is '{family}'")
+    else:
+        cfg = config_for_checkpoint(family, state, args, overrides)
     model = create_model_from_config(cfg)
     load_official_state_dict(model, state, f"checkpoint {path}")
     log.info("loaded official %s checkpoint %s (%d tensors)", family, path, len(state))
@@ -280,7 +306,8 @@ def load_official(
 
 
 def convert_official(
-    src: Union[str, Path], out: Union[str, Path], family: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None
+    src: Union[str, Path], out: Union[str, Path], family: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None,
+    config: Optional[str] = None, updates: Sequence[str] = (),
 ) -> Tuple[Path, nn.Module]:
     """Convert an official checkpoint into an edgedet checkpoint (`edgedet-checkpoint-v1`).
 
@@ -292,7 +319,7 @@ def convert_official(
     from edgedet.config import ExperimentConfig, to_dict
     from edgedet.engine.checkpoint import FORMAT
 
-    model = load_official(src, family, overrides)
+    model = load_official(src, family, overrides, config=config, updates=updates)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt = {

@@ -29,6 +29,7 @@ from edgedet.nn.dfine_decoder import FDRDecoder
 from edgedet.nn.dfine_encoder import ConvNorm, DFineHybridEncoder, VGGBlock
 from edgedet.nn.hgnetv2 import HGNETV2_ARCHS, HGNETV2_STRIDES, HGNetv2
 from edgedet.nn.mlp import MLP
+from edgedet.nn.rtdetr_decoder import generate_anchors, select_topk
 from edgedet.registry import MODELS
 
 
@@ -68,6 +69,7 @@ class DFINEConfig(ModelConfig):
     mlp_act: str = "relu"  # query_pos / enc / pre / FDR box heads; DEIM: silu
     num_points: List[int] = field(default_factory=lambda: [6, 6])
     eval_idx: int = -1
+    cross_attn_method: str = "default"  # default (bilinear) | discrete (nearest pixel, RT-DETRv2's rule)
     reg_max: int = 32
     reg_scale: float = 4.0
     learn_query_content: bool = False
@@ -109,20 +111,6 @@ def _check_config(cfg: DFINEConfig) -> None:
         raise ConfigError(f"dfine eval_idx {cfg.eval_idx} is outside the {cfg.dec_layers} decoder layers")
 
 
-def generate_anchors(shapes: List[Tuple[int, int]], eps: float, dtype=torch.float32, device=None) -> Tuple[Tensor, Tensor]:
-    """-> (anchors [1, S, 4] logit((x+.5)/W, (y+.5)/H, 0.05*2^l, 0.05*2^l), inf where invalid; valid [1, S, 1])."""
-    anchors = []
-    for lvl, (h, w) in enumerate(shapes):
-        gy, gx = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
-        xy = (torch.stack([gx, gy], -1).unsqueeze(0) + 0.5) / torch.tensor([w, h], dtype=dtype, device=device)
-        wh = torch.ones_like(xy) * 0.05 * (2.0 ** lvl)
-        anchors.append(torch.cat([xy, wh], -1).reshape(-1, h * w, 4))
-    a = torch.cat(anchors, 1)
-    valid = ((a > eps) * (a < 1 - eps)).all(-1, keepdim=True)
-    a = torch.log(a / (1 - a))
-    return torch.where(valid, a, torch.inf), valid
-
-
 class DFineTransformer(nn.Module):
     """The official `DFINETransformer`: input projections, query selection, FDR decoder and heads."""
 
@@ -142,7 +130,8 @@ class DFineTransformer(nn.Module):
         self.up = nn.Parameter(torch.tensor([0.5]), requires_grad=False)
         self.reg_scale = nn.Parameter(torch.tensor([float(cfg.reg_scale)]), requires_grad=False)
         layer_args = dict(d_model=d, n_heads=cfg.nheads, dim_ff=cfg.dim_feedforward, num_points=cfg.num_points,
-                          dropout=cfg.dropout, msda_impl=cfg.msda_impl, activation=cfg.activation)
+                          dropout=cfg.dropout, msda_impl=cfg.msda_impl, activation=cfg.activation,
+                          cross_attn_method=cfg.cross_attn_method)
         self.decoder = FDRDecoder(layer_args, cfg.dec_layers, cfg.eval_idx, cfg.reg_max, self.up, self.reg_scale)
         if cfg.num_denoising > 0:
             self.denoising_class_embed = nn.Embedding(c + 1, d, padding_idx=c)
@@ -194,17 +183,16 @@ class DFineTransformer(nn.Module):
 
     def select_queries(self, memory: Tensor, shapes: List[Tuple[int, int]], record: Optional[Dict] = None):
         """Top-Q encoder tokens by max class logit -> (content, reference logits, enc logits, enc boxes)."""
-        anchors, valid = generate_anchors(shapes, self.cfg.anchor_eps, device=memory.device)
+        anchors, valid = generate_anchors(shapes, eps=self.cfg.anchor_eps, device=memory.device)
+        anchors = anchors.to(memory.dtype)
         memory = valid.to(memory.dtype) * memory
         out_memory = self.enc_output(memory)
         logits = self.enc_score_head(out_memory)
-        _, idx = torch.topk(logits.max(-1).values, self.num_queries, dim=-1)
+        anchors = anchors.expand(memory.shape[0], -1, -1)
+        top_memory, top_logits, top_anchors, idx = select_topk(out_memory, logits, anchors, self.num_queries)
         if record is not None:
             record.update({"enc_score_logits": logits, "enc_topk_indices": idx})
-        top_memory = out_memory.gather(1, idx.unsqueeze(-1).repeat(1, 1, out_memory.shape[-1]))
-        top_anchors = anchors.repeat(memory.shape[0], 1, 1).gather(1, idx.unsqueeze(-1).repeat(1, 1, 4))
         top_ref_unact = self.enc_bbox_head(top_memory) + top_anchors
-        top_logits = logits.gather(1, idx.unsqueeze(-1).repeat(1, 1, logits.shape[-1])) if self.training else None
         if self.cfg.learn_query_content:
             content = self.tgt_embed.weight.unsqueeze(0).tile([memory.shape[0], 1, 1])
         else:

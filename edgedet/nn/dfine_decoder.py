@@ -8,26 +8,22 @@ add & norm after cross-attention) and a localization-quality term (LQE) added to
 
 Module and parameter names follow Peterande/D-FINE `src/zoo/dfine/dfine_decoder.py`
 (`layers.0.cross_attn.sampling_offsets`, `layers.0.gateway.gate`, `lqe_layers.0.reg_conf.layers.0`).
-Cross-attention is RT-DETRv2's: per-level point counts, offsets scaled by the reference box size
-and 1/points (`num_points_scale`), one softmax over all points of a head, no value/output
-projections.
+Cross-attention is RT-DETRv2's (`edgedet.nn.rtdetr_decoder.MSDeformableAttentionV2`: per-level point
+counts, offsets scaled by the reference box size and 1/points, one softmax over all points of a
+head) without its value/output projections.
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from edgedet.nn.box_ops import inverse_sigmoid
 from edgedet.nn.mlp import MLP
+from edgedet.nn.rtdetr_decoder import MSDeformableAttentionV2
 from edgedet.ops.msda import multi_scale_deformable_attention
-
-
-def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
-    x = x.clip(min=0.0, max=1.0)
-    return torch.log(x.clip(min=eps) / (1 - x).clip(min=eps))
 
 
 def weighting_function(reg_max: int, up: Tensor, reg_scale: Tensor) -> Tensor:
@@ -105,80 +101,28 @@ class Gate(nn.Module):
         return self.norm(g1 * x + g2 * attn)
 
 
-def msda_per_level(value: Tensor, shapes: Sequence[Tuple[int, int]], locations: Tensor, weights: Tensor,
-                   points: Sequence[int], impl: str) -> Tensor:
-    """MSDA with per-level point counts (locations [N, Q, M, sum(P), 2], weights [N, Q, M, sum(P)]).
+class DFineDeformableAttention(MSDeformableAttentionV2):
+    """RT-DETRv2's deformable cross-attention without value/output projections (D-FINE drops them):
+    the encoder memory is sampled directly, heads = channel groups."""
 
-    Uses the op's uniform layout: each level is padded to max(P) points with zero weight (an exact
-    rewrite: a zero-weighted sample adds exactly 0); uniform counts need no padding.
-    """
-    n, q, m = locations.shape[:3]
-    pmax = max(points)
-    if all(p == pmax for p in points):
-        locs = locations.reshape(n, q, m, len(points), pmax, 2)
-        w = weights.reshape(n, q, m, len(points), pmax)
-    else:
-        locs_l, w_l = [], []
-        for loc, wt, p in zip(locations.split(list(points), dim=3), weights.split(list(points), dim=3), points):
-            if p < pmax:
-                loc = torch.cat([loc, loc.new_full((n, q, m, pmax - p, 2), 0.5)], dim=3)
-                wt = torch.cat([wt, wt.new_zeros((n, q, m, pmax - p))], dim=3)
-            locs_l.append(loc)
-            w_l.append(wt)
-        locs, w = torch.stack(locs_l, dim=3), torch.stack(w_l, dim=3)
-    return multi_scale_deformable_attention(value, shapes, locs, w, impl=impl)
-
-
-class MSDeformableAttentionV2(nn.Module):
-    """RT-DETRv2/D-FINE deformable cross-attention on [cx, cy, w, h] reference boxes."""
-
-    def __init__(self, d_model: int, n_heads: int, num_points: Sequence[int], offset_scale: float = 0.5,
+    def __init__(self, d_model: int, n_heads: int, num_points: Sequence[int], method: str = "default",
                  msda_impl: str = "pytorch"):
-        super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"hidden_dim {d_model} must be divisible by the number of heads {n_heads}")
-        self.d_model, self.n_heads = d_model, n_heads
-        self.num_points = list(num_points)
-        self.offset_scale, self.msda_impl = offset_scale, msda_impl
-        total = sum(self.num_points)
-        self.register_buffer("num_points_scale", torch.tensor([1 / p for p in self.num_points for _ in range(p)], dtype=torch.float32))
-        self.sampling_offsets = nn.Linear(d_model, n_heads * total * 2)
-        self.attention_weights = nn.Linear(d_model, n_heads * total)
-        self._reset_parameters()
+        super().__init__(d_model, n_heads, len(num_points), list(num_points), method=method, msda_impl=msda_impl)
+        del self.value_proj, self.output_proj
 
-    def _reset_parameters(self) -> None:
-        nn.init.zeros_(self.sampling_offsets.weight)
-        thetas = torch.arange(self.n_heads, dtype=torch.float32) * (2.0 * math.pi / self.n_heads)
-        grid = torch.stack([thetas.cos(), thetas.sin()], -1)
-        grid = (grid / grid.abs().max(-1, keepdim=True).values).reshape(self.n_heads, 1, 2)
-        grid = grid.tile([1, sum(self.num_points), 1])
-        scaling = torch.cat([torch.arange(1, p + 1) for p in self.num_points]).reshape(1, -1, 1)
-        self.sampling_offsets.bias.data[...] = (grid * scaling).flatten()
-        nn.init.zeros_(self.attention_weights.weight)
-        nn.init.zeros_(self.attention_weights.bias)
-
-    def sampling(self, query: Tensor, ref_boxes: Tensor) -> Tuple[Tensor, Tensor]:
-        """-> (locations [B, Q, M, sum(P), 2] in [0, 1] image coordinates, softmaxed weights [B, Q, M, sum(P)])."""
-        b, q = query.shape[:2]
-        total = sum(self.num_points)
-        offsets = self.sampling_offsets(query).reshape(b, q, self.n_heads, total, 2)
-        weights = F.softmax(self.attention_weights(query).reshape(b, q, self.n_heads, total), dim=-1)
-        scale = self.num_points_scale.to(dtype=query.dtype).unsqueeze(-1)
-        # ref_boxes [B, Q, 1, 4] -> broadcast over heads and points
-        offset = offsets * scale * ref_boxes[:, :, None, :, 2:] * self.offset_scale
-        return ref_boxes[:, :, None, :, :2] + offset, weights
-
-    def forward(self, query: Tensor, ref_boxes: Tensor, value: Tensor, shapes: Sequence[Tuple[int, int]],
+    def forward(self, query: Tensor, reference: Tensor, value: Tensor, shapes: Sequence[Tuple[int, int]],
                 record: Optional[Dict[str, Tensor]] = None) -> Tensor:
-        locations, weights = self.sampling(query, ref_boxes)
+        """value: [B, S, heads, D / heads] (the memory split into heads once per forward)."""
+        locations, weights = self.sampling(query, reference, shapes)
         if record is not None:
             record.update({"sampling_locations": locations, "attention_weights": weights})
-        return msda_per_level(value, shapes, locations, weights, self.num_points, self.msda_impl)
+        return multi_scale_deformable_attention(value, shapes, locations, weights, impl=self.msda_impl,
+                                                num_points_per_level=tuple(self.num_points_list), method=self.method)
 
 
 class DFineDecoderLayer(nn.Module):
     def __init__(self, d_model: int, n_heads: int, dim_ff: int, num_points: Sequence[int], dropout: float = 0.0,
-                 msda_impl: str = "pytorch", activation: str = "relu"):
+                 msda_impl: str = "pytorch", activation: str = "relu", cross_attn_method: str = "default"):
         super().__init__()
         if activation not in ("relu", "silu"):
             raise ValueError(f"decoder activation must be relu (D-FINE) or silu (DEIM), got '{activation}'")
@@ -186,7 +130,7 @@ class DFineDecoderLayer(nn.Module):
         self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
-        self.cross_attn = MSDeformableAttentionV2(d_model, n_heads, num_points, msda_impl=msda_impl)
+        self.cross_attn = DFineDeformableAttention(d_model, n_heads, num_points, cross_attn_method, msda_impl)
         self.dropout2 = nn.Dropout(dropout)
         self.gateway = Gate(d_model)
         self.linear1 = nn.Linear(d_model, dim_ff)

@@ -1,5 +1,6 @@
-"""D-FINE's hybrid encoder: one transformer layer on the coarsest level(s), then a top-down /
-bottom-up fusion with RepNCSPELAN4 blocks and SCDown (1x1 then depthwise stride-2) downsampling.
+"""D-FINE's hybrid encoder: one transformer layer on the coarsest level(s) (RT-DETR's AIFI, shared
+with `edgedet.nn.hybrid_encoder`), then a top-down / bottom-up fusion with RepNCSPELAN4 blocks and
+SCDown (1x1 then depthwise stride-2) downsampling.
 
 Module and parameter names follow Peterande/D-FINE `src/zoo/dfine/hybrid_encoder.py`
 (`input_proj.0.conv`, `encoder.0.layers.0.self_attn`, `fpn_blocks.0.cv2.0.bottlenecks.0.conv1.conv`,
@@ -10,28 +11,18 @@ sub-modules (the state_dict changes accordingly).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from edgedet.nn.hybrid_encoder import AIFIEncoder, AIFILayer, fuse_conv_bn, sincos_position_embedding_2d
+from edgedet.nn.presnet import activation
+
 
 def make_activation(name: Optional[str]) -> nn.Module:
-    acts = {None: nn.Identity, "relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
-    if name not in acts:
-        raise ValueError(f"unknown activation '{name}'; choose one of relu, silu, gelu")
-    return acts[name]()
-
-
-def fuse_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> Tuple[Tensor, Tensor]:
-    """(weight, bias) of one conv equal to conv -> BatchNorm in eval mode."""
-    std = (bn.running_var + bn.eps).sqrt()
-    scale = bn.weight / std
-    bias = bn.bias - bn.running_mean * scale
-    if conv.bias is not None:
-        bias = bias + conv.bias * scale
-    return conv.weight * scale.reshape(-1, 1, 1, 1), bias
+    return activation(name)
 
 
 class ConvNorm(nn.Module):
@@ -133,56 +124,6 @@ class SCDown(nn.Module):
         return self.cv2(self.cv1(x))
 
 
-class EncoderLayer(nn.Module):
-    """Post-norm transformer encoder layer (AIFI): q = k = src + pos, v = src."""
-
-    def __init__(self, d_model: int, nhead: int, dim_ff: int, dropout: float = 0.0, act: str = "gelu"):
-        super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout, batch_first=True)
-        self.linear1 = nn.Linear(d_model, dim_ff)
-        self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_ff, d_model)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.activation = make_activation(act)
-
-    def forward(self, src: Tensor, pos: Tensor) -> Tensor:
-        q = k = src + pos
-        attn, _ = self.self_attn(q, k, value=src, need_weights=False)
-        src = self.norm1(src + self.dropout1(attn))
-        ff = self.linear2(self.dropout(self.activation(self.linear1(src))))
-        return self.norm2(src + self.dropout2(ff))
-
-
-class EncoderStack(nn.Module):
-    def __init__(self, layer_args: Tuple, num_layers: int):
-        super().__init__()
-        self.layers = nn.ModuleList(EncoderLayer(*layer_args) for _ in range(num_layers))
-
-    def forward(self, src: Tensor, pos: Tensor) -> Tensor:
-        for layer in self.layers:
-            src = layer(src, pos)
-        return src
-
-
-def sincos_position_embedding_2d(w: int, h: int, dim: int, temperature: float = 10000.0) -> Tensor:
-    """[1, w*h, dim] 2-D sine-cosine embedding exactly as RT-DETR/D-FINE build it.
-
-    Quirk kept on purpose: the official code meshgrids (w, h) with 'ij' indexing, so token
-    t = y * W + x gets the embedding of grid position (t // h, t % h); checkpoints were trained so.
-    """
-    if dim % 4:
-        raise ValueError(f"hidden_dim must be divisible by 4 for the 2-D sin-cos embedding, got {dim}")
-    gw, gh = torch.meshgrid(torch.arange(int(w), dtype=torch.float32), torch.arange(int(h), dtype=torch.float32), indexing="ij")
-    pos_dim = dim // 4
-    omega = 1.0 / temperature ** (torch.arange(pos_dim, dtype=torch.float32) / pos_dim)
-    out_w = gw.flatten()[:, None] @ omega[None]
-    out_h = gh.flatten()[:, None] @ omega[None]
-    return torch.cat([out_w.sin(), out_w.cos(), out_h.sin(), out_h.cos()], dim=1)[None]
-
-
 class DFineHybridEncoder(nn.Module):
     """forward(feats: list of [B, C_l, H_l, W_l], fine to coarse) -> list of [B, hidden, H_l, W_l]."""
 
@@ -198,8 +139,8 @@ class DFineHybridEncoder(nn.Module):
             nn.Sequential(OrderedDict([("conv", nn.Conv2d(c, hidden_dim, 1, bias=False)), ("norm", nn.BatchNorm2d(hidden_dim))]))
             for c in in_channels
         )
-        layer_args = (hidden_dim, nhead, dim_feedforward, dropout, enc_act)
-        self.encoder = nn.ModuleList(EncoderStack(layer_args, num_encoder_layers) for _ in self.use_encoder_idx)
+        layer = AIFILayer(hidden_dim, nhead, dim_feedforward, dropout, enc_act)
+        self.encoder = nn.ModuleList(AIFIEncoder(layer, num_encoder_layers) for _ in self.use_encoder_idx)
         n_levels = len(in_channels)
         branch, depth = round(expansion * hidden_dim // 2), round(3 * depth_mult)
         self.lateral_convs = nn.ModuleList(ConvNorm(hidden_dim, hidden_dim, 1) for _ in range(n_levels - 1))

@@ -41,6 +41,8 @@ def msda_gather(
     level_start_index: Optional[Tensor],
     sampling_locations: Tensor,
     attention_weights: Tensor,
+    num_points_per_level=None,
+    method: str = "default",
 ) -> Tensor:
     """Bilinear, zero-padded sampling (grid_sample align_corners=False) via gathered corner rows.
 
@@ -48,6 +50,8 @@ def msda_gather(
     attention_weights [N, Lq, M, L, P] -> [N, Lq, M * D]. `level_start_index` is ignored: the
     offsets follow from `spatial_shapes`, which are read as Python constants (static in export).
     """
+    if num_points_per_level is not None or method != "default":
+        raise NotImplementedError("MSDA impl 'gather' lacks per-level point counts and method='discrete' (yet)")
     n, s, m, d = value.shape
     _, lq, _, num_levels, num_points, _ = sampling_locations.shape
     shapes = spatial_shapes_as_list(spatial_shapes)
