@@ -90,6 +90,8 @@ def make_manifest(
     pre = PreprocessSpec(size=(int(imgsz[0]), int(imgsz[1])))
     if data.get("mean") and data.get("std"):
         pre = dataclasses.replace(pre, mean=tuple(data["mean"]), std=tuple(data["std"]))
+    elif getattr(model, "input_mean", None) is not None:  # the family's own preprocessing (RT-DETR: /255 only)
+        pre = dataclasses.replace(pre, mean=tuple(model.input_mean), std=tuple(model.input_std))
     activation = getattr(model, "score_activation", "softmax")
     names_out = ["labels", "boxes", "scores"] if postprocess else ["pred_logits", "pred_boxes"]
     return Manifest(

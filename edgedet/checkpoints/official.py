@@ -316,16 +316,19 @@ def convert_official(
     reads it. Written atomically. Returns (out path, the loaded model).
     """
     import edgedet
-    from edgedet.config import ExperimentConfig, to_dict
+    from edgedet.config import DataConfig, ExperimentConfig, to_dict
     from edgedet.engine.checkpoint import FORMAT
 
     model = load_official(src, family, overrides, config=config, updates=updates)
+    experiment = ExperimentConfig(model=model.config)
+    if getattr(model, "input_mean", None) is not None:  # the family's preprocessing travels with the weights
+        experiment.data = DataConfig(mean=tuple(model.input_mean), std=tuple(model.input_std))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt = {
         "format": FORMAT,
         "model": model.state_dict(),
-        "config": to_dict(ExperimentConfig(model=model.config)),
+        "config": to_dict(experiment),
         "edgedet_version": edgedet.__version__,
         "epoch": 0,
     }

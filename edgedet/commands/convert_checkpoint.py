@@ -2,6 +2,8 @@
 
     edgedet convert-checkpoint detr-r50.pth --from detr -o detr_r50.pth
     edgedet convert-checkpoint dab.pth -o dab.pth --set nheads=8   # args-less file: set what shapes hide
+    edgedet convert-checkpoint rtdetrv2_r18vd_120e_coco_rerun_48.1.pth --config rtdetrv2_r18vd -o r18.pth
+    edgedet convert-checkpoint mine.pth --config rtdetrv2_r18vd --update num_classes=5 --update eval_spatial_size=~ -o m.pth
 
 The result loads with `edgedet.engine.checkpoint.load_model` (as `edgedet eval --checkpoint` does).
 """
@@ -24,9 +26,15 @@ def parse_set_args(items: List[str]) -> Dict[str, Any]:
     return out
 
 
+def rtdetr_config_names() -> List[str]:
+    from edgedet.checkpoints.rtdetr_official import RTDETR_CONFIGS
+
+    return list(RTDETR_CONFIGS)
+
+
 class ConvertCheckpointCommand:
     name = "convert-checkpoint"
-    help = "convert an official DETR / Deformable-DETR / DAB-DETR / DINO checkpoint to edgedet's format"
+    help = "convert an official DETR / Deformable-DETR / DAB-DETR / DINO / RT-DETRv2 checkpoint to edgedet's format"
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         from edgedet.checkpoints import family_names
@@ -38,11 +46,23 @@ class ConvertCheckpointCommand:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                        help="model config field to set (repeatable), e.g. class_names=[cat,dog] or nheads=8 "
                             "for a checkpoint without args")
+        p.add_argument("--config", default=None, metavar="NAME",
+                       help="RT-DETRv2 only (its checkpoints carry no config): the released config it was trained "
+                            f"with, one of {', '.join(rtdetr_config_names())}; 'rtdetr' = rtdetrv2_r18vd")
+        p.add_argument("--update", dest="updates", action="append", default=[], metavar="KEY=VALUE",
+                       help="RT-DETRv2 only: the official tools' -u override strings (repeatable), "
+                            "e.g. HybridEncoder.hidden_dim=64, RTDETRTransformerv2.num_points=[4,3,2], num_classes=5")
 
     def run(self, args: argparse.Namespace) -> int:
         from edgedet.checkpoints import convert_official
 
-        out, model = convert_official(args.src, args.output, args.family, parse_set_args(args.overrides))
+        config = "rtdetrv2_r18vd" if args.config == "rtdetr" else args.config
+        if args.updates and config is None:
+            raise ValueError("--update needs --config NAME (the RT-DETRv2 release config the checkpoint was trained with)")
+        out, model = convert_official(args.src, args.output, args.family, parse_set_args(args.overrides),
+                                      config=config, updates=args.updates)
+        if config is not None:
+            print(f"RT-DETRv2 config {config}" + (f" with updates {' '.join(args.updates)}" if args.updates else ""))
         cfg = model.config
         n_params = sum(p.numel() for p in model.parameters())
         print(f"{args.src} -> {out}: {cfg.name}, backbone {cfg.backbone}, {cfg.num_classes} classes, "

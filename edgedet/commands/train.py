@@ -42,12 +42,33 @@ class TrainCommand:
             raise ValueError("say which model to train: --model NAME or --config experiment.yaml")
         if args.data is not None or not args.config:
             cfg = replace(cfg, data=parse_data_arg(args.data or "synthetic", cfg.data))
+        cfg = family_normalization(cfg)
         flags = {"epochs": args.epochs, "batch_size": args.batch_size, "device": args.device, "output_dir": args.output}
         cfg = replace(cfg, train=replace(cfg.train, **{k: v for k, v in flags.items() if v is not None}))
         cfg = apply_overrides(cfg, args.overrides)
         last = train(cfg, resume=args.resume, progress=not args.no_progress)
         log.info("last checkpoint: %s", last)
         return 0
+
+
+def family_normalization(cfg):
+    """Input mean/std the model family declares (RT-DETR: /255 only) replace the ImageNet defaults.
+
+    Only untouched defaults are replaced (an explicit data.mean/std, in YAML or --set, wins); printed.
+    """
+    from edgedet.config import DataConfig
+    from edgedet.registry import MODELS
+
+    meta = MODELS.meta(cfg.model.name)
+    if "input_mean" not in meta:
+        return cfg
+    default = DataConfig()
+    if tuple(cfg.data.mean) != tuple(default.mean) or tuple(cfg.data.std) != tuple(default.std):
+        return cfg
+    data = replace(cfg.data, mean=tuple(meta["input_mean"]), std=tuple(meta["input_std"]))
+    log.info("model '%s' takes RGB/255 with mean %s and std %s (its official preprocessing); set data.mean/std to change",
+             cfg.model.name, data.mean, data.std)
+    return replace(cfg, data=data)
 
 
 COMMAND = TrainCommand()

@@ -55,7 +55,7 @@ class RTDETRConfig(ModelConfig):
 
     name: str = "rtdetr"
     num_classes: int = 80
-    backbone: str = "presnet18"  # presnet18 | presnet34 | presnet50 | presnet101 ("vd" variants)
+    backbone: str = "presnet18"  # presnet18/34/50/101 (variant below, "vd"); resnet18/... = variant "b"
     backbone_variant: str = "d"
     backbone_return_idx: List[int] = field(default_factory=lambda: [1, 2, 3])
     backbone_freeze_at: int = -1
@@ -107,16 +107,19 @@ class RTDETRConfig(ModelConfig):
     msda_impl: str = "pytorch"
 
 
-def backbone_depth(name: str) -> int:
-    depth = name[len("presnet"):] if name.startswith("presnet") else ""
-    if not depth.isdigit() or int(depth) not in PRESNET_DEPTHS:
-        valid = ", ".join(f"presnet{d}" for d in PRESNET_DEPTHS)
+def backbone_depth_and_variant(cfg: RTDETRConfig) -> Tuple[int, str]:
+    """presnetN -> (N, cfg.backbone_variant); resnetN -> (N, "b"): the classic ResNet stem, no avg-pool shortcut."""
+    name = cfg.backbone
+    prefix = next((p for p in ("presnet", "resnet") if name.startswith(p)), "")
+    depth = name[len(prefix):]
+    if not prefix or not depth.isdigit() or int(depth) not in PRESNET_DEPTHS:
+        valid = ", ".join([f"presnet{d}" for d in PRESNET_DEPTHS] + [f"resnet{d}" for d in PRESNET_DEPTHS])
         raise ConfigError(f"rtdetr backbone '{name}' is not supported. Valid: {valid}")
-    return int(depth)
+    return int(depth), ("b" if prefix == "resnet" else cfg.backbone_variant)
 
 
 def check_config(cfg: RTDETRConfig) -> None:
-    backbone_depth(cfg.backbone)
+    backbone_depth_and_variant(cfg)
     if cfg.cross_attn_method not in CROSS_ATTN_METHODS:
         raise ConfigError(f"rtdetr cross_attn_method '{cfg.cross_attn_method}' is not valid. Valid: {', '.join(CROSS_ATTN_METHODS)}")
     if cfg.query_select_method not in QUERY_SELECT_METHODS:
@@ -226,7 +229,8 @@ class RTDETR(DetectorBase):
         super().__init__()
         check_config(cfg)
         self.config = cfg
-        self.backbone = PResNet(backbone_depth(cfg.backbone), cfg.backbone_variant, 4, cfg.backbone_return_idx,
+        depth, variant = backbone_depth_and_variant(cfg)
+        self.backbone = PResNet(depth, variant, 4, cfg.backbone_return_idx,
                                 cfg.backbone_act, cfg.backbone_freeze_at, cfg.backbone_frozen_bn)
         if cfg.backbone_weights:
             load_backbone_weights(self.backbone, cfg.backbone_weights)
