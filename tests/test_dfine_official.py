@@ -144,3 +144,24 @@ def test_update_parsing_and_errors(tmp_path, fixture):
         load_official(FIXTURE / "checkpoint.pth", config="dfine_hgnetv2_n_coco")
     with pytest.raises(OfficialCheckpointError, match="carries no config"):
         load_official(FIXTURE / "checkpoint.pth")
+
+
+def test_convert_checkpoint_cli_with_config_and_updates(tmp_path, fixture, capsys):
+    from edgedet.cli import main as cli_main
+    from edgedet.engine.checkpoint import load_checkpoint, load_model
+
+    meta, inputs, outputs, _ = fixture
+    argv = ["convert-checkpoint", str(FIXTURE / "checkpoint.pth"), "--config", "dfine_hgnetv2_n_coco", "-o", str(tmp_path / "d.pth")]
+    for u in meta["config_updates"]:
+        argv += ["--update", u]
+    assert cli_main(argv) == 0
+    model = load_model(tmp_path / "d.pth").eval()
+    assert model.config.name == "dfine" and model.config.num_points == [4, 2]
+    assert load_checkpoint(tmp_path / "d.pth")["config"]["data"]["std"] == [1.0, 1.0, 1.0]
+    with torch.no_grad():
+        out = model(torch.from_numpy(inputs["img1"]))
+    _close("img1.pred_boxes", out["pred_boxes"], outputs["img1.pred_boxes"])
+    capsys.readouterr()
+    assert cli_main(argv[:-2] + ["--update", "num_classes=7"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "num_classes=7 (weights: 5)" in err

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from edgedet.config import ConfigError, ModelConfig
 from edgedet.models.base import DetectorBase
+from edgedet.models.rtdetr import INPUT_MEAN, INPUT_STD
 from edgedet.nn.denoising import build_cdn_queries, split_dn
 from edgedet.nn.dfine_decoder import FDRDecoder
 from edgedet.nn.dfine_encoder import ConvNorm, DFineHybridEncoder, VGGBlock
@@ -256,7 +257,9 @@ class DFINE(DetectorBase):
     corners and references the FGL/DDF losses need, aux/pre/enc outputs and denoising outputs."""
 
     score_activation = "sigmoid"
-    input_normalization = "unit"  # RGB / 255, no mean/std (the official preprocessing)
+    # tensors whose rows are classes (re-initialised when fine-tuning to other classes)
+    class_dependent_patterns = ("decoder.enc_score_head.*", "decoder.dec_score_head.*", "decoder.denoising_class_embed.*")
+    input_mean, input_std = INPUT_MEAN, INPUT_STD  # RGB / 255, no mean/std (the official preprocessing)
 
     def __init__(self, cfg: DFINEConfig):
         super().__init__()
@@ -299,6 +302,6 @@ class DFINE(DetectorBase):
         return build_dfine_criterion(self.config)
 
 
-@MODELS.register("dfine", config=DFINEConfig)
+@MODELS.register("dfine", config=DFINEConfig, input_mean=INPUT_MEAN, input_std=INPUT_STD)
 def build_dfine(cfg: DFINEConfig) -> DFINE:
     return DFINE(cfg)
