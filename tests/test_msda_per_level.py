@@ -153,3 +153,21 @@ def test_per_level_errors_are_clear(kwargs, loc_shape, message):
     loc = torch.zeros(loc_shape)
     with pytest.raises(ValueError, match=message):
         multi_scale_deformable_attention(value, [(3, 4), (2, 2)], loc, torch.zeros(loc_shape[:-1]), **kwargs)
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_per_level_default_gradcheck(impl):
+    shapes, counts = [(3, 4), (2, 3)], (3, 1)
+    value, spatial_shapes, _, weights = per_level_case(shapes, counts, n=1, lq=2, m=2, d=3, dtype=torch.float64, seed=5)
+    # pixel coordinates with fractional parts in [0.2, 0.8]: away from the bilinear kinks
+    g = torch.Generator().manual_seed(6)
+    sizes = torch.tensor([[w, h] for (h, w), c in zip(shapes, counts) for _ in range(c)], dtype=torch.float64)
+    cells = torch.floor(torch.rand(1, 2, 2, 4, 2, generator=g, dtype=torch.float64) * (sizes + 1)) - 1
+    loc = (cells + 0.7 + 0.6 * torch.rand(1, 2, 2, 4, 2, generator=g, dtype=torch.float64)) / sizes
+    for t in (value, loc, weights):
+        t.requires_grad_(True)
+
+    def fn(v, sl, aw):
+        return multi_scale_deformable_attention(v, spatial_shapes, sl, aw, impl=impl, num_points_per_level=counts)
+
+    assert torch.autograd.gradcheck(fn, (value, loc, weights), eps=1e-6, atol=1e-5)

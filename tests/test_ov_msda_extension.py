@@ -245,3 +245,158 @@ def test_every_instruction_set_variant(ov_msda_library, tmp_path, isa):
     errors = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(errors) == {"d5", "d8", "d16", "d32", "d64"}
     assert max(errors.values()) < 1e-4, errors
+
+
+# --- per-level point counts (RT-DETRv2 / D-FINE layout) and the `discrete` method -------------
+
+PER_LEVEL_DIMS = {"sampling_locations": ["N", "Lq", "M", "K", 2], "attention_weights": ["N", "Lq", "M", "K"]}
+
+
+def per_level_model(counts, method="default", float_type=TensorProto.FLOAT, dims=None) -> "onnx.ModelProto":
+    """One fused node with attributes, as `converters.onnx.msda_forms` exports it."""
+    model = fused_model(float_type=float_type, dims={**PER_LEVEL_DIMS, **(dims or {})})
+    node = model.graph.node[0]
+    if counts is not None:
+        node.attribute.append(helper.make_attribute("num_points_per_level", list(counts)))
+    if method != "default":
+        node.attribute.append(helper.make_attribute("method", method))
+    return model
+
+
+def per_level_inputs(shapes, counts, n, lq, m=4, d=8, seed=0, per_level=True):
+    rng = np.random.default_rng(seed)
+    shapes = np.asarray(shapes, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(shapes[:, 0] * shapes[:, 1])[:-1]]).astype(np.int64)
+    value = rng.standard_normal((n, int((shapes[:, 0] * shapes[:, 1]).sum()), m, d), dtype=np.float32)
+    k = sum(counts)
+    loc = rng.uniform(-0.15, 1.15, (n, lq, m, k, 2)).astype(np.float32)
+    weights = rng.uniform(0, 1, (n, lq, m, k)).astype(np.float32)
+    if not per_level:  # uniform layout: same memory, P points on every level
+        loc, weights = loc.reshape(n, lq, m, len(counts), -1, 2), weights.reshape(n, lq, m, len(counts), -1)
+    return value, shapes, starts, loc, weights
+
+
+def per_level_reference(value, shapes, loc, weights, counts, method) -> np.ndarray:
+    torch = pytest.importorskip("torch")
+    from edgedet.ops import multi_scale_deformable_attention
+
+    out = multi_scale_deformable_attention(
+        *(torch.from_numpy(x) for x in (value, shapes, loc, weights)), num_points_per_level=counts, method=method
+    )
+    return out.numpy()
+
+
+PER_LEVEL_CASES = [
+    ([(7, 13), (4, 7), (2, 3)], (4, 3, 2), 1, 11, 8),  # wide (RT-DETRv2 [4, 3, 2])
+    ([(13, 5), (6, 2), (3, 1)], (2, 1, 3), 3, 6, 32),  # tall, batch 3, single-column level
+    ([(9, 6), (4, 3)], (4, 2), 2, 7, 5),  # channel count without a specialised kernel (D-FINE [4, 2])
+    ([(10, 12), (5, 6), (3, 3), (2, 2)], (1, 2, 3, 4), 2, 40, 16),
+]
+
+
+@pytest.mark.parametrize("method", ["default", "discrete"])
+@pytest.mark.parametrize("shapes, counts, n, lq, d", PER_LEVEL_CASES)
+def test_per_level_matches_pytorch(core, tmp_path, method, shapes, counts, n, lq, d):
+    path = tmp_path / "msda_per_level.onnx"
+    onnx.save(per_level_model(counts, method), str(path))
+    compiled = core.compile_model(core.read_model(str(path)), "CPU")
+    value, shapes_arr, starts, loc, weights = per_level_inputs(shapes, counts, n, lq, d=d, seed=lq + d)
+    out = compiled([value, shapes_arr, starts, loc, weights])[0]
+    expected = per_level_reference(value, shapes_arr, loc, weights, counts, method)
+    assert out.shape == expected.shape == (n, lq, 4 * d)
+    np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0)
+
+
+def test_uniform_discrete_and_attribute_ir_round_trip(core, tmp_path):
+    """Uniform layout with method="discrete" (no point counts); attributes survive OpenVINO IR."""
+    path = tmp_path / "msda_discrete.onnx"
+    onnx.save(per_level_model(None, "discrete", dims=DYNAMIC_DIMS), str(path))
+    xml = tmp_path / "msda_discrete.xml"
+    ov.save_model(core.read_model(str(path)), str(xml))
+    assert 'method="discrete"' in xml.read_text()
+    compiled = core.compile_model(core.read_model(str(xml)), "CPU")
+    value, shapes, starts, loc, weights = per_level_inputs([(6, 11), (3, 6)], (3, 3), 2, 9, seed=3, per_level=False)
+    out = compiled([value, shapes, starts, loc, weights])[0]
+    np.testing.assert_allclose(out, per_level_reference(value, shapes, loc, weights, None, "discrete"), atol=1e-5, rtol=0)
+
+    path = tmp_path / "msda_per_level.onnx"
+    onnx.save(per_level_model((4, 3, 2), "default"), str(path))
+    ov.save_model(core.read_model(str(path)), str(xml))
+    assert 'num_points_per_level="4, 3, 2"' in xml.read_text()
+    compiled = core.compile_model(core.read_model(str(xml)), "CPU")
+    value, shapes, starts, loc, weights = per_level_inputs([(8, 10), (4, 5), (2, 3)], (4, 3, 2), 2, 5, seed=4)
+    out = compiled([value, shapes, starts, loc, weights])[0]
+    np.testing.assert_allclose(out, per_level_reference(value, shapes, loc, weights, (4, 3, 2), "default"), atol=1e-5, rtol=0)
+
+
+def test_discrete_border_and_non_finite_locations(core, tmp_path):
+    """Rounding boundaries, the upstream clamp by H on a wide map and NaN (pixel 0, as PyTorch's int64
+    cast + clamp reads it) as the specification; huge and infinite locations saturate at the border
+    (PyTorch's int64 cast of those is platform-defined, so they are compared as +-10)."""
+    path = tmp_path / "msda_discrete.onnx"
+    onnx.save(per_level_model((1, 1), "discrete"), str(path))
+    compiled = core.compile_model(core.read_model(str(path)), "CPU")
+    value, shapes, starts, _, _ = per_level_inputs([(3, 8), (5, 2)], (1, 1), 1, 1, m=2, d=8, seed=7)
+    xy = np.array([[0, 0], [1, 1], [0.5, 0.5], [1 / 16, 1 / 6], [0.9, 0.1], [-0.0624, 1.4], [1e30, 0.5],
+                   [0.5, -1e30], [np.inf, 0.2], [0.2, -np.inf], [np.nan, 0.7], [0.3, np.nan]], dtype=np.float32)
+    loc = np.broadcast_to(xy.reshape(1, -1, 1, 1, 2), (1, len(xy), 2, 2, 2)).copy()
+    weights = np.random.default_rng(8).uniform(0.1, 1, (1, len(xy), 2, 2)).astype(np.float32)
+    out = compiled([value, shapes, starts, loc, weights])[0]
+    finite = np.where(np.isnan(loc), loc, np.clip(loc, -10, 10))
+    np.testing.assert_allclose(out, per_level_reference(value, shapes, finite, weights, (1, 1), "discrete"), atol=1e-6, rtol=0)
+
+
+def test_per_level_validation_errors(core, tmp_path):
+    path = tmp_path / "msda.onnx"
+    dims = {"value": [2, 30, 4, 8], "sampling_locations": [2, "Lq", 4, 9, 2], "attention_weights": [2, "Lq", 4, 9]}
+    onnx.save(per_level_model((4, 3, 2), dims=dims), str(path))
+    assert core.read_model(str(path)).output(0).get_partial_shape() == ov.PartialShape([2, -1, 32])
+    onnx.save(per_level_model((4, 3, 1), dims=dims), str(path))
+    with pytest.raises(Exception, match="num_points_per_level sums to 8"):
+        core.read_model(str(path))
+    onnx.save(per_level_model((4, 3, 2), "nearest", dims=dims), str(path))
+    with pytest.raises(Exception, match="method must be"):
+        core.read_model(str(path))
+    onnx.save(per_level_model((4, 3, 2), dims={**dims, "sampling_locations": [2, "Lq", 4, 3, 3, 2]}), str(path))
+    with pytest.raises(Exception, match=r"sampling_locations must be \[N, Lq, M, sum\(num_points_per_level\), 2\]"):
+        core.read_model(str(path))
+
+
+_ISA_PER_LEVEL_CHILD = """
+import json, sys
+import numpy as np, openvino as ov
+lib, data = sys.argv[1:3]
+core = ov.Core()
+core.add_extension(lib)
+arrays = np.load(data)
+inputs = ("value", "spatial_shapes", "level_start_index", "sampling_locations", "attention_weights")
+errors = {}
+for name in sorted({key.split(".")[0] for key in arrays.files}):
+    compiled = core.compile_model(core.read_model(data.replace("cases.npz", name + ".onnx")), "CPU")
+    out = compiled([arrays[f"{name}.{k}"] for k in inputs])[0]
+    errors[name] = float(np.abs(out - arrays[f"{name}.expected"]).max())
+print(json.dumps(errors))
+"""
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+def test_per_level_every_instruction_set_variant(ov_msda_library, tmp_path, isa):
+    """Both methods on each code path for every specialised channel count and a generic one."""
+    arrays = {}
+    for method in ("default", "discrete"):
+        for d, shapes, counts in ((8, [(6, 7), (3, 4)], (3, 2)), (16, [(4, 9)], (5,)), (32, [(5, 3), (2, 2)], (2, 4)),
+                                  (64, [(3, 5)], (3,)), (5, [(7, 2), (2, 6)], (1, 2))):
+            name = f"{method}_d{d}"
+            value, shapes_arr, starts, loc, weights = per_level_inputs(shapes, counts, 2, 9, d=d, seed=d)
+            for key, array in zip(INPUTS, (value, shapes_arr, starts, loc, weights)):
+                arrays[f"{name}.{key}"] = array
+            arrays[f"{name}.expected"] = per_level_reference(value, shapes_arr, loc, weights, counts, method)
+            onnx.save(per_level_model(counts, method), str(tmp_path / f"{name}.onnx"))
+    np.savez(tmp_path / "cases.npz", **arrays)
+    proc = subprocess.run(
+        [sys.executable, "-c", _ISA_PER_LEVEL_CHILD, str(ov_msda_library), str(tmp_path / "cases.npz")],
+        capture_output=True, text=True, env={**os.environ, "EDGEDET_OV_MSDA_ISA": isa}, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    errors = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(errors) == 10 and max(errors.values()) < 1e-5, errors

@@ -24,7 +24,9 @@ Two sampling methods:
                 upstream rule, so on a wide map x never reaches columns >= H), and the value at
                 (iy, ix) is read without interpolation. On a tall map (W < H) upstream indexes past
                 the last column and fails; here x is then also clamped to [0, W - 1]. No gradient
-                flows to the locations.
+                flows to the locations. A NaN location reads pixel 0; where loc * size overflows
+                int64 (inf, |loc| > 1e18) PyTorch's cast is platform-defined, and the kernels
+                saturate at the border.
 
 The `pytorch` implementation below is the specification; every other implementation (gather form
 for export, C++/CUDA kernels) registers itself in `MSDA_IMPLS`, receives `num_points_per_level` and
@@ -33,6 +35,7 @@ and what it lacks for a combination it cannot compute.
 """
 from __future__ import annotations
 
+import warnings
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -134,7 +137,9 @@ def sample_discrete(value_l: Tensor, grid_l: Tensor, h: int, w: int) -> Tensor:
     """
     b, d = value_l.shape[:2]
     lq, p = grid_l.shape[1:3]
-    scale = torch.tensor([w, h], dtype=grid_l.dtype, device=grid_l.device)
+    with warnings.catch_warnings():  # (W, H) are Python constants by design (static in export)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        scale = torch.tensor([w, h], dtype=grid_l.dtype, device=grid_l.device)
     coord = (grid_l * scale + 0.5).to(torch.int64).clamp(0, h - 1)
     x = coord[..., 0].clamp(max=w - 1) if w < h else coord[..., 0]
     index = (coord[..., 1] * w + x).reshape(b, lq * p, 1).expand(b, lq * p, d)

@@ -42,16 +42,18 @@ EDGEDET_ALWAYS_INLINE typename Vec<VW>::type load_vec(const float* p) {
     return v;
 }
 
-// Level geometry per sample of a query, k = (m * L + l) * P + p; the same for every query.
+// Level geometry per sample of a query, k = m * K + (offset of level l) + p; the same for every query.
 struct SampleGeometry {
-    std::vector<float> width, height, start;  // floats: the locate loop stays in one type
+    std::vector<float> width, height, start, x_limit;  // floats: the locate loop stays in one type
     explicit SampleGeometry(const MsdaProblem& pb) {
         for (size_t m = 0; m < pb.heads; ++m)
             for (size_t l = 0; l < pb.levels; ++l)
-                for (size_t p = 0; p < pb.points; ++p) {
+                for (int64_t p = 0; p < pb.points[l]; ++p) {
                     width.push_back(static_cast<float>(pb.widths[l]));
                     height.push_back(static_cast<float>(pb.heights[l]));
                     start.push_back(static_cast<float>(pb.level_starts[l]));
+                    // discrete: upstream clamps x by H - 1; W - 1 as well keeps tall maps in range
+                    x_limit.push_back(static_cast<float>(std::min(pb.heights[l], pb.widths[l]) - 1));
                 }
     }
 };
@@ -115,6 +117,59 @@ EDGEDET_ALWAYS_INLINE void locate_query(const SampleGeometry& g, const float* __
     }
 }
 
+// Pass 1 of method "discrete": one token per sample, weight = its attention weight. loc * size is
+// rounded to float on its own (exact double product, then one rounding) so that no FMA contraction
+// can merge it with the + 0.5: the index then equals PyTorch's float32 arithmetic bit for bit.
+// Clamping before the floor equals truncation then clamping for every input (NaN -> 0).
+EDGEDET_ALWAYS_INLINE void locate_query_discrete(const SampleGeometry& g, const float* __restrict loc,
+                                                 const float* __restrict attn, size_t k_count, QueryCorners& c) {
+    const float* __restrict wf = g.width.data();
+    const float* __restrict hf = g.height.data();
+    const float* __restrict xl = g.x_limit.data();
+    const float* __restrict st = g.start.data();
+    int32_t* __restrict t00 = c.t00.data();
+    float* __restrict w00 = c.w00.data();
+    const int kn = static_cast<int>(k_count);
+#pragma GCC ivdep
+    for (int k = 0; k < kn; ++k) {
+        const float w = wf[k], h = hf[k];
+        const float px = static_cast<float>(static_cast<double>(loc[2 * k]) * static_cast<double>(w));
+        const float py = static_cast<float>(static_cast<double>(loc[2 * k + 1]) * static_cast<double>(h));
+        const float ix = std::floor(clamp_f(px + 0.5f, 0.f, xl[k]));
+        const float iy = std::floor(clamp_f(py + 0.5f, 0.f, h - 1.f));
+        t00[k] = static_cast<int32_t>(iy * w + ix + st[k]);
+        w00[k] = attn[k];
+    }
+}
+
+// Pass 2 of method "discrete" for one head: out[D] = sum of the weighted sampled rows.
+template <int DC, int VW>
+EDGEDET_ALWAYS_INLINE void accumulate_head_discrete(const QueryCorners& c, size_t k_begin, size_t k_end,
+                                                    const float* head, size_t row, float* out, size_t d_runtime) {
+    const size_t d = DC > 0 ? static_cast<size_t>(DC) : d_runtime;
+    constexpr int kVectors = DC > 0 ? DC / VW : 1;
+    typedef typename Vec<VW>::type V;
+    V acc[kVectors];
+    for (int i = 0; i < kVectors; ++i)
+        acc[i] = V{};
+    if (DC == 0)
+        std::memset(out, 0, d * sizeof(float));
+    for (size_t k = k_begin; k < k_end; ++k) {
+        const float* v = head + static_cast<size_t>(c.t00[k]) * row;
+        const float a = c.w00[k];
+        if (DC > 0) {
+            for (int i = 0; i < kVectors; ++i)
+                acc[i] += a * load_vec<VW>(v + i * VW);
+        } else {
+            for (size_t ch = 0; ch < d; ++ch)
+                out[ch] += a * v[ch];
+        }
+    }
+    if (DC > 0)
+        for (int i = 0; i < kVectors; ++i)
+            std::memcpy(out + i * VW, &acc[i], sizeof(V));
+}
+
 // Pass 2 for one head: out[D] = sum over its samples [k_begin, k_end) of the weighted corner rows.
 // DC = compile-time D (0: runtime D, scalar loop), VW = floats per vector register, DC % VW == 0;
 // with DC > 0 the accumulator is DC / VW vector variables that stay in registers.
@@ -150,45 +205,57 @@ EDGEDET_ALWAYS_INLINE void accumulate_head(const QueryCorners& c, size_t k_begin
             std::memcpy(out + i * VW, &acc[i], sizeof(V));
 }
 
-template <int DC, int VW>
+template <int DC, int VW, bool Discrete>
 EDGEDET_ALWAYS_INLINE void run_rows_impl(const MsdaProblem& pb, size_t begin, size_t end) {
     const size_t m_count = pb.heads, d = pb.channels;
-    const size_t lp = pb.levels * pb.points, k_count = m_count * lp;
+    size_t lp = 0;  // K = sum of the per-level point counts
+    for (size_t l = 0; l < pb.levels; ++l)
+        lp += static_cast<size_t>(pb.points[l]);
+    const size_t k_count = m_count * lp;
     const size_t row = m_count * d;  // stride between consecutive tokens
     const SampleGeometry geometry(pb);
     QueryCorners corners(k_count);
     for (size_t r = begin; r < end; ++r) {  // r = n * Lq + q
         const size_t n = r / pb.queries;
         const float* value_batch = pb.value + n * pb.tokens * row;
-        locate_query(geometry, pb.sampling_locations + r * k_count * 2, pb.attention_weights + r * k_count, k_count,
-                     corners);
+        const float* loc = pb.sampling_locations + r * k_count * 2;
+        const float* attn = pb.attention_weights + r * k_count;
         float* out = pb.output + r * row;
-        for (size_t m = 0; m < m_count; ++m)
-            accumulate_head<DC, VW>(corners, m * lp, (m + 1) * lp, value_batch + m * d, row, out + m * d, d);
+        if (Discrete) {
+            locate_query_discrete(geometry, loc, attn, k_count, corners);
+            for (size_t m = 0; m < m_count; ++m)
+                accumulate_head_discrete<DC, VW>(corners, m * lp, (m + 1) * lp, value_batch + m * d, row, out + m * d,
+                                                 d);
+        } else {
+            locate_query(geometry, loc, attn, k_count, corners);
+            for (size_t m = 0; m < m_count; ++m)
+                accumulate_head<DC, VW>(corners, m * lp, (m + 1) * lp, value_batch + m * d, row, out + m * d, d);
+        }
     }
 }
 
 using RowsFn = void (*)(const MsdaProblem&, size_t, size_t);
 
-// One function per (instruction set, channel count); the body is inlined into each so that the
-// compiler vectorises it for that target.
+// One function per (instruction set, channel count, method); the body is inlined into each so
+// that the compiler vectorises it for that target.
 #define EDGEDET_DEFINE_ROWS(SUFFIX, ATTR, VW)                                              \
-    template <int DC, int W>                                                               \
+    template <int DC, int W, bool Discrete>                                                \
     ATTR void run_rows_##SUFFIX(const MsdaProblem& pb, size_t begin, size_t end) {         \
-        run_rows_impl<DC, W>(pb, begin, end);                                              \
+        run_rows_impl<DC, W, Discrete>(pb, begin, end);                                    \
     }                                                                                      \
+    template <bool Discrete>                                                               \
     RowsFn pick_##SUFFIX(size_t d) {                                                       \
         switch (d) {                                                                       \
         case 8:                                                                            \
-            return &run_rows_##SUFFIX<8, 8>;                                               \
+            return &run_rows_##SUFFIX<8, 8, Discrete>;                                     \
         case 16:                                                                           \
-            return &run_rows_##SUFFIX<16, (VW <= 16 ? VW : 16)>;                           \
+            return &run_rows_##SUFFIX<16, (VW <= 16 ? VW : 16), Discrete>;                 \
         case 32:                                                                           \
-            return &run_rows_##SUFFIX<32, VW>;                                             \
+            return &run_rows_##SUFFIX<32, VW, Discrete>;                                   \
         case 64:                                                                           \
-            return &run_rows_##SUFFIX<64, VW>;                                             \
+            return &run_rows_##SUFFIX<64, VW, Discrete>;                                   \
         default:                                                                           \
-            return &run_rows_##SUFFIX<0, 8>;                                               \
+            return &run_rows_##SUFFIX<0, 8, Discrete>;                                     \
         }                                                                                  \
     }
 
@@ -230,18 +297,19 @@ Variant current_variant() {
     return variant;
 }
 
+template <bool Discrete>
 RowsFn pick_rows(size_t d) {
 #if EDGEDET_X86_DISPATCH
     switch (current_variant()) {
     case Variant::avx512:
-        return pick_avx512(d);
+        return pick_avx512<Discrete>(d);
     case Variant::avx2:
-        return pick_avx2(d);
+        return pick_avx2<Discrete>(d);
     default:
         break;
     }
 #endif
-    return pick_generic(d);
+    return pick_generic<Discrete>(d);
 }
 
 }  // namespace
@@ -250,7 +318,7 @@ void msda_forward(const MsdaProblem& problem) {
     const size_t rows = problem.batch * problem.queries;
     if (rows == 0 || problem.heads * problem.channels == 0)
         return;
-    const RowsFn fn = pick_rows(problem.channels);
+    const RowsFn fn = problem.discrete ? pick_rows<true>(problem.channels) : pick_rows<false>(problem.channels);
     // Blocks of rows handed out dynamically, which keeps threads balanced when cores are shared.
     constexpr size_t kBlock = 32;
     const size_t blocks = (rows + kBlock - 1) / kBlock;

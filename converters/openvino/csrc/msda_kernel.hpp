@@ -1,9 +1,12 @@
 // Fused multi-scale deformable attention forward kernel for CPUs (float32).
 //
-// Layout (N batch, S tokens, M heads, D channels per head, Lq queries, L levels, P points):
-//   value [N, S, M, D], sampling_locations [N, Lq, M, L, P, 2] (x, y) in [0, 1],
-//   attention_weights [N, Lq, M, L, P] -> output [N, Lq, M * D].
-// Semantics equal grid_sample(bilinear, zeros, align_corners=False) at grid = 2 * loc - 1.
+// Layout (N batch, S tokens, M heads, D channels per head, Lq queries, L levels, P_l points of
+// level l, K = sum(P_l)): value [N, S, M, D], sampling_locations [N, Lq, M, K, 2] (x, y) in [0, 1],
+// attention_weights [N, Lq, M, K] -> output [N, Lq, M * D]; per head, level 0's points come first.
+// The uniform layout [N, Lq, M, L, P, 2] is the same memory with P_l = P.
+// default: grid_sample(bilinear, zeros, align_corners=False) at grid = 2 * loc - 1.
+// discrete: RT-DETRv2's nearest pixel (edgedet.ops.msda): ix = trunc(f32(x * W) + 0.5),
+//   iy = trunc(f32(y * H) + 0.5), both clamped to [0, H - 1], ix also to [0, W - 1].
 #pragma once
 
 #include <cstddef>
@@ -20,7 +23,9 @@ struct MsdaProblem {
     std::vector<int64_t> heights;       // per level
     std::vector<int64_t> widths;        // per level
     std::vector<int64_t> level_starts;  // per level, token offset in S
-    size_t batch = 0, tokens = 0, heads = 0, channels = 0, queries = 0, levels = 0, points = 0;
+    std::vector<int64_t> points;        // per level, sampling points P_l (> 0)
+    bool discrete = false;              // method: false = default (bilinear), true = discrete
+    size_t batch = 0, tokens = 0, heads = 0, channels = 0, queries = 0, levels = 0;
 };
 
 // Runs the whole problem, parallel over (batch, query) on OpenVINO's thread pool. The code path

@@ -44,7 +44,10 @@ const float* as_f32(const ov::Tensor& t, std::vector<float>& storage) {
 
 }  // namespace
 
-MultiScaleDeformableAttention::MultiScaleDeformableAttention(const ov::OutputVector& args) : Op(args) {
+MultiScaleDeformableAttention::MultiScaleDeformableAttention(const ov::OutputVector& args,
+                                                             std::vector<int64_t> num_points_per_level,
+                                                             std::string method)
+    : Op(args), m_num_points_per_level(std::move(num_points_per_level)), m_method(std::move(method)) {
     constructor_validate_and_infer_types();
 }
 
@@ -65,6 +68,19 @@ void MultiScaleDeformableAttention::validate_and_infer_types() {
         NODE_VALIDATION_CHECK(this, t.is_dynamic() || is_index_type(t), "input ", i, " must be i64 or i32, got ", t);
     }
 
+    NODE_VALIDATION_CHECK(this, m_method == "default" || m_method == "discrete",
+                          "attribute method must be \"default\" or \"discrete\", got \"", m_method, "\"");
+    int64_t points_total = 0;
+    for (int64_t p : m_num_points_per_level) {
+        NODE_VALIDATION_CHECK(this, p > 0, "attribute num_points_per_level must be positive, got a ", p);
+        points_total += p;
+    }
+    const bool per_level = !m_num_points_per_level.empty();
+    // Rank of sampling_locations and axis of its level (uniform) or point (per-level) dimension.
+    const int64_t loc_rank = per_level ? 5 : 6;
+    const char* loc_layout = per_level ? "[N, Lq, M, sum(num_points_per_level), 2]" : "[N, Lq, M, L, P, 2]";
+    const char* attn_layout = per_level ? "[N, Lq, M, sum(num_points_per_level)]" : "[N, Lq, M, L, P]";
+
     const auto& value = get_input_partial_shape(0);
     const auto& shapes = get_input_partial_shape(1);
     const auto& starts = get_input_partial_shape(2);
@@ -73,8 +89,14 @@ void MultiScaleDeformableAttention::validate_and_infer_types() {
     NODE_VALIDATION_CHECK(this, value.rank().compatible(4), "value must be [N, S, M, D], got ", value);
     NODE_VALIDATION_CHECK(this, shapes.rank().compatible(2), "spatial_shapes must be [L, 2], got ", shapes);
     NODE_VALIDATION_CHECK(this, starts.rank().compatible(1), "level_start_index must be [L], got ", starts);
-    NODE_VALIDATION_CHECK(this, loc.rank().compatible(6), "sampling_locations must be [N, Lq, M, L, P, 2], got ", loc);
-    NODE_VALIDATION_CHECK(this, attn.rank().compatible(5), "attention_weights must be [N, Lq, M, L, P], got ", attn);
+    NODE_VALIDATION_CHECK(this, loc.rank().compatible(loc_rank), "sampling_locations must be ", loc_layout, ", got ",
+                          loc);
+    NODE_VALIDATION_CHECK(this, attn.rank().compatible(loc_rank - 1), "attention_weights must be ", attn_layout,
+                          ", got ", attn);
+    if (per_level && shapes.rank().is_static())
+        NODE_VALIDATION_CHECK(this, shapes[0].compatible(static_cast<int64_t>(m_num_points_per_level.size())),
+                              "spatial_shapes ", shapes, " disagree with the ", m_num_points_per_level.size(),
+                              " levels of num_points_per_level");
 
     ov::Dimension batch = ov::Dimension::dynamic(), queries = ov::Dimension::dynamic();
     ov::Dimension heads = ov::Dimension::dynamic(), channels = ov::Dimension::dynamic();
@@ -84,16 +106,20 @@ void MultiScaleDeformableAttention::validate_and_infer_types() {
         channels = value[3];
     }
     if (loc.rank().is_static()) {
-        NODE_VALIDATION_CHECK(this, loc[5].compatible(2), "sampling_locations must end in 2 (x, y), got ", loc);
+        NODE_VALIDATION_CHECK(this, loc[loc_rank - 1].compatible(2), "sampling_locations must end in 2 (x, y), got ",
+                              loc);
         const bool agree = ov::Dimension::merge(batch, batch, loc[0]) && ov::Dimension::merge(heads, heads, loc[2]);
         NODE_VALIDATION_CHECK(this, agree, "sampling_locations ", loc, " disagree with value ", value, " in N or M");
         queries = loc[1];
         if (attn.rank().is_static()) {
-            for (size_t i = 0; i < 5; ++i)
+            for (int64_t i = 0; i < loc_rank - 1; ++i)
                 NODE_VALIDATION_CHECK(this, attn[i].compatible(loc[i]), "attention_weights ", attn,
                                       " must equal sampling_locations[:-1] of ", loc);
         }
-        if (shapes.rank().is_static())
+        if (per_level)
+            NODE_VALIDATION_CHECK(this, loc[3].compatible(points_total), "sampling_locations ", loc, " hold ", loc[3],
+                                  " points per head but num_points_per_level sums to ", points_total);
+        else if (shapes.rank().is_static())
             NODE_VALIDATION_CHECK(this, shapes[0].compatible(loc[3]), "spatial_shapes ", shapes,
                                   " disagree with the level count of sampling_locations ", loc);
     }
@@ -105,11 +131,13 @@ void MultiScaleDeformableAttention::validate_and_infer_types() {
 
 std::shared_ptr<ov::Node> MultiScaleDeformableAttention::clone_with_new_inputs(const ov::OutputVector& new_args) const {
     check_new_args_count(this, new_args);
-    return std::make_shared<MultiScaleDeformableAttention>(new_args);
+    return std::make_shared<MultiScaleDeformableAttention>(new_args, m_num_points_per_level, m_method);
 }
 
-bool MultiScaleDeformableAttention::visit_attributes(ov::AttributeVisitor&) {
-    return true;  // the op has no attributes
+bool MultiScaleDeformableAttention::visit_attributes(ov::AttributeVisitor& visitor) {
+    visitor.on_attribute("num_points_per_level", m_num_points_per_level);
+    visitor.on_attribute("method", m_method);
+    return true;
 }
 
 bool MultiScaleDeformableAttention::has_evaluate() const {
@@ -123,9 +151,11 @@ bool MultiScaleDeformableAttention::evaluate(ov::TensorVector& outputs, const ov
     const ov::Tensor& attn = inputs[4];
     const ov::Shape& vs = value.get_shape();
     const ov::Shape& ls = loc.get_shape();
-    OPENVINO_ASSERT(vs.size() == 4 && ls.size() == 6 && attn.get_shape().size() == 5,
+    const bool per_level = !m_num_points_per_level.empty();
+    const size_t loc_rank = per_level ? 5 : 6;
+    OPENVINO_ASSERT(vs.size() == 4 && ls.size() == loc_rank && attn.get_shape().size() == loc_rank - 1,
                     "MultiScaleDeformableAttention: bad input ranks ", vs, " ", ls, " ", attn.get_shape());
-    OPENVINO_ASSERT(ls[0] == vs[0] && ls[2] == vs[2] && ls[5] == 2,
+    OPENVINO_ASSERT(ls[0] == vs[0] && ls[2] == vs[2] && ls[loc_rank - 1] == 2,
                     "MultiScaleDeformableAttention: sampling_locations ", ls, " disagree with value ", vs);
     OPENVINO_ASSERT(ov::Shape(ls.begin(), ls.end() - 1) == attn.get_shape(),
                     "MultiScaleDeformableAttention: attention_weights ", attn.get_shape(),
@@ -137,8 +167,19 @@ bool MultiScaleDeformableAttention::evaluate(ov::TensorVector& outputs, const ov
     pb.heads = vs[2];
     pb.channels = vs[3];
     pb.queries = ls[1];
-    pb.levels = ls[3];
-    pb.points = ls[4];
+    pb.discrete = m_method == "discrete";
+    if (per_level) {
+        pb.levels = m_num_points_per_level.size();
+        pb.points = m_num_points_per_level;
+        int64_t total = 0;
+        for (int64_t p : pb.points)
+            total += p;
+        OPENVINO_ASSERT(static_cast<size_t>(total) == ls[3], "MultiScaleDeformableAttention: sampling_locations ", ls,
+                        " hold ", ls[3], " points per head but num_points_per_level sums to ", total);
+    } else {
+        pb.levels = ls[3];
+        pb.points.assign(pb.levels, static_cast<int64_t>(ls[4]));
+    }
 
     const std::vector<int64_t> shapes = read_indices(inputs[1]);
     pb.level_starts = read_indices(inputs[2]);
