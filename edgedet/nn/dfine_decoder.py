@@ -109,6 +109,7 @@ class DFineDeformableAttention(MSDeformableAttentionV2):
                  msda_impl: str = "pytorch"):
         super().__init__(d_model, n_heads, len(num_points), list(num_points), method=method, msda_impl=msda_impl)
         del self.value_proj, self.output_proj
+        self.impl = msda_impl  # MSDA implementation name (converters switch it for export)
 
     def forward(self, query: Tensor, reference: Tensor, value: Tensor, shapes: Sequence[Tuple[int, int]],
                 record: Optional[Dict[str, Tensor]] = None) -> Tensor:
@@ -116,7 +117,7 @@ class DFineDeformableAttention(MSDeformableAttentionV2):
         locations, weights = self.sampling(query, reference, shapes)
         if record is not None:
             record.update({"sampling_locations": locations, "attention_weights": weights})
-        return multi_scale_deformable_attention(value, shapes, locations, weights, impl=self.msda_impl,
+        return multi_scale_deformable_attention(value, shapes, locations, weights, impl=self.impl,
                                                 num_points_per_level=tuple(self.num_points_list), method=self.method)
 
 
