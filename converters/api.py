@@ -6,6 +6,7 @@ artifact plus its manifest (inside the artifact and as `<stem>.edgedet.json`).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import logging
@@ -74,7 +75,11 @@ def resolve_model(source: ModelSource) -> Tuple[nn.Module, Dict[str, Any]]:
 def deployable(model: nn.Module) -> nn.Module:
     """The network that runs at inference: training-only parts (Co-DETR's auxiliary heads) dropped."""
     to_base = getattr(model, "to_base_model", None)
-    return to_base().eval() if callable(to_base) else model
+    if callable(to_base):
+        return to_base().eval()
+    if callable(getattr(model, "deploy", None)):  # RT-DETR: RepVGG branches fused, on a copy (the caller's model stays)
+        return copy.deepcopy(model).deploy()
+    return model
 
 
 def make_manifest(

@@ -93,6 +93,7 @@ def tiny_overrides(name: str) -> Dict:
         "dim_feedforward": 64, "nheads": 4, "num_heads": 4, "n_heads": 4,
         "num_feature_levels": 3, "enc_n_points": 2, "dec_n_points": 2, "n_points": 2,
         "two_stage_num_proposals": 10, "num_select": 10, "dn_number": 0, "num_patterns": 0,
+        "encoder_hidden_dim": 32, "encoder_dim_feedforward": 64, "encoder_nhead": 4, "num_denoising": 0,
     }
     return {k: v for k, v in wanted.items() if hasattr(cfg, k)}
 

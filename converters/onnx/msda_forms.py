@@ -112,8 +112,15 @@ def msda_onnx_fused(
     )
 
 
+def _msda_layers():
+    """Layer classes whose `impl` attribute names their MSDA implementation (DETR family, RT-DETRv2)."""
+    from edgedet.nn.rtdetr_decoder import MSDeformableAttentionV2
+
+    return (MSDeformAttn, MSDeformableAttentionV2)
+
+
 def has_msda(model: nn.Module) -> bool:
-    return any(isinstance(m, MSDeformAttn) for m in model.modules())
+    return any(isinstance(m, _msda_layers()) for m in model.modules())
 
 
 def ensure_form_available(form: str) -> str:
@@ -148,8 +155,10 @@ def msda_form(model: nn.Module, form: str) -> Iterator[nn.Module]:
         yield model
         return
     impl = ensure_form_available(form)
-    previous = {m: m.impl for m in model.modules() if isinstance(m, MSDeformAttn)}
+    previous = {m: m.impl for m in model.modules() if isinstance(m, _msda_layers())}
     set_msda_impl(model, impl)
+    for layer in previous:
+        layer.impl = impl
     try:
         yield model
     finally:

@@ -68,7 +68,7 @@ class MSDeformableAttentionV2(nn.Module):
         self.num_points_list = points
         self.offset_scale = offset_scale
         self.method = method
-        self.msda_impl = msda_impl
+        self.impl = msda_impl  # MSDA implementation name (switched by converters for export)
         self.head_dim = embed_dim // num_heads
         self.register_buffer("num_points_scale", torch.tensor([1 / n for n in points for _ in range(n)], dtype=torch.float32))
         total = num_heads * sum(points)
@@ -123,7 +123,7 @@ class MSDeformableAttentionV2(nn.Module):
             value = value * value_mask.to(value.dtype).unsqueeze(-1)
         value = value.reshape(b, value.shape[1], self.num_heads, self.head_dim)
         locations, weights = self.sampling(query, reference, shapes)
-        out = multi_scale_deformable_attention(value, shapes, locations, weights, impl=self.msda_impl,
+        out = multi_scale_deformable_attention(value, shapes, locations, weights, impl=self.impl,
                                                num_points_per_level=tuple(self.num_points_list), method=self.method)
         return self.output_proj(out)
 
