@@ -10,7 +10,7 @@ Reading: `checkpoint['ema']['module']` when present, else `checkpoint['model']` 
 export and tuning code load); `weights_only=True`. Facts kept: `decoder.reg_scale` is saved as an
 int64 Parameter (`reg_scale: 4` in the YAML), `decoder.decoder.up/reg_scale` are the same tensors
 as `decoder.up/reg_scale`, `decoder.anchors`/`valid_mask` exist when the model was built with an
-`eval_spatial_size` (we derive anchors from each input, so they are checked and dropped).
+`eval_spatial_size` (we derive anchors from each input's size, so they are dropped).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import copy
 import logging
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -224,6 +224,16 @@ def _check_against_weights(fields: Mapping[str, Any], state: Mapping[str, Tensor
             "pick the config the checkpoint was trained with or add -u updates (e.g. num_classes=N)")
 
 
+def official_model_config(config: str, updates: Sequence[str] = ()):
+    """DFINEConfig of an official config name + updates (e.g. to build a released architecture untrained)."""
+    from edgedet.models.dfine import DFINEConfig
+
+    resolved = resolve_official_config(config, updates)
+    fields = official_to_model_fields(resolved)
+    _check_structure(fields, resolved)
+    return from_dict(DFINEConfig, fields, "model")
+
+
 def read_dfine_checkpoint(path: Union[str, Path]) -> Dict[str, Tensor]:
     """-> the state_dict: checkpoint['ema']['module'] when present, else checkpoint['model'] (or a bare state_dict)."""
     p = Path(path)
@@ -245,7 +255,7 @@ def read_dfine_checkpoint(path: Union[str, Path]) -> Dict[str, Tensor]:
     return state
 
 
-def prepare_dfine_state(state: Dict[str, Tensor], shapes_of_anchors: Optional[Tuple[int, int]] = None) -> Dict[str, Tensor]:
+def prepare_dfine_state(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """int64 reg_scale -> float32 (same value; W(n) and distance2bbox promote it to float32 anyway);
     fixed-size anchors/valid_mask (built from eval_spatial_size) dropped: ours follow each input."""
     out = dict(state)

@@ -180,11 +180,13 @@ class FDRDecoder(nn.Module):
         self.layers = self.layers[: self.eval_idx + 1]
         self.lqe_layers = nn.ModuleList([nn.Identity()] * self.eval_idx + [self.lqe_layers[self.eval_idx]])
 
-    def forward(self, target: Tensor, ref_unact: Tensor, value: Tensor, shapes, heads: "DecoderHeads",
+    def forward(self, target: Tensor, ref_unact: Tensor, value: Tensor, shapes, heads: nn.Module,
                 attn_mask: Optional[Tensor] = None, record: Optional[Dict[str, Tensor]] = None) -> Dict[str, List[Tensor]]:
         """-> lists over the layers that produce outputs: boxes, logits, corners, refs; plus pre_boxes/pre_logits.
 
-        In eval mode the loop stops after eval_idx and returns that layer only (official behaviour).
+        `heads` is the parent module holding query_pos_head, pre_bbox_head, dec_bbox_head and dec_score_head
+        (official layout: they live on DFINETransformer, not on the decoder). In eval mode the loop stops
+        after eval_idx and returns that layer only (official behaviour).
         `record` (a dict) receives per-layer intermediates for debugging/parity.
         """
         project = self.project()
@@ -226,12 +228,3 @@ class FDRDecoder(nn.Module):
             ref_detach = boxes.detach()
             output_detach = output.detach()
         return outs
-
-
-class DecoderHeads(nn.Module):
-    """Interface only: the modules FDRDecoder reads from its parent (documented for type hints)."""
-
-    query_pos_head: nn.Module
-    pre_bbox_head: nn.Module
-    dec_bbox_head: nn.ModuleList
-    dec_score_head: nn.ModuleList
