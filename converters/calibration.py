@@ -24,8 +24,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 # Node-name fragments of layers kept in float when quantizing: deformable sampling
 # offsets and attention weights (a small error moves where MSDA samples), box heads
-# (errors become pixel offsets) and reference-point projections.
-KEEP_FLOAT_PATTERNS = ("sampling_offsets", "attention_weights", "bbox_embed", "reference_points", "ref_point_head")
+# (errors become pixel offsets) and reference-point projections; RT-DETR's names for the same
+# (box heads `*_bbox_head`, `query_pos_head`) plus its encoder score head (it picks the queries).
+KEEP_FLOAT_PATTERNS = ("sampling_offsets", "attention_weights", "bbox_embed", "reference_points", "ref_point_head",
+                       "bbox_head", "query_pos_head", "enc_score_head")
 
 
 def preprocess_bgr(image_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

@@ -50,8 +50,9 @@ def test_fused_form_is_one_custom_node_per_layer(tmp_path, name):
     model = build_tiny(name)
     # MSDA calls of one detection forward (a prompted model also holds a prompt encoder's MSDA that it skips)
     calls = []
-    layer_types = (MSDeformAttn, MSDeformableAttentionV2)  # DETR family; RT-DETRv2 / D-FINE (per-level points)
+    layer_types = (MSDeformAttn, MSDeformableAttentionV2)
     hooks = [m.register_forward_hook(lambda *_: calls.append(1)) for m in model.modules() if isinstance(m, layer_types)]
+    per_level = any(isinstance(m, MSDeformableAttentionV2) for m in model.modules())  # RT-DETRv2 layout
     model(torch.from_numpy(random_images(1, HW)))
     for h in hooks:
         h.remove()
@@ -60,9 +61,8 @@ def test_fused_form_is_one_custom_node_per_layer(tmp_path, name):
     proto = onnx.load(str(path))
     custom = [n for n in proto.graph.node if n.domain == FUSED_DOMAIN]
     assert len(custom) == layers and all(n.op_type == FUSED_OP for n in custom)
-    assert all(len(n.input) == 5 and len(n.output) == 1 for n in custom)
-    # attributes only for the per-level layout / discrete sampling
-    assert all({a.name for a in n.attribute} <= {"num_points_per_level", "method"} for n in custom)
+    attrs = {"num_points_per_level"} if per_level else set()
+    assert all(len(n.input) == 5 and len(n.output) == 1 and {a.name for a in n.attribute} == attrs for n in custom)
     assert not {"GridSample"} & {n.op_type for n in proto.graph.node}
     assert {o.domain: o.version for o in proto.opset_import}[FUSED_DOMAIN] == 1
     onnx.checker.check_model(proto, full_check=True)  # the schema for edgedet:: is registered by the exporter
@@ -71,8 +71,6 @@ def test_fused_form_is_one_custom_node_per_layer(tmp_path, name):
     consts = {o: onnx.numpy_helper.to_array(n.attribute[0].t) for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
     consts.update({i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer})
     node = custom[0]
-    # per-level layout (attribute num_points_per_level): locations [N,Lq,M,sum(P),2], weights [N,Lq,M,sum(P)]
-    per_level = any(a.name == "num_points_per_level" for a in node.attribute)
     ranks = [(4, 1), (2, 7), (1, 7), (5, 1), (4, 1)] if per_level else [(4, 1), (2, 7), (1, 7), (6, 1), (5, 1)]
     for idx, (rank, elem) in enumerate(ranks):
         name_in = node.input[idx]

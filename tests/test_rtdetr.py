@@ -204,6 +204,21 @@ def test_training_step_with_denoising_and_all_loss_terms():
     assert set(out) == {"pred_logits", "pred_boxes"} and out["pred_logits"].shape == (2, 20, 3)
 
 
+def test_training_variants_agnostic_selection_learned_content_fixed_anchors():
+    torch.manual_seed(0)
+    model = tiny(query_select_method="agnostic", learn_query_content=True, eval_spatial_size=[64, 64]).train()
+    assert model.decoder.enc_score_head.out_features == 1 and model.decoder.anchors.shape == (1, 64 + 16 + 4, 4)
+    crit = model.build_criterion()
+    targets = [{"labels": torch.tensor([2]), "boxes": torch.tensor([[0.5, 0.5, 0.3, 0.3]])}]
+    losses = crit(model(torch.rand(1, 3, 64, 64), None, targets), targets)
+    crit.total_loss(losses).backward()
+    assert torch.isfinite(losses["loss_vfl_enc"]) and model.decoder.tgt_embed.weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 64, 64))["pred_boxes"].shape == (1, 20, 4)  # cached anchors
+        assert model(torch.rand(1, 3, 96, 64))["pred_boxes"].shape == (1, 20, 4)  # another size: anchors rebuilt
+
+
 def test_varifocal_loss_matches_its_definition():
     from edgedet.losses.varifocal import varifocal_loss
 

@@ -64,7 +64,7 @@ def check_outputs(got, outputs, img: str):
     np.testing.assert_allclose(boxes, outputs[f"{img}.deploy.boxes"], atol=ATOL * 160, rtol=0)
 
 
-@pytest.mark.parametrize("form", ["grid_sample", "gather"])
+@pytest.mark.parametrize("form", ["grid_sample", pytest.param("gather", marks=pytest.mark.slow)])  # gather: ~12 s each
 def test_onnxruntime_reproduces_the_official_deploy_outputs(converted, form, tmp_path):
     import onnxruntime as ort
 

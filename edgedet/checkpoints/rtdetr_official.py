@@ -222,8 +222,9 @@ def _rtdetr_matches(state: Mapping[str, Tensor]) -> bool:
 
 
 def _needs_config(*_: Any) -> Dict[str, Any]:
-    raise OfficialCheckpointError("RT-DETRv2 checkpoints carry no config: name one with config=NAME (CLI --config NAME), "
-                                  f"one of {', '.join(RTDETR_CONFIGS)}, plus updates=['KEY=VALUE', ...] if it was changed")
+    raise OfficialCheckpointError("RT-DETRv2 checkpoints carry no config: name one with load_official(path, config=NAME) or "
+                                  "`edgedet convert-checkpoint SRC --config NAME -o ours.pth` (then use ours.pth), NAME one "
+                                  f"of {', '.join(RTDETR_CONFIGS)}, plus updates / --update KEY=VALUE if it was changed")
 
 
 OFFICIAL_FAMILIES.register("rtdetr")(FamilySpec(

@@ -41,7 +41,10 @@ class RTDETRCriterion(DINOCriterion):
         src = outputs["pred_boxes"][idx].float()
         tgt = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)]).to(src)
         ious = torch.diag(box_iou(box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(tgt))[0]).detach() if len(src) else src.new_zeros(0)
-        classes = self._target_classes(logits, targets, indices)
+        # "no object" = one past the last column, so the 1-column class-agnostic encoder head works too
+        classes = torch.full(logits.shape[:2], logits.shape[-1], dtype=torch.int64, device=logits.device)
+        if len(src):
+            classes[idx] = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)]).to(logits.device)
         positive = F.one_hot(classes, logits.shape[-1] + 1)[..., :-1].float()
         score = torch.zeros(logits.shape[:2], dtype=torch.float32, device=logits.device)
         score[idx] = ious

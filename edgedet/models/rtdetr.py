@@ -218,7 +218,13 @@ class RTDETR(DetectorBase):
 
     pred_logits [B, Q, C] (sigmoid), pred_boxes [B, Q, 4] normalised cxcywh. Training adds
     aux_outputs (earlier layers), enc_outputs (the selected encoder proposals), and with targets
-    dn_meta / dn_outputs (the denoising queries, same layout as DINO's).
+    dn_meta / dn_outputs (the denoising queries, same layout as DINO's). `mask` is ignored: like
+    the official model, RT-DETR sees padding as image content (batches are resized to one size).
+
+    Denoising reuses DINO's CDN (`edgedet.nn.denoising`) with RT-DETR's label book
+    `decoder.denoising_class_embed` and box_noise_scale 1.0. Two training-only details differ
+    from the official code: padding slots get zero content (not the padding class's row) and
+    noised boxes enter the decoder through inverse_sigmoid with eps 1e-3 (official 1e-5).
     """
 
     score_activation = "sigmoid"
