@@ -129,3 +129,32 @@ def test_openvino_fp16_ir_stays_correct(converted, tmp_path):
     (_, boxes32, scores32), (_, boxes16, scores16) = got
     assert np.isfinite(boxes16).all() and _match_fraction(boxes32[0], boxes16[0]) >= 0.9
     assert float(np.abs(scores32 - scores16).max()) < 5e-3
+
+
+def test_int8_keeps_the_fdr_heads_float_and_stays_close(tmp_path):
+    """ONNX Runtime INT8 (QDQ) with our recipe: offsets, attention weights and the FDR distribution / box
+    heads stay float; boxes stay put except where a near-tied query selection flips (random tiny model)."""
+    import onnxruntime as ort
+    from converters.calibration import KEEP_FLOAT_PATTERNS, calibration_batches
+    from converters.onnxruntime.quantize import QUANTIZED_OP_TYPES
+    from export_helpers import build_tiny, torch_outputs, write_images
+
+    model = build_tiny("dfine")
+    calib = write_images(tmp_path / "calib", n=6)
+    path = export(model, "onnx", tmp_path / "q.onnx", imgsz=(64, 96), precision="int8", calib=calib, msda="grid_sample",
+                  postprocess=False, simplify=False)
+    proto = onnx.load(str(path))
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    fed_by_dq = lambda n: any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in n.input)  # noqa: E731
+    compute = [n for n in proto.graph.node if n.op_type in QUANTIZED_OP_TYPES]
+    kept = [n for n in compute if any(p in n.name for p in KEEP_FLOAT_PATTERNS)]
+    assert any(fed_by_dq(n) for n in compute if n not in kept), "nothing was quantized"
+    assert any("dec_bbox_head" in n.name for n in kept) and not any(fed_by_dq(n) for n in kept)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for x in calibration_batches(calib, read_sidecar(path).preprocess, limit=3):
+        got, want = session.run(None, {"images": x}), torch_outputs(model, x, False)
+        assert np.isfinite(got[0]).all() and np.isfinite(got[1]).all()
+        nearest = np.abs(want[1][0][:, None, :] - got[1][0][None, :, :]).max(-1).min(1)
+        assert (nearest < 0.02).mean() >= 0.6
+        top = [np.sort(1 / (1 + np.exp(-o[0])).max(-1)) for o in (got[0], want[0])]
+        assert np.abs(top[0] - top[1]).max() < 0.15
