@@ -125,6 +125,8 @@ def test_config_errors():
         tiny(num_points=[4, 4, 4])
     with pytest.raises(ValueError, match="cross_attn_method"):
         tiny(cross_attn_method="nearest")
+    with pytest.raises(ValueError, match="divisible by 32, got 48x64"):
+        tiny().eval()(torch.rand(1, 3, 48, 64))
 
 
 def test_edgedet_train_cli_trains_dfine_with_its_own_normalisation(tmp_path):

@@ -278,6 +278,11 @@ class DFINE(DetectorBase):
                 record: Optional[Dict] = None) -> Dict:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"D-FINE expects images [B, 3, H, W], got {tuple(images.shape)}")
+        stride = max(self.backbone.strides)
+        if images.shape[2] % stride or images.shape[3] % stride:
+            # the encoder upsamples each level x2 onto the next finer one, so every map must halve exactly
+            raise ValueError(f"D-FINE needs image height and width divisible by {stride}, got {images.shape[2]}x{images.shape[3]}; "
+                             f"resize or pad (the official tools use 640x640)")
         feats = self.backbone(images)
         if record is not None:
             record.update({f"backbone.{i}": f for i, f in enumerate(feats)})
