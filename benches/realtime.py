@@ -1,4 +1,4 @@
-"""Real-time DETRs on this CPU, side by side in one run: RT-DETRv2-R18 vs DINO-R50 vs an edge DINO-R18.
+"""Real-time DETRs on this CPU, side by side in one run: RT-DETRv2-R18, D-FINE-N/S, DINO-R50, an edge DINO-R18.
 
 RT-DETRv2-R18 (the released rtdetrv2_r18vd config, 640x640, batch 1, postprocess in graph):
   - `torch`        PyTorch eager (RepVGG fused, as the official `deploy()`)
@@ -8,6 +8,8 @@ RT-DETRv2-R18 (the released rtdetrv2_r18vd config, 640x640, batch 1, postprocess
   - `fused-fp32`, `fused-fp16`, `fused-int8`: ours, OpenVINO with the fused C++ MSDA op
                    (FP16 = compressed weights; INT8 = NNCF with the DETR-aware keep-float recipe,
                    calibrated on BCCD images)
+D-FINE-N and D-FINE-S (the released dfine_hgnetv2_{n,s}_coco architectures; their official export is
+the same grid_sample decomposition after `deploy()`) get the same seven engines.
 DINO-R50 4-scale (900 queries) and an edge DINO (ResNet-18, 300 queries, 3+3 layers), fused OpenVINO FP32.
 
 Engines run round-robin (one frame each per round) so load changes hit all alike; p50/p95 in
@@ -45,6 +47,9 @@ from converters.openvino.convert import convert_openvino, fused_extension_availa
 from converters.verify import match_stats  # noqa: E402
 
 BCCD = REPO.parent / "shared" / "data" / "bccd" / "JPEGImages"
+# models with the full engine set (torch, official-style export on ORT / OpenVINO, ours fused FP32/FP16/INT8)
+REALTIME_MODELS = ("rtdetrv2-r18", "dfine-n", "dfine-s")
+ALL_MODELS = REALTIME_MODELS + ("dino-r50-4scale", "dino-r18-edge")
 log = logging.getLogger("realtime")
 
 
@@ -67,6 +72,15 @@ def dino(backbone: str, edge: bool) -> torch.nn.Module:
     torch.manual_seed(0)
     extra = dict(num_queries=300, enc_layers=3, dec_layers=3) if edge else {}
     return create_model("dino", backbone=backbone, **extra).eval()
+
+
+def dfine(size: str) -> torch.nn.Module:
+    """D-FINE-N / -S: the released dfine_hgnetv2_{n,s}_coco architecture, randomly initialised."""
+    from edgedet.checkpoints.dfine_official import official_model_config
+    from edgedet.models import create_model_from_config
+
+    torch.manual_seed(0)
+    return create_model_from_config(official_model_config(f"dfine_hgnetv2_{size}_coco")).eval()
 
 
 def params_m(model: torch.nn.Module) -> float:
@@ -119,31 +133,45 @@ def timed(what: str, fn: Callable[[], Any]) -> Any:
     return out
 
 
-def build_engines(args, tmp: Path, frames: List[np.ndarray]) -> List[Engine]:
+def realtime_engines(args, tmp: Path, name: str, model: torch.nn.Module) -> List[Engine]:
+    """torch, the official-style export (grid_sample form) on ORT and OpenVINO, ours fused FP32/FP16/INT8."""
     hw = (args.imgsz, args.imgsz)
-    engines: List[Engine] = []
-    trained = rtdetr_r18(args.rtdetr_checkpoint)
-    p = params_m(trained)  # before deploy(): the fused RepVGG convs are extra modules
-    rt = deployable(trained)
-    manifest = make_manifest(rt, "onnxruntime", "fp32", "grid_sample", hw, 1, True, args.top_k, None, {})
-    engines.append(Engine("torch", "rtdetrv2-r18", torch_runner(rt, args.top_k), p))
-    grid = timed("export grid_sample", lambda: export_onnx(rt, tmp / "rt_grid.onnx", hw, manifest, "grid_sample",
-                                                            top_k=args.top_k, simplify=False))
-    engines.append(Engine("official-ort", "rtdetrv2-r18", ort_runner(grid, args.threads), p))
-    ov_grid = timed("openvino grid_sample", lambda: convert_openvino(grid, tmp / "rt_grid.xml", "fp32", manifest))
-    engines.append(Engine("official-ov", "rtdetrv2-r18", ov_runner(ov_grid, args.threads, False), p))
+    manifest = make_manifest(model, "onnxruntime", "fp32", "grid_sample", hw, 1, True, args.top_k, None, {})
+    p = params_m(model)
+    engines = [Engine("torch", name, torch_runner(model, args.top_k), p)]
+    grid = timed(f"{name} export grid_sample", lambda: export_onnx(model, tmp / f"{name}_grid.onnx", hw, manifest,
+                                                                    "grid_sample", top_k=args.top_k, simplify=False))
+    engines.append(Engine("official-ort", name, ort_runner(grid, args.threads), p))
+    ov_grid = timed(f"{name} openvino grid_sample", lambda: convert_openvino(grid, tmp / f"{name}_grid.xml", "fp32", manifest))
+    engines.append(Engine("official-ov", name, ov_runner(ov_grid, args.threads, False), p))
     if not fused_extension_available():
         log.warning("OpenVINO MSDA extension not built (scripts/build_ov_extension.sh): fused rows skipped")
         return engines
-    fused_manifest = make_manifest(rt, "openvino", "fp32", "fused", hw, 1, True, args.top_k, None, {})
-    fused = timed("export fused", lambda: export_onnx(rt, tmp / "rt_fused.onnx", hw, fused_manifest, "fused",
-                                                      top_k=args.top_k, simplify=False))
+    fused_manifest = make_manifest(model, "openvino", "fp32", "fused", hw, 1, True, args.top_k, None, {})
+    fused = timed(f"{name} export fused", lambda: export_onnx(model, tmp / f"{name}_fused.onnx", hw, fused_manifest,
+                                                               "fused", top_k=args.top_k, simplify=False))
     calib = calibration_batches(image_paths(BCCD)[: args.calib_images], manifest.preprocess, args.calib_images)
     for precision in ("fp32", "fp16", "int8"):
-        xml = timed(f"openvino fused {precision}", lambda: convert_openvino(
-            fused, tmp / f"rt_fused_{precision}.xml", precision, fused_manifest, calib if precision == "int8" else None))
-        engines.append(Engine(f"fused-{precision}", "rtdetrv2-r18", ov_runner(xml, args.threads, True), p))
+        xml = timed(f"{name} openvino fused {precision}", lambda: convert_openvino(
+            fused, tmp / f"{name}_fused_{precision}.xml", precision, fused_manifest, calib if precision == "int8" else None))
+        engines.append(Engine(f"fused-{precision}", name, ov_runner(xml, args.threads, True), p))
+    return engines
+
+
+def build_engines(args, tmp: Path, frames: List[np.ndarray]) -> List[Engine]:
+    hw = (args.imgsz, args.imgsz)
+    engines: List[Engine] = []
+    wanted = set(args.models.split(","))
+    if "rtdetrv2-r18" in wanted:
+        engines += realtime_engines(args, tmp, "rtdetrv2-r18", deployable(rtdetr_r18(args.rtdetr_checkpoint)))
+    for size in ("n", "s"):
+        if f"dfine-{size}" in wanted:
+            engines += realtime_engines(args, tmp, f"dfine-{size}", deployable(dfine(size)))
+    if not fused_extension_available():
+        return engines
     for name, model in (("dino-r50-4scale", dino("resnet50", False)), ("dino-r18-edge", dino("resnet18", True))):
+        if name not in wanted:
+            continue
         man = make_manifest(model, "openvino", "fp32", "fused", hw, 1, True, args.top_k, None, {})
         onnx_path = timed(f"export {name}", lambda: export_onnx(model, tmp / f"{name}.onnx", hw, man, "fused",
                                                                 top_k=args.top_k, simplify=False))
@@ -154,9 +182,9 @@ def build_engines(args, tmp: Path, frames: List[np.ndarray]) -> List[Engine]:
     return engines
 
 
-def agreement(engines: List[Engine], frames: List[np.ndarray]) -> Dict[str, float]:
+def agreement(engines: List[Engine], frames: List[np.ndarray], model: str = "rtdetrv2-r18") -> Dict[str, float]:
     """INT8 / FP16 vs fused FP32 on `frames`: mean share of top-K detections matched (label + IoU >= 0.5)."""
-    by = {e.name: e for e in engines if e.model == "rtdetrv2-r18"}
+    by = {e.name: e for e in engines if e.model == model}
     out = {}
     if "fused-fp32" not in by:
         return out
@@ -182,7 +210,11 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=300)
     ap.add_argument("--calib-images", type=int, default=0, help="INT8 calibration images (default 32, --quick 8)")
     ap.add_argument("--rtdetr-checkpoint", default="", help="an edgedet rtdetr checkpoint (default: random init)")
+    ap.add_argument("--models", default=",".join(ALL_MODELS), help=f"comma-separated subset of {', '.join(ALL_MODELS)}")
     args = ap.parse_args()
+    unknown = set(args.models.split(",")) - set(ALL_MODELS)
+    if unknown:
+        ap.error(f"unknown --models {', '.join(sorted(unknown))}; choose from {', '.join(ALL_MODELS)}")
     args.rounds = args.rounds or (5 if args.quick else 20)
     args.calib_images = args.calib_images or (8 if args.quick else 32)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -205,26 +237,31 @@ def main() -> None:
                 t0 = time.perf_counter()
                 e.run(x)
                 e.times.append((time.perf_counter() - t0) * 1e3)
-        agree = agreement(engines, frames)
+        agree = {m: agreement(engines, frames, m) for m in REALTIME_MODELS if any(e.model == m for e in engines)}
     rows = []
     for e in engines:
         t = np.asarray(e.times)
         rows.append({"model": e.model, "engine": e.name, "params_m": round(e.params, 2),
                      "p50_ms": round(float(np.percentile(t, 50)), 1), "p95_ms": round(float(np.percentile(t, 95)), 1)})
     p50 = {(r["model"], r["engine"]): r["p50_ms"] for r in rows}
-    m = "rtdetrv2-r18"
-    ratios = {}
-    if (m, "fused-fp32") in p50:
-        ratios["fused_fp32_vs_official_ov"] = round(p50[(m, "official-ov")] / p50[(m, "fused-fp32")], 2)
-        ratios["fused_fp32_vs_official_ort"] = round(p50[(m, "official-ort")] / p50[(m, "fused-fp32")], 2)
-        ratios["int8_vs_fused_fp32"] = round(p50[(m, "fused-fp32")] / p50[(m, "fused-int8")], 2)
-        ratios["fp16_vs_fused_fp32"] = round(p50[(m, "fused-fp32")] / p50[(m, "fused-fp16")], 2)
-        ratios["fused_fp32_vs_torch"] = round(p50[(m, "torch")] / p50[(m, "fused-fp32")], 2)
+    ratios: Dict[str, Dict[str, float]] = {}
+    for m in REALTIME_MODELS:
+        if (m, "fused-fp32") not in p50:
+            continue
+        ratios[m] = {
+            "fused_fp32_vs_official_ov": round(p50[(m, "official-ov")] / p50[(m, "fused-fp32")], 2),
+            "fused_fp32_vs_official_ort": round(p50[(m, "official-ort")] / p50[(m, "fused-fp32")], 2),
+            "int8_vs_fused_fp32": round(p50[(m, "fused-fp32")] / p50[(m, "fused-int8")], 2),
+            "fp16_vs_fused_fp32": round(p50[(m, "fused-fp32")] / p50[(m, "fused-fp16")], 2),
+            "fused_fp32_vs_torch": round(p50[(m, "torch")] / p50[(m, "fused-fp32")], 2),
+        }
     print(f"\n{'model':<18}{'engine':<14}{'params M':>9}{'p50 ms':>9}{'p95 ms':>9}")
     for r in rows:
         print(f"{r['model']:<18}{r['engine']:<14}{r['params_m']:>9.2f}{r['p50_ms']:>9.1f}{r['p95_ms']:>9.1f}")
-    print("ratios (x faster):", ", ".join(f"{k} {v}" for k, v in ratios.items()))
-    print("top-K agreement with fused FP32:", ", ".join(f"{k} {v:.3f}" for k, v in agree.items()))
+    for m, r in ratios.items():
+        print(f"{m} ratios (x faster):", ", ".join(f"{k} {v}" for k, v in r.items()))
+    for m, a in agree.items():
+        print(f"{m} top-K agreement with fused FP32:", ", ".join(f"{k} {v:.3f}" for k, v in a.items()))
     print(json.dumps({"bench": "realtime", "imgsz": args.imgsz, "threads": args.threads, "rounds": args.rounds,
                       "top_k": args.top_k, "trained": bool(args.rtdetr_checkpoint), "rows": rows, "ratios": ratios,
                       "agreement_vs_fused_fp32": agree}))

@@ -95,6 +95,9 @@ def read_official_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, Tensor],
 
 def detect_family(state: Mapping[str, Tensor], args: Optional[Dict[str, Any]] = None) -> str:
     """The official family whose key signature `state` matches (cross-checked with args.modelname)."""
+    if any(k.startswith("decoder.decoder.lqe_layers.") for k in state):
+        raise OfficialCheckpointError("this is a D-FINE/DEIM checkpoint, which carries no config: pass config='dfine_hgnetv2_n_coco' "
+                                      "(the official YAML name it was trained with) and any -u updates")
     hits = [name for name in family_names() if get_spec(name).matches(state)]
     signatures = "; ".join(f"{n}: {get_spec(n).signature}" for n in family_names())
     if not hits:
@@ -280,10 +283,17 @@ def load_official(
     `config_for_checkpoint`); shape-changing ones make the load fail with the mismatches.
     config, updates: for RT-DETRv2 checkpoints (which carry no config): a released config name
     (`rtdetr_official.RTDETR_CONFIGS`, e.g. "rtdetrv2_r18vd") and the official `-u` strings
-    (e.g. ["HybridEncoder.hidden_dim=64", "num_classes=5"]).
+    (e.g. ["HybridEncoder.hidden_dim=64", "num_classes=5"]). D-FINE/DEIM checkpoints likewise,
+    with their YAML names (`dfine_hgnetv2_n_coco`, `deim_hgnetv2_s_coco`; `edgedet.checkpoints.dfine_official`).
     """
+    from edgedet.checkpoints.dfine_official import is_dfine_config, load_dfine_official
     from edgedet.models import create_model_from_config
 
+    if config is not None and (family in (None, "dfine") and is_dfine_config(config)):
+        return load_dfine_official(path, config, updates, overrides)
+    if family == "dfine":
+        raise OfficialCheckpointError("D-FINE/DEIM checkpoints carry no config: pass config='dfine_hgnetv2_n_coco' "
+                                      "(the official YAML name) and any -u updates")
     state, args = read_official_checkpoint(path)
     family = "rtdetr" if config is not None and family is None else family
     family = _resolve_family(state, args, family)

@@ -1,8 +1,11 @@
-"""A plain multi-layer perceptron (ReLU between layers), as DETR's box head."""
+"""A plain multi-layer perceptron (ReLU between layers, or SiLU as DEIM uses), as DETR's box head."""
 from __future__ import annotations
 
 from torch import Tensor, nn
 import torch.nn.functional as F
+
+
+_ACTS = {"relu": F.relu, "silu": F.silu}
 
 
 class MLP(nn.Module):
@@ -11,8 +14,11 @@ class MLP(nn.Module):
     Parameters are `layers.{i}.weight/bias`, the name every reference checkpoint uses.
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int):
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int, act: str = "relu"):
         super().__init__()
+        if act not in _ACTS:
+            raise ValueError(f"MLP activation must be one of {', '.join(_ACTS)}, got '{act}'")
+        self.act = _ACTS[act]
         dims = [in_dim] + [hidden_dim] * (num_layers - 1)
         outs = [hidden_dim] * (num_layers - 1) + [out_dim]
         self.num_layers = num_layers
@@ -22,5 +28,5 @@ class MLP(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < self.num_layers - 1:
-                x = F.relu(x)
+                x = self.act(x)
         return x
