@@ -22,7 +22,6 @@ import numpy as np
 
 from converters.demo import ASSETS, DEMO_IMGSZ, SCORING_FLOOR, _sha, artifact_msda, cached_artifacts, format_summary, \
     match_accuracy, render_demo_video, run_video
-from converters.verify import iou_matrix
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +81,8 @@ def prompt_classes(names: Sequence[str], box_names: Sequence[str], boxes: np.nda
     common class of its boxes, else the class of that name when it is one (a text prompt)."""
     votes: Dict[str, Counter] = {n: Counter() for n in names}
     gt_boxes = np.asarray([o["box_xyxy"] for o in first_gt], np.float32).reshape(-1, 4)
+    from converters.verify import iou_matrix  # lazy: verify imports torch
+
     ious = iou_matrix(np.asarray(boxes, np.float32).reshape(-1, 4), gt_boxes)
     for name, row in zip(box_names, ious):
         if row.size and row.max() >= MATCH_IOU:

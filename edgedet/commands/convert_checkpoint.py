@@ -29,19 +29,20 @@ class ConvertCheckpointCommand:
     help = "convert an official DETR / Deformable-DETR / DAB-DETR / DINO checkpoint to edgedet's format"
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        from edgedet.checkpoints import family_names
-
         p.add_argument("src", help="checkpoint written by the official repository (.pth)")
-        p.add_argument("--from", dest="family", choices=family_names(), default=None,
-                       help="the family it comes from (default: detected from the keys)")
+        p.add_argument("--from", dest="family", default=None,
+                       help="the family it comes from: detr, deformable_detr, dab_detr, dino, ... "
+                            "(default: detected from the keys; validated when run, so --help needs no torch)")
         p.add_argument("-o", "--output", required=True, help="where to write the edgedet checkpoint (.pth)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                        help="model config field to set (repeatable), e.g. class_names=[cat,dog] or nheads=8 "
                             "for a checkpoint without args")
 
     def run(self, args: argparse.Namespace) -> int:
-        from edgedet.checkpoints import convert_official
+        from edgedet.checkpoints import convert_official, family_names
 
+        if args.family is not None and args.family not in family_names():
+            raise ValueError(f"--from {args.family}: unknown family; valid: {', '.join(family_names())}")
         out, model = convert_official(args.src, args.output, args.family, parse_set_args(args.overrides))
         cfg = model.config
         n_params = sum(p.numel() for p in model.parameters())
