@@ -106,10 +106,13 @@ def make_manifest(
     )
 
 
-def _output_path(output: Optional[Union[str, Path]], fmt: ExportFormat, family: str, msda: str, precision: str) -> Path:
+def _output_path(output: Optional[Union[str, Path]], fmt: ExportFormat, family: str, msda: str, precision: str,
+                 source: Any = None) -> Path:
     default_name = f"{family or 'model'}{'-' + msda if msda else ''}-{precision}{fmt.suffix}"
     if output is None:
-        return Path(default_name)
+        from converters.export_defaults import default_output_dir
+
+        return default_output_dir(source) / default_name
     path = Path(output)
     if path.is_dir() or str(output).endswith(("/", "\\")):
         return path / default_name
@@ -166,7 +169,7 @@ def export(
     format: str = "onnx",
     output: Optional[Union[str, Path]] = None,
     precision: str = "fp32",
-    imgsz: Sequence[int] = (640, 640),
+    imgsz: Optional[Sequence[int]] = None,
     dynamic_batch: bool = False,
     msda: Optional[str] = None,
     calib: Any = None,
@@ -178,21 +181,30 @@ def export(
     experiment: Optional[Dict[str, Any]] = None,
     simplify: bool = True,
     dry_run: bool = False,
+    score_threshold: Optional[float] = None,
+    threshold_images: int = 32,
 ) -> Path:
     """Export a detector -> path of the written artifact (.onnx, .xml or .engine).
 
     model_or_checkpoint: nn.Module, checkpoint path (edgedet or official) or model name.
-    imgsz: fixed network input (H, W); letterboxed by the runtime. msda: None = format default.
+    output: artifact path or folder; None = `runs/export/<checkpoint folder>-<stem>/<family>-<msda>-<precision><suffix>`.
+    imgsz: fixed network input (H, W), letterboxed by the runtime; None = the checkpoint's training scale
+        (data.val_size and the validation images' aspect), 640x640 without a training config (logged).
+    msda: None = format default.
     calib: images for INT8 (folder, list of paths, dataset, DataConfig or [N, 3, H, W] array).
     postprocess: True -> labels/boxes(xyxy, input pixels)/scores top-K; False -> raw head outputs.
     experiment: the training ExperimentConfig dict (mean/std of its data) when passing a module.
     simplify: run onnxslim on the ONNX graph (skipped with a log line if it fails).
     dry_run: format="tensorrt" only: write the ONNX the engine would be built from (no TensorRT needed).
+    score_threshold: the manifest's recommended minimum score; None = best F1 on up to `threshold_images`
+        images of the checkpoint's validation split, or 0.25 when no validation data is readable (logged).
     """
-    if isinstance(imgsz, int) or len(imgsz) != 2 or min(int(s) for s in imgsz) <= 0:
+    if imgsz is not None and (isinstance(imgsz, int) or len(imgsz) != 2 or min(int(s) for s in imgsz) <= 0):
         raise ExportError(f"imgsz must be (H, W) positive integers, got {imgsz!r}")
     if top_k <= 0:
         raise ExportError(f"top_k must be positive, got {top_k}")
+    if score_threshold is not None and not 0.0 <= score_threshold <= 1.0:
+        raise ExportError(f"score_threshold must be in [0, 1], got {score_threshold}")
     from converters.formats import get_format
 
     get_format(format)  # fail on a misspelt format before loading anything
@@ -202,10 +214,24 @@ def export(
     fmt, form = validate_request(format, precision, msda, has_msda(model), calib is not None)
     form = _resolve_default_msda(fmt, msda, form)
     family = getattr(getattr(model, "config", None), "name", "") or ""
+    from converters.export_defaults import default_imgsz, recommend_threshold
+
+    if imgsz is None:
+        imgsz, why = default_imgsz(experiment)
+        log.info("input size %dx%d (H x W): %s", imgsz[0], imgsz[1], why)
     imgsz_hw = (int(imgsz[0]), int(imgsz[1]))
+    out_path = _output_path(output, fmt, family, form, precision, model_or_checkpoint)
+    if score_threshold is None:
+        score_threshold, threshold_source = recommend_threshold(model, experiment, threshold_images)
+    else:
+        threshold_source = "given"
+    log.info("recommended score threshold %.3g: %s", score_threshold, threshold_source)
     manifest = make_manifest(model, fmt.backend, precision, form, imgsz_hw, 0 if dynamic_batch else 1,
                              postprocess, top_k, class_names, experiment)
-    req = ExportRequest(fmt, _output_path(output, fmt, family, form, precision), precision, form, imgsz_hw,
+    manifest.outputs = dataclasses.replace(manifest.outputs, score_threshold=float(score_threshold),
+                                           score_threshold_source=threshold_source)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    req = ExportRequest(fmt, out_path, precision, form, imgsz_hw,
                         dynamic_batch, postprocess, top_k, calib, calib_images, opset, manifest, simplify, dry_run)
     module_name, fn_name = fmt.builder.split(":")
     builder = getattr(importlib.import_module(module_name), fn_name)

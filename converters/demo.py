@@ -64,7 +64,8 @@ def export_demo_model(checkpoint: Path, out_dir: Path, format: str = "openvino",
     from converters.formats import get_format
 
     fmt = get_format(format)
-    stamp = out_dir / "model" / f"{_sha(checkpoint)}-{format}-{msda or 'auto'}.json"
+    # v2: manifests carry a recommended score threshold
+    stamp = out_dir / "model" / f"{_sha(checkpoint)}-{format}-{msda or 'auto'}-v2.json"
     return cached_artifacts(stamp, lambda: [export(checkpoint, format=format, imgsz=DEMO_IMGSZ, msda=msda,
                                                    output=out_dir / "model" / f"demo_detector{fmt.suffix}")])[0]
 
@@ -144,8 +145,9 @@ def artifact_msda(artifact: Path) -> str:
 
 
 def run_demo(output_dir: Path = Path("runs/demo"), frames: int = 150, format: str = "openvino", msda: Optional[str] = None,
-             checkpoint: Path = DEMO_CHECKPOINT, conf: float = 0.2, show: bool = False) -> Dict[str, Any]:
-    """Run the demo; returns the summary that is also written to `output_dir/summary.json`."""
+             checkpoint: Path = DEMO_CHECKPOINT, conf: Optional[float] = None, show: bool = False) -> Dict[str, Any]:
+    """Run the demo; returns the summary that is also written to `output_dir/summary.json`.
+    conf: drawing threshold; None = the one the export recommended (best F1 on validation data)."""
     from runtime import Detector
 
     checkpoint = Path(checkpoint)
@@ -160,6 +162,9 @@ def run_demo(output_dir: Path = Path("runs/demo"), frames: int = 150, format: st
 
     # Score with every detection above a low floor (mAP integrates over scores); draw only `conf`.
     detector = Detector(artifact, conf=SCORING_FLOOR)
+    if conf is None:
+        conf = detector.manifest.outputs.score_threshold
+        log.info("drawing detections scoring >= %.3g (%s)", conf, detector.manifest.outputs.score_threshold_source)
     log.info("3/4 running the pipeline: %s on %s", detector, video.name)
     stats, per_frame, sheet_path = run_video(video, detector, output_dir, frames, conf, show)
     detector.close()
@@ -209,7 +214,8 @@ class _DemoCommand:
         parser.add_argument("--msda", default=None, help="fused | gather | grid_sample (default: fused when built)")
         parser.add_argument("--checkpoint", type=Path, default=None,
                             help="a checkpoint instead of the embedded one (demo_detector.pth, with --prompt prompted_detector.pth)")
-        parser.add_argument("--conf", type=float, default=0.2, help="score threshold for drawing")
+        parser.add_argument("--conf", type=float, default=None, help="score threshold for drawing (default: the "
+                            "exported model's recommended threshold; 0.3 for --prompt)")
         parser.add_argument("--show", action="store_true", help="show frames in a window while running")
         add_prompt_arguments(parser)
 

@@ -32,7 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--source", default="0", help="camera index, video, folder or URL")
-    parser.add_argument("--conf", type=float, default=0.5)
+    parser.add_argument("--conf", type=float, default=None, help="minimum score (default: the manifest's recommended one)")
     args = parser.parse_args()
 
     counter = ObjectCounter()
