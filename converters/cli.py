@@ -68,7 +68,7 @@ class ExportCommand:
             calib=args.calib, postprocess=not args.raw, top_k=args.top_k, calib_images=args.calib_images,
             dry_run=args.dry_run, score_threshold=args.score_threshold,
         )
-        print(f"exported {path}")
+        print(_describe(path))
         if args.verify:
             from converters.export_defaults import default_verify_images
             from converters.verify import format_report, verify
@@ -78,6 +78,18 @@ class ExportCommand:
             report = verify(path, model, images)
             print(format_report(report))
         return 0
+
+
+def _describe(path) -> str:
+    """One line on what was written: the artifact and the manifest facts a user acts on."""
+    from runtime.manifest import read_sidecar
+
+    man = read_sidecar(path)
+    if man is None:  # a dry run writes the ONNX the engine would be built from
+        return f"exported {path}"
+    h, w = man.preprocess.size
+    return (f"exported {path} ({man.backend} {man.precision}, msda {man.msda or '-'}, input {h}x{w}, "
+            f"score threshold {man.outputs.score_threshold:.3g})")
 
 
 def _check_paths_before_export(args: argparse.Namespace) -> None:
