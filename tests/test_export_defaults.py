@@ -72,10 +72,16 @@ def test_export_defaults_come_from_the_checkpoint(tiny_checkpoint, tmp_path, mon
     assert f"conf={out['score_threshold']:.3g}" in capsys.readouterr().err
 
 
-def test_explicit_threshold_and_imgsz_are_kept(tiny_checkpoint, tmp_path):
+def test_explicit_threshold_and_imgsz_are_kept_and_verify_finds_images(tiny_checkpoint, tmp_path, caplog, capsys):
+    import logging
+
     out = tmp_path / "m.onnx"
-    assert main(["export", "--model", str(tiny_checkpoint), "--imgsz", "64", "128", "--score-threshold", "0.42",
-                 "--output", str(out)]) == 0
+    with caplog.at_level(logging.INFO):
+        assert main(["export", "--model", str(tiny_checkpoint), "--imgsz", "64", "128", "--score-threshold", "0.42",
+                     "--output", str(out), "--verify"]) == 0  # no --images: the checkpoint's validation images
+    assert "verifying on synthetic:val images" in caplog.text
+    assert capsys.readouterr().out.count("topk_match") == 1  # the report table once
+    assert json.loads((tmp_path / "m.verify.json").read_text())["images"] == 6
     manifest = json.loads((tmp_path / "m.edgedet.json").read_text())
     assert manifest["preprocess"]["size"] == [64, 128]
     assert manifest["outputs"]["score_threshold"] == 0.42 and manifest["outputs"]["score_threshold_source"] == "given"
