@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 STAMP=build/.setup-stamp
 WANT=$( { "$PY" -c "import sys; print(sys.executable)"; cat setup.py pyproject.toml; } | sha256sum | cut -d' ' -f1)
 if [ "${EDGEDET_SETUP_FORCE:-0}" != 1 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] \
-   && "$PY" -c "import edgedet, torch, openvino, nncf" >/dev/null 2>&1; then
+   && "$PY" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('edgedet', 'torch', 'openvino', 'nncf')))" >/dev/null 2>&1; then
   echo "setup: dependencies up to date (EDGEDET_SETUP_FORCE=1 reinstalls)"
 else
   if ! "$PY" -c "import torch" >/dev/null 2>&1; then
