@@ -183,6 +183,7 @@ def export(
     dry_run: bool = False,
     score_threshold: Optional[float] = None,
     threshold_images: int = 32,
+    threshold_source: str = "given",
 ) -> Path:
     """Export a detector -> path of the written artifact (.onnx, .xml or .engine).
 
@@ -197,7 +198,8 @@ def export(
     simplify: run onnxslim on the ONNX graph (skipped with a log line if it fails).
     dry_run: format="tensorrt" only: write the ONNX the engine would be built from (no TensorRT needed).
     score_threshold: the manifest's recommended minimum score; None = best F1 on up to `threshold_images`
-        images of the checkpoint's validation split, or 0.25 when no validation data is readable (logged).
+        images of the checkpoint's validation split, or 0.25 when no validation data is readable (logged);
+        threshold_source says in the manifest how a given threshold was chosen.
     """
     if imgsz is not None and (isinstance(imgsz, int) or len(imgsz) != 2 or min(int(s) for s in imgsz) <= 0):
         raise ExportError(f"imgsz must be (H, W) positive integers, got {imgsz!r}")
@@ -223,8 +225,6 @@ def export(
     out_path = _output_path(output, fmt, family, form, precision, model_or_checkpoint)
     if score_threshold is None:
         score_threshold, threshold_source = recommend_threshold(model, experiment, threshold_images)
-    else:
-        threshold_source = "given"
     log.info("recommended score threshold %.3g: %s", score_threshold, threshold_source)
     manifest = make_manifest(model, fmt.backend, precision, form, imgsz_hw, 0 if dynamic_batch else 1,
                              postprocess, top_k, class_names, experiment)
