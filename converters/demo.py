@@ -64,8 +64,8 @@ def export_demo_model(checkpoint: Path, out_dir: Path, format: str = "openvino",
     from converters.formats import get_format
 
     fmt = get_format(format)
-    # v2: manifests carry a recommended score threshold
-    stamp = out_dir / "model" / f"{_sha(checkpoint)}-{format}-{msda or 'auto'}-v2.json"
+    # v3: manifests carry a score threshold chosen on rendered validation clips
+    stamp = out_dir / "model" / f"{_sha(checkpoint)}-{format}-{msda or 'auto'}-v3.json"
 
     def build():
         from edgedet.engine.checkpoint import load_model
