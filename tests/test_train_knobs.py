@@ -68,3 +68,15 @@ def test_budget_shortfall_names_the_epochs_that_fit():
     assert _budget_shortfall(TrainConfig(epochs=4, time_budget_s=600), Clock(), 1, 0) is None
     assert _budget_shortfall(TrainConfig(epochs=20), Clock(), 1, 0) is None  # no budget
     assert _duration(3725) == "1h02m" and _duration(65) == "1m05s"
+
+
+def test_small_presets_bring_the_from_scratch_recipe():
+    from edgedet.presets import apply_preset_train
+
+    model = apply_preset(default_config("dino"), "nano")
+    tc = apply_preset_train(TrainConfig(), model, "nano")
+    assert (tc.lr, tc.lr_backbone_mult, tc.scheduler) == (4e-4, 1.0, "cosine")
+    import dataclasses
+
+    pretrained = dataclasses.replace(model, backbone_weights="r18.pth")  # ImageNet weights: keep the defaults
+    assert apply_preset_train(TrainConfig(), pretrained, "nano") == TrainConfig()

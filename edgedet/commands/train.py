@@ -39,7 +39,7 @@ class TrainCommand:
         from edgedet.engine.threads import set_threads
         from edgedet.engine.trainer import train
         from edgedet.models import default_config
-        from edgedet.presets import apply_imgsz, apply_preset
+        from edgedet.presets import apply_imgsz, apply_preset, apply_preset_train
 
         # `--set model.preset=nano` is the preset flag spelt as an override (ModelConfig has no such field)
         presets = [o.split("=", 1)[1] for o in args.overrides if o.startswith("model.preset=")]
@@ -56,10 +56,11 @@ class TrainCommand:
             raise ValueError("say which model to train: --model NAME or --config experiment.yaml")
         if args.data is not None or not args.config:
             cfg = replace(cfg, data=parse_data_arg(args.data or "synthetic", cfg.data))
+        if preset:  # before the flags and --set, which override it
+            cfg = replace(cfg, model=apply_preset(cfg.model, preset))
+            cfg = replace(cfg, train=apply_preset_train(cfg.train, cfg.model, preset))
         flags = {"epochs": args.epochs, "batch_size": args.batch_size, "device": args.device, "output_dir": args.output}
         cfg = replace(cfg, train=replace(cfg.train, **{k: v for k, v in flags.items() if v is not None}))
-        if preset:
-            cfg = replace(cfg, model=apply_preset(cfg.model, preset))
         if args.imgsz:
             cfg = replace(cfg, data=apply_imgsz(cfg.data, args.imgsz))
         cfg = apply_overrides(cfg, overrides)
@@ -68,9 +69,9 @@ class TrainCommand:
         if main_process:
             log.info("%s", threads)
         if main_process and (preset or args.imgsz):
-            log.info("model %s preset %s, backbone %s, hidden %d; images: shorter side %d (train scales %s)",
-                     cfg.model.name, preset or "-", cfg.model.backbone, cfg.model.hidden_dim, cfg.data.val_size,
-                     cfg.data.scales)
+            log.info("model %s preset %s, backbone %s, hidden %d; lr %g (backbone x%g, %s); images: shorter side %d "
+                     "(train scales %s)", cfg.model.name, preset or "-", cfg.model.backbone, cfg.model.hidden_dim,
+                     cfg.train.lr, cfg.train.lr_backbone_mult, cfg.train.scheduler, cfg.data.val_size, cfg.data.scales)
         last = train(cfg, resume=args.resume, progress=not args.no_progress)
         if main_process:
             log.info("last checkpoint: %s", last)
