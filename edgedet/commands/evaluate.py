@@ -31,11 +31,10 @@ class EvalCommand:
         from edgedet.engine.evaluator import evaluate
         from edgedet.engine.threads import set_threads
 
-        print(set_threads(args.threads), file=sys.stderr)
-
         cfg = checkpoint_config(load_checkpoint(args.checkpoint))
         data_cfg = parse_data_arg(args.data, cfg.data, allow_sections=True) if args.data else cfg.data
         model = load_model(args.checkpoint, args.device, prefer_ema=not args.raw_weights)
+        print(set_threads(args.threads), file=sys.stderr)  # after the inputs are known to be good
         dataset = build_dataset(replace(data_cfg), args.split)
         if len(dataset.class_names) != model.config.num_classes:
             raise ValueError(f"the dataset has {len(dataset.class_names)} classes but the model predicts "
