@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from runtime import Detector, MultiStreamPipeline, Pipeline  # noqa: E402
-from runtime.capture import SequentialSource  # noqa: E402
+from runtime.capture import LiveIteratorSource, SequentialSource  # noqa: E402
 
 VIDEOS = REPO.parent / "shared" / "data" / "videos"
 CHECKPOINT = REPO / "edgedet" / "assets" / "demo_detector.pth"
@@ -56,10 +56,20 @@ def load_frames(per_video: int, size_wh=(640, 360)) -> List[np.ndarray]:
     return frames
 
 
-def looping_source(name: str, frames: Sequence[np.ndarray], offset: int) -> SequentialSource:
-    """An endless file-like stream (every frame processed) starting `offset` frames in."""
+def looping_source(name: str, frames: Sequence[np.ndarray], offset: int, fps: float = 0.0):
+    """An endless stream starting `offset` frames in: file-like (every frame processed, as fast as the
+    engine goes) when fps is 0, else a live camera at `fps` (newest frame only, stale ones dropped)."""
     n = len(frames)
-    return SequentialSource(name, (frames[(offset + i) % n] for i in itertools.count()))
+    if not fps:
+        return SequentialSource(name, (frames[(offset + i) % n] for i in itertools.count()))
+
+    def camera():
+        t0 = time.perf_counter()
+        for i in itertools.count():
+            time.sleep(max(0.0, t0 + i / fps - time.perf_counter()))
+            yield frames[(offset + i) % n]
+
+    return LiveIteratorSource(camera(), name=name, fps=fps)
 
 
 def export_artifacts(backends: Sequence[str], out_dir: Path, imgsz) -> Dict[str, Path]:
@@ -86,10 +96,10 @@ def _latency(stats_list: List[dict]) -> tuple:
     return (float(np.mean(p50)) if p50 else 0.0, float(max(p95)) if p95 else 0.0)
 
 
-def run_independent(artifact: Path, frames, n: int, seconds: float, threads: int) -> dict:
+def run_independent(artifact: Path, frames, n: int, seconds: float, threads: int, fps: float = 0.0) -> dict:
     options = {"threads": threads} if threads else {}
     detectors = [Detector(artifact, **options) for _ in range(n)]
-    pipes = [Pipeline(looping_source(f"s{i}", frames, i * len(frames) // max(1, n)), d, queue_size=2)
+    pipes = [Pipeline(looping_source(f"s{i}", frames, i * len(frames) // max(1, n), fps), d, queue_size=2)
              for i, d in enumerate(detectors)]
     for p in pipes:
         p.start()
@@ -105,10 +115,10 @@ def run_independent(artifact: Path, frames, n: int, seconds: float, threads: int
     return {"fps": frames_done / elapsed if elapsed else 0.0, "p50_ms": p50, "p95_ms": p95}
 
 
-def run_batched(artifact: Path, frames, n: int, seconds: float, threads: int, max_wait_ms: float) -> dict:
+def run_batched(artifact: Path, frames, n: int, seconds: float, threads: int, max_wait_ms: float, fps: float = 0.0) -> dict:
     options = {"threads": threads} if threads else {}
     with Detector(artifact, **options) as det:
-        sources = {f"s{i}": looping_source(f"s{i}", frames, i * len(frames) // max(1, n)) for i in range(n)}
+        sources = {f"s{i}": looping_source(f"s{i}", frames, i * len(frames) // max(1, n), fps) for i in range(n)}
         stats = MultiStreamPipeline(sources, det, max_wait_ms=max_wait_ms, queue_size=2 * n).run(duration_s=seconds)
     p50, p95 = _latency([s["latency_ms"] for s in stats["streams"].values()])
     return {"fps": stats["fps"], "p50_ms": p50, "p95_ms": p95, "batch_mean": stats["batch_mean"]}
@@ -125,6 +135,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="engine threads per Detector (0 = engine default)")
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--frames-per-video", type=int, default=90)
+    ap.add_argument("--fps", type=float, default=0.0,
+                    help="0: file streams, every frame, as fast as the engine goes (throughput); N: live cameras "
+                         "at N frames/s each, newest frame only (latency at a real camera rate)")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench_multistream"))
     args = ap.parse_args()
 
@@ -138,8 +151,8 @@ def main() -> None:
         for n in args.streams:
             runs: Dict[str, List[dict]] = {"independent": [], "batched": []}
             for _ in range(args.repeats):  # interleaved: load changes hit both modes
-                runs["independent"].append(run_independent(artifact, frames, n, args.seconds, args.threads))
-                runs["batched"].append(run_batched(artifact, frames, n, args.seconds, args.threads, args.max_wait_ms))
+                runs["independent"].append(run_independent(artifact, frames, n, args.seconds, args.threads, args.fps))
+                runs["batched"].append(run_batched(artifact, frames, n, args.seconds, args.threads, args.max_wait_ms, args.fps))
             med = {mode: {k: float(np.median([r[k] for r in rs])) for k in rs[0]} for mode, rs in runs.items()}
             if n == 1:
                 single_p95 = med["independent"]["p95_ms"]
@@ -162,7 +175,7 @@ def main() -> None:
         print(f"{r['engine']:<22}{r['streams']:>8}{r['independent_fps']:>11.1f}{r['batched_fps']:>11.1f}{r['throughput_ratio']:>7.2f}"
               f"{r['independent_p50_ms']:>9.1f}/{r['independent_p95_ms']:<9.1f}{r['batched_p50_ms']:>9.1f}/{r['batched_p95_ms']:<9.1f}"
               f"{r['batch_mean']:>11.2f}{(rel or 0.0):>11.2f}")
-    print(json.dumps({"bench": "multistream", "seconds": args.seconds, "repeats": args.repeats, "imgsz": args.imgsz,
+    print(json.dumps({"bench": "multistream", "fps_per_stream": args.fps, "seconds": args.seconds, "repeats": args.repeats, "imgsz": args.imgsz,
                       "threads": args.threads, "rows": rows}))
 
 

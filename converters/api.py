@@ -114,10 +114,13 @@ def make_manifest(
     )
 
 
-def _output_path(output: Optional[Union[str, Path]], fmt: ExportFormat, family: str, msda: str, precision: str) -> Path:
+def _output_path(output: Optional[Union[str, Path]], fmt: ExportFormat, family: str, msda: str, precision: str,
+                 source: Any = None) -> Path:
     default_name = f"{family or 'model'}{'-' + msda if msda else ''}-{precision}{fmt.suffix}"
     if output is None:
-        return Path(default_name)
+        from converters.export_defaults import default_output_dir
+
+        return default_output_dir(source) / default_name
     path = Path(output)
     if path.is_dir() or str(output).endswith(("/", "\\")):
         return path / default_name
@@ -204,7 +207,7 @@ def export(
     format: str = "onnx",
     output: Optional[Union[str, Path]] = None,
     precision: str = "fp32",
-    imgsz: Sequence[int] = (640, 640),
+    imgsz: Optional[Sequence[int]] = None,
     dynamic_batch: bool = False,
     msda: Optional[str] = None,
     calib: Any = None,
@@ -218,11 +221,17 @@ def export(
     dry_run: bool = False,
     batch_profile: Optional[Sequence[int]] = None,
     overwrite: bool = False,
+    score_threshold: Optional[float] = None,
+    threshold_images: int = 32,
+    threshold_source: str = "given",
 ) -> Path:
     """Export a detector -> path of the written artifact (.onnx, .xml or .engine).
 
     model_or_checkpoint: nn.Module, checkpoint path (edgedet or official) or model name.
-    imgsz: fixed network input (H, W); letterboxed by the runtime. msda: None = format default.
+    output: artifact path or folder; None = `runs/export/<checkpoint folder>-<stem>/<family>-<msda>-<precision><suffix>`.
+    imgsz: fixed network input (H, W), letterboxed by the runtime; None = the checkpoint's training scale
+        (data.val_size and the validation images' aspect), 640x640 without a training config (logged).
+    msda: None = format default.
     calib: images for INT8 (folder, list of paths, dataset, DataConfig or [N, 3, H, W] array).
     postprocess: True -> labels/boxes(xyxy, input pixels)/scores top-K; False -> raw head outputs.
     experiment: the training ExperimentConfig dict (mean/std of its data) when passing a module.
@@ -231,12 +240,17 @@ def export(
     batch_profile: (min, opt, max) batch of a dynamic-batch TensorRT engine's optimisation profile;
         default (1, 8, 8): TensorRT tunes its kernels for the opt batch, so set it to your stream count.
     overwrite: replace existing files at the output path (otherwise refused before any work).
+    score_threshold: the manifest's recommended minimum score; None = best F1 on up to `threshold_images`
+        images of the checkpoint's validation split, or 0.25 when no validation data is readable (logged);
+        threshold_source says in the manifest how a given threshold was chosen.
     """
-    if isinstance(imgsz, int) or len(imgsz) != 2 or min(int(s) for s in imgsz) <= 0:
+    if imgsz is not None and (isinstance(imgsz, int) or len(imgsz) != 2 or min(int(s) for s in imgsz) <= 0):
         raise ExportError(f"imgsz must be (H, W) positive integers, got {imgsz!r}")
     if top_k <= 0:
         raise ExportError(f"top_k must be positive, got {top_k}")
     profile = _batch_profile(batch_profile)
+    if score_threshold is not None and not 0.0 <= score_threshold <= 1.0:
+        raise ExportError(f"score_threshold must be in [0, 1], got {score_threshold}")
     from converters.formats import get_format
 
     fmt0 = get_format(format)  # fail on a misspelt format before loading anything
@@ -248,11 +262,22 @@ def export(
     fmt, form = validate_request(format, precision, msda, has_msda(model), calib is not None)
     form = _resolve_default_msda(fmt, msda, form)
     family = getattr(getattr(model, "config", None), "name", "") or ""
+    from converters.export_defaults import default_imgsz, recommend_threshold
+
+    if imgsz is None:
+        imgsz, why = default_imgsz(experiment)
+        log.info("input size %dx%d (H x W): %s", imgsz[0], imgsz[1], why)
     imgsz_hw = (int(imgsz[0]), int(imgsz[1]))
+    out_path = _output_path(output, fmt, family, form, precision, model_or_checkpoint)
+    check_outputs(fmt, out_path, dry_run, overwrite, [model_or_checkpoint])  # before the slow work
+    if score_threshold is None:
+        score_threshold, threshold_source = recommend_threshold(model, experiment, threshold_images)
+    log.info("recommended score threshold %.3g: %s", score_threshold, threshold_source)
     manifest = make_manifest(model, fmt.backend, precision, form, imgsz_hw, 0 if dynamic_batch else 1,
                              postprocess, top_k, class_names, experiment)
-    out_path = _output_path(output, fmt, family, form, precision)
-    check_outputs(fmt, out_path, dry_run, overwrite, [model_or_checkpoint])
+    manifest.outputs = dataclasses.replace(manifest.outputs, score_threshold=float(score_threshold),
+                                           score_threshold_source=threshold_source)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     req = ExportRequest(fmt, out_path, precision, form, imgsz_hw,
                         dynamic_batch, postprocess, top_k, calib, calib_images, opset, manifest, simplify, dry_run, profile)
     module_name, fn_name = fmt.builder.split(":")

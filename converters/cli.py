@@ -24,19 +24,24 @@ class ExportCommand:
         # Free text (not argparse choices) so a typo gets the table's suggestion.
         p.add_argument("--format", default="onnx", help=f"one of {', '.join(FORMATS)} (default onnx)")
         p.add_argument("--precision", default="fp32", help=f"one of {', '.join(PRECISIONS)} (default fp32)")
-        p.add_argument("--imgsz", type=int, nargs=2, default=[640, 640], metavar=("H", "W"), help="network input size")
+        p.add_argument("--imgsz", type=int, nargs=2, default=None, metavar=("H", "W"),
+                       help="network input size (default: the checkpoint's training scale, printed; 640 640 without one)")
         p.add_argument("--msda", default=None, help=f"deformable-attention export form: {', '.join(MSDA_FORMS)} "
                        "(default: the format's own)")
         p.add_argument("--calib", default=None, help="folder of calibration images (needed for int8)")
         p.add_argument("--calib-images", type=int, default=32, help="number of calibration images used")
-        p.add_argument("--output", default=None, help="artifact path or folder (default: ./<family>-<msda>-<precision><suffix>)")
+        p.add_argument("--output", default=None, help="artifact path or folder (default: runs/export/<checkpoint folder>-<stem>/<family>-<msda>-<precision><suffix>)")
         p.add_argument("--dynamic-batch", action="store_true", help="dynamic batch dimension")
         p.add_argument("--batch-profile", type=int, nargs=3, default=None, metavar=("MIN", "OPT", "MAX"),
                        help="tensorrt with --dynamic-batch: optimisation profile batches (default 1 8 8; OPT = your stream count)")
         p.add_argument("--raw", action="store_true", help="export raw pred_logits/pred_boxes instead of top-K detections")
         p.add_argument("--top-k", type=int, default=100, help="detections kept per image (postprocessed export)")
+        p.add_argument("--score-threshold", type=float, default=None,
+                       help="recommended minimum score stored in the manifest (default: best F1 on the checkpoint's "
+                            "validation data, else 0.25); `edgedet run` and the examples use it when given no --conf")
         p.add_argument("--verify", action="store_true", help="compare the artifact with PyTorch afterwards")
-        p.add_argument("--images", default=None, help="images for --verify (default: --calib)")
+        p.add_argument("--images", default=None, help="images for --verify (default: --calib, else the checkpoint's "
+                       "validation images, else rendered frames)")
         p.add_argument("--dry-run", action="store_true",
                        help="tensorrt: write only the ONNX the engine would be built from (no TensorRT needed)")
         p.add_argument("--exist-ok", action="store_true", help="replace existing files at --output (refused otherwise)")
@@ -53,27 +58,64 @@ class ExportCommand:
         from converters.formats import get_format
 
         get_format(args.format)  # a misspelt format fails before a model is loaded
+        _check_paths_before_export(args)
+
         from runtime.safety import refuse_output_over_input
 
         refuse_output_over_input([args.output], [args.model], what="--output")
         model, experiment = resolve_model(args.model)  # once: --verify compares against this same model
+        output = args.output
+        if output is None:  # the checkpoint, not the deployable module, names the default folder
+            from converters.export_defaults import default_output_dir
+
+            output = str(default_output_dir(args.model)) + "/"
         path = export(
-            model, experiment=experiment, format=args.format, output=args.output, precision=args.precision,
-            imgsz=tuple(args.imgsz), dynamic_batch=args.dynamic_batch, msda=args.msda, calib=args.calib, postprocess=not args.raw,
-            top_k=args.top_k, calib_images=args.calib_images, dry_run=args.dry_run,
-            batch_profile=args.batch_profile,
-            overwrite=args.exist_ok,
+            model, experiment=experiment, format=args.format, output=output, precision=args.precision,
+            imgsz=tuple(args.imgsz) if args.imgsz else None, dynamic_batch=args.dynamic_batch, msda=args.msda,
+            calib=args.calib, postprocess=not args.raw, top_k=args.top_k, calib_images=args.calib_images,
+            dry_run=args.dry_run, score_threshold=args.score_threshold,
+            batch_profile=args.batch_profile, overwrite=args.exist_ok,
         )
-        print(f"exported {path}")
+        print(_describe(path))
         if args.verify:
-            images = args.images or args.calib
-            if not images:
-                raise ValueError("--verify needs --images PATH (or --calib PATH)")
+            from converters.export_defaults import default_verify_images
             from converters.verify import format_report, verify
 
+            images, what = (args.images, args.images) if args.images else default_verify_images(args.calib, experiment)
+            log.info("verifying on %s", what)
             report = verify(path, model, images)
             print(format_report(report))
         return 0
+
+
+def _describe(path) -> str:
+    """One line on what was written: the artifact and the manifest facts a user acts on."""
+    from runtime.manifest import read_sidecar
+
+    man = read_sidecar(path)
+    if man is None:  # a dry run writes the ONNX the engine would be built from
+        return f"exported {path}"
+    h, w = man.preprocess.size
+    return (f"exported {path} ({man.backend} {man.precision}, msda {man.msda or '-'}, input {h}x{w}, "
+            f"score threshold {man.outputs.score_threshold:.3g})")
+
+
+def _check_paths_before_export(args: argparse.Namespace) -> None:
+    """Arguments an export would trip over only after minutes of work, checked first."""
+    if args.verify and args.dry_run:
+        raise ValueError("--verify needs a built artifact but --dry-run writes only the ONNX; drop one of them")
+    if args.score_threshold is not None and not 0.0 <= args.score_threshold <= 1.0:
+        raise ValueError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    from converters.calibration import image_paths
+
+    for flag, value in (("--calib", args.calib), ("--images", args.images if args.verify else None)):
+        if value is not None:
+            try:
+                image_paths(value)
+            except ValueError as e:
+                raise ValueError(f"{flag} {value}: {e}") from None
+    if args.images and not args.verify:
+        raise ValueError("--images is used only by --verify: add --verify or drop --images")
 
 
 EXPORT_COMMAND = ExportCommand()

@@ -22,7 +22,6 @@ import numpy as np
 
 from converters.demo import ASSETS, DEMO_IMGSZ, SCORING_FLOOR, _sha, artifact_msda, cached_artifacts, format_summary, \
     match_accuracy, render_demo_video, run_video
-from converters.verify import iou_matrix
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +81,8 @@ def prompt_classes(names: Sequence[str], box_names: Sequence[str], boxes: np.nda
     common class of its boxes, else the class of that name when it is one (a text prompt)."""
     votes: Dict[str, Counter] = {n: Counter() for n in names}
     gt_boxes = np.asarray([o["box_xyxy"] for o in first_gt], np.float32).reshape(-1, 4)
+    from converters.verify import iou_matrix  # lazy: verify imports torch
+
     ious = iou_matrix(np.asarray(boxes, np.float32).reshape(-1, 4), gt_boxes)
     for name, row in zip(box_names, ious):
         if row.size and row.max() >= MATCH_IOU:
@@ -103,7 +104,7 @@ def slot_ground_truth(gt_frames: Sequence[Sequence[Dict[str, Any]]], slot_classe
 
 def run_prompted_demo(output_dir: Path = Path("runs/demo_prompt"), frames: int = 150, format: str = "openvino",
                       msda: Optional[str] = None, checkpoint: Path = PROMPTED_CHECKPOINT, boxes: Sequence[str] = (),
-                      names: Sequence[str] = (), texts: Sequence[str] = (), conf: float = 0.3,
+                      names: Sequence[str] = (), texts: Sequence[str] = (), conf: Optional[float] = None,
                       show: bool = False) -> Dict[str, Any]:
     """Run the prompted demo; returns the summary that is also written to `output_dir/summary.json`."""
     import cv2
@@ -151,8 +152,9 @@ def run_prompted_demo(output_dir: Path = Path("runs/demo_prompt"), frames: int =
     log.info("4/5 running the pipeline: %s on %s", detector, video.name)
     from runtime.draw import draw_prompts
 
+    # Prompted exports store no tuned threshold (scores depend on the prompts): 0.3 draws them well.
     shown = draw_prompts if len(user_boxes) else None  # the exemplar boxes, on the frame they were drawn on
-    stats, per_frame, sheet_path = run_video(video, detector, output_dir, frames, conf, show,
+    stats, per_frame, sheet_path = run_video(video, detector, output_dir, frames, 0.3 if conf is None else conf, show,
                                              first_frame_overlay=(lambda im: shown(im, user_boxes, box_names)) if shown else None)
     detector.close()
 

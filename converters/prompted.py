@@ -96,7 +96,9 @@ def _export_graph(graph: nn.Module, args: Tuple[Tensor, ...], input_names, outpu
                   manifest: Manifest, opset: int, simplify: bool, dynamic_axes=None) -> Path:
     """Trace `graph` to ONNX at `path` with the manifest inside and beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with msda_form(graph, form), torch.no_grad(), warnings.catch_warnings():
+    from converters.quiet import filtered_stderr
+
+    with msda_form(graph, form), torch.no_grad(), warnings.catch_warnings(), filtered_stderr():
         warnings.simplefilter("ignore")  # tracer warnings about python constants: the sizes are fixed
         try:
             torch.onnx.export(graph, args, str(path), dynamo=False, opset_version=opset, input_names=input_names,

@@ -13,15 +13,15 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
-import torch
-from torch import nn
 from tqdm import tqdm
 
 from converters.calibration import evenly_spaced, image_paths, read_bgr
-from converters.onnx.export import DeployModel, topk_detections
+if TYPE_CHECKING:
+    from torch import nn
+# torch is imported inside the functions: `from converters import verify` stays cheap for the CLI.
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,10 @@ def _as_topk(outputs: Sequence[np.ndarray], postprocess: bool, activation: str, 
     if postprocess:
         labels, boxes, scores = outputs
     else:
+        import torch
+
+        from converters.onnx.export import topk_detections
+
         labels, boxes, scores = (t.numpy() for t in topk_detections(
             torch.from_numpy(np.asarray(outputs[0], np.float32)), torch.from_numpy(np.asarray(outputs[1], np.float32)),
             hw, activation, top_k))
@@ -65,6 +69,8 @@ def _as_topk(outputs: Sequence[np.ndarray], postprocess: bool, activation: str, 
 
 
 def _probabilities(logits: np.ndarray, activation: str) -> np.ndarray:
+    import torch
+
     t = torch.from_numpy(np.asarray(logits, np.float32))
     return (t.sigmoid() if activation == "sigmoid" else t.softmax(-1)).numpy()
 
@@ -89,6 +95,8 @@ def measure_latency(fn, repeats: int) -> Dict[str, float]:
 
 
 def _dataset_map(detector, deploy: nn.Module, dataset, limit: int) -> Dict[str, float]:
+    import torch
+
     from edgedet.engine.evaluator import coco_metrics
 
     records = evenly_spaced(dataset.records, limit)
@@ -131,6 +139,9 @@ def verify(
     JSON goes to `output_json` or `<artifact stem>.verify.json` beside the artifact.
     time_pytorch: also time PyTorch eager (benchmarks of many artifacts time it once instead).
     """
+    import torch
+
+    from converters.onnx.export import DeployModel
     from runtime.detector import Detector
 
     artifact = Path(artifact)
@@ -180,7 +191,7 @@ def verify(
     path = Path(output_json) if output_json else artifact.with_name(artifact.stem + ".verify.json")
     path.write_text(json.dumps(report, indent=2))
     report["report_path"] = str(path)
-    log.info("%s", format_report(report))
+    log.debug("%s", format_report(report))  # callers print it; once is enough
     return report
 
 

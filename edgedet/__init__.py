@@ -5,15 +5,13 @@ The model functions load on first use, so `edgedet` (the command) starts without
 """
 __version__ = "0.1.0"
 
-_LAZY = ("create_model", "create_model_from_config", "list_models")
+__all__ = ["__version__", "create_model", "create_model_from_config", "list_models"]
 
 
-def __getattr__(name):  # PEP 562: import torch only when a model function is used
-    if name in _LAZY:
+def __getattr__(name):
+    # Lazy: `edgedet --help` must not pay for importing torch (PEP 562).
+    if name in ("create_model", "create_model_from_config", "list_models"):
         from edgedet import models
 
         return getattr(models, name)
-    raise AttributeError(f"module 'edgedet' has no attribute '{name}'")
-
-
-__all__ = ["__version__", "create_model", "create_model_from_config", "list_models"]
+    raise AttributeError(f"module 'edgedet' has no attribute {name!r}")

@@ -72,6 +72,13 @@ class DataConfig:
     num_workers: int = 0
     class_names: List[str] = field(default_factory=list)  # voc/yolo label order; empty = from the data
     keep_difficult: bool = False  # voc: keep objects marked <difficult>1</difficult>
+    # voc folder names under root (datasets exported by labelling tools often rename them)
+    voc_annotations: str = "Annotations"
+    voc_images: str = "JPEGImages"
+    voc_splits: str = "ImageSets/Main"  # holds <split>.txt (one id per line) or <split>.csv (id[,split])
+    # voc without split files: hold out this fraction of the images for val (shuffled with split_seed)
+    val_fraction: float = 0.0
+    split_seed: int = 0
 
 
 @dataclass

@@ -5,7 +5,8 @@ The only global mutable state in edgedet: registries filled at import time.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, Dict, Iterator, List
+import importlib
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 
 class UnknownNameError(KeyError):
@@ -18,10 +19,18 @@ class UnknownNameError(KeyError):
 class Registry:
     """Maps a name to an object (usually a builder) plus free-form metadata."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, filled_by: Optional[str] = None):
         self.kind = kind
         self._items: Dict[str, Any] = {}
         self._meta: Dict[str, Dict[str, Any]] = {}
+        # The module whose import registers the entries: imported on first lookup, since `import edgedet`
+        # stays lazy (the CLI's --help must not import torch).
+        self._filled_by = filled_by
+
+    def _fill(self) -> None:
+        if self._filled_by:
+            module, self._filled_by = self._filled_by, None
+            importlib.import_module(module)
 
     def register(self, name: str, **meta: Any) -> Callable[[Any], Any]:
         def decorator(obj: Any) -> Any:
@@ -34,6 +43,7 @@ class Registry:
         return decorator
 
     def get(self, name: str) -> Any:
+        self._fill()
         if name not in self._items:
             raise UnknownNameError(self._unknown_message(name))
         return self._items[name]
@@ -43,9 +53,11 @@ class Registry:
         return self._meta[name]
 
     def names(self) -> List[str]:
+        self._fill()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        self._fill()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
@@ -57,6 +69,6 @@ class Registry:
         return f"unknown {self.kind} '{name}'.{hint} Valid names: {', '.join(self.names())}"
 
 
-MODELS = Registry("model")
-BACKBONES = Registry("backbone")
-MSDA_IMPLS = Registry("MSDA implementation")
+MODELS = Registry("model", filled_by="edgedet.models")
+BACKBONES = Registry("backbone", filled_by="edgedet.nn.backbone")
+MSDA_IMPLS = Registry("MSDA implementation", filled_by="edgedet.ops")

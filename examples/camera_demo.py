@@ -16,7 +16,7 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="exported artifact (.onnx / .xml / .engine)")
     parser.add_argument("--source", default="0", help="camera index or video file")
     parser.add_argument("--device", default="CPU")
-    parser.add_argument("--conf", type=float, default=0.4)
+    parser.add_argument("--conf", type=float, default=None, help="minimum score (default: the manifest's recommended one)")
     parser.add_argument("--save", default=None, help="write an annotated video instead of showing a window")
     args = parser.parse_args()
 

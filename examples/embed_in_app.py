@@ -1,6 +1,8 @@
 """Embed the detector in an application: a callback counts objects per class on every frame.
 
-    python examples/embed_in_app.py --model model.onnx --source ../shared/data/videos/car-detection.mp4
+    python examples/embed_in_app.py --model runs/demo/model/demo_detector.xml --source runs/demo/shapes.mp4
+
+(`edgedet demo` writes that model and video; any exported artifact and any video file or camera index work.)
 
 The pipeline runs capture, inference and the callback in their own threads; the application
 only reads the running totals.
@@ -32,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--source", default="0", help="camera index, video, folder or URL")
-    parser.add_argument("--conf", type=float, default=0.5)
+    parser.add_argument("--conf", type=float, default=None, help="minimum score (default: the manifest's recommended one)")
     args = parser.parse_args()
 
     counter = ObjectCounter()

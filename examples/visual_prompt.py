@@ -83,7 +83,7 @@ def main() -> None:
                    "when exported with --text-encoder)")
     r.add_argument("--video", default="0", help="video file or camera index")
     r.add_argument("--device", default="CPU")
-    r.add_argument("--conf", type=float, default=0.3)
+    r.add_argument("--conf", type=float, default=None, help="minimum score (default: the detector manifest's threshold)")
     r.add_argument("--save", help="write an annotated video instead of showing a window")
     r.add_argument("--save-prompts", help="store the encoded prompts (.npz)")
     r.add_argument("--load-prompts", help="reuse prompts stored with --save-prompts")

@@ -20,7 +20,7 @@ from runtime.capture import open_source
 from runtime.pipeline import Pipeline
 from runtime.safety import check_writable_file, refuse_output_over_input
 from runtime.serve.cli_options import add_serve_arguments, make_detector, source_options, start_server
-from runtime.sinks import JsonLinesSink, ShowSink, VideoSink
+from runtime.sinks import JsonLinesSink, ShowSink
 
 
 def _source_arg(text: str) -> Any:
@@ -54,11 +54,14 @@ class RunCommand:
                             help="several streams: how long a partial batch waits for the other streams (default 5)")
         parser.add_argument("--backend", default="auto", help="auto (by file suffix), onnxruntime, openvino or tensorrt")
         parser.add_argument("--device", default="CPU", help="CPU, cuda, cuda:N, tensorrt (onnxruntime); CPU, GPU, NPU (openvino)")
-        parser.add_argument("--conf", type=float, default=0.25, help="minimum score (default 0.25)")
+        parser.add_argument("--conf", type=float, default=None,
+                            help="minimum score (default: the threshold recommended in the artifact's manifest, printed)")
         parser.add_argument("--classes", type=int, nargs="+", default=None, help="keep only these class ids")
         parser.add_argument("--threads", type=int, default=0, help="engine CPU threads (0 = engine default)")
         parser.add_argument("--show", action="store_true", help="show a window ('q' or Esc quits)")
-        parser.add_argument("--save", default=None, help="write the annotated video here (e.g. out.mp4)")
+        parser.add_argument("--save", default=None,
+                            help="write annotated output; the kind follows the path: pred.jpg (one image), out/ (an image "
+                                 "per input), out.mp4 (video, frames letterboxed to one size)")
         parser.add_argument("--json", default=None, help="write one JSON line of detections per frame here")
         parser.add_argument("--live", action="store_true", help="play a video file at its fps as a live camera (drop stale frames)")
         parser.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0 = until the source ends)")
@@ -80,6 +83,10 @@ class RunCommand:
         with contextlib.ExitStack() as undo:  # closes what was opened if a later step fails
             sinks: List[Any] = [ShowSink(overlay_fps=True)] if args.show else []  # first: fail before loading anything
             undo.callback(lambda: [s.close() for s in sinks])
+            if args.save:
+                from runtime.save import save_kind
+
+                save_kind(args.save)  # an unknown suffix fails before the model loads
             detector = make_detector(args, options)
             undo.callback(detector.close)
             source = open_source(args.source, **source_options(args))
@@ -88,7 +95,9 @@ class RunCommand:
             if server is not None:
                 sinks.append(server)
             if args.save:
-                sinks.append(VideoSink(args.save, fps=source.fps or 30.0))
+                from runtime.save import open_save_sink
+
+                sinks.append(open_save_sink(args.save, args.source, fps=source.fps or 30.0))
             if args.json:
                 sinks.append(JsonLinesSink(args.json))
             undo.pop_all()

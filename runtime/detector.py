@@ -24,11 +24,12 @@ class Detector:
 
     artifact: .onnx / .xml / .engine file. backend: "auto" (by suffix) or a backend name.
     device: "CPU", "cuda", "cuda:N", "tensorrt" (onnxruntime); "CPU", "GPU", "NPU" (openvino).
-    conf: minimum score kept; classes: label ids kept (None = all). manifest: overrides the one
+    conf: minimum score kept; None = the manifest's recommended threshold (chosen at export on validation
+    data, `manifest.outputs.score_threshold`); classes: label ids kept (None = all). manifest: overrides the one
     stored with the artifact. backend_options: passed to the backend (threads, precision, ...).
     """
 
-    def __init__(self, artifact: Union[str, Path], backend: str = "auto", device: str = "CPU", conf: float = 0.25,
+    def __init__(self, artifact: Union[str, Path], backend: str = "auto", device: str = "CPU", conf: Optional[float] = None,
                  classes: Optional[Iterable[int]] = None, manifest: Optional[Manifest] = None, **backend_options: Any):
         self.artifact = Path(artifact)
         if not self.artifact.is_file():
@@ -43,8 +44,9 @@ class Detector:
                 "re-export it with `edgedet export`, or pass manifest=Manifest(...)"
             )
         self.preprocessor = Preprocessor(self.manifest.preprocess)
-        self.conf = float(conf)
-        self.postprocessor = Postprocessor(self.manifest.outputs, self.manifest.preprocess.size, self.manifest.class_names, conf, classes)
+        self.conf = float(self.manifest.outputs.score_threshold if conf is None else conf)
+        self.postprocessor = Postprocessor(self.manifest.outputs, self.manifest.preprocess.size, self.manifest.class_names,
+                                           self.conf, classes)
         names = {s.name for s in self.backend.input_specs}
         if self.manifest.input_name not in names:
             raise ManifestError(f"manifest input_name '{self.manifest.input_name}' is not an input of {self.artifact.name} ({sorted(names)})")
@@ -134,4 +136,4 @@ class Detector:
 
     def __repr__(self) -> str:
         return (f"Detector({self.artifact.name}, backend={self.backend.name}, device={self.backend.device}, "
-                f"family={self.manifest.family or '?'}, input={self.input_size}, classes={len(self.class_names)})")
+                f"family={self.manifest.family or '?'}, input={self.input_size}, classes={len(self.class_names)}, conf={self.conf:.3g})")

@@ -40,6 +40,10 @@ class OutputSpec:
     names: List[str] = field(default_factory=lambda: ["labels", "boxes", "scores"])
     score_activation: str = "sigmoid"  # sigmoid (focal-loss families) | softmax (DETR, last class = no-object)
     top_k: int = 100
+    # Recommended minimum score (best F1 on validation data at export, else a documented fallback);
+    # the runtime uses it when the user gives no threshold. score_threshold_source says how it was chosen.
+    score_threshold: float = 0.25
+    score_threshold_source: str = "fallback"
 
 
 @dataclass

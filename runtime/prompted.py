@@ -57,12 +57,12 @@ def _per_box_names(names: Names, count: int) -> List[str]:
 class PromptedDetector:
     """Prompt encoder + prompted detector artifacts behind one object; see the module docstring.
 
-    backend/device/backend_options as `runtime.Detector`; conf: minimum score kept. Artifacts of any
+    backend/device/backend_options as `runtime.Detector`; conf: minimum score kept (None = the detector manifest's recommended threshold). Artifacts of any
     exported format: .onnx (ONNX Runtime), .xml (OpenVINO), .engine (TensorRT, with its sidecar manifest).
     """
 
     def __init__(self, encoder_artifact: Union[str, Path], detector_artifact: Union[str, Path], backend: str = "auto",
-                 device: str = "CPU", conf: float = 0.25, **backend_options: Any):
+                 device: str = "CPU", conf: Optional[float] = None, **backend_options: Any):
         self.encoder, self.encoder_manifest = _load(encoder_artifact, "prompt_encoder", backend, device, backend_options)
         self.detector, self.manifest = _load(detector_artifact, "detector", backend, device, backend_options)
         info = self.manifest.extra["prompted"]
@@ -80,7 +80,7 @@ class PromptedDetector:
         self._backend, self._device, self._options = backend, device, backend_options
         self.preprocessor = Preprocessor(self.manifest.preprocess)
         self.encoder_preprocessor = Preprocessor(self.encoder_manifest.preprocess)
-        self.conf = float(conf)
+        self.conf = float(self.manifest.outputs.score_threshold if conf is None else conf)
         self.clear_prompts()
 
     # ---------------------------------------------------------------- prompts

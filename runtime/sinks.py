@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, Union
 import cv2
 
 from runtime.draw import draw, draw_fps
+from runtime.preprocess import letterbox
 from runtime.pipeline import Result, StopPipeline
 
 
@@ -68,10 +69,14 @@ class ShowSink:
 
 
 class VideoSink:
-    """Writes annotated frames to a video file; size comes from the first frame, fps from the source (default 30)."""
+    """Writes annotated frames to a video file; size comes from the first frame (or `size_hw`), fps from the
+    source (default 30). A frame of another size is letterboxed to it: a video writer silently drops frames
+    whose size differs, so a folder of mixed images would otherwise lose all but a few."""
 
-    def __init__(self, path: Union[str, Path], fps: float = 30.0, fourcc: str = "mp4v", annotate: bool = True, overlay_fps: bool = False):
+    def __init__(self, path: Union[str, Path], fps: float = 30.0, fourcc: str = "mp4v", annotate: bool = True, overlay_fps: bool = False,
+                 size_hw: Optional[tuple] = None):
         self.path = Path(path)
+        self.size_hw = tuple(size_hw) if size_hw else None
         if not self.path.parent.is_dir():
             raise FileNotFoundError(f"cannot write {self.path}: folder {self.path.parent} does not exist")
         self.fps, self.fourcc, self.annotate, self.overlay_fps = float(fps), fourcc, annotate, overlay_fps
@@ -85,10 +90,13 @@ class VideoSink:
             image = image if self.annotate else image.copy()  # never draw on the shared frame
             draw_fps(image, self.meter.tick(), result.latency_ms)
         if self._writer is None:
-            h, w = image.shape[:2]
+            self.size_hw = self.size_hw or image.shape[:2]
+            h, w = self.size_hw
             self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (w, h))
             if not self._writer.isOpened():
                 raise RuntimeError(f"cannot write video {self.path} with codec {self.fourcc}; try a .avi file with fourcc='MJPG'")
+        if image.shape[:2] != tuple(self.size_hw):
+            image = letterbox(image, self.size_hw)[0]
         self._writer.write(image)
         self.frames += 1
 

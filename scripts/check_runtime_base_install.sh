@@ -6,10 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-VENV=${EDGEDET_RUNTIME_VENV:-${TMPDIR:-/tmp}/edgedet-runtime-venv}
-ART=$(mktemp -d)
-trap 'rm -rf "$ART"' EXIT
-[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+# A fresh temporary folder per run (never a fixed path another user or run may hold), removed at exit.
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/edgedet-base-install.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+VENV=$WORK/venv
+ART=$WORK/artifact
+mkdir -p "$ART"
+"$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e .
 # The artifact, a labelled dataset and a video are written here, by the full environment (writing ONNX needs onnx).
 "$PY" -c "

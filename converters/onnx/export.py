@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from converters.formats import ExportError
 from converters.onnx.msda_forms import FUSED_DOMAIN, FUSED_OPSET, msda_form, register_fused_schema
+from converters.quiet import filtered_stderr
 from runtime.manifest import METADATA_KEY, Manifest, write_sidecar
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def export_onnx(
     axes: Optional[Dict[str, Dict[int, str]]] = None
     if dynamic_batch:
         axes = {n: {0: "batch"} for n in [INPUT_NAME] + names}
-    with msda_form(model, msda), torch.no_grad(), warnings.catch_warnings():
+    with msda_form(model, msda), torch.no_grad(), warnings.catch_warnings(), filtered_stderr():
         # Tracer warnings about python constants are expected: the input size is fixed.
         warnings.simplefilter("ignore")
         try:
@@ -177,5 +178,6 @@ def export_onnx(
                 f"({_first_line(e)}); replace that operation or register an ONNX symbolic for it"
             ) from e
     finalize_onnx(output, manifest, simplify)
-    log.info("wrote %s (%s, msda=%s, outputs %s)", output, "dynamic batch" if dynamic_batch else "batch 1", msda or "-", names)
+    # debug: intermediate graphs live in temp folders; the caller reports the artifact it made
+    log.debug("wrote %s (%s, msda=%s, outputs %s)", output, "dynamic batch" if dynamic_batch else "batch 1", msda or "-", names)
     return output

@@ -54,6 +54,9 @@ def _quantize_int8(model, batches: Sequence[np.ndarray], keep_float: Sequence[st
         raise ExportError("OpenVINO INT8 needs NNCF: pip install nncf") from e
     if not batches:
         raise ExportError("OpenVINO INT8 needs at least one calibration image")
+    from converters.quiet import quiet_nncf
+
+    quiet_nncf()
     ignored = nncf.IgnoredScope(patterns=[f".*{p}.*" for p in keep_float], validate=False)
     log.info("INT8 (NNCF): calibrating on %d images, keeping %s in float", len(batches), ", ".join(keep_float))
     return nncf.quantize(
@@ -101,5 +104,5 @@ def convert_openvino(
     # save_model compresses to fp16 by default; only the fp16 precision asks for it.
     ov.save_model(model, str(output_xml), compress_to_fp16=precision == "fp16")
     write_sidecar(manifest, output_xml)
-    log.info("wrote %s (OpenVINO %s, msda=%s)", output_xml, precision, manifest.msda or "-")
+    log.debug("wrote %s (OpenVINO %s, msda=%s)", output_xml, precision, manifest.msda or "-")
     return output_xml

@@ -37,11 +37,10 @@ class ConvertCheckpointCommand:
     help = "convert an official DETR / Deformable-DETR / DAB-DETR / DINO / RT-DETRv2 checkpoint to edgedet's format"
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        from edgedet.checkpoints import family_names
-
         p.add_argument("src", help="checkpoint written by the official repository (.pth)")
-        p.add_argument("--from", dest="family", choices=family_names(), default=None,
-                       help="the family it comes from (default: detected from the keys)")
+        p.add_argument("--from", dest="family", default=None,
+                       help="the family it comes from: detr, deformable_detr, dab_detr, dino, ... "
+                            "(default: detected from the keys; validated when run, so --help needs no torch)")
         p.add_argument("-o", "--output", required=True, help="where to write the edgedet checkpoint (.pth)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                        help="model config field to set (repeatable), e.g. class_names=[cat,dog] or nheads=8 "
@@ -54,8 +53,10 @@ class ConvertCheckpointCommand:
                             "e.g. HybridEncoder.hidden_dim=64, RTDETRTransformerv2.num_points=[4,3,2], num_classes=5")
 
     def run(self, args: argparse.Namespace) -> int:
-        from edgedet.checkpoints import convert_official
+        from edgedet.checkpoints import convert_official, family_names
 
+        if args.family is not None and args.family not in family_names():
+            raise ValueError(f"--from {args.family}: unknown family; valid: {', '.join(family_names())}")
         config = "rtdetrv2_r18vd" if args.config == "rtdetr" else args.config
         if args.updates and config is None:
             raise ValueError("--update needs --config NAME (the RT-DETRv2 release config the checkpoint was trained with)")

@@ -21,12 +21,15 @@ class EvalCommand:
         p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
         p.add_argument("--raw-weights", action="store_true", help="use the raw weights even if EMA weights were saved")
         p.add_argument("--json", metavar="FILE", help="also write the metrics to this JSON file")
+        p.add_argument("--threads", type=int, default=0,
+                       help="CPU threads (default: the cores not busy with other jobs, printed)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(self, args: argparse.Namespace) -> int:
         from edgedet.data import build_dataset
         from edgedet.engine.checkpoint import checkpoint_config, load_checkpoint, load_model
         from edgedet.engine.evaluator import evaluate
+        from edgedet.engine.threads import set_threads
 
         from edgedet.engine.distributed import check_device
 
@@ -37,8 +40,9 @@ class EvalCommand:
             refuse_output_over_input([args.json], [args.checkpoint, args.data], what="--json")
             check_writable_file(args.json)
         cfg = checkpoint_config(load_checkpoint(args.checkpoint))
-        data_cfg = parse_data_arg(args.data, cfg.data) if args.data else cfg.data
+        data_cfg = parse_data_arg(args.data, cfg.data, allow_sections=True) if args.data else cfg.data
         model = load_model(args.checkpoint, args.device, prefer_ema=not args.raw_weights)
+        print(set_threads(args.threads), file=sys.stderr)  # after the inputs are known to be good
         dataset = build_dataset(replace(data_cfg), args.split)
         if len(dataset.class_names) != model.config.num_classes:
             raise ValueError(f"the dataset has {len(dataset.class_names)} classes but the model predicts "

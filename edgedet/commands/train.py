@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from dataclasses import replace
 
 from edgedet.commands._data_arg import DATA_HELP, parse_data_arg
@@ -31,13 +32,26 @@ class TrainCommand:
                        help="write into --output even if it holds an earlier run (default: the next free exp2, exp3 ...)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override any config value, e.g. --set model.num_queries=100 --set train.lr=2e-4 (repeatable)")
+        p.add_argument("--preset", help="model size: nano (minutes on a CPU), small, base (the paper's); "
+                       "also --set model.preset=NAME")
+        p.add_argument("--imgsz", type=int, help="image size (shorter side) for training and validation; "
+                       "the multi-scale list and max_size scale with it")
+        p.add_argument("--threads", type=int, default=0,
+                       help="CPU threads per process (default: the cores not busy with other jobs, printed)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     def run(self, args: argparse.Namespace) -> int:
         from edgedet.config import ExperimentConfig, apply_overrides, load_experiment
         from edgedet.engine.finetune import weights_family
+        from edgedet.engine.threads import set_threads
         from edgedet.engine.trainer import train
         from edgedet.models import default_config
+        from edgedet.presets import apply_imgsz, apply_preset, apply_preset_train
+
+        # `--set model.preset=nano` is the preset flag spelt as an override (ModelConfig has no such field)
+        presets = [o.split("=", 1)[1] for o in args.overrides if o.startswith("model.preset=")]
+        overrides = [o for o in args.overrides if not o.startswith("model.preset=")]
+        preset = args.preset or (presets[-1] if presets else None)
 
         if args.config:
             cfg = load_experiment(args.config)
@@ -54,6 +68,9 @@ class TrainCommand:
         if args.data is not None or not args.config:
             cfg = replace(cfg, data=parse_data_arg(args.data or "synthetic", cfg.data))
         cfg = family_normalization(cfg)
+        if preset:  # before the flags and --set, which override it
+            cfg = replace(cfg, model=apply_preset(cfg.model, preset))
+            cfg = replace(cfg, train=apply_preset_train(cfg.train, cfg.model, preset))
         output = args.output
         if args.resume and not output:  # continue the run where it lives
             from pathlib import Path
@@ -61,9 +78,20 @@ class TrainCommand:
             output = str(Path(args.resume).parent)
         flags = {"epochs": args.epochs, "batch_size": args.batch_size, "device": args.device, "output_dir": output}
         cfg = replace(cfg, train=replace(cfg.train, **{k: v for k, v in flags.items() if v is not None}))
-        cfg = apply_overrides(cfg, args.overrides)
+        if args.imgsz:
+            cfg = replace(cfg, data=apply_imgsz(cfg.data, args.imgsz))
+        cfg = apply_overrides(cfg, overrides)
+        main_process = int(os.environ.get("RANK", "0") or 0) == 0  # under torchrun: one line, not one per rank
+        threads = set_threads(args.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+        if main_process:
+            log.info("%s", threads)
+        if main_process and (preset or args.imgsz):
+            log.info("model %s preset %s, backbone %s, hidden %d; lr %g (backbone x%g, %s); images: shorter side %d "
+                     "(train scales %s)", cfg.model.name, preset or "-", cfg.model.backbone, cfg.model.hidden_dim,
+                     cfg.train.lr, cfg.train.lr_backbone_mult, cfg.train.scheduler, cfg.data.val_size, cfg.data.scales)
         last = train(cfg, resume=args.resume, progress=not args.no_progress, exist_ok=args.exist_ok)
-        log.info("last checkpoint: %s", last)
+        if main_process:
+            log.info("last checkpoint: %s", last)
         return 0
 
 

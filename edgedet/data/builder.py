@@ -5,6 +5,7 @@ example "test" or "trainval") is used as the split itself where the format has n
 """
 from __future__ import annotations
 
+import logging
 import os
 import zlib
 from pathlib import Path
@@ -16,9 +17,11 @@ from edgedet.data.io import resolve_path
 from edgedet.data.records import DetectionDataset, ImageRecord
 from edgedet.data.synthetic import cached_synthetic
 from edgedet.data.transforms import build_transforms
-from edgedet.data.voc import read_voc
+from edgedet.data.voc import holdout_split, read_split_ids, read_voc
 from edgedet.data.yolo import read_yolo
 from edgedet.registry import Registry
+
+log = logging.getLogger(__name__)
 
 # Each reader: (data_cfg, split) -> (records, class_names, category_ids)
 DATASET_FORMATS = Registry("dataset format")
@@ -58,8 +61,17 @@ def _coco(cfg: DataConfig, split: str) -> Parsed:
 def _voc(cfg: DataConfig, split: str) -> Parsed:
     ann, name = _split_fields(cfg, split)
     root = _root(cfg)
-    split_file = resolve_path(ann, root) if ann else root / "ImageSets" / "Main" / f"{name}.txt"
-    return read_voc(root, split_file, cfg.class_names or None, cfg.keep_difficult, cfg.skip_corrupt)
+    folder = root / cfg.voc_splits
+    candidates = [resolve_path(ann, root)] if ann else [folder / f"{name}.txt", folder / f"{name}.csv", folder / "splits.csv"]
+    split_file = next((p for p in candidates if p.is_file()), candidates[0])
+    stems = None
+    if split_file.is_file():
+        stems = read_split_ids(split_file, name)
+    elif cfg.val_fraction > 0:  # no split files: a seeded hold-out of every annotated image
+        ids = [p.stem for p in (root / cfg.voc_annotations).glob("*.xml")]
+        stems = holdout_split(ids, split, cfg.val_fraction, cfg.split_seed)
+    return read_voc(root, split_file, cfg.class_names or None, cfg.keep_difficult, cfg.skip_corrupt,
+                    cfg.voc_annotations, cfg.voc_images, stems)
 
 
 @DATASET_FORMATS.register("yolo")
@@ -93,6 +105,8 @@ def build_dataset(data_cfg: DataConfig, split: str) -> DetectionDataset:
     records, class_names, category_ids = reader(data_cfg, split)
     if not records:
         raise ValueError(f"{data_cfg.format} dataset split '{split}' (root '{data_cfg.root}') holds no usable images")
+    n_boxes = sum(len(r.labels) for r in records)
+    log.info("data %s:%s: %d images, %d boxes, %d classes", data_cfg.format, split, len(records), n_boxes, len(class_names))
     return DetectionDataset(records, class_names, category_ids, build_transforms(data_cfg, split == "train"),
                             name=f"{data_cfg.format}:{split}")
 

@@ -45,10 +45,10 @@ def _parse_xml(xml_path: Path) -> Tuple[Optional[Tuple[int, int]], List[Tuple[st
     return size, objects
 
 
-def voc_class_names(root: Union[str, Path]) -> List[str]:
-    """Sorted object names found in every parseable XML under `root/Annotations` (all splits agree)."""
+def voc_class_names(root: Union[str, Path], annotations: str = "Annotations") -> List[str]:
+    """Sorted object names found in every parseable XML under `root/<annotations>` (all splits agree)."""
     files: Dict[str, List[Path]] = {}
-    xml_paths = sorted((Path(root) / "Annotations").glob("*.xml"))
+    xml_paths = sorted((Path(root) / annotations).glob("*.xml"))
     for xml_path in xml_paths:
         try:
             for name in {name for name, _, _ in _parse_xml(xml_path)[1]}:
@@ -78,34 +78,74 @@ def _find_image(images_dir: Path, stem: str, filename: str) -> Path:
     return images_dir / (filename or stem + ".jpg")  # image_size() reports it as missing
 
 
+def read_split_ids(split_file: Path, split: str = "") -> List[str]:
+    """Image ids of a split file: `.txt` one id per line (VOC's ImageSets), or `.csv` with an id column
+    (first column, or one named id/image/filename) and optionally a `split` column filtered by `split`."""
+    import csv
+
+    if not split_file.is_file():
+        raise FileNotFoundError(f"VOC split file not found: {split_file} (one image id per line, e.g. ImageSets/Main/train.txt, "
+                                "or a CSV; without split files set data.val_fraction to hold out part of the images)")
+    if split_file.suffix.lower() != ".csv":
+        return [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+    rows = [r for r in csv.reader(split_file.read_text().splitlines()) if r and any(c.strip() for c in r)]
+    header = [c.strip().lower() for c in rows[0]] if rows else []
+    id_col = next((header.index(k) for k in ("id", "image", "filename", "file") if k in header), None)
+    split_col = header.index("split") if "split" in header else None
+    if id_col is None and split_col is None:
+        header, id_col = [], 0  # no header row
+    body = rows[1:] if header else rows
+    id_col = 0 if id_col is None else id_col
+    ids = [Path(r[id_col].strip()).stem for r in body
+           if split_col is None or not split or r[split_col].strip().lower() == split.lower()]
+    return ids
+
+
+def holdout_split(ids: Sequence[str], split: str, val_fraction: float, seed: int) -> List[str]:
+    """`split` ("train" or "val") of `ids` with `val_fraction` of them (at least one) held out for val,
+    chosen by a seeded shuffle so train and eval agree on it."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+    if split not in ("train", "val"):
+        raise ValueError(f"with data.val_fraction the splits are 'train' and 'val', not '{split}'")
+    order = sorted(ids)
+    np.random.default_rng(seed).shuffle(order)
+    n_val = min(len(order) - 1, max(1, int(round(len(order) * val_fraction))))
+    return sorted(order[:n_val] if split == "val" else order[n_val:])
+
+
 def read_voc(
     root: Union[str, Path],
     split_file: Union[str, Path],
     class_names: Optional[Sequence[str]] = None,
     keep_difficult: bool = False,
     skip_corrupt: bool = False,
+    annotations: str = "Annotations",
+    images: str = "JPEGImages",
+    stems: Optional[Sequence[str]] = None,
 ) -> Tuple[List[ImageRecord], List[str], List[int]]:
     """-> (records, class_names, category_ids = label + 1); image_id = 1-based line order in the split.
 
     `class_names` fixes the label order; by default the sorted names found in the data.
-    Objects whose name is not in `class_names` make the file malformed.
+    Objects whose name is not in `class_names` make the file malformed. `stems` (image ids) replaces
+    the split file when given; `annotations`/`images` name the folders under `root`.
     """
     root = Path(root)
     split_file = Path(split_file)
-    for sub in ("Annotations", "JPEGImages"):
+    for sub, key in ((annotations, "voc_annotations"), (images, "voc_images")):
         if not (root / sub).is_dir():
-            raise FileNotFoundError(f"VOC folder {root / sub} not found (expected {root}/Annotations, JPEGImages, ImageSets/Main)")
-    if not split_file.is_file():
-        raise FileNotFoundError(f"VOC split file not found: {split_file} (one image id per line, e.g. ImageSets/Main/train.txt)")
-    names = list(class_names) if class_names else voc_class_names(root)
+            raise FileNotFoundError(f"VOC folder {root / sub} not found (expected {root}/{annotations} and {root}/{images}; "
+                                    f"other folder names: set data.{key})")
+    if stems is None:
+        stems = read_split_ids(split_file)
+    names = list(class_names) if class_names else voc_class_names(root, annotations)
     label_of = {n: i for i, n in enumerate(names)}
-    stems = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
 
     policy = BadFilePolicy(skip_corrupt, str(split_file))
     degenerate = DegenerateCounter(str(split_file))
     records: List[ImageRecord] = []
     for index, stem in enumerate(tqdm(stems, desc=f"reading {split_file.name}", disable=None, leave=False)):
-        xml_path = root / "Annotations" / f"{stem}.xml"
+        xml_path = root / annotations / f"{stem}.xml"
         try:
             if not xml_path.is_file():
                 raise DataFormatError(f"VOC annotation missing: {xml_path} (listed in {split_file})")
@@ -113,7 +153,7 @@ def read_voc(
             unknown = [n for n, _, _ in objects if n not in label_of]
             if unknown:
                 raise DataFormatError(f"{xml_path}: class '{unknown[0]}' is not one of {names}")
-            path = _find_image(root / "JPEGImages", stem, "")
+            path = _find_image(root / images, stem, "")
             width, height = image_size(path, decode=policy.skip)
         except DataFormatError as e:
             policy.handle(e)

@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -61,9 +61,11 @@ class _Stopwatch:
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, loader, optimizer, scheduler, device: torch.device,
                     cfg: ExperimentConfig, epoch: int, ema: Optional[ModelEMA] = None, scaler=None,
-                    clock: Optional[_Stopwatch] = None, progress: bool = True) -> Tuple[Dict[str, float], int, bool]:
+                    clock: Optional[_Stopwatch] = None, progress: bool = True,
+                    run_eta: Optional[Callable[[int], str]] = None) -> Tuple[Dict[str, float], int, bool]:
     """One pass over `loader` (capped by max_iters_per_epoch). Returns (mean of every loss over the
-    epoch, weighted total under `loss`; iterations run; whether the time budget stopped it)."""
+    epoch, weighted total under `loss`; iterations run; whether the time budget stopped it).
+    run_eta(iterations done this epoch) -> the whole run's remaining time, shown on the bar."""
     tc = cfg.train
     model.train()
     criterion.train()
@@ -104,7 +106,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader, optimizer, s
             sums[k] += v
         bar.update(1)
         bar.set_postfix({"loss": f"{sums['loss'] / it:.3f}",
-                         **{k[5:]: f"{values[k]:.3f}" for k in ("loss_ce", "loss_bbox", "loss_giou") if k in values}})
+                         **{k[5:]: f"{values[k]:.3f}" for k in ("loss_ce", "loss_bbox", "loss_giou") if k in values},
+                         **({"run ETA": run_eta(it)} if run_eta is not None else {})})
         if it >= n_iters:
             break
         if clock is not None and ddp.any_process(clock.expired(), device):
@@ -177,6 +180,26 @@ def _best_so_far(resume_ckpt: Dict, best_path: Path) -> float:
         except ckpt_io.CheckpointError as e:
             log.warning("ignoring unreadable %s (%s)", best_path, e)
     return best
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _budget_shortfall(tc, clock: _Stopwatch, epochs_done: int, start_epoch: int) -> Optional[str]:
+    """A warning when the run's pace will not fit train.time_budget_s, with the --epochs that would."""
+    if tc.time_budget_s <= 0 or epochs_done <= 0:
+        return None
+    per_epoch = clock.elapsed() / epochs_done
+    total = tc.epochs - start_epoch
+    if per_epoch * total <= tc.time_budget_s:
+        return None
+    fit = max(1, int(tc.time_budget_s // per_epoch))
+    return (f"at {_duration(per_epoch)} per epoch the {total} epochs need ~{_duration(per_epoch * total)} but "
+            f"train.time_budget_s is {_duration(tc.time_budget_s)}: training will stop near epoch {start_epoch + fit} "
+            f"and the {tc.scheduler} schedule, fitted to {tc.epochs} epochs, will not finish; --epochs {start_epoch + fit} "
+            "fits the budget")
 
 
 def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequence[str] = (),
@@ -265,10 +288,18 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
             run_dir.write_metrics_row(metrics_path, saved_row)  # killed between last.pth and its metrics row
     clock = _Stopwatch(tc.time_budget_s)
     epoch, last_plot = start_epoch - 1, time.monotonic()
+    run_iters, done_before = (tc.epochs - start_epoch) * iters_per_epoch, 0
+
+    def run_eta(it: int) -> str:  # the whole run's remaining time at its pace so far (evaluations included)
+        done = done_before + it
+        left = clock.elapsed() / done * (run_iters - done)
+        return _duration(min(left, tc.time_budget_s - clock.elapsed()) if tc.time_budget_s > 0 else left)
+
     for epoch in range(start_epoch, tc.epochs):
         _seed_epoch(loader, tc.seed, epoch)
         losses, n_iters, stopped = train_one_epoch(train_model, criterion, loader, optimizer, scheduler, device, cfg,
-                                                   epoch, ema, scaler, clock, progress and info.is_main)
+                                                   epoch, ema, scaler, clock, progress and info.is_main, run_eta)
+        done_before += n_iters
         row = {"epoch": epoch, "iters": n_iters, "time_s": round(clock.elapsed(), 2),
                "lr": optimizer.param_groups[-1]["lr"], **{f"train_{k}": v for k, v in losses.items()}}
         last_epoch = epoch == tc.epochs - 1 or stopped
@@ -283,8 +314,13 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
             row.update({f"val_{k}": v for k, v in val.items()})
         ddp.barrier()
         if info.is_main:
-            log.info("epoch %d: loss %.4f%s", epoch, losses.get("loss", float("nan")),
-                     f", mAP {row['val_mAP']:.4f}, mAP50 {row['val_mAP50']:.4f}" if "val_mAP" in row else "")
+            log.info("epoch %d/%d: loss %.4f%s | elapsed %s, run ETA %s", epoch + 1, tc.epochs, losses.get("loss", float("nan")),
+                     f", mAP {row['val_mAP']:.4f}, mAP50 {row['val_mAP50']:.4f}" if "val_mAP" in row else "",
+                     _duration(clock.elapsed()), run_eta(0) if done_before and not last_epoch else "0m00s")
+            if epoch == start_epoch and not last_epoch:
+                shortfall = _budget_shortfall(tc, clock, 1, start_epoch)
+                if shortfall:
+                    log.warning("%s", shortfall)
             if "val_mAP" in row:
                 score = row["val_mAP"] if math.isfinite(row["val_mAP"]) else -1.0
                 # best.pth from the first evaluation on (even at mAP 0), written before last.pth records it
@@ -298,7 +334,11 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
                 last_plot = time.monotonic()
         ddp.barrier()
         if stopped:
-            log.info("time budget of %.0f s reached after epoch %d", tc.time_budget_s, epoch)
+            where = (f"in epoch {epoch + 1}/{tc.epochs} after {n_iters} of {iters_per_epoch} iterations (mid-epoch)"
+                     if n_iters < iters_per_epoch else f"after epoch {epoch + 1}/{tc.epochs}")
+            log.warning("time budget of %s reached %s: the %s schedule stopped at lr %.3g, not its end; "
+                        "lower --epochs to fit the budget", _duration(tc.time_budget_s), where, tc.scheduler,
+                        optimizer.param_groups[-1]["lr"])
             break
     if info.is_main and not last_path.exists():  # nothing to train (resumed at the final epoch)
         ckpt_io.save_checkpoint(last_path, model, cfg, epoch, optimizer=optimizer, scheduler=scheduler, ema=ema)

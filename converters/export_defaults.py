@@ -1,0 +1,137 @@
+"""Export defaults taken from the checkpoint instead of guessed: input size, output folder, score
+threshold and the images `--verify` compares on.
+
+Each function returns the value and a short reason, which the CLI prints, so a default is never silent.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FALLBACK_IMGSZ = (640, 640)
+THRESHOLD_IMAGES = 32  # validation images scored to pick the threshold (a few seconds for small models)
+
+
+def _data_config(experiment: Dict[str, Any]):
+    from edgedet.config import DataConfig, from_dict
+
+    data = (experiment or {}).get("data")
+    if not isinstance(data, dict) or not data:
+        return None
+    try:
+        return from_dict(DataConfig, data, "data")
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def _val_dataset(experiment: Dict[str, Any]):
+    """The training run's validation split, or None when it cannot be read here."""
+    cfg = _data_config(experiment)
+    if cfg is None:
+        return None
+    from edgedet.data import build_dataset
+
+    try:
+        return build_dataset(cfg, "val")
+    except (FileNotFoundError, ValueError, KeyError, OSError) as e:
+        log.debug("validation data of the checkpoint not readable: %s", e)
+        return None
+
+
+def _round32(x: float) -> int:
+    return max(32, int(math.ceil(x / 32.0)) * 32)
+
+
+def default_imgsz(experiment: Dict[str, Any]) -> Tuple[Tuple[int, int], str]:
+    """(H, W) the model saw at validation in training: shorter side `data.val_size`, longer side from the
+    validation images' median aspect ratio (capped at `data.max_size`), rounded up to a multiple of 32."""
+    cfg = _data_config(experiment)
+    if cfg is None:
+        return FALLBACK_IMGSZ, "no training config in the checkpoint; pass --imgsz H W for your data"
+    short = int(cfg.val_size)
+    aspect, landscape = 1.0, True
+    if cfg.format != "synthetic":
+        dataset = _val_dataset(experiment)
+        if dataset is not None and dataset.records:
+            ratios = [max(r.width, r.height) / max(1, min(r.width, r.height)) for r in dataset.records[:200]]
+            aspect = float(np.median(ratios))
+            landscape = sum(r.width >= r.height for r in dataset.records[:200]) * 2 >= len(ratios)
+    long = short * aspect
+    if cfg.max_size and long > cfg.max_size:
+        short, long = short * cfg.max_size / long, float(cfg.max_size)
+    if cfg.format == "synthetic" or aspect == 1.0:
+        hw = (_round32(short), _round32(short))
+    else:
+        hw = (_round32(short), _round32(long)) if landscape else (_round32(long), _round32(short))
+    return hw, f"the checkpoint's training scale (data.val_size {cfg.val_size}, max_size {cfg.max_size})"
+
+
+def default_output_dir(source: Any) -> Path:
+    """`runs/export/<checkpoint or model name>/`: generated files stay out of the working directory."""
+    name = Path(str(source)).stem if isinstance(source, (str, Path)) else type(source).__name__.lower()
+    if isinstance(source, (str, Path)) and Path(source).is_file() and Path(source).parent.name:
+        name = f"{Path(source).parent.name}-{name}"  # runs/dd/best.pth -> runs/export/dd-best
+    return Path("runs") / "export" / name
+
+
+def recommend_threshold(model, experiment: Dict[str, Any], max_images: int = THRESHOLD_IMAGES,
+                        progress: bool = False) -> Tuple[float, str]:
+    """The best-F1 score threshold of `model` on its validation split (at most `max_images` images,
+    spread over the split), or the documented fallback when no validation data is readable."""
+    from edgedet.engine.threshold import FALLBACK_THRESHOLD, best_f1_threshold
+
+    dataset = _val_dataset(experiment)
+    if dataset is None:
+        return FALLBACK_THRESHOLD, "fallback (no validation data in the checkpoint's config)"
+    if getattr(getattr(model, "config", None), "num_classes", len(dataset.class_names)) != len(dataset.class_names):
+        return FALLBACK_THRESHOLD, "fallback (the validation data has another number of classes)"
+    from converters.calibration import evenly_spaced
+    from edgedet.data import build_dataloader
+    from edgedet.data.records import DetectionDataset
+    from edgedet.engine.evaluator import predict_coco
+
+    records = evenly_spaced(dataset.records, max_images)
+    subset = DetectionDataset(records, dataset.class_names, dataset.category_ids, dataset.transforms, dataset.name)
+    loader = build_dataloader(subset, batch_size=1, shuffle=False, num_workers=0, distributed=False)
+    results = predict_coco(model, loader, subset.category_ids, progress=progress)
+    label_of = {c: i for i, c in enumerate(subset.category_ids)}
+    per_image: Dict[int, List[Any]] = {r.image_id: [] for r in records}
+    for res in results:
+        per_image.setdefault(res["image_id"], []).append(res)
+    dets, gts = [], []
+    for r in records:
+        rows = per_image[r.image_id]
+        boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in rows)], np.float64).reshape(-1, 4)
+        dets.append((boxes, np.array([label_of[d["category_id"]] for d in rows], np.int64),
+                     np.array([d["score"] for d in rows], np.float64)))
+        gts.append((r.boxes_xyxy, r.labels))
+    best = best_f1_threshold(dets, gts)
+    return round(best["threshold"], 4), (f"best F1 {best['f1']:.3f} (P {best['precision']:.2f}, R {best['recall']:.2f}) "
+                                          f"on {len(records)} validation images")
+
+
+def default_verify_images(calib: Any, experiment: Dict[str, Any], limit: int = 8) -> Tuple[Any, str]:
+    """Images for `--verify` when none are given: the calibration images, else the checkpoint's validation
+    images, else frames rendered for the purpose (synthetic shapes: any detector's input domain is covered
+    well enough to compare an engine with PyTorch, which is all verify does)."""
+    if calib is not None:
+        return calib, "the calibration images"
+    dataset = _val_dataset(experiment)
+    if dataset is not None and dataset.records:
+        from converters.calibration import evenly_spaced
+
+        return [r.path for r in evenly_spaced(dataset.records, limit)], f"{dataset.name} images"
+    from edgedet.data.synthetic import render_scene
+
+    rng = np.random.default_rng(0)
+    frames = [render_scene(rng, 320, 320)[0][:, :, ::-1].copy() for _ in range(limit)]
+    return frames, f"{limit} rendered synthetic frames"
+
+
+__all__ = ["default_imgsz", "default_output_dir", "recommend_threshold", "default_verify_images", "FALLBACK_IMGSZ"]

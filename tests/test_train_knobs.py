@@ -1,0 +1,82 @@
+"""Training size knobs (presets, --imgsz), thread defaults, and the run-level ETA/budget messages."""
+import pytest
+
+from edgedet.config import DataConfig, TrainConfig
+from edgedet.engine import threads
+from edgedet.engine.trainer import _budget_shortfall, _duration
+from edgedet.models import default_config
+from edgedet.presets import apply_imgsz, apply_preset
+
+
+def test_nano_preset_sets_the_sizes_a_family_has():
+    dd = apply_preset(default_config("deformable_detr"), "nano")
+    assert (dd.backbone, dd.hidden_dim, dd.enc_layers, dd.num_feature_levels) == ("resnet10_slim", 128, 2, 3)
+    detr = apply_preset(default_config("detr"), "nano")  # DETR has no feature levels: skipped, not an error
+    assert detr.hidden_dim == 128 and not hasattr(detr, "num_feature_levels")
+    assert apply_preset(default_config("dino"), "base") == default_config("dino")
+    with pytest.raises(ValueError, match="valid: nano, small, base"):
+        apply_preset(dd, "tiny")
+
+
+def test_imgsz_scales_train_and_val_sizes():
+    d = apply_imgsz(DataConfig(scales=[224, 256, 288], val_size=256, max_size=512), 128)
+    assert (d.val_size, d.scales, d.max_size) == (128, [112, 128, 144], 256)
+    with pytest.raises(ValueError, match="at least 32"):
+        apply_imgsz(DataConfig(), 8)
+
+
+def test_default_threads_leave_busy_cores_alone(monkeypatch):
+    monkeypatch.setattr(threads, "_cores", lambda: 2)
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (1.7, 0, 0))
+    assert threads.default_threads()[0] == 1
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.1, 0, 0))
+    assert threads.default_threads()[0] == 2
+    assert threads.default_threads(processes=2)[0] == 1
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (9.0, 0, 0))
+    assert threads.default_threads()[0] == 1
+
+
+def test_train_and_eval_take_threads_and_print_them(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        assert threads.set_threads(1) == "threads: 1 (--threads; --threads N to change)"
+        assert torch.get_num_threads() == 1
+        assert "cores, load" in threads.set_threads(0)
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="--threads"):
+        threads.set_threads(-1)
+    from edgedet.cli import main
+
+    for cmd in ("train", "eval"):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        assert "--threads" in capsys.readouterr().out
+
+
+def test_budget_shortfall_names_the_epochs_that_fit():
+    class Clock:
+        def elapsed(self):
+            return 120.0  # one epoch took 2 minutes
+
+    tc = TrainConfig(epochs=20, time_budget_s=600, scheduler="cosine")
+    msg = _budget_shortfall(tc, Clock(), 1, 0)
+    assert "need ~40m00s" in msg and "--epochs 5 fits" in msg and "cosine" in msg
+    assert _budget_shortfall(TrainConfig(epochs=4, time_budget_s=600), Clock(), 1, 0) is None
+    assert _budget_shortfall(TrainConfig(epochs=20), Clock(), 1, 0) is None  # no budget
+    assert _duration(3725) == "1h02m" and _duration(65) == "1m05s"
+
+
+def test_small_presets_bring_the_from_scratch_recipe():
+    from edgedet.presets import apply_preset_train
+
+    model = apply_preset(default_config("dino"), "nano")
+    tc = apply_preset_train(TrainConfig(), model, "nano")
+    assert (tc.lr, tc.lr_backbone_mult, tc.scheduler) == (4e-4, 1.0, "cosine")
+    import dataclasses
+
+    pretrained = dataclasses.replace(model, backbone_weights="r18.pth")  # ImageNet weights: keep the defaults
+    assert apply_preset_train(TrainConfig(), pretrained, "nano") == TrainConfig()
