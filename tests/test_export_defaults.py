@@ -9,6 +9,7 @@ import _tiny_detector  # noqa: F401  (registers the tiny test model)
 from converters.export_defaults import default_imgsz
 from edgedet.cli import main
 from edgedet.engine.threshold import FALLBACK_THRESHOLD, best_f1_threshold
+from runtime.manifest import sidecar_path
 
 
 def test_best_f1_threshold_picks_the_cut_of_best_f1():
@@ -50,7 +51,7 @@ def test_export_defaults_come_from_the_checkpoint(tiny_checkpoint, tmp_path, mon
     assert len(arts) == 1, arts  # into runs/export/<run>-<stem>/, not the working directory
     assert arts[0].parent.name == "run-last"
     assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob("*.json"))
-    manifest = json.loads(arts[0].with_name(arts[0].stem + ".edgedet.json").read_text())
+    manifest = json.loads(sidecar_path(arts[0]).read_text())
     assert manifest["preprocess"]["size"] == [96, 96]  # the training scale, not 640
     out = manifest["outputs"]
     assert out["score_threshold_source"].startswith("best F1"), out
@@ -82,7 +83,7 @@ def test_explicit_threshold_and_imgsz_are_kept_and_verify_finds_images(tiny_chec
     assert "verifying on synthetic:val images" in caplog.text
     assert capsys.readouterr().out.count("topk_match") == 1  # the report table once
     assert json.loads((tmp_path / "m.verify.json").read_text())["images"] == 6
-    manifest = json.loads((tmp_path / "m.edgedet.json").read_text())
+    manifest = json.loads(sidecar_path(tmp_path / "m.onnx").read_text())
     assert manifest["preprocess"]["size"] == [64, 128]
     assert manifest["outputs"]["score_threshold"] == 0.42 and manifest["outputs"]["score_threshold_source"] == "given"
 

@@ -56,7 +56,7 @@ def test_bad_save_paths_fail_before_work(tmp_path, capsys):
     _image(inputs / "a.png", 64, 64)
     _image(inputs / "b.png", 64, 64)
     for save, needle in ((tmp_path / "x.docx", "unknown output kind"), (tmp_path / "one.jpg", "is one image"),
-                         (inputs, "would overwrite the inputs")):
+                         (inputs, "would be overwritten")):
         assert main(["--model", str(model), "--source", str(inputs), "--save", str(save), "--quiet"]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and needle in err, err

@@ -84,7 +84,8 @@ def test_export_matrix_lists_every_combination_and_why_some_are_skipped(tmp_path
     rows = export_matrix(DEMO_CHECKPOINT, tmp_path, IMGSZ, quick=False, calib=None)
     skipped = {(r["format"], r["precision"], r["msda"]): r["skipped"] for r in rows if r["skipped"]}
     assert all("INT8 needs calibration" in why for (f, p, m), why in skipped.items() if p == "int8" and m != "fused")
-    assert "no kernel for the fused" in skipped[("onnx", "fp32", "fused")]
+    # ONNX Runtime has no kernel for the fused node: the format table does not offer that combination
+    assert not any(f == "onnx" and m == "fused" for f, _, m in made) and ("onnx", "fp32", "fused") not in skipped
     assert ("openvino", "fp16", "gather") in made and ("onnx", "fp32", "grid_sample") in made
     assert not any(p == "int8" for _, p, _ in made)  # no calibration images: no INT8 export attempted
     if importlib.util.find_spec("tensorrt") is None:

@@ -26,12 +26,6 @@ def parse_set_args(items: List[str]) -> Dict[str, Any]:
     return out
 
 
-def rtdetr_config_names() -> List[str]:
-    from edgedet.checkpoints.rtdetr_official import RTDETR_CONFIGS
-
-    return list(RTDETR_CONFIGS)
-
-
 class ConvertCheckpointCommand:
     name = "convert-checkpoint"
     help = "convert an official DETR / Deformable-DETR / DAB-DETR / DINO / RT-DETRv2 checkpoint to edgedet's format"
@@ -46,8 +40,9 @@ class ConvertCheckpointCommand:
                        help="model config field to set (repeatable), e.g. class_names=[cat,dog] or nheads=8 "
                             "for a checkpoint without args")
         p.add_argument("--config", default=None, metavar="NAME",
-                       help="RT-DETRv2 only (its checkpoints carry no config): the released config it was trained "
-                            f"with, one of {', '.join(rtdetr_config_names())}; 'rtdetr' = rtdetrv2_r18vd")
+                       help="RT-DETRv2 / D-FINE / DEIM (their checkpoints carry no config): the released config it "
+                            "was trained with, e.g. rtdetrv2_r18vd, rtdetrv2_r50vd, dfine_hgnetv2_n, deim_hgnetv2_s_coco "
+                            "(validated when run: a wrong name lists the valid ones); 'rtdetr' = rtdetrv2_r18vd")
         p.add_argument("--update", dest="updates", action="append", default=[], metavar="KEY=VALUE",
                        help="RT-DETRv2 only: the official tools' -u override strings (repeatable), "
                             "e.g. HybridEncoder.hidden_dim=64, RTDETRTransformerv2.num_points=[4,3,2], num_classes=5")
