@@ -115,11 +115,13 @@ def run_independent(artifact: Path, frames, n: int, seconds: float, threads: int
     return {"fps": frames_done / elapsed if elapsed else 0.0, "p50_ms": p50, "p95_ms": p95}
 
 
-def run_batched(artifact: Path, frames, n: int, seconds: float, threads: int, max_wait_ms: float, fps: float = 0.0) -> dict:
+def run_batched(artifact: Path, frames, n: int, seconds: float, threads: int, max_wait_ms: float, fps: float = 0.0,
+                max_batch: int = 0) -> dict:
     options = {"threads": threads} if threads else {}
     with Detector(artifact, **options) as det:
         sources = {f"s{i}": looping_source(f"s{i}", frames, i * len(frames) // max(1, n), fps) for i in range(n)}
-        stats = MultiStreamPipeline(sources, det, max_wait_ms=max_wait_ms, queue_size=2 * n).run(duration_s=seconds)
+        stats = MultiStreamPipeline(sources, det, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                                    queue_size=2 * n).run(duration_s=seconds)
     p50, p95 = _latency([s["latency_ms"] for s in stats["streams"].values()])
     return {"fps": stats["fps"], "p50_ms": p50, "p95_ms": p95, "batch_mean": stats["batch_mean"]}
 
@@ -134,6 +136,7 @@ def main() -> None:
                     help="export size (default 256 256, the demo detector's training size)")
     ap.add_argument("--threads", type=int, default=0, help="engine threads per Detector (0 = engine default)")
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
+    ap.add_argument("--max-batch", type=int, default=0, help="frames per engine call (0 = one per stream)")
     ap.add_argument("--frames-per-video", type=int, default=90)
     ap.add_argument("--fps", type=float, default=0.0,
                     help="0: file streams, every frame, as fast as the engine goes (throughput); N: live cameras "
@@ -152,7 +155,8 @@ def main() -> None:
             runs: Dict[str, List[dict]] = {"independent": [], "batched": []}
             for _ in range(args.repeats):  # interleaved: load changes hit both modes
                 runs["independent"].append(run_independent(artifact, frames, n, args.seconds, args.threads, args.fps))
-                runs["batched"].append(run_batched(artifact, frames, n, args.seconds, args.threads, args.max_wait_ms, args.fps))
+                runs["batched"].append(run_batched(artifact, frames, n, args.seconds, args.threads, args.max_wait_ms, args.fps,
+                                                   args.max_batch))
             med = {mode: {k: float(np.median([r[k] for r in rs])) for k in rs[0]} for mode, rs in runs.items()}
             if n == 1:
                 single_p95 = med["independent"]["p95_ms"]
@@ -175,7 +179,7 @@ def main() -> None:
         print(f"{r['engine']:<22}{r['streams']:>8}{r['independent_fps']:>11.1f}{r['batched_fps']:>11.1f}{r['throughput_ratio']:>7.2f}"
               f"{r['independent_p50_ms']:>9.1f}/{r['independent_p95_ms']:<9.1f}{r['batched_p50_ms']:>9.1f}/{r['batched_p95_ms']:<9.1f}"
               f"{r['batch_mean']:>11.2f}{(rel or 0.0):>11.2f}")
-    print(json.dumps({"bench": "multistream", "fps_per_stream": args.fps, "seconds": args.seconds, "repeats": args.repeats, "imgsz": args.imgsz,
+    print(json.dumps({"bench": "multistream", "fps_per_stream": args.fps, "max_batch": args.max_batch, "seconds": args.seconds, "repeats": args.repeats, "imgsz": args.imgsz,
                       "threads": args.threads, "rows": rows}))
 
 
