@@ -21,17 +21,16 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from runtime.capture import Frame, Source, open_source
-from runtime.pipeline import Result, StopPipeline
+from runtime.pipeline import _END, Result, ThreadedStages
 from runtime.types import Detections
 
 log = logging.getLogger(__name__)
 
-_END = object()
 Sink = Callable[[Result], Any]
 # Per-stream step after detection (a tracker, a zone counter): (stream, frame, detections) -> detections.
 StreamStep = Callable[[str, Frame, Detections], Detections]
@@ -90,7 +89,7 @@ class _Stream:
         return self.slot_dropped + self.source_dropped + (self.source.dropped if self.source is not None else 0)
 
 
-class MultiStreamPipeline:
+class MultiStreamPipeline(ThreadedStages):
     """sources: {name: spec} or [spec, ...] (names "stream0", ...); spec is anything `open_source` takes.
 
     detector: has `batch(frames) -> [Detections]` (a `runtime.Detector`) or is a plain callable
@@ -129,14 +128,8 @@ class MultiStreamPipeline:
         self.reconnect_limit, self.retry_delay = int(reconnects), float(retry_delay)
         self.step = step
         self._cond = threading.Condition()
-        self._stop = threading.Event()
         self._out: "queue.Queue[Any]" = queue.Queue(maxsize=max(1, int(queue_size)))
-        self._results: "queue.Queue[Any]" = queue.Queue(maxsize=max(1, int(queue_size)))
-        self._threads: List[threading.Thread] = []
-        self._error: Optional[BaseException] = None
-        self._sinks_done = threading.Event()
-        self._iterating = self._closed = False
-        self._lock = threading.Lock()
+        self._init_stages(queue_size)
         self._detect_ms: Deque[float] = deque(maxlen=history)
         self._batch_sizes: Deque[int] = deque(maxlen=history)
         self.frames = 0
@@ -158,43 +151,13 @@ class MultiStreamPipeline:
         if self._threads:
             raise RuntimeError("pipeline already started; create a new MultiStreamPipeline to run again")
         self._t_start = time.perf_counter()
-        targets = [(f"capture-{s.name}", lambda s=s: self._capture_loop(s), False) for s in self.streams]
-        targets += [("batcher", self._batch_loop, False), ("sinks", self._sink_loop, True)]
-        for name, target, last in targets:
-            t = threading.Thread(target=self._guard, args=(target, last), name=f"edgedet-{name}", daemon=True)
-            self._threads.append(t)
-            t.start()
+        loops = [(f"capture-{s.name}", lambda s=s: self._capture_loop(s)) for s in self.streams]
+        self._start_stages(loops + [("batcher", self._batch_loop), ("sinks", self._sink_loop)])
         return self
 
-    def _guard(self, loop: Callable[[], None], last_stage: bool) -> None:
-        try:
-            loop()
-        except StopPipeline:
-            self._stop.set()
-        except BaseException as e:
-            with self._lock:
-                self._error = self._error or e
-            self._stop.set()
-        finally:
-            with self._cond:
-                self._cond.notify_all()
-            if last_stage:
-                self._sinks_done.set()
-                if self._iterating:
-                    self._put(self._results, _END, force=True)
-
-    def _put(self, q: "queue.Queue[Any]", item: Any, force: bool = False) -> bool:
-        while force or not self._stop.is_set():
-            try:
-                q.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                if force:
-                    try:
-                        q.get_nowait()
-                    except queue.Empty:
-                        pass
-        return False
+    def _wake(self) -> None:
+        with self._cond:  # capture loops wait for their slot, the batcher for frames
+            self._cond.notify_all()
 
     def _capture_loop(self, s: _Stream) -> None:
         try:
@@ -336,56 +299,17 @@ class MultiStreamPipeline:
                     break
         finally:
             self.close()
-        if self._error is not None:
-            raise self._error
+        self._raise_error()
         return self.stats()
-
-    def __iter__(self) -> Iterator[StreamResult]:
-        """Yield results of all streams as they complete; leaving the loop early closes the pipeline."""
-        self._iterating = True
-        self.start()
-        try:
-            while True:
-                try:
-                    item = self._results.get(timeout=0.1)
-                except queue.Empty:
-                    if self._sinks_done.is_set() and self._results.empty():
-                        break
-                    continue
-                if item is _END:
-                    break
-                yield item
-        finally:
-            self.close()
-        if self._error is not None:
-            raise self._error
 
     def close(self) -> None:
         """Stop and join every thread, then close sources and sinks; safe to call twice."""
-        if self._closed:
+        if not self._stop_threads():
             return
-        self._closed = True
-        self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
-        for t in self._threads:
-            if t is not threading.current_thread():
-                t.join(timeout=5.0)
-                if t.is_alive():
-                    log.warning("pipeline thread %s did not stop within 5 s", t.name)
         for s in self.streams:
             if s.source is not None:
                 s.source.close()
-        for sink in [x for sinks in self.sinks.values() for x in sinks] + self.shared_sinks:
-            close = getattr(sink, "close", None)
-            if callable(close):
-                close()
-
-    def __enter__(self) -> "MultiStreamPipeline":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+        self._close_sinks([x for sinks in self.sinks.values() for x in sinks] + self.shared_sinks)
 
     def stats(self) -> Dict[str, Any]:
         """Overall frames/fps/batch and detect latency, plus per stream: read, processed, dropped,

@@ -40,22 +40,15 @@ class Result:
     latency_ms: float
 
 
-class Pipeline:
-    """source: anything `open_source` accepts (or a Source); detector: callable BGR frame -> Detections.
+class ThreadedStages:
+    """What a threaded pipeline (one stream or many) shares: its stop flag, error hand-over, stage
+    threads, the results queue `for` loops read, and the shut-down order.
 
-    sinks: callables taking a Result (a `close()` method, if any, is called at the end; the
-    pipeline owns them). queue_size: depth of the queues between stages for file sources.
+    Subclasses set the attributes in `_init_stages`, start their loops with `_start_stages`, and
+    close their own sources after `_stop_threads()`; `_wake()` rouses loops waiting on a condition.
     """
 
-    def __init__(self, source: Any, detector: Callable[[np.ndarray], Detections], sinks: Sequence[Callable[[Result], Any]] = (),
-                 queue_size: int = 4, history: int = 2000):
-        self.source = source if isinstance(source, Source) else open_source(source)
-        self.detector = detector
-        self.sinks = list(sinks)
-        self.live = self.source.is_live
-        depth = 1 if self.live else max(1, int(queue_size))
-        self._q_in: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
-        self._q_out: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
+    def _init_stages(self, queue_size: int) -> None:
         self._results: "queue.Queue[Any]" = queue.Queue(maxsize=max(1, int(queue_size)))
         self._stop = threading.Event()
         self._sinks_done = threading.Event()
@@ -64,21 +57,18 @@ class Pipeline:
         self._threads: List[threading.Thread] = []
         self._iterating = False
         self._closed = False
-        self._latency: Dict[str, Deque[float]] = {s: deque(maxlen=history) for s in STAGES}
-        self.frames = 0
-        self.queue_dropped = 0
-        self._t_start = self._t_last = 0.0
 
-    # -- threads -------------------------------------------------------------------------
-    def start(self) -> "Pipeline":
+    def _start_stages(self, loops: Sequence[tuple]) -> None:
+        """loops: (name, callable) in pipeline order; the last one is the sink stage."""
         if self._threads:
-            raise RuntimeError("pipeline already started; create a new Pipeline to run again")
-        self._t_start = time.perf_counter()
-        for name, target in (("capture", self._capture_loop), ("detect", self._detect_loop), ("sinks", self._sink_loop)):
-            t = threading.Thread(target=self._guard, args=(target, name == "sinks"), name=f"edgedet-{name}", daemon=True)
+            raise RuntimeError(f"{type(self).__name__} already started; create a new one to run again")
+        for i, (name, loop) in enumerate(loops):
+            t = threading.Thread(target=self._guard, args=(loop, i == len(loops) - 1), name=f"edgedet-{name}", daemon=True)
             self._threads.append(t)
             t.start()
-        return self
+
+    def _wake(self) -> None:
+        """Rouse loops that wait on something other than the queues (none here)."""
 
     def _guard(self, loop: Callable[[], None], last_stage: bool) -> None:
         try:
@@ -90,6 +80,7 @@ class Pipeline:
                 self._error = self._error or e
             self._stop.set()
         finally:
+            self._wake()
             if last_stage:
                 self._sinks_done.set()
                 if self._iterating:
@@ -108,6 +99,93 @@ class Pipeline:
                     except queue.Empty:
                         pass
         return False
+
+    def __iter__(self) -> Iterator[Any]:
+        """Yield results as they complete; leaving the loop early closes the pipeline."""
+        self._iterating = True
+        self.start()
+        try:
+            while True:
+                try:
+                    item = self._results.get(timeout=0.1)
+                except queue.Empty:
+                    if self._sinks_done.is_set() and self._results.empty():
+                        break
+                    continue
+                if item is _END:
+                    break
+                yield item
+        finally:
+            self.close()
+        self._raise_error()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _stop_threads(self) -> bool:
+        """Stop and join every stage thread; False when already closed (close() is safe to call twice)."""
+        if self._closed:
+            return False
+        self._closed = True
+        self._stop.set()
+        self._wake()
+        for t in self._threads:  # every loop polls the stop flag at least every 0.1 s
+            if t is not threading.current_thread():
+                t.join(timeout=5.0)
+                if t.is_alive():
+                    log.warning("pipeline thread %s did not stop within 5 s", t.name)
+        return True
+
+    @staticmethod
+    def _close_sinks(sinks: Sequence[Any]) -> None:
+        for sink in sinks:
+            close = getattr(sink, "close", None)
+            if callable(close):
+                close()
+
+    def start(self) -> Any:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class Pipeline(ThreadedStages):
+    """source: anything `open_source` accepts (or a Source); detector: callable BGR frame -> Detections.
+
+    sinks: callables taking a Result (a `close()` method, if any, is called at the end; the
+    pipeline owns them). queue_size: depth of the queues between stages for file sources.
+    """
+
+    def __init__(self, source: Any, detector: Callable[[np.ndarray], Detections], sinks: Sequence[Callable[[Result], Any]] = (),
+                 queue_size: int = 4, history: int = 2000):
+        self.source = source if isinstance(source, Source) else open_source(source)
+        self.detector = detector
+        self.sinks = list(sinks)
+        self.live = self.source.is_live
+        depth = 1 if self.live else max(1, int(queue_size))
+        self._q_in: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
+        self._q_out: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
+        self._init_stages(queue_size)
+        self._latency: Dict[str, Deque[float]] = {s: deque(maxlen=history) for s in STAGES}
+        self.frames = 0
+        self.queue_dropped = 0
+        self._t_start = self._t_last = 0.0
+
+    # -- threads -------------------------------------------------------------------------
+    def start(self) -> "Pipeline":
+        if self._threads:
+            raise RuntimeError("pipeline already started; create a new Pipeline to run again")
+        self._t_start = time.perf_counter()
+        self._start_stages([("capture", self._capture_loop), ("detect", self._detect_loop), ("sinks", self._sink_loop)])
+        return self
 
     def _get(self, q: "queue.Queue[Any]") -> Any:
         while not self._stop.is_set():
@@ -193,51 +271,12 @@ class Pipeline:
         self._raise_error()
         return self.stats()
 
-    def __iter__(self) -> Iterator[Result]:
-        """Yield results as they complete; leaving the loop early closes the pipeline."""
-        self._iterating = True
-        self.start()
-        try:
-            while True:
-                try:
-                    item = self._results.get(timeout=0.1)
-                except queue.Empty:
-                    if self._sinks_done.is_set() and self._results.empty():
-                        break
-                    continue
-                if item is _END:
-                    break
-                yield item
-        finally:
-            self.close()
-        self._raise_error()
-
-    def _raise_error(self) -> None:
-        if self._error is not None:
-            raise self._error
-
     def close(self) -> None:
         """Stop and join every thread, close the source and the sinks; safe to call twice."""
-        if self._closed:
+        if not self._stop_threads():
             return
-        self._closed = True
-        self._stop.set()
-        for t in self._threads:  # every loop polls the stop flag at least every 0.1 s
-            if t is not threading.current_thread():
-                t.join(timeout=5.0)
-                if t.is_alive():
-                    log.warning("pipeline thread %s did not stop within 5 s", t.name)
         self.source.close()  # after the capture thread: never release a decoder mid-read
-        for sink in self.sinks:
-            close = getattr(sink, "close", None)
-            if callable(close):
-                close()
-
-    def __enter__(self) -> "Pipeline":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+        self._close_sinks(self.sinks)
 
     @property
     def dropped(self) -> int:
