@@ -59,6 +59,8 @@ class DataConfig:
     synthetic_num_classes: int = 3  # shapes: circle, square, triangle, star, cross, ring, hexagon, crescent
     synthetic_max_objects: int = 6
     synthetic_seed: int = 0
+    synthetic_style: str = "plain"  # plain | camera (edgedet/data/camera_world.py: occlusion, blur, light, borders)
+    synthetic_width: int = 0  # image width; 0 = square (synthetic_image_size is the height)
     scales: List[int] = field(default_factory=lambda: [256])  # shorter-side sizes for multi-scale resize
     max_size: int = 400
     val_size: int = 256

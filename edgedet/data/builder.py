@@ -95,7 +95,7 @@ def _synthetic(cfg: DataConfig, split: str) -> Parsed:
     # Each split gets its own seed stream, so no image of one split appears in another.
     seed = zlib.crc32(f"{split}:{cfg.synthetic_seed}".encode()) & 0x7FFFFFFF
     ann = cached_synthetic(synthetic_cache_root(cfg), split, num, cfg.synthetic_image_size, seed,
-                           cfg.synthetic_num_classes, cfg.synthetic_max_objects)
+                           cfg.synthetic_num_classes, cfg.synthetic_max_objects, cfg.synthetic_style, cfg.synthetic_width)
     return read_coco(ann.parent, ann, cfg.skip_corrupt)
 
 

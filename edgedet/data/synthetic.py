@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
+STYLES = ("plain", "camera")
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "hexagon", "crescent")
 GENERATOR_VERSION = 1  # bump when rendering changes so cached datasets are regenerated
 
@@ -152,26 +153,42 @@ def generate_synthetic(
     num_classes: int = 3,
     max_objects: int = 6,
     image_format: str = "jpg",
+    style: str = "plain",
+    width: int = 0,
 ) -> Path:
     """Write `out_dir/images/NNNNNN.<jpg|png>` and `out_dir/annotations.json` (COCO, category id =
-    label + 1, names from SHAPES) -> the JSON path. Image i is rendered from (seed, i)."""
+    label + 1, names from SHAPES) -> the JSON path. Image i is rendered from (seed, i).
+
+    style: "plain" (shapes pasted apart on a static texture) or "camera" (a frame of
+    `camera_world.CameraWorld`: occlusion, blur, light, shapes cut by the border; objects mostly
+    hidden are written as crowd regions, which training skips). width: 0 = square images."""
     _check_num_classes(num_classes)
+    if style not in STYLES:
+        raise ValueError(f"synthetic style must be one of {', '.join(STYLES)}, got '{style}'")
+    height, width = image_size, width or image_size
     if image_format not in ("jpg", "png"):
         raise ValueError(f"image_format must be 'jpg' or 'png', got '{image_format}'")
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for i in tqdm(range(num_images), desc="synthetic images", disable=None, leave=False):
-        image, boxes, labels, _ = render_scene(np.random.default_rng([seed, i]), image_size, image_size, num_classes, max_objects)
+        rng = np.random.default_rng([seed, i])
+        if style == "camera":
+            from edgedet.data.camera_world import render_camera_scene  # imports this module
+
+            image, boxes, labels, crowd = render_camera_scene(rng, height, width, num_classes, max_objects)
+        else:
+            image, boxes, labels, _ = render_scene(rng, height, width, num_classes, max_objects)
+            crowd = np.zeros(len(labels), bool)
         name = f"images/{i + 1:06d}.{image_format}"
         params = [cv2.IMWRITE_JPEG_QUALITY, 95] if image_format == "jpg" else []
         if not cv2.imwrite(str(out_dir / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params):
             raise OSError(f"could not write {out_dir / name}")
-        images.append({"id": i + 1, "file_name": name, "width": image_size, "height": image_size})
-        for (x0, y0, x1, y1), label in zip(boxes.tolist(), labels.tolist()):
+        images.append({"id": i + 1, "file_name": name, "width": width, "height": height})
+        for (x0, y0, x1, y1), label, is_crowd in zip(boxes.tolist(), labels.tolist(), crowd.tolist()):
             annotations.append(
                 {"id": len(annotations) + 1, "image_id": i + 1, "category_id": label + 1,
-                 "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0}
+                 "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": int(is_crowd)}
             )
     categories = [{"id": k + 1, "name": SHAPES[k]} for k in range(num_classes)]
     ann_path = out_dir / "annotations.json"
@@ -180,22 +197,24 @@ def generate_synthetic(
 
 
 def cached_synthetic(cache_root: Union[str, Path], split: str, num_images: int, image_size: int, seed: int,
-                     num_classes: int = 3, max_objects: int = 6) -> Path:
+                     num_classes: int = 3, max_objects: int = 6, style: str = "plain", width: int = 0) -> Path:
     """Generate once into `cache_root/<split>-<params hash>/` and reuse -> annotations JSON path.
 
     Written to a temporary folder and renamed into place, so concurrent processes (DDP ranks)
     never see a half-written dataset.
     """
     params = dict(v=GENERATOR_VERSION, n=num_images, size=image_size, seed=seed, classes=num_classes, objects=max_objects)
+    if style != "plain" or width:  # plain square datasets keep the cache names they always had
+        params.update(style=style, width=width)
     digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
-    final = Path(cache_root).expanduser() / f"{split}-{num_images}x{image_size}-{digest}"
+    final = Path(cache_root).expanduser() / f"{split}-{num_images}x{image_size}{f'x{width}' if width else ''}-{digest}"
     if (final / "annotations.json").is_file():
         return final / "annotations.json"
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
         logger.info("generating %d synthetic %s images into %s", num_images, split, final)
-        generate_synthetic(tmp, num_images, image_size, seed, num_classes, max_objects)
+        generate_synthetic(tmp, num_images, image_size, seed, num_classes, max_objects, style=style, width=width)
         os.rename(tmp, final)
     except OSError:
         if not (final / "annotations.json").is_file():  # not another process winning the rename
@@ -214,16 +233,33 @@ def render_synthetic_video(
     seed: int = 0,
     num_classes: int = 3,
     num_objects: int = 4,
+    style: str = "plain",
 ) -> List[List[Dict]]:
-    """Write an MP4 (mp4v) of shapes bouncing over a static texture and `path.with_suffix('.json')`.
+    """Write an MP4 (mp4v) of moving shapes and `path.with_suffix('.json')`.
 
-    Returns per frame a list of {"box_xyxy": [x0, y0, x1, y1] pixels, "label", "name", "track_id"};
-    objects stay fully inside the frame (they bounce off the borders) and may pass over each other.
+    Returns per frame a list of {"box_xyxy": [x0, y0, x1, y1] pixels, "label", "name", "track_id"}.
+    style "plain": shapes bounce over a static texture, fully inside the frame, and may pass over
+    each other. style "camera": `camera_world.CameraWorld` (panning background, changing light,
+    motion blur, an occluder, shapes entering and leaving); entries also carry "visible" (share of
+    the object in view) and "ignore" (too little in view to be scored).
     """
     _check_num_classes(num_classes)
+    if style not in STYLES:
+        raise ValueError(f"synthetic style must be one of {', '.join(STYLES)}, got '{style}'")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     height, width = size
+    if style == "camera":
+        from edgedet.data.camera_world import CameraWorld  # imports this module
+
+        world = CameraWorld(np.random.default_rng(seed), height, width, num_classes, num_objects)
+
+        def frames():
+            for _ in range(num_frames):
+                yield world.render()
+                world.step()
+
+        return _write_video(path, frames(), fps, (height, width), num_classes)
     rng = np.random.default_rng(seed)
     background = render_background(rng, height, width)
     objects = []
@@ -235,11 +271,8 @@ def render_synthetic_video(
         vel = rng.uniform(1.5, 5.0, 2) * rng.choice([-1, 1], 2)
         objects.append({"id": track_id, "label": label, "alpha": alpha, "pos": pos, "vel": vel,
                         "colour": _contrasting_colour(rng, background)})
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
-    if not writer.isOpened():
-        raise RuntimeError(f"OpenCV cannot write MP4 (mp4v) to {path}")
-    frames_gt: List[List[Dict]] = []
-    try:
+
+    def frames():
         for _ in range(num_frames):
             frame = background.copy()
             gt = []
@@ -257,6 +290,20 @@ def render_synthetic_video(
                 _paste(frame, obj["alpha"], obj["colour"], x, y)
                 gt.append({"box_xyxy": [float(x), float(y), float(x + w), float(y + h)], "label": obj["label"],
                            "name": SHAPES[obj["label"]], "track_id": obj["id"]})
+            yield frame, gt
+
+    return _write_video(path, frames(), fps, (height, width), num_classes)
+
+
+def _write_video(path: Path, frames, fps: int, size: Tuple[int, int], num_classes: int) -> List[List[Dict]]:
+    """Write (RGB frame, ground truth) pairs as an MP4 and the truth beside it -> per-frame truth."""
+    height, width = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write MP4 (mp4v) to {path}")
+    frames_gt: List[List[Dict]] = []
+    try:
+        for frame, gt in tqdm(frames, desc="rendering video", disable=None, leave=False):
             writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
             frames_gt.append(gt)
     finally:
