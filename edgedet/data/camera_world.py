@@ -105,7 +105,9 @@ class CameraWorld:
         # every class on screen from the start, so a prompt can be taken from the first frame
         labels = list(range(min(num_classes, num_objects))) + [int(rng.integers(num_classes))
                                                                for _ in range(max(0, num_objects - num_classes))]
-        self.shapes = [self._new_shape(label, inside=all_inside_first, slot=i) for i, label in enumerate(labels)]
+        self.shapes: List[_Shape] = []
+        for i, label in enumerate(labels):
+            self.shapes.append(self._new_shape(label, inside=all_inside_first, slot=i))
 
     # ---- objects ------------------------------------------------------------------------------
     def _new_shape(self, label: int, inside: bool, slot: int = 0) -> _Shape:
@@ -115,10 +117,14 @@ class CameraWorld:
         direction = rng.uniform(0, 2 * np.pi)
         velocity = speed * np.array([np.cos(direction), np.sin(direction)])
         reach = size * 0.75  # half the sprite's diagonal-ish extent
-        if inside:  # the first shapes spread over columns of the frame, fully in view
+        if inside:  # the first shapes spread over columns of the frame, in full view: apart, clear of the occluder
             columns = self.num_classes + 1
             span = (self.width - 2 * reach) / columns
-            centre = np.array([reach + span * (slot % columns) + rng.uniform(0, span), rng.uniform(reach, self.height - reach)])
+            for _try in range(50):
+                centre = np.array([reach + span * (slot % columns) + rng.uniform(0, span),
+                                   rng.uniform(reach, self.height - reach)])
+                if self._clear(centre, reach):
+                    break
         else:  # just outside a random border, heading in
             side = int(rng.integers(4))
             along = rng.uniform(0.15, 0.85)
@@ -130,6 +136,17 @@ class CameraWorld:
                        rng.uniform(0, 255, 3).astype(np.float32))
         self.next_id += 1
         return shape
+
+    def _clear(self, centre: np.ndarray, reach: float) -> bool:
+        """Whether a shape around `centre` would overlap no other shape and no occluder on frame 0."""
+        if any(np.hypot(*(centre - s.centre)) < reach + s.size * 0.75 + 4 for s in self.shapes):
+            return False
+        if self.occluder is None:
+            return True
+        view = self._occluder_alpha()
+        x0, x1 = int(max(centre[0] - reach, 0)), int(min(centre[0] + reach, self.width))
+        y0, y1 = int(max(centre[1] - reach, 0)), int(min(centre[1] + reach, self.height))
+        return not (view[y0:y1, x0:x1] > 0).any()
 
     def _contrasting(self, shape: _Shape, patch: np.ndarray) -> None:
         """Give a new shape a colour that stands out from where it appears (as synthetic.py does)."""
