@@ -140,7 +140,7 @@ def latency(args, trex, dino, shots, held, frames) -> dict:
 
     s = args.image_size
     out = Path(args.out) / "artifacts"
-    enc_path, det_path = export_prompted(trex, out, imgsz=(s, s), text_prompts=[])
+    enc_path, det_path = export_prompted(trex, out, imgsz=(s, s), text_prompts=[], overwrite=True)
     dino_path = export(dino, format="onnx", output=out / "dino.onnx", imgsz=(s, s), overwrite=True)
     pd = PromptedDetector(enc_path, det_path)
     for c in held:

@@ -130,10 +130,23 @@ def write_prompt_bank(path: Union[str, Path], names: Sequence[str], embeddings: 
     return Path(path)
 
 
+def _refuse_existing(out_dir: Path, overwrite: bool) -> None:
+    """Before the slow work: an earlier export in `out_dir` is replaced only when asked."""
+    from runtime.safety import refuse_overwrite
+
+    if not out_dir.is_dir():
+        return
+    stems = (ENCODER_STEM, DETECTOR_STEM, TEXT_ENCODER_STEM)
+    for f in sorted(out_dir.iterdir()):
+        if f.name == TEXT_BANK or f.name.split(".")[0] in stems:
+            refuse_overwrite(f, overwrite, flag="overwrite=True (--exist-ok)")
+
+
 def export_prompted(model: nn.Module, output_dir: Union[str, Path], format: str = "onnx", imgsz: Sequence[int] = (640, 640),
                     msda: Optional[str] = None, top_k: int = 100, text_prompts: Optional[Sequence[str]] = None,
                     opset: int = 17, simplify: bool = True, experiment: Optional[Dict[str, Any]] = None,
-                    text_encoder: bool = False, precision: str = "fp32", dry_run: bool = False) -> Tuple[Path, Path]:
+                    text_encoder: bool = False, precision: str = "fp32", dry_run: bool = False,
+                    overwrite: bool = False) -> Tuple[Path, Path]:
     """Write the prompt encoder and the prompted detector -> (encoder_path, detector_path).
 
     format: "onnx" | "openvino" | "tensorrt". msda: None = the format's default form. text_prompts:
@@ -141,6 +154,7 @@ def export_prompted(model: nn.Module, output_dir: Union[str, Path], format: str 
     text_encoder: also write the MiniLM text encoder (~90 MB) and its vocabulary, for any text at run time.
     precision: "fp32"; "fp16" for openvino (compressed weights) and tensorrt engines.
     dry_run: tensorrt only: write the two plugin ONNX graphs TensorRT would parse and return their paths.
+    overwrite: replace artifacts already in `output_dir` (otherwise refused before any work).
     """
     cfg = getattr(model, "config", None)
     if getattr(cfg, "name", "") != "trex":
@@ -162,6 +176,7 @@ def export_prompted(model: nn.Module, output_dir: Union[str, Path], format: str 
     h, w = int(imgsz[0]), int(imgsz[1])
     k, n, dp = cfg.max_prompts, cfg.max_prompt_boxes, cfg.prompt_dim
     out_dir = Path(output_dir)
+    _refuse_existing(out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
     names = list(cfg.class_names) if text_prompts is None else list(text_prompts)

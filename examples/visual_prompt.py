@@ -28,7 +28,7 @@ def export(args: argparse.Namespace) -> None:
     imgsz = args.imgsz or (EMBEDDED_IMGSZ if checkpoint == EMBEDDED else (640, 640))
     model, experiment = resolve_model(checkpoint)
     enc, det = export_prompted(model, args.out, format=args.format, imgsz=(imgsz[0], imgsz[-1]), experiment=experiment,
-                               text_encoder=args.text_encoder, dry_run=args.dry_run)
+                               text_encoder=args.text_encoder, dry_run=args.dry_run, overwrite=args.exist_ok)
     print(f"wrote {enc} and {det}")
 
 
@@ -71,6 +71,7 @@ def main() -> None:
                    help="network input (default 256 448 for the embedded model, else 640)")
     e.add_argument("--dry-run", action="store_true", help="tensorrt: write only the plugin ONNX graphs (build on the device)")
     e.add_argument("--text-encoder", action="store_true", help="also export MiniLM: prompt with any text at run time")
+    e.add_argument("--exist-ok", action="store_true", help="replace artifacts already in --out")
     r = sub.add_parser("run", help="prompt with boxes on an image, detect in a video (torch-free)")
     r.add_argument("--artifacts", required=True, help="folder written by the export step")
     r.add_argument("--openvino", action="store_true", help="use the .xml artifacts")

@@ -240,3 +240,17 @@ def test_minilm_text_encoder_saves_only_its_projection():
     out = enc.encode(["circle", "ring"])
     assert out.shape == (2, 32) and out.requires_grad
     assert sorted(enc.state_dict()) == ["proj.bias", "proj.weight"]
+
+
+def test_prompted_export_never_replaces_an_earlier_one_unasked(tmp_path):
+    from runtime.safety import UnsafeOutputError
+
+    model = tiny_model()
+    enc, det = export_prompted(model, tmp_path, imgsz=(SIZE, SIZE), msda="grid_sample", top_k=TOP_K, simplify=False)
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    with pytest.raises(UnsafeOutputError, match="overwrite=True"):
+        export_prompted(model, tmp_path, imgsz=(SIZE, SIZE), msda="grid_sample", top_k=TOP_K, simplify=False)
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before  # refused before writing anything
+    again = export_prompted(model, tmp_path, imgsz=(SIZE, SIZE), msda="grid_sample", top_k=TOP_K, simplify=False,
+                            overwrite=True)
+    assert again == (enc, det)
