@@ -1,9 +1,9 @@
 """Train the embedded prompted detector and store it as `edgedet/assets/prompted_detector.pth`.
 
-    OMP_NUM_THREADS=1 python scripts/train_prompted_model.py            # 1300 steps, ~15 minutes on one CPU core
+    OMP_NUM_THREADS=1 python scripts/train_prompted_model.py            # 1300 steps on one CPU core (time in its metrics)
 
 A `trex` model of the demo detector's size (ResNet-10-slim, hidden 128, 2 encoder / 3 decoder
-layers, 3 feature levels) on the synthetic shapes of the demo video (circle, square, triangle),
+layers, 3 feature levels) on the camera-like rendered world of the demo video (circle, square, triangle),
 trained by the common engine (`edgedet.engine.trainer.train`, as `edgedet train --model trex`) on
 visual and text prompts in the same batches. The image side (backbone, encoder, decoder, box heads)
 starts from the embedded closed-set demo detector (`model.weights = demo_detector.pth`, same renderer
@@ -45,9 +45,12 @@ MODEL = dict(backbone="resnet10_slim", backbone_frozen_bn=False, hidden_dim=128,
 
 
 def data_config(root: str) -> DataConfig:
-    return DataConfig(format="synthetic", root=root, synthetic_train_images=600, synthetic_val_images=60,
-                      synthetic_image_size=256, synthetic_num_classes=CLASSES, scales=[224, 256, 288], max_size=512,
-                      val_size=256, hflip=0.5)
+    # The closed-set demo detector's data (edgedet/assets/demo_detector.yaml): the camera-like world at the
+    # demo's geometry; the same images, so the cache is shared.
+    return DataConfig(format="synthetic", root=root, synthetic_style="camera", synthetic_train_images=3000,
+                      synthetic_val_images=60, synthetic_image_size=256, synthetic_width=448,
+                      synthetic_num_classes=CLASSES, scales=[224, 256, 288], max_size=512, val_size=256, hflip=0.5,
+                      color_jitter=[0.3, 0.3, 0.3, 0.03])
 
 
 def slim_checkpoint(model, data_cfg: DataConfig, metrics: dict, steps: int) -> dict:
