@@ -78,8 +78,8 @@ def test_rtdetr_trains_and_evaluates_on_sides_not_divisible_by_32(tmp_path):
 
 
 def test_export_names_valid_sizes_for_a_size_rtdetr_cannot_take(tmp_path):
-    from converters.formats import ExportError
     from converters.api import export
+    from converters.formats import ExportError
 
     with pytest.raises(ExportError, match=r"divisible by 32: imgsz 100x128 .*nearest valid H 96 or 128, W 128"):
         export(tiny(), format="onnx", output=tmp_path / "m.onnx", imgsz=(100, 128), score_threshold=0.3)
