@@ -149,7 +149,7 @@ def build_artifact(model, exp, eng, imgsz, work: Path, calib, float_onnx: Dict[s
 def run_family(family: str, args, forms: List[str], work: Path, calib, images, dataset) -> List[Dict[str, Any]]:
     model, exp = build_model(family, args.checkpoint, args.quick)
     imgsz = args.imgsz
-    check_imgsz(model, imgsz, family)  # RT-DETR / D-FINE: sides divisible by 32, said before any export
+    check_imgsz(model, imgsz)  # RT-DETR / D-FINE: sides divisible by 32, said before any export
     float_onnx: Dict[str, Path] = {}
     artifacts: Dict[int, Path] = {}  # row index -> artifact, for the interleaved pass
     x = torch.from_numpy(calibration_batches(images, make_manifest(model, "", "fp32", "", imgsz, 1, True, 100, None, exp)

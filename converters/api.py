@@ -163,18 +163,15 @@ def _resolve_default_msda(fmt: ExportFormat, msda: Optional[str], form: str) -> 
     return fallback
 
 
-def check_imgsz(model: nn.Module, imgsz_hw: Tuple[int, int], family: str) -> None:
+def check_imgsz(model: nn.Module, imgsz_hw: Tuple[int, int]) -> None:
     """An input size the model cannot take (RT-DETR / D-FINE: sides not divisible by 32) fails here, naming
     the nearest valid sizes, instead of as a shape error deep inside the ONNX export."""
-    from edgedet.data.padding import model_size_divisor
+    from edgedet.data.padding import check_input_size
 
-    d = model_size_divisor(model)
-    if all(s % d == 0 for s in imgsz_hw):
-        return
-    near = [sorted({max(d, s // d * d), max(d, -(-s // d) * d)}) for s in imgsz_hw]
-    raise ExportError(f"'{family or type(model).__name__}' needs input sides divisible by {d}: imgsz "
-                      f"{imgsz_hw[0]}x{imgsz_hw[1]} (H x W) cannot work; nearest valid H {' or '.join(map(str, near[0]))}, "
-                      f"W {' or '.join(map(str, near[1]))}")
+    try:
+        check_input_size(model, imgsz_hw)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
 
 
 def build_onnx(model: nn.Module, req: ExportRequest) -> Path:
@@ -282,7 +279,7 @@ def export(
         imgsz, why = default_imgsz(experiment)
         log.info("input size %dx%d (H x W): %s", imgsz[0], imgsz[1], why)
     imgsz_hw = (int(imgsz[0]), int(imgsz[1]))
-    check_imgsz(model, imgsz_hw, family)
+    check_imgsz(model, imgsz_hw)
     out_path = _output_path(output, fmt, family, form, precision, model_or_checkpoint)
     check_outputs(fmt, out_path, dry_run, overwrite, [model_or_checkpoint])  # before the slow work
     if score_threshold is None:

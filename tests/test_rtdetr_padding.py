@@ -11,7 +11,7 @@ import torch
 from edgedet import create_model
 from edgedet.config import ConfigError, DataConfig, ExperimentConfig, from_dict, to_dict
 from edgedet.data import build_dataloader, build_dataset, collate_fn
-from edgedet.data.padding import batch_padding, pad_fill, resolve_size_divisor
+from edgedet.data.padding import batch_padding, check_input_size, pad_fill, resolve_size_divisor
 from runtime.manifest import PreprocessSpec
 
 TINY = dict(num_classes=3, encoder_hidden_dim=32, hidden_dim=32, nheads=4, encoder_nhead=2, encoder_dim_feedforward=64,
@@ -43,6 +43,9 @@ def test_the_model_declares_its_divisor_and_padding_colour():
     assert pad_fill(create_model("detr", num_classes=3, backbone="resnet18"), (0.5,) * 3, (0.2,) * 3) is None
     with pytest.raises(ValueError, match="divisible by 32, got 72x100"):
         model.eval()(torch.zeros(1, 3, 72, 100))
+    check_input_size(model, (384, 512))
+    with pytest.raises(ValueError, match="imgsz 380x500 .*nearest valid H 352 or 384, W 480 or 512"):
+        check_input_size(model, (380, 500))  # what `edgedet val --model best.pth --imgsz 380 500` says
 
 
 def test_size_divisor_round_trips_through_the_config():

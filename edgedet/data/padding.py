@@ -35,6 +35,19 @@ def resolve_size_divisor(requested: int, model: Any) -> int:
     return int(requested)
 
 
+def check_input_size(model: Any, size_hw: Sequence[int], what: str = "imgsz") -> None:
+    """A fixed input size (export, `edgedet val --imgsz`) the model cannot take is a ValueError naming the
+    nearest valid sides, instead of a shape error deep inside the network."""
+    d = model_size_divisor(model)
+    h, w = (int(v) for v in size_hw)
+    if h % d == 0 and w % d == 0:
+        return
+    near = [" or ".join(map(str, sorted({max(d, s // d * d), max(d, -(-s // d) * d)}))) for s in (h, w)]
+    family = getattr(getattr(model, "config", None), "name", "") or type(model).__name__
+    raise ValueError(f"'{family}' needs input sides divisible by {d}: {what} {h}x{w} (H x W) cannot work; "
+                     f"nearest valid H {near[0]}, W {near[1]}")
+
+
 def pad_fill(model: Any, mean: Sequence[float], std: Sequence[float]) -> Optional[Tuple[float, float, float]]:
     """Per-channel padding value for `model`'s batches: the runtime's letterbox colour normalised with
     (mean, std) for families that see padding as content (`pads_as_content`), None (zero) otherwise."""
@@ -63,4 +76,4 @@ def batch_padding(model: Any, dataset: Any, requested: int = 0) -> Tuple[int, Op
     return divisor, (pad_fill(model, *norm) if norm is not None else None)
 
 
-__all__ = ["model_size_divisor", "resolve_size_divisor", "pad_fill", "dataset_normalization", "batch_padding"]
+__all__ = ["model_size_divisor", "resolve_size_divisor", "check_input_size", "pad_fill", "dataset_normalization", "batch_padding"]
