@@ -16,9 +16,9 @@ DINO-R50 4-scale (900 queries) and an edge DINO (ResNet-18, 300 queries, 3+3 lay
 
 Engines run round-robin (one frame each per round) so load changes hit all alike; p50/p95 in
 ms, parameters, and the ratios the issue targets: fused FP32 vs the official export on the
-same backend, INT8 vs FP32 with the INT8 top-100 agreement (detections matched by label and
-IoU >= 0.5 against fused FP32 on BCCD images). Models are randomly initialised unless
-`--rtdetr-checkpoint` is given (agreement on a random model is only indicative).
+same backend, INT8 vs FP32 with the INT8 top-K agreement (`converters.verify.topk_agreement`:
+detections matched by label and IoU >= 0.9 against fused FP32 on BCCD images). Models are randomly
+initialised unless `--rtdetr-checkpoint` is given (agreement on a random model is only indicative).
 
     python benches/realtime.py --quick     # 5 rounds, 8 calibration images, no DINO-R50 eager
     python benches/realtime.py             # 20 rounds, 32 calibration images
@@ -47,7 +47,7 @@ from converters.api import deployable, make_manifest  # noqa: E402
 from converters.calibration import calibration_batches, image_paths  # noqa: E402
 from converters.onnx.export import DeployModel, export_onnx  # noqa: E402
 from converters.openvino.convert import convert_openvino, fused_extension_available  # noqa: E402
-from converters.verify import match_stats  # noqa: E402
+from converters.verify import topk_agreement  # noqa: E402
 
 BCCD = REPO.parent / "shared" / "data" / "bccd" / "JPEGImages"
 # models with the full engine set (torch, official-style export on ORT / OpenVINO, ours fused FP32/FP16/INT8)
@@ -198,21 +198,19 @@ def build_engines(args, tmp: Path, frames: List[np.ndarray]) -> List[Engine]:
 
 
 def agreement(engines: List[Engine], frames: List[np.ndarray], model: str = "rtdetrv2-r18") -> Dict[str, float]:
-    """INT8 / FP16 vs fused FP32 on `frames`: mean share of top-K detections matched (label + IoU >= 0.5)."""
+    """INT8 / FP16 vs fused FP32 on `frames`: mean share of top-K detections matched (label + IoU >= 0.9)."""
     by = {e.name: e for e in engines if e.model == model}
     out = {}
     if "fused-fp32" not in by:
         return out
-    ref = [by["fused-fp32"].run(f) for f in frames]
+
+    def topk(run: Callable) -> List[Dict[str, np.ndarray]]:
+        return [dict(zip(("labels", "boxes", "scores"), (o[0] for o in run(f)))) for f in frames]
+
+    ref = topk(by["fused-fp32"].run)
     for name in ("fused-fp16", "fused-int8", "official-ort", "official-ov", "torch"):
-        if name not in by:
-            continue
-        stats = []
-        for r, f in zip(ref, frames):
-            got = by[name].run(f)
-            stats.append(match_stats({"labels": r[0][0], "boxes": r[1][0], "scores": r[2][0]},
-                                     {"labels": got[0][0], "boxes": got[1][0], "scores": got[2][0]})["match"])
-        out[name] = float(np.mean(stats))
+        if name in by:
+            out[name] = topk_agreement(ref, topk(by[name].run))
     return out
 
 

@@ -163,6 +163,17 @@ def _resolve_default_msda(fmt: ExportFormat, msda: Optional[str], form: str) -> 
     return fallback
 
 
+def check_imgsz(model: nn.Module, imgsz_hw: Tuple[int, int]) -> None:
+    """An input size the model cannot take (RT-DETR / D-FINE: sides not divisible by 32) fails here, naming
+    the nearest valid sizes, instead of as a shape error deep inside the ONNX export."""
+    from edgedet.data.padding import check_input_size
+
+    try:
+        check_input_size(model, imgsz_hw)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+
+
 def build_onnx(model: nn.Module, req: ExportRequest) -> Path:
     from converters.onnx.export import export_onnx
 
@@ -268,6 +279,7 @@ def export(
         imgsz, why = default_imgsz(experiment)
         log.info("input size %dx%d (H x W): %s", imgsz[0], imgsz[1], why)
     imgsz_hw = (int(imgsz[0]), int(imgsz[1]))
+    check_imgsz(model, imgsz_hw)
     out_path = _output_path(output, fmt, family, form, precision, model_or_checkpoint)
     check_outputs(fmt, out_path, dry_run, overwrite, [model_or_checkpoint])  # before the slow work
     if score_threshold is None:

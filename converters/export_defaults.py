@@ -98,7 +98,11 @@ def recommend_threshold(model, experiment: Dict[str, Any], max_images: int = THR
 
     records = evenly_spaced(dataset.records, max_images)
     subset = DetectionDataset(records, dataset.class_names, dataset.category_ids, dataset.transforms, dataset.name)
-    loader = build_dataloader(subset, batch_size=1, shuffle=False, num_workers=0, distributed=False)
+    from edgedet.data.padding import batch_padding
+
+    divisor, fill = batch_padding(model, subset)  # RT-DETR / D-FINE: sides rounded up to 32, as in training
+    loader = build_dataloader(subset, batch_size=1, shuffle=False, num_workers=0, distributed=False,
+                              size_divisor=divisor, fill=fill)
     results = predict_coco(model, loader, subset.category_ids, progress=progress)
     label_of = {c: i for i, c in enumerate(subset.category_ids)}
     per_image: Dict[int, List[Any]] = {r.image_id: [] for r in records}

@@ -50,6 +50,14 @@ def match_stats(ref: Dict[str, np.ndarray], art: Dict[str, np.ndarray]) -> Dict[
     return {"match": float(matched.mean()) if matched.size else 1.0, "box": float(box_diff), "score": float(score_diff)}
 
 
+def topk_agreement(reference: Sequence[Dict[str, np.ndarray]], candidate: Sequence[Dict[str, np.ndarray]]) -> float:
+    """Mean over images of the share of the reference's top-K detections the candidate matches (same label,
+    IoU >= MATCH_IOU): how much of FP32's output an INT8 / FP16 engine keeps. One top-K dict per image."""
+    if len(reference) != len(candidate) or not reference:
+        raise ValueError(f"topk_agreement needs one candidate per reference image, got {len(reference)} and {len(candidate)}")
+    return float(np.mean([match_stats(r, c)["match"] for r, c in zip(reference, candidate)]))
+
+
 def _as_topk(outputs: Sequence[np.ndarray], postprocess: bool, activation: str, hw, top_k: int) -> List[Dict[str, np.ndarray]]:
     """Artifact/PyTorch outputs (either layout) -> per-image top-K dicts with xyxy pixel boxes."""
     if postprocess:
@@ -131,6 +139,7 @@ def verify(
     device: str = "CPU",
     output_json: Optional[Union[str, Path]] = None,
     time_pytorch: bool = True,
+    backend_options: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Compare `artifact` with `reference_model` -> report dict (also saved as JSON).
 
@@ -138,6 +147,7 @@ def verify(
     eval_dataset: an edgedet DetectionDataset (records, category_ids, coco_gt) for mAP, or None.
     JSON goes to `output_json` or `<artifact stem>.verify.json` beside the artifact.
     time_pytorch: also time PyTorch eager (benchmarks of many artifacts time it once instead).
+    backend_options: passed to the runtime backend (e.g. {"threads": 1}).
     """
     import torch
 
@@ -145,7 +155,7 @@ def verify(
     from runtime.detector import Detector
 
     artifact = Path(artifact)
-    detector = Detector(artifact, backend=backend, device=device, conf=0.0)
+    detector = Detector(artifact, backend=backend, device=device, conf=0.0, **(backend_options or {}))
     man = detector.manifest
     post, act, k = man.outputs.postprocess, man.outputs.score_activation, man.outputs.top_k
     deploy = DeployModel(reference_model.eval(), postprocess=post, top_k=k).eval()

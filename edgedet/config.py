@@ -66,6 +66,9 @@ class DataConfig:
     val_size: int = 256
     random_crop: bool = False
     hflip: float = 0.5
+    # Batches are padded bottom/right up to a multiple of this. 0 = what the model needs: 32 for the
+    # mask-free rtdetr/dfine (their strides must divide the input), 1 (no rounding) for the others.
+    size_divisor: int = 0
     # Photometric jitter [brightness, contrast, saturation, hue] (0 = off), e.g. [0.4, 0.4, 0.4, 0.1].
     color_jitter: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
     mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)

@@ -67,6 +67,9 @@ class CheckpointDetector:
         if imgsz is None:
             imgsz = DEFAULT_IMGSZ
             log.info("checkpoint scored at imgsz %dx%d (the export default; pass --imgsz H W to match your export)", *imgsz)
+        from edgedet.data.padding import check_input_size
+
+        check_input_size(self.model, imgsz)  # RT-DETR / D-FINE: sides divisible by 32, as an export would need
         self.manifest = checkpoint_manifest(self.model, experiment, imgsz, top_k)
         self.conf = float(conf)
         self.preprocessor = Preprocessor(self.manifest.preprocess)

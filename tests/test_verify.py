@@ -9,7 +9,7 @@ import torch
 
 from converters import export, verify
 from converters.calibration import calibration_batches, preprocess_bgr, read_bgr
-from converters.verify import format_report, iou_matrix, match_stats
+from converters.verify import format_report, iou_matrix, match_stats, topk_agreement
 from export_helpers import build_tiny, write_images
 from runtime.manifest import PreprocessSpec
 
@@ -95,3 +95,13 @@ def test_cli_export_and_verify(tmp_path, images, capsys):
     assert code == 0 and out.is_file() and f"exported {out}" in printed
     report = json.loads((tmp_path / "dd.verify.json").read_text())
     assert report["topk_match"] == 1.0 and report["msda"] == "gather" and "topk_match" in printed
+
+
+def test_topk_agreement_is_the_mean_share_of_reference_detections_matched():
+    box = np.array([[0, 0, 10, 10], [20, 20, 40, 40]], np.float32)
+    ref = {"labels": np.array([0, 1]), "boxes": box, "scores": np.array([0.9, 0.8], np.float32)}
+    same = dict(ref)
+    relabelled = {**ref, "labels": np.array([0, 2])}  # the second detection changes class: unmatched
+    assert topk_agreement([ref, ref], [same, relabelled]) == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="one candidate per reference"):
+        topk_agreement([ref], [])

@@ -1,26 +1,49 @@
-"""Batching: pad images to the batch's largest H, W with a padding mask, and the DataLoader."""
+"""Batching: pad images to the batch's largest H, W (rounded up to the model's size divisor) with a
+padding mask, and the DataLoader."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
+Batch = Tuple[torch.Tensor, torch.Tensor, List[Dict[str, Any]]]
 
-def collate_fn(batch: Sequence[Tuple[torch.Tensor, Dict[str, Any]]]) -> Tuple[torch.Tensor, torch.Tensor, List[Dict[str, Any]]]:
-    """[(image [3, H_i, W_i], target)] -> (images [B, 3, Hmax, Wmax] zero-padded bottom/right,
-    mask [B, Hmax, Wmax] bool True at padding, targets list). Zero is the mean colour after Normalize."""
+
+def collate_fn(batch: Sequence[Tuple[torch.Tensor, Dict[str, Any]]], size_divisor: int = 1,
+               fill: Optional[Sequence[float]] = None) -> Batch:
+    """[(image [3, H_i, W_i], target)] -> (images [B, 3, H, W] padded bottom/right, mask [B, H, W] bool
+    True at padding, targets list). H, W = the batch's largest sides rounded up to a multiple of
+    `size_divisor`. Padding is zero (the mean colour after Normalize) unless `fill` gives per-channel values."""
     if not batch:
         raise ValueError("collate_fn got an empty batch")
     images = [item[0] for item in batch]
-    h = max(im.shape[1] for im in images)
-    w = max(im.shape[2] for im in images)
+    d = max(1, int(size_divisor))
+    h = math.ceil(max(im.shape[1] for im in images) / d) * d
+    w = math.ceil(max(im.shape[2] for im in images) / d) * d
     out = images[0].new_zeros((len(images), images[0].shape[0], h, w))
+    if fill is not None:
+        out += torch.as_tensor(fill, dtype=out.dtype).view(1, -1, 1, 1)
     mask = torch.ones((len(images), h, w), dtype=torch.bool)
     for i, im in enumerate(images):
         out[i, :, : im.shape[1], : im.shape[2]] = im
         mask[i, : im.shape[1], : im.shape[2]] = False
     return out, mask, [item[1] for item in batch]
+
+
+class PadCollate:
+    """`collate_fn` with a fixed size divisor and fill (a class, not a lambda, so worker processes can pickle it)."""
+
+    def __init__(self, size_divisor: int = 1, fill: Optional[Sequence[float]] = None):
+        self.size_divisor = max(1, int(size_divisor))
+        self.fill = None if fill is None else tuple(float(v) for v in fill)
+
+    def __call__(self, batch: Sequence[Tuple[torch.Tensor, Dict[str, Any]]]) -> Batch:
+        return collate_fn(batch, self.size_divisor, self.fill)
+
+    def __repr__(self) -> str:
+        return f"PadCollate(size_divisor={self.size_divisor}, fill={self.fill})"
 
 
 def build_dataloader(
@@ -31,12 +54,15 @@ def build_dataloader(
     distributed: bool = False,
     seed: int = 0,
     drop_last: bool = False,
+    size_divisor: int = 1,
+    fill: Optional[Sequence[float]] = None,
 ) -> DataLoader:
     """DataLoader with `collate_fn`; the order depends only on `seed` (and the epoch).
 
     With `distributed` a `DistributedSampler` shards the data: call `loader.sampler.set_epoch(e)`
     each epoch. Otherwise a seeded generator drives shuffling and the per-worker seeds, so each
-    epoch draws a new but reproducible order.
+    epoch draws a new but reproducible order. `size_divisor` / `fill`: see `collate_fn`
+    (`edgedet.data.padding.batch_padding` gives a model's values).
     """
     generator = torch.Generator()
     generator.manual_seed(seed)
@@ -51,7 +77,7 @@ def build_dataloader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=collate_fn,
+        collate_fn=PadCollate(size_divisor, fill),
         drop_last=drop_last,
         generator=generator,
         persistent_workers=num_workers > 0,

@@ -58,13 +58,18 @@ def predict_coco(model: nn.Module, loader: Iterable, category_ids, device: Union
 
 
 def evaluate(model: nn.Module, dataset, batch_size: int = 2, device: Union[str, torch.device] = "cpu",
-             top_k: int = 100, progress: bool = True, loader: Optional[Iterable] = None) -> Dict[str, float]:
+             top_k: int = 100, progress: bool = True, loader: Optional[Iterable] = None,
+             size_divisor: int = 0) -> Dict[str, float]:
     """mAP, mAP50, mAP75, … of `model` on `dataset` (a DetectionDataset with `coco_gt()` and
-    `category_ids`). `loader` overrides the default non-shuffled loader over `dataset`."""
+    `category_ids`). `loader` overrides the default non-shuffled loader over `dataset`, whose batches
+    are padded as the model needs (`size_divisor` = data.size_divisor, 0 = the model's own)."""
     if loader is None:
         from edgedet.data import build_dataloader
+        from edgedet.data.padding import batch_padding
 
-        loader = build_dataloader(dataset, batch_size=batch_size, shuffle=False, num_workers=0, distributed=False)
+        divisor, fill = batch_padding(model, dataset, size_divisor)
+        loader = build_dataloader(dataset, batch_size=batch_size, shuffle=False, num_workers=0, distributed=False,
+                                  size_divisor=divisor, fill=fill)
     results = predict_coco(model, loader, dataset.category_ids, device, top_k, progress)
     metrics = coco_metrics(dataset.coco_gt(), results)
     metrics["num_detections"] = float(len(results))

@@ -233,6 +233,7 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
     seed_everything(tc.seed + info.rank)
 
     from edgedet.data import build_dataloader, build_dataset
+    from edgedet.data.padding import batch_padding
     from edgedet.models import create_model_from_config
 
     pretrained = finetune.read_weights(cfg.model.weights) if cfg.model.weights else None
@@ -258,8 +259,13 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
     finetune.freeze_backbone(model, freeze)
     model = model.to(device)
     criterion = model.build_criterion().to(device)
+    divisor, fill = batch_padding(model, train_ds, cfg.data.size_divisor)
+    if info.is_main and (divisor > 1 or fill is not None):
+        log.info("batches padded to multiples of %d px (data.size_divisor: %d%s)%s", divisor, cfg.data.size_divisor,
+                 " = the model's need" if cfg.data.size_divisor == 0 else "",
+                 ", with the runtime's letterbox colour (the model sees padding)" if fill else "")
     loader = build_dataloader(train_ds, batch_size=tc.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
-                              distributed=info.enabled, seed=tc.seed)
+                              distributed=info.enabled, seed=tc.seed, size_divisor=divisor, fill=fill)
     iters_per_epoch = len(loader) if tc.max_iters_per_epoch <= 0 else min(len(loader), tc.max_iters_per_epoch)
     optimizer = build_optimizer(model, tc)
     scheduler = build_scheduler(optimizer, tc, iters_per_epoch)
@@ -310,7 +316,7 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
             run_dir.write_metrics_row(metrics_path, row)
         if info.is_main and (last_epoch or (tc.eval_every > 0 and (epoch + 1) % tc.eval_every == 0)):
             eval_model = ema.module if ema is not None else model
-            val = evaluate(eval_model, val_ds, tc.batch_size, device, progress=progress)
+            val = evaluate(eval_model, val_ds, tc.batch_size, device, progress=progress, size_divisor=cfg.data.size_divisor)
             row.update({f"val_{k}": v for k, v in val.items()})
         ddp.barrier()
         if info.is_main:

@@ -259,6 +259,7 @@ class DFINE(DetectorBase):
     # tensors whose rows are classes (re-initialised when fine-tuning to other classes)
     class_dependent_patterns = ("decoder.enc_score_head.*", "decoder.dec_score_head.*", "decoder.denoising_class_embed.*")
     input_mean, input_std = INPUT_MEAN, INPUT_STD  # RGB / 255, no mean/std (the official preprocessing)
+    pads_as_content = True  # the mask is ignored: batches are padded with the runtime's letterbox colour
 
     def __init__(self, cfg: DFINEConfig):
         super().__init__()
@@ -274,11 +275,16 @@ class DFINE(DetectorBase):
             cfg.expansion, cfg.depth_mult)
         self.decoder = DFineTransformer(cfg)
 
+    @property
+    def input_size_divisor(self) -> int:
+        """H and W must divide by the coarsest backbone stride (data.size_divisor 0 pads batches to it)."""
+        return max(self.backbone.strides)
+
     def forward(self, images: Tensor, mask: Optional[Tensor] = None, targets: Optional[List[Dict[str, Tensor]]] = None,
                 record: Optional[Dict] = None) -> Dict:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"D-FINE expects images [B, 3, H, W], got {tuple(images.shape)}")
-        stride = max(self.backbone.strides)
+        stride = self.input_size_divisor
         if images.shape[2] % stride or images.shape[3] % stride:
             # the encoder upsamples each level x2 onto the next finer one, so every map must halve exactly
             raise ValueError(f"D-FINE needs image height and width divisible by {stride}, got {images.shape[2]}x{images.shape[3]}; "

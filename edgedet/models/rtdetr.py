@@ -241,6 +241,7 @@ class RTDETR(DetectorBase):
     class_dependent_patterns = ("decoder.enc_score_head.*", "decoder.dec_score_head.*", "decoder.denoising_class_embed.*")
     input_mean = INPUT_MEAN
     input_std = INPUT_STD
+    pads_as_content = True  # the mask is ignored: batches are padded with the runtime's letterbox colour
 
     def __init__(self, cfg: RTDETRConfig):
         super().__init__()
@@ -257,9 +258,19 @@ class RTDETR(DetectorBase):
                                      cfg.depth_mult, cfg.fusion_act)
         self.decoder = RTDETRTransformerV2(cfg, self.encoder.out_channels)
 
+    @property
+    def input_size_divisor(self) -> int:
+        """H and W must divide by the coarsest stride: the encoder upsamples each level x2 onto the next finer
+        one and the anchors are laid out at (H/s, W/s); data.size_divisor 0 pads batches to it."""
+        return max(self.decoder.feat_strides)
+
     def forward(self, images: Tensor, mask: Optional[Tensor] = None, targets: Optional[List[Dict[str, Tensor]]] = None) -> Dict:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"RT-DETR expects images [B, 3, H, W], got {tuple(images.shape)}")
+        d = self.input_size_divisor
+        if not torch.jit.is_tracing() and (images.shape[2] % d or images.shape[3] % d):
+            raise ValueError(f"RT-DETR needs image height and width divisible by {d}, got {images.shape[2]}x{images.shape[3]}; "
+                             f"pad or resize (edgedet's data loaders pad to data.size_divisor, 0 = {d})")
         cfg = self.config
         dn = None
         if self.training and targets is not None and cfg.num_denoising > 0:
