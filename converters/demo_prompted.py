@@ -20,13 +20,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from converters.demo import ASSETS, DEMO_IMGSZ, SCORING_FLOOR, _sha, artifact_msda, cached_artifacts, format_summary, \
-    match_accuracy, render_demo_video, run_video
+from converters.demo import ASSETS, DEMO_IMGSZ, SCORING_FLOOR, _sha, artifact_msda, cached_artifacts, drawn_scores, \
+    format_summary, match_accuracy, render_demo_video, run_video
 
 log = logging.getLogger(__name__)
 
 PROMPTED_CHECKPOINT = ASSETS / "prompted_detector.pth"
 MATCH_IOU = 0.5  # a prompt box stands for the ground-truth object it overlaps this much
+PROMPTED_DRAW_CONF = 0.3  # drawing threshold of the prompted demo (no export-time threshold: scores depend on prompts)
 
 
 def export_prompted_demo_model(checkpoint: Path, out_dir: Path, format: str = "openvino", msda: Optional[str] = None,
@@ -40,7 +41,8 @@ def export_prompted_demo_model(checkpoint: Path, out_dir: Path, format: str = "o
     def build() -> Tuple[Path, Path]:
         model, experiment = resolve_model(checkpoint)
         return export_prompted(model, out_dir / "model" / tag, format=format, imgsz=DEMO_IMGSZ, msda=msda,
-                               experiment=experiment, text_encoder=text_encoder)
+                               experiment=experiment, text_encoder=text_encoder,
+                               overwrite=True)  # the demo's own cache folder
 
     encoder, detector = cached_artifacts(out_dir / "model" / f"{tag}.json", build)
     return encoder, detector
@@ -62,9 +64,10 @@ def parse_boxes(values: Sequence[str]) -> np.ndarray:
 
 
 def default_prompt_boxes(first_gt: Sequence[Dict[str, Any]]) -> Tuple[np.ndarray, List[str]]:
-    """One box per class on the first frame (the largest object of it) -> (boxes [n, 4], names)."""
+    """One box per class on the first frame (its largest object in full view) -> (boxes [n, 4], names)."""
     best: Dict[int, Dict[str, Any]] = {}
-    for obj in first_gt:
+    whole = [o for o in first_gt if o.get("visible", 1.0) >= 0.95]
+    for obj in whole or first_gt:
         x0, y0, x1, y1 = obj["box_xyxy"]
         old = best.get(obj["label"])
         if old is None or (x1 - x0) * (y1 - y0) > (old["box_xyxy"][2] - old["box_xyxy"][0]) * (old["box_xyxy"][3] - old["box_xyxy"][1]):
@@ -152,9 +155,10 @@ def run_prompted_demo(output_dir: Path = Path("runs/demo_prompt"), frames: int =
     log.info("4/5 running the pipeline: %s on %s", detector, video.name)
     from runtime.draw import draw_prompts
 
-    # Prompted exports store no tuned threshold (scores depend on the prompts): 0.3 draws them well.
+    # Prompted exports store no tuned threshold (scores depend on the prompts): see PROMPTED_DRAW_CONF.
     shown = draw_prompts if len(user_boxes) else None  # the exemplar boxes, on the frame they were drawn on
-    stats, per_frame, sheet_path = run_video(video, detector, output_dir, frames, 0.3 if conf is None else conf, show,
+    draw_conf = PROMPTED_DRAW_CONF if conf is None else conf
+    stats, per_frame, sheet_path = run_video(video, detector, output_dir, frames, draw_conf, show,
                                              first_frame_overlay=(lambda im: shown(im, user_boxes, box_names)) if shown else None)
     detector.close()
 
@@ -163,6 +167,7 @@ def run_prompted_demo(output_dir: Path = Path("runs/demo_prompt"), frames: int =
     scored = {i: d for i, d in per_frame.items() if i > 0}
     accuracy = match_accuracy(slot_ground_truth(gt_frames, slots), scored, len(slots)) if any(
         c is not None for c in slots) else {"mAP": None, "mAP50": None, "frames_scored": 0}
+    accuracy.update(drawn_scores(scored, draw_conf))
     prompts = [{"name": n, "boxes": [b for b, m in zip(user_boxes.tolist(), box_names) if m == n],
                 "text": n in texts, "ground_truth_class": None if classes[n] is None else class_names[classes[n]]}
                for n in detector.prompt_names]

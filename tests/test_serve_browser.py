@@ -147,7 +147,7 @@ def test_a_box_drawn_on_the_page_becomes_a_prompt(browser, tmp_path, prompted_de
         index = int(_wait(lambda: browser.find_element("id", "frame-index").text.strip("-")))
         # the largest object of the frozen frame, from the renderer's ground truth; squares last, since the
         # embedded prompted model still finds them poorly (its retraining is tracked in the demo issue)
-        objects = gt[index % len(gt)]
+        objects = [o for o in gt[index % len(gt)] if o.get("visible", 1.0) >= 0.9] or gt[index % len(gt)]  # in full view
         rank = {"triangle": 0, "circle": 1, "square": 2}
         target = min(objects, key=lambda o: (rank.get(o["name"], 3),
                                              -(o["box_xyxy"][2] - o["box_xyxy"][0]) * (o["box_xyxy"][3] - o["box_xyxy"][1])))
@@ -172,12 +172,15 @@ def test_a_box_drawn_on_the_page_becomes_a_prompt(browser, tmp_path, prompted_de
             if frame is None or frame <= index or frame in seen:
                 time.sleep(0.05)
                 continue
+            objects = [o["box_xyxy"] for o in gt[frame % len(gt)] if o["label"] == target["label"] and not o.get("ignore")]
+            if not objects:  # every object of the class is out of view (the camera world's shapes come and go)
+                time.sleep(0.05)
+                continue
             seen.add(frame)
-            objects = [o["box_xyxy"] for o in gt[frame % len(gt)] if o["label"] == target["label"]]
             found = [d["box_xyxy"] for d in record["detections"] if d["name"] == "my shape"]
-            if objects and found and any(_iou(o, f) >= 0.5 for o in objects for f in found):
+            if found and any(_iou(o, f) >= 0.5 for o in objects for f in found):
                 hits += 1
-        assert len(seen) >= 8, f"only {len(seen)} frames after prompting"
+        assert len(seen) >= 8, f"only {len(seen)} frames with objects of the class after prompting"
         assert hits >= 0.6 * len(seen), f"the prompt found an object of its class in {hits} of {len(seen)} frames"
         _wait(lambda: "my shape" in browser.find_element("id", "counts").text)
         _screenshot(browser, tmp_path, "serve_prompted.png")
