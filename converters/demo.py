@@ -309,7 +309,7 @@ class _DemoCommand:
         parser.add_argument("--checkpoint", type=Path, default=None,
                             help="a checkpoint instead of the embedded one (demo_detector.pth, with --prompt prompted_detector.pth)")
         parser.add_argument("--conf", type=float, default=None, help="score threshold for drawing (default: the "
-                            "exported model's recommended threshold; 0.3 for --prompt)")
+                            "exported model's recommended threshold; 0.4 for --prompt)")
         parser.add_argument("--show", action="store_true", help="show frames in a window while running")
         parser.add_argument("--serve", default=None, metavar="[HOST:]PORT",
                             help="afterwards, keep playing the video in a loop with a live view in the browser "
