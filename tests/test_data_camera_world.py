@@ -18,7 +18,7 @@ def _flat_world(seed: int, height: int = 120, width: int = 200, shapes: int = 3)
     world.occluder = None
     for s in world.shapes:
         s.colour = np.array([150.0, 0.0, 0.0], np.float32)
-        s._coloured = True  # keep the colour
+        s.coloured = True  # keep the colour
     return world
 
 

@@ -38,6 +38,7 @@ class _Shape:
     velocity: np.ndarray  # pixels per frame
     colour: np.ndarray  # RGB float32
     hidden_for: int = 0  # frames left before a shape that left the frame comes back
+    coloured: bool = False  # its colour is chosen against the background where it first shows
 
 
 def _motion_blur(alpha: np.ndarray, velocity: np.ndarray, exposure: float) -> np.ndarray:
@@ -218,11 +219,11 @@ class CameraWorld:
         alphas, totals = [], []
         for s in live:
             canvas, sprite = self._shape_alpha(s)
-            if s.colour is not None and not getattr(s, "_coloured", False):
+            if not s.coloured:
                 ys, xs = np.nonzero(canvas > 0.5)
                 if len(xs):
                     self._contrasting(s, frame[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1])
-                    s._coloured = True  # type: ignore[attr-defined]  # colour chosen once, on first view
+                    s.coloured = True
             alphas.append(canvas)
             totals.append(float(sprite.sum()))
         occluder = self._occluder_alpha()
