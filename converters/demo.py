@@ -89,7 +89,6 @@ def clip_threshold(model, imgsz, clips: int = 8, frames: int = 4, seed: int = 10
     import torch
 
     from converters.onnx.export import DeployModel
-    from edgedet.data import render_synthetic_video
     from edgedet.engine.threshold import best_f1_threshold
     from runtime.manifest import PreprocessSpec
     from runtime.preprocess import Preprocessor
@@ -100,8 +99,7 @@ def clip_threshold(model, imgsz, clips: int = 8, frames: int = 4, seed: int = 10
     with tempfile.TemporaryDirectory() as tmp:
         for c in range(clips):
             video = Path(tmp) / f"val{c}.mp4"
-            truth = render_synthetic_video(video, num_frames=frames * 5, size=(360, 640), fps=15, seed=seed + c,
-                                           num_objects=DEMO_OBJECTS, style="camera")
+            truth = render_world_clip(video, frames * 5, seed + c)
             cap = cv2.VideoCapture(str(video))
             for i, gt in enumerate(truth):
                 ok, frame = cap.read()
@@ -165,11 +163,16 @@ def drawn_scores(per_frame: Dict[int, Any], conf: float) -> Dict[str, float]:
 
 def render_demo_video(output_dir: Path, frames: int):
     """The demo's video (fixed seed) of the camera-like rendered world -> (path, per-frame ground truth)."""
+    video = Path(output_dir) / "shapes.mp4"
+    return video, render_world_clip(video, frames, DEMO_SEED)
+
+
+def render_world_clip(path: Path, frames: int, seed: int):
+    """A 360x640, 15 FPS clip of the camera-like world as the demo shows it -> per-frame ground truth."""
     from edgedet.data import render_synthetic_video
 
-    video = Path(output_dir) / "shapes.mp4"
-    return video, render_synthetic_video(video, num_frames=frames, size=(360, 640), fps=15, seed=DEMO_SEED,
-                                         num_objects=DEMO_OBJECTS, style="camera")
+    return render_synthetic_video(path, num_frames=frames, size=(360, 640), fps=15, seed=seed,
+                                  num_objects=DEMO_OBJECTS, style="camera")
 
 
 class _FirstFrameOverlay:

@@ -100,6 +100,7 @@ class CameraWorld:
         self.occluder_x = rng.uniform(0, width)
         self.occluder_speed = rng.uniform(-1.2, 1.2)
         self.occluder_colour = rng.uniform(20, 120, 3).astype(np.float32)  # dark, like a silhouette
+        self._grid = np.mgrid[0:height, 0:width].astype(np.float32)  # pixel coordinates for the light
         self.blur_frames = 0
         self.frame_index = 0
         self.next_id = 0
@@ -133,6 +134,8 @@ class CameraWorld:
                       np.array([along * self.width, -reach]), np.array([along * self.width, self.height + reach])][side]
             inward = np.array([[1, 0], [-1, 0], [0, 1], [0, -1]][side], np.float64)
             velocity = inward * speed + rng.uniform(-0.5, 0.5, 2) * speed
+        # the colour drawn here is replaced on first view (`_contrasting`); the draw stays so that cached
+        # datasets and videos keep their random stream
         shape = _Shape(self.next_id, label, size, rng.uniform(0, 2 * np.pi), rng.uniform(-0.05, 0.05), centre, velocity,
                        rng.uniform(0, 255, 3).astype(np.float32))
         self.next_id += 1
@@ -253,8 +256,6 @@ class CameraWorld:
     def _light(self, frame: np.ndarray) -> np.ndarray:
         """Global exposure that drifts over time times a soft bright spot that wanders."""
         gain = 1.0 + self.light_amplitude * np.sin(2 * np.pi * self.frame_index / self.light_period + self.light_phase)
-        if not hasattr(self, "_grid"):
-            self._grid = np.mgrid[0 : self.height, 0 : self.width].astype(np.float32)
         yy, xx = self._grid
         sx, sy = self.spot[0] % (2 * self.width) - self.width / 2, self.spot[1] % (2 * self.height) - self.height / 2
         radius = 0.6 * max(self.height, self.width)
