@@ -110,6 +110,9 @@ class TrainConfig:
     device: str = "cpu"
     max_iters_per_epoch: int = 0  # 0 = whole epoch; >0 caps it (benchmarks with a time budget)
     time_budget_s: float = 0.0  # 0 = none; >0 stops training after this many seconds
+    # With time_budget_s: after each epoch, lower `epochs` to what the budget fits at the pace so far
+    # (evaluations included), so the schedule (a cosine's decay) ends on time instead of being cut.
+    fit_to_budget: bool = False
 
 
 @dataclass

@@ -94,6 +94,31 @@ def test_time_budget_stops_after_the_running_epoch(tmp_path):
     assert len(rows) == 1 and rows[0]["iters"] == 1 and "val_mAP" in rows[0]
 
 
+def test_fit_to_budget_shortens_the_cosine_so_it_ends_on_time(tmp_path, monkeypatch):
+    from edgedet.engine import trainer
+
+    monkeypatch.setattr(trainer, "_fitted_epochs", lambda tc, clock, run, start: 3)  # "3 epochs fit the budget"
+    kw = dict(epochs=50, scheduler="cosine", time_budget_s=3600, fit_to_budget=True, eval_every=0)
+    last = train(_cfg(tmp_path / "fit", **kw), progress=False, datasets=_datasets())
+    rows = read_metrics(last.parent / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert rows[-1]["lr"] == pytest.approx(1e-3 * 0.01)  # the cosine reached its floor at the fitted end
+    assert "val_mAP" in rows[-1]  # the fitted last epoch is evaluated as the last
+    assert ckpt_io.load_checkpoint(last)["config"]["train"]["epochs"] == 3
+    # fitted after the first epoch, the LR follows the 3-epoch cosine from then on
+    plain = train(_cfg(tmp_path / "plain", **{**kw, "fit_to_budget": False, "epochs": 3}), progress=False,
+                  datasets=_datasets())
+    plain_rows = read_metrics(plain.parent / "metrics.jsonl")
+    assert [r["lr"] for r in rows[1:]] == pytest.approx([r["lr"] for r in plain_rows[1:]])
+    assert rows[0]["lr"] > plain_rows[0]["lr"]  # epoch 0 ran on the 50-epoch schedule, before the fit
+    # killed (here: out of budget) and resumed, a fitted run keeps its fitted schedule and ends on time
+    first = train(_cfg(tmp_path / "part", **{**kw, "time_budget_s": 1e-3}), progress=False, datasets=_datasets())
+    resumed = train(_cfg(tmp_path / "part", **kw), resume=str(first), progress=False, datasets=_datasets())
+    rows = read_metrics(resumed.parent / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert rows[-1]["lr"] < 1e-4  # 5 of the fitted 6 steps (the killed epoch ran one); unfitted it would be ~1e-3
+
+
 def _perfect_outputs(dataset, activation):
     """Model outputs that put each ground-truth box (with its class) on a query."""
     logits, boxes = [], []

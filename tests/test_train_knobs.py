@@ -3,7 +3,7 @@ import pytest
 
 from edgedet.config import DataConfig, TrainConfig
 from edgedet.engine import threads
-from edgedet.engine.trainer import _budget_shortfall, _duration
+from edgedet.engine.trainer import _budget_shortfall, _duration, _fitted_epochs
 from edgedet.models import default_config
 from edgedet.presets import apply_imgsz, apply_preset
 
@@ -68,6 +68,18 @@ def test_budget_shortfall_names_the_epochs_that_fit():
     assert _budget_shortfall(TrainConfig(epochs=4, time_budget_s=600), Clock(), 1, 0) is None
     assert _budget_shortfall(TrainConfig(epochs=20), Clock(), 1, 0) is None  # no budget
     assert _duration(3725) == "1h02m" and _duration(65) == "1m05s"
+
+
+def test_fitted_epochs_end_the_schedule_within_the_budget():
+    class Clock:
+        def elapsed(self):
+            return 120.0  # 2 epochs done in 4 minutes (evaluations included)
+
+    # 10 minutes budget: 8 minutes left at 1 min/epoch -> 2 + 8 = 10 epochs (of the configured 40)
+    assert _fitted_epochs(TrainConfig(epochs=40, time_budget_s=600), Clock(), 2, 0) == 10
+    assert _fitted_epochs(TrainConfig(epochs=6, time_budget_s=600), Clock(), 2, 0) == 6  # never more than configured
+    assert _fitted_epochs(TrainConfig(epochs=40, time_budget_s=130), Clock(), 2, 3) == 6  # at least one more epoch
+    assert _fitted_epochs(TrainConfig(epochs=40, time_budget_s=600), Clock(), 2, 5) == 15  # resumed at epoch 5
 
 
 def test_small_presets_bring_the_from_scratch_recipe():

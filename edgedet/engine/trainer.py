@@ -161,7 +161,7 @@ def check_resume_config(saved: Dict, cfg: ExperimentConfig, path: str) -> None:
     """Refuse a resume whose optimiser / schedule settings differ from the checkpoint's: they would
     be recorded without being applied."""
     old = (saved.get("config") or {}).get("train") or {}
-    fixed = RESUME_FIXED + (("epochs",) if cfg.train.scheduler == "cosine" else ())
+    fixed = RESUME_FIXED + (("epochs",) if cfg.train.scheduler == "cosine" and not cfg.train.fit_to_budget else ())
     changed = [f"train.{k} {old[k]!r} -> {getattr(cfg.train, k)!r}" for k in fixed
                if k in old and old[k] != getattr(cfg.train, k)]
     if changed:
@@ -200,6 +200,13 @@ def _budget_shortfall(tc, clock: _Stopwatch, epochs_done: int, start_epoch: int)
             f"train.time_budget_s is {_duration(tc.time_budget_s)}: training will stop near epoch {start_epoch + fit} "
             f"and the {tc.scheduler} schedule, fitted to {tc.epochs} epochs, will not finish; --epochs {start_epoch + fit} "
             "fits the budget")
+
+
+def _fitted_epochs(tc, clock: _Stopwatch, epochs_run: int, start_epoch: int) -> int:
+    """The epoch count whose remainder fits train.time_budget_s at the pace so far (at least one more)."""
+    per_epoch = clock.elapsed() / max(epochs_run, 1)
+    left = int((tc.time_budget_s - clock.elapsed()) // per_epoch) if per_epoch > 0 else tc.epochs
+    return min(tc.epochs, start_epoch + epochs_run + max(1, left))
 
 
 def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequence[str] = (),
@@ -281,6 +288,9 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
         if scaler is not None and "scaler" in resume_ckpt:
             scaler.load_state_dict(resume_ckpt["scaler"])
         start_epoch = int(resume_ckpt["epoch"]) + 1
+        if tc.fit_to_budget:  # the saved schedule's length (a fit may have shortened it) is the run's
+            cfg = replace(cfg, train=replace(tc, epochs=scheduler.lr_lambdas[0].epochs))
+            tc = cfg.train
         best = _best_so_far(resume_ckpt, out_dir / "best.pth")
         restore_rng(resume_ckpt, info.rank, info.world_size)
         log.info("resumed from %s at epoch %d", resume, start_epoch)
@@ -293,7 +303,7 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
         if saved_row and not any(r.get("epoch") == saved_row.get("epoch") for r in run_dir.read_metrics_rows(metrics_path)):
             run_dir.write_metrics_row(metrics_path, saved_row)  # killed between last.pth and its metrics row
     clock = _Stopwatch(tc.time_budget_s)
-    epoch, last_plot = start_epoch - 1, time.monotonic()
+    last_plot = time.monotonic()
     run_iters, done_before = (tc.epochs - start_epoch) * iters_per_epoch, 0
 
     def run_eta(it: int) -> str:  # the whole run's remaining time at its pace so far (evaluations included)
@@ -301,7 +311,9 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
         left = clock.elapsed() / done * (run_iters - done)
         return _duration(min(left, tc.time_budget_s - clock.elapsed()) if tc.time_budget_s > 0 else left)
 
-    for epoch in range(start_epoch, tc.epochs):
+    epoch = start_epoch - 1
+    while epoch + 1 < tc.epochs:
+        epoch += 1
         _seed_epoch(loader, tc.seed, epoch)
         losses, n_iters, stopped = train_one_epoch(train_model, criterion, loader, optimizer, scheduler, device, cfg,
                                                    epoch, ema, scaler, clock, progress and info.is_main, run_eta)
@@ -323,7 +335,7 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
             log.info("epoch %d/%d: loss %.4f%s | elapsed %s, run ETA %s", epoch + 1, tc.epochs, losses.get("loss", float("nan")),
                      f", mAP {row['val_mAP']:.4f}, mAP50 {row['val_mAP50']:.4f}" if "val_mAP" in row else "",
                      _duration(clock.elapsed()), run_eta(0) if done_before and not last_epoch else "0m00s")
-            if epoch == start_epoch and not last_epoch:
+            if epoch == start_epoch and not last_epoch and not tc.fit_to_budget:
                 shortfall = _budget_shortfall(tc, clock, 1, start_epoch)
                 if shortfall:
                     log.warning("%s", shortfall)
@@ -339,6 +351,17 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
                 plot_curves(metrics_path, out_dir / "curves.png")
                 last_plot = time.monotonic()
         ddp.barrier()
+        if tc.fit_to_budget and tc.time_budget_s > 0 and not last_epoch:
+            fitted = ddp.gather_objects(_fitted_epochs(tc, clock, epoch + 1 - start_epoch, start_epoch))[0]  # rank 0's
+            if fitted < tc.epochs:
+                if info.is_main:
+                    log.info("train.fit_to_budget: %d epochs fit the %s budget at this pace (was %d); the %s schedule "
+                             "now ends there", fitted, _duration(tc.time_budget_s), tc.epochs, tc.scheduler)
+                cfg = replace(cfg, train=replace(tc, epochs=fitted))
+                tc = cfg.train
+                for factor in scheduler.lr_lambdas:  # one LRFactor shared by every parameter group
+                    factor.epochs = fitted
+                run_iters = (fitted - start_epoch) * iters_per_epoch
         if stopped:
             where = (f"in epoch {epoch + 1}/{tc.epochs} after {n_iters} of {iters_per_epoch} iterations (mid-epoch)"
                      if n_iters < iters_per_epoch else f"after epoch {epoch + 1}/{tc.epochs}")
