@@ -166,6 +166,15 @@ def test_to_detections_top_k_semantics():
         to_detections({"pred_logits": logits, "pred_boxes": boxes}, orig, "relu")
 
 
+def test_to_detections_clips_to_the_image_when_asked():
+    logits = torch.tensor([[[3.0, 0.0]]])
+    boxes = torch.tensor([[[0.95, 0.05, 0.3, 0.3]]])  # sticks out right and top of a 100x200 (HxW) image
+    out = {"pred_logits": logits, "pred_boxes": boxes}
+    orig = torch.tensor([[100, 200]])
+    assert np.allclose(to_detections(out, orig, "sigmoid", top_k=1)[0].boxes_xyxy, [[160, -10, 220, 20]])
+    assert np.allclose(to_detections(out, orig, "sigmoid", top_k=1, clip=True)[0].boxes_xyxy, [[160, 0, 200, 20]])
+
+
 def test_evaluate_equals_pycocotools_on_the_same_json(tmp_path):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval

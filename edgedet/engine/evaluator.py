@@ -51,7 +51,7 @@ def predict_coco(model: nn.Module, loader: Iterable, category_ids, device: Union
     for images, mask, targets in tqdm(loader, desc="eval", leave=False, disable=not progress):
         outputs = model(images.to(device), mask.to(device) if mask is not None else None)
         orig = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets])
-        for t, det in zip(targets, to_detections(outputs, orig, activation, top_k)):
+        for t, det in zip(targets, to_detections(outputs, orig, activation, top_k, clip=True)):
             results.extend(det.to_coco(int(t["image_id"]), category_ids))
     model.train(was_training)
     return results

@@ -14,12 +14,13 @@ SCORE_ACTIVATIONS = ("softmax", "sigmoid")
 
 @torch.no_grad()
 def to_detections(outputs: Dict[str, Tensor], orig_sizes: Tensor, score_activation: str, top_k: int = 100,
-                  class_names: Sequence[str] = ()) -> List[Detections]:
+                  class_names: Sequence[str] = (), clip: bool = False) -> List[Detections]:
     """outputs: pred_logits [B, Q, C'] and pred_boxes [B, Q, 4] normalised cxcywh; orig_sizes [B, 2] (H, W).
 
     softmax: C' = C + 1, the last (no-object) column is dropped and each query keeps its best class.
     sigmoid: the top_k (query, class) pairs over Q×C are kept, so one query may give several labels.
     Detections are sorted by descending score, at most `top_k` per image.
+    clip: boxes clipped to the image, as the deployed runtime does (the official postprocessors do not).
     """
     if score_activation not in SCORE_ACTIVATIONS:
         raise ValueError(f"unknown score_activation '{score_activation}'. Valid: {', '.join(SCORE_ACTIVATIONS)}")
@@ -41,7 +42,10 @@ def to_detections(outputs: Dict[str, Tensor], orig_sizes: Tensor, score_activati
         query, labels = flat // num_classes, flat % num_classes
     boxes = boxes.gather(1, query.unsqueeze(-1).expand(-1, -1, 4))
     h, w = orig_sizes.to(boxes).unbind(1)
-    boxes = boxes * torch.stack((w, h, w, h), dim=1)[:, None, :]
+    scale = torch.stack((w, h, w, h), dim=1)[:, None, :]
+    boxes = boxes * scale
+    if clip:
+        boxes = torch.minimum(boxes.clamp(min=0), scale)
     out = []
     for i in range(bs):
         size = (int(orig_sizes[i, 0]), int(orig_sizes[i, 1]))

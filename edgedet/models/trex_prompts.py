@@ -121,7 +121,7 @@ def evaluate_prompted(model, dataset, prompts: Tensor, prompt_labels: Sequence[i
     for images, mask, targets in tqdm(loader, desc="eval prompted", disable=not progress, leave=False):
         out = model(images.to(device), mask.to(device), prompts=prompts.to(device)[None])
         orig = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets])
-        for t, det in zip(targets, to_detections(out, orig, "sigmoid", top_k)):
+        for t, det in zip(targets, to_detections(out, orig, "sigmoid", top_k, clip=True)):
             results.extend(det.to_coco(int(t["image_id"]), category_ids))
     if not results:
         return {"mAP": 0.0, "mAP50": 0.0}
