@@ -80,6 +80,8 @@ def test_fitted_epochs_end_the_schedule_within_the_budget():
     assert _fitted_epochs(TrainConfig(epochs=6, time_budget_s=600), Clock(), 2, 0) == 6  # never more than configured
     assert _fitted_epochs(TrainConfig(epochs=40, time_budget_s=130), Clock(), 2, 3) == 6  # at least one more epoch
     assert _fitted_epochs(TrainConfig(epochs=40, time_budget_s=600), Clock(), 2, 5) == 15  # resumed at epoch 5
+    # fitted to 10 earlier, a faster pace wins epochs back up to the configured 40
+    assert _fitted_epochs(TrainConfig(epochs=10, time_budget_s=1200), Clock(), 2, 0, cap=40) == 20
 
 
 def test_small_presets_bring_the_from_scratch_recipe():

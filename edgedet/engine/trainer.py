@@ -202,11 +202,13 @@ def _budget_shortfall(tc, clock: _Stopwatch, epochs_done: int, start_epoch: int)
             "fits the budget")
 
 
-def _fitted_epochs(tc, clock: _Stopwatch, epochs_run: int, start_epoch: int) -> int:
-    """The epoch count whose remainder fits train.time_budget_s at the pace so far (at least one more)."""
+def _fitted_epochs(tc, clock: _Stopwatch, epochs_run: int, start_epoch: int, cap: Optional[int] = None) -> int:
+    """The epoch count whose remainder fits train.time_budget_s at the pace so far (at least one more,
+    at most `cap`, the configured epochs: a pace that picks up after a slow first epoch wins them back)."""
+    cap = tc.epochs if cap is None else cap
     per_epoch = clock.elapsed() / max(epochs_run, 1)
-    left = int((tc.time_budget_s - clock.elapsed()) // per_epoch) if per_epoch > 0 else tc.epochs
-    return min(tc.epochs, start_epoch + epochs_run + max(1, left))
+    left = int((tc.time_budget_s - clock.elapsed()) // per_epoch) if per_epoch > 0 else cap
+    return min(cap, start_epoch + epochs_run + max(1, left))
 
 
 def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequence[str] = (),
@@ -222,6 +224,7 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
     if overrides:
         cfg = apply_overrides(cfg, overrides)
     tc = cfg.train
+    epochs_cap = tc.epochs  # train.fit_to_budget moves `epochs` below this, never above
     info = ddp.init_distributed(tc.device)
     device = ddp.device_for(info, tc.device)
     resume_ckpt = ckpt_io.load_checkpoint(resume) if resume else None
@@ -352,8 +355,8 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
                 last_plot = time.monotonic()
         ddp.barrier()
         if tc.fit_to_budget and tc.time_budget_s > 0 and not last_epoch:
-            fitted = ddp.gather_objects(_fitted_epochs(tc, clock, epoch + 1 - start_epoch, start_epoch))[0]  # rank 0's
-            if fitted < tc.epochs:
+            fitted = ddp.gather_objects(_fitted_epochs(tc, clock, epoch + 1 - start_epoch, start_epoch, epochs_cap))[0]
+            if fitted != tc.epochs:  # rank 0's count on every rank
                 if info.is_main:
                     log.info("train.fit_to_budget: %d epochs fit the %s budget at this pace (was %d); the %s schedule "
                              "now ends there", fitted, _duration(tc.time_budget_s), tc.epochs, tc.scheduler)
