@@ -26,11 +26,13 @@ class Detector:
     device: "CPU", "cuda", "cuda:N", "tensorrt" (onnxruntime); "CPU", "GPU", "NPU" (openvino).
     conf: minimum score kept; None = the manifest's recommended threshold (chosen at export on validation
     data, `manifest.outputs.score_threshold`); classes: label ids kept (None = all). manifest: overrides the one
-    stored with the artifact. backend_options: passed to the backend (threads, precision, ...).
+    stored with the artifact. dedup_iou: drop a box overlapping a higher-scoring one of its class by more
+    than this (class-wise NMS; None = off, the DETR way). backend_options: passed to the backend (threads, ...).
     """
 
     def __init__(self, artifact: Union[str, Path], backend: str = "auto", device: str = "CPU", conf: Optional[float] = None,
-                 classes: Optional[Iterable[int]] = None, manifest: Optional[Manifest] = None, **backend_options: Any):
+                 classes: Optional[Iterable[int]] = None, manifest: Optional[Manifest] = None,
+                 dedup_iou: Optional[float] = None, **backend_options: Any):
         self.artifact = Path(artifact)
         if not self.artifact.is_file():
             raise FileNotFoundError(f"model artifact not found: {self.artifact} (export one with `edgedet export`)")
@@ -46,7 +48,7 @@ class Detector:
         self.preprocessor = Preprocessor(self.manifest.preprocess)
         self.conf = float(self.manifest.outputs.score_threshold if conf is None else conf)
         self.postprocessor = Postprocessor(self.manifest.outputs, self.manifest.preprocess.size, self.manifest.class_names,
-                                           self.conf, classes)
+                                           self.conf, classes, dedup_iou)
         names = {s.name for s in self.backend.input_specs}
         if self.manifest.input_name not in names:
             raise ManifestError(f"manifest input_name '{self.manifest.input_name}' is not an input of {self.artifact.name} ({sorted(names)})")

@@ -61,7 +61,10 @@ class Postprocessor:
     """Turns one batch of outputs into a list of Detections (one per image)."""
 
     def __init__(self, spec: OutputSpec, size_hw: Tuple[int, int], class_names: Sequence[str] = (),
-                 conf: float = 0.25, classes: Optional[Iterable[int]] = None):
+                 conf: float = 0.25, classes: Optional[Iterable[int]] = None, dedup_iou: Optional[float] = None):
+        if dedup_iou is not None and not 0.0 < float(dedup_iou) <= 1.0:
+            raise ValueError(f"dedup_iou must be in (0, 1] (0.7 drops only near-copies), got {dedup_iou}")
+        self.dedup_iou = None if dedup_iou is None else float(dedup_iou)
         self.spec = spec
         self.size_hw = (int(size_hw[0]), int(size_hw[1]))
         self.class_names = tuple(class_names)
@@ -103,4 +106,5 @@ class Postprocessor:
         if self.classes is not None:
             keep &= np.isin(labels, self.classes)
         boxes = info.to_original(boxes_xyxy_net[keep])
-        return Detections(boxes, scores[keep], labels[keep], self.class_names, tuple(info.orig_size))
+        dets = Detections(boxes, scores[keep], labels[keep], self.class_names, tuple(info.orig_size))
+        return dets if self.dedup_iou is None else dets.suppress_duplicates(self.dedup_iou)

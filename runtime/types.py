@@ -64,6 +64,20 @@ class Detections:
             keep &= np.isin(self.labels, np.asarray(list(classes), dtype=np.int64))
         return self.select(keep)
 
+    def suppress_duplicates(self, iou: float = 0.7) -> "Detections":
+        """Drop a box that overlaps a higher-scoring box of its class by more than `iou` (class-wise NMS,
+        OpenCV's). DETRs are NMS-free by design, but a small or briefly trained one may still put two
+        queries on one object; a high `iou` removes those copies and keeps neighbouring objects apart."""
+        if len(self) < 2:
+            return self
+        import cv2
+
+        xywh = np.concatenate([self.boxes_xyxy[:, :2], self.boxes_xyxy[:, 2:] - self.boxes_xyxy[:, :2]], axis=1)
+        keep = cv2.dnn.NMSBoxesBatched(xywh.astype(np.float32).tolist(), self.scores.astype(np.float32).tolist(),
+                                       self.labels.astype(np.int32).tolist(), float(self.scores.min()) - 1.0, float(iou))
+        index = np.sort(np.asarray(keep, dtype=np.int64).reshape(-1))  # keep the score order
+        return self.select(index)
+
     def select(self, index: np.ndarray) -> "Detections":
         ids = None if self.track_ids is None else self.track_ids[index]
         return replace(self, boxes_xyxy=self.boxes_xyxy[index], scores=self.scores[index], labels=self.labels[index], track_ids=ids)

@@ -12,7 +12,8 @@ Four stages with the normal engine (`edgedet.engine.trainer.train`), each starti
    stopped after 1200 (~53 minutes on one core while other jobs held the other);
 3. `demo_detector_stage3.yaml`: the same data, 500 steps with a low learning rate decaying to zero;
 4. `demo_detector_stage4.yaml`: twice the camera-like data, a fresh cosine fitted to a 90-minute
-   budget (`train.fit_to_budget`), so it decays to its end on time.
+   budget (`train.fit_to_budget`), so it decays to its end on time (13 epochs, 2600 steps, 80 min
+   on 2 cores; demo video mAP@0.5 0.924 -> 0.951 with the demo's dedup, mAP 0.778 / 0.792).
 Then keeps only what inference needs (the EMA weights in float16, the config, the metrics and the
 training times of every stage, carried over from a `--from` asset): a file of a few MB.
 """

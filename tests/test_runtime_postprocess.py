@@ -54,3 +54,21 @@ def test_missing_output_names_are_reported():
         post({"pred_logits": np.zeros((1, 2, 3), np.float32)}, [IDENTITY])
     with pytest.raises(ValueError, match="must list 2 outputs"):
         Postprocessor(OutputSpec(postprocess=False, names=["a", "b", "c"]), (8, 8))
+
+
+def test_dedup_iou_drops_near_copies_of_the_same_class_only():
+    from runtime.types import Detections
+
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [0, 0, 10, 10], [12, 0, 22, 10]], np.float32)
+    dets = Detections(boxes, np.array([0.9, 0.8, 0.7, 0.6]), np.array([0, 0, 1, 0]), ("a", "b"), (32, 32))
+    kept = dets.suppress_duplicates(0.7)  # box 1 overlaps box 0 (same class) by IoU 0.82
+    np.testing.assert_allclose(kept.scores, [0.9, 0.7, 0.6])  # the other class and the neighbour stay
+    assert len(dets.suppress_duplicates(0.9)) == 4 and len(dets.select(np.array([0])).suppress_duplicates()) == 1
+
+    outputs = {"labels": np.array([[0, 0, 1]], np.int64), "boxes": boxes[None, :3] / 2, "scores": np.array([[0.9, 0.8, 0.7]], np.float32)}
+    info = LetterboxInfo(scale=0.5, pad_x=0, pad_y=0, orig_size=(32, 32))
+    (plain,) = Postprocessor(OutputSpec(postprocess=True), (16, 16), ("a", "b"), conf=0.1)(outputs, [info])
+    (deduped,) = Postprocessor(OutputSpec(postprocess=True), (16, 16), ("a", "b"), conf=0.1, dedup_iou=0.7)(outputs, [info])
+    assert len(plain) == 3 and deduped.labels.tolist() == [0, 1]
+    with pytest.raises(ValueError, match="dedup_iou must be in"):
+        Postprocessor(OutputSpec(postprocess=True), (16, 16), dedup_iou=0)
