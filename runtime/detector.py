@@ -14,7 +14,7 @@ import numpy as np
 
 from runtime.backends.base import Backend, load_backend
 from runtime.manifest import Manifest, ManifestError, read_sidecar, sidecar_path
-from runtime.postprocess import Postprocessor
+from runtime.postprocess import Postprocessor, checked_dedup_iou
 from runtime.preprocess import LetterboxInfo, Preprocessor
 from runtime.types import Detections
 
@@ -33,6 +33,7 @@ class Detector:
     def __init__(self, artifact: Union[str, Path], backend: str = "auto", device: str = "CPU", conf: Optional[float] = None,
                  classes: Optional[Iterable[int]] = None, manifest: Optional[Manifest] = None,
                  dedup_iou: Optional[float] = None, **backend_options: Any):
+        checked_dedup_iou(dedup_iou)  # before the backend opens: a bad value leaves nothing open
         self.artifact = Path(artifact)
         if not self.artifact.is_file():
             raise FileNotFoundError(f"model artifact not found: {self.artifact} (export one with `edgedet export`)")
@@ -138,4 +139,5 @@ class Detector:
 
     def __repr__(self) -> str:
         return (f"Detector({self.artifact.name}, backend={self.backend.name}, device={self.backend.device}, "
-                f"family={self.manifest.family or '?'}, input={self.input_size}, classes={len(self.class_names)}, conf={self.conf:.3g})")
+                f"family={self.manifest.family or '?'}, input={self.input_size}, classes={len(self.class_names)}, conf={self.conf:.3g}"
+                f"{'' if self.postprocessor.dedup_iou is None else f', dedup_iou={self.postprocessor.dedup_iou:g}'})")

@@ -57,14 +57,18 @@ def decode_raw(pred_logits: np.ndarray, pred_boxes_cxcywh: np.ndarray, size_hw: 
     raise ValueError(f"unknown score_activation '{score_activation}'; valid: softmax, sigmoid")
 
 
+def checked_dedup_iou(dedup_iou: Optional[float]) -> Optional[float]:
+    if dedup_iou is not None and not 0.0 < float(dedup_iou) <= 1.0:
+        raise ValueError(f"dedup_iou must be in (0, 1] (0.7 drops only near-copies), got {dedup_iou}")
+    return None if dedup_iou is None else float(dedup_iou)
+
+
 class Postprocessor:
     """Turns one batch of outputs into a list of Detections (one per image)."""
 
     def __init__(self, spec: OutputSpec, size_hw: Tuple[int, int], class_names: Sequence[str] = (),
                  conf: float = 0.25, classes: Optional[Iterable[int]] = None, dedup_iou: Optional[float] = None):
-        if dedup_iou is not None and not 0.0 < float(dedup_iou) <= 1.0:
-            raise ValueError(f"dedup_iou must be in (0, 1] (0.7 drops only near-copies), got {dedup_iou}")
-        self.dedup_iou = None if dedup_iou is None else float(dedup_iou)
+        self.dedup_iou = checked_dedup_iou(dedup_iou)
         self.spec = spec
         self.size_hw = (int(size_hw[0]), int(size_hw[1]))
         self.class_names = tuple(class_names)
