@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from converters.demo import ASSETS, DEMO_IMGSZ, SCORING_FLOOR, _sha, artifact_msda, cached_artifacts, drawn_scores, \
+from converters.demo import ASSETS, DEMO_DEDUP_IOU, DEMO_IMGSZ, SCORING_FLOOR, _sha, artifact_msda, cached_artifacts, drawn_scores, \
     format_summary, match_accuracy, render_demo_video, run_video
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def run_prompted_demo(output_dir: Path = Path("runs/demo_prompt"), frames: int =
     log.info("2/5 exporting the embedded prompted detector (%s)", format)
     encoder, det_path = export_prompted_demo_model(checkpoint, output_dir, format, msda,
                                                    text_encoder=any(t not in class_names for t in texts))
-    detector = PromptedDetector(encoder, det_path, conf=SCORING_FLOOR)
+    detector = PromptedDetector(encoder, det_path, conf=SCORING_FLOOR, dedup_iou=DEMO_DEDUP_IOU)
     capture = cv2.VideoCapture(str(video))
     ok, first = capture.read()
     capture.release()
@@ -217,7 +217,7 @@ def run_prompted_from_args(args: argparse.Namespace) -> int:
         from runtime.prompted import PromptedDetector
         from runtime.serve import LivePromptedDetector
 
-        detector = PromptedDetector(summary["prompt_encoder"], summary["artifact"], conf=args.conf)
+        detector = PromptedDetector(summary["prompt_encoder"], summary["artifact"], conf=args.conf, dedup_iou=DEMO_DEDUP_IOU)
         detector.load_prompts(summary["prompts_file"])
         live = LivePromptedDetector(detector, Path(output) / "prompts")
         serve_demo(detector, Path(output) / "shapes.mp4", args, prompts=live)

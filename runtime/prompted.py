@@ -21,7 +21,7 @@ import numpy as np
 
 from runtime.backends.base import Backend, load_backend
 from runtime.manifest import Manifest, ManifestError, read_sidecar
-from runtime.postprocess import Postprocessor
+from runtime.postprocess import Postprocessor, checked_dedup_iou
 from runtime.preprocess import LetterboxInfo, Preprocessor
 from runtime.types import Detections
 
@@ -57,12 +57,14 @@ def _per_box_names(names: Names, count: int) -> List[str]:
 class PromptedDetector:
     """Prompt encoder + prompted detector artifacts behind one object; see the module docstring.
 
-    backend/device/backend_options as `runtime.Detector`; conf: minimum score kept (None = the detector manifest's recommended threshold). Artifacts of any
+    backend/device/backend_options as `runtime.Detector`; conf: minimum score kept (None = the detector manifest's recommended threshold);
+    dedup_iou: drop near-copies of a box of the same prompt, as `runtime.Detector`'s (None = off). Artifacts of any
     exported format: .onnx (ONNX Runtime), .xml (OpenVINO), .engine (TensorRT, with its sidecar manifest).
     """
 
     def __init__(self, encoder_artifact: Union[str, Path], detector_artifact: Union[str, Path], backend: str = "auto",
-                 device: str = "CPU", conf: Optional[float] = None, **backend_options: Any):
+                 device: str = "CPU", conf: Optional[float] = None, dedup_iou: Optional[float] = None, **backend_options: Any):
+        self.dedup_iou = checked_dedup_iou(dedup_iou)  # before any backend opens
         self.encoder, self.encoder_manifest = _load(encoder_artifact, "prompt_encoder", backend, device, backend_options)
         self.detector, self.manifest = _load(detector_artifact, "detector", backend, device, backend_options)
         info = self.manifest.extra["prompted"]
@@ -248,7 +250,7 @@ class PromptedDetector:
         self._feed_prompts[0, : len(self._names)] = self._embeddings()
         self._feed_mask[0, : len(self._names)] = True
         self.postprocessor = Postprocessor(self.manifest.outputs, self.manifest.preprocess.size, self._names, self.conf,
-                                           classes=range(len(self._names)))
+                                           classes=range(len(self._names)), dedup_iou=self.dedup_iou)
 
     def _to_network_cxcywh(self, boxes_xyxy: np.ndarray, info: LetterboxInfo) -> np.ndarray:
         """[n, 4] xyxy original pixels -> [n, 4] cxcywh normalised to the network input."""

@@ -72,3 +72,13 @@ def test_dedup_iou_drops_near_copies_of_the_same_class_only():
     assert len(plain) == 3 and deduped.labels.tolist() == [0, 1]
     with pytest.raises(ValueError, match="dedup_iou must be in"):
         Postprocessor(OutputSpec(postprocess=True), (16, 16), dedup_iou=0)
+
+
+def test_bad_dedup_iou_is_refused_before_any_artifact_opens():
+    from runtime import Detector
+    from runtime.prompted import PromptedDetector
+
+    with pytest.raises(ValueError, match="dedup_iou must be in"):
+        Detector("no-such-model.xml", dedup_iou=1.5)  # not the missing-file error: nothing was opened
+    with pytest.raises(ValueError, match="dedup_iou must be in"):
+        PromptedDetector("no-encoder.xml", "no-detector.xml", dedup_iou=-0.1)
