@@ -100,9 +100,13 @@ def make_manifest(
         pre = dataclasses.replace(pre, mean=tuple(model.input_mean), std=tuple(model.input_std))
     activation = getattr(model, "score_activation", "softmax")
     names_out = ["labels", "boxes", "scores"] if postprocess else ["pred_logits", "pred_boxes"]
+    from converters.onnx.export import VALID_INPUT_NAME
+    from edgedet.nn.padding_mask import uses_padding_mask
+
     return Manifest(
         family=getattr(config, "name", "") or type(model).__name__,
         class_names=names,
+        valid_input=VALID_INPUT_NAME if uses_padding_mask(model) else "",
         batch=batch,
         preprocess=pre,
         outputs=OutputSpec(postprocess=postprocess, names=names_out, score_activation=activation, top_k=top_k),
@@ -183,7 +187,7 @@ def build_onnx(model: nn.Module, req: ExportRequest) -> Path:
     from converters.onnxruntime.quantize import quantize_onnx_int8
     from runtime.manifest import write_sidecar
 
-    batches = calibration_batches(req.calib, req.manifest.preprocess, req.calib_images)
+    batches = calibration_batches(req.calib, req.manifest, req.calib_images)
     with tempfile.TemporaryDirectory() as tmp:
         float_onnx = export_onnx(model, Path(tmp) / "float.onnx", req.imgsz, req.manifest, req.msda,
                                  req.dynamic_batch, req.postprocess, req.top_k, req.opset, req.simplify)
@@ -196,7 +200,7 @@ def build_openvino(model: nn.Module, req: ExportRequest) -> Path:
     from converters.onnx.export import export_onnx
     from converters.openvino.convert import convert_openvino
 
-    batches = calibration_batches(req.calib, req.manifest.preprocess, req.calib_images) if req.precision == "int8" else None
+    batches = calibration_batches(req.calib, req.manifest, req.calib_images) if req.precision == "int8" else None
     with tempfile.TemporaryDirectory() as tmp:
         onnx_manifest = dataclasses.replace(req.manifest, backend="onnxruntime", precision="fp32", custom_ops={})
         float_onnx = export_onnx(model, Path(tmp) / "float.onnx", req.imgsz, onnx_manifest, req.msda,

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, List, Sequence, Union
+from typing import Any, Dict, List, Sequence, Union
 
 import cv2
 import numpy as np
 
 from converters.formats import ExportError
-from runtime.manifest import PreprocessSpec
-from runtime.preprocess import Preprocessor
+from runtime.manifest import Manifest, PreprocessSpec
+from runtime.preprocess import Preprocessor, valid_region
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +76,35 @@ def evenly_spaced(items: Sequence[Any], limit: int) -> List[Any]:
     return [items[i] for i in idx]
 
 
-def calibration_batches(source: Any, spec: PreprocessSpec, limit: int = 32) -> List[np.ndarray]:
-    """Preprocessed calibration inputs, each float32 [1, 3, H, W] with (H, W) = spec.size."""
+Feeds = Dict[str, np.ndarray]
+
+
+def calibration_batches(source: Any, manifest: Union[Manifest, PreprocessSpec], limit: int = 32) -> List[Feeds]:
+    """Preprocessed calibration inputs, one feed dict per image: the image float32 [1, 3, H, W] with
+    (H, W) = the input size and, where the manifest declares one, its valid region int32 [1, 2]
+    (what the runtime feeds, so the quantizer calibrates on the deployed inputs). A bare PreprocessSpec
+    means a graph with the one image input `images`."""
+    if isinstance(manifest, PreprocessSpec):
+        manifest = Manifest(preprocess=manifest)
+    spec = manifest.preprocess
     if isinstance(source, np.ndarray):
         if source.ndim != 4 or source.shape[1] != 3 or tuple(source.shape[2:]) != tuple(spec.size):
             raise ExportError(f"calibration array must be [N, 3, {spec.size[0]}, {spec.size[1]}], got {source.shape}")
-        return [np.ascontiguousarray(source[i : i + 1], dtype=np.float32) for i in range(min(len(source), limit))]
+        arrays = [np.ascontiguousarray(source[i : i + 1], dtype=np.float32) for i in range(min(len(source), limit))]
+        # preprocessed arrays carry no letterbox: the whole input is image
+        return [_feeds(manifest, x, np.array([spec.size], np.int32)) for x in arrays]
     paths = evenly_spaced(image_paths(source), limit)
     log.info("calibrating on %d images", len(paths))
     pre = Preprocessor(spec)
-    return [pre(read_bgr(p))[0] for p in paths]
+    out = []
+    for p in paths:
+        x, infos = pre(read_bgr(p))
+        out.append(_feeds(manifest, x, valid_region(infos, spec.size)))
+    return out
+
+
+def _feeds(manifest: Manifest, x: np.ndarray, valid_hw: np.ndarray) -> Feeds:
+    feeds = {manifest.input_name: x}
+    if manifest.valid_input:
+        feeds[manifest.valid_input] = valid_hw
+    return feeds

@@ -102,9 +102,19 @@ def measure_latency(fn, repeats: int) -> Dict[str, float]:
     return {"mean_ms": float(np.mean(times)), "p50_ms": float(np.median(times)), "fps": float(1e3 / np.mean(times))}
 
 
-def _dataset_map(detector, deploy: nn.Module, dataset, limit: int) -> Dict[str, float]:
+def reference_outputs(deploy: nn.Module, feeds: Dict[str, np.ndarray], manifest) -> List[np.ndarray]:
+    """The PyTorch model's outputs for the artifact's own feeds (the image, and its valid region where the
+    graph takes one), in the artifact's output order."""
     import torch
 
+    args = [torch.from_numpy(feeds[manifest.input_name])]
+    if manifest.valid_input:
+        args.append(torch.from_numpy(feeds[manifest.valid_input]))
+    with torch.no_grad():
+        return [o.numpy() for o in deploy(*args)]
+
+
+def _dataset_map(detector, deploy: nn.Module, dataset, limit: int) -> Dict[str, float]:
     from edgedet.engine.evaluator import coco_metrics
 
     records = evenly_spaced(dataset.records, limit)
@@ -113,10 +123,10 @@ def _dataset_map(detector, deploy: nn.Module, dataset, limit: int) -> Dict[str, 
     for r in tqdm(records, desc="verify mAP", leave=False):
         frame = read_bgr(Path(r.path))
         x, infos = detector.preprocess([frame])
-        with torch.no_grad():
-            outs = [o.numpy() for o in deploy(torch.from_numpy(x))]
+        feeds = detector.feeds(x, infos)
+        outs = reference_outputs(deploy, feeds, detector.manifest)
         names = detector.manifest.outputs.names
-        art_out = detector.infer({detector.manifest.input_name: x})
+        art_out = detector.infer(feeds)
         ref.extend(detector.postprocess(dict(zip(names, outs)), infos)[0].to_coco(r.image_id, dataset.category_ids))
         art.extend(detector.postprocess(art_out, infos)[0].to_coco(r.image_id, dataset.category_ids))
     gt = copy.copy(dataset.coco_gt())  # shallow: only `imgs` is replaced, to score the evaluated subset
@@ -162,21 +172,22 @@ def verify(
     frames = _load_frames(images, max_images)
     if not frames:
         raise ValueError("verify needs at least one image")
-    hw = tuple(man.preprocess.size)
     stats: List[Dict[str, float]] = []
     raw_prob, raw_box = 0.0, 0.0
     for frame in frames:
-        x, _ = detector.preprocess([frame])
-        with torch.no_grad():
-            ref = [o.numpy() for o in deploy(torch.from_numpy(x))]
-        out = detector.infer({man.input_name: x})
+        x, infos = detector.preprocess([frame])
+        feeds = detector.feeds(x, infos)
+        ref = reference_outputs(deploy, feeds, man)
+        out = detector.infer(feeds)
         art = [out[n] for n in man.outputs.names]
         if not post:  # raw heads: compare every query, not only the top-K
             raw_prob = max(raw_prob, float(np.abs(_probabilities(ref[0], act) - _probabilities(art[0], act)).max()))
             raw_box = max(raw_box, float(np.abs(ref[1] - art[1]).max()))
+        hw = tuple(feeds[man.valid_input][0]) if man.valid_input else tuple(man.preprocess.size)
         for r, a in zip(_as_topk(ref, post, act, hw, k), _as_topk(art, post, act, hw, k)):
             stats.append(match_stats(r, a))
-    x, _ = detector.preprocess([frames[0]])
+    x, infos = detector.preprocess([frames[0]])
+    feeds = detector.feeds(x, infos)
     report: Dict[str, Any] = {
         "artifact": str(artifact),
         "backend": detector.backend_name,
@@ -187,7 +198,7 @@ def verify(
         "score_max_abs_diff": max(s["score"] for s in stats),
         "box_max_abs_diff_px": max(s["box"] for s in stats),
         "topk_match": float(np.mean([s["match"] for s in stats])),
-        "latency_artifact": measure_latency(lambda: detector.infer({man.input_name: x}), repeats),
+        "latency_artifact": measure_latency(lambda: detector.infer(feeds), repeats),
     }
     if not post:
         report.update({"prob_max_abs_diff": raw_prob, "box_cxcywh_max_abs_diff": raw_box})
@@ -196,8 +207,8 @@ def verify(
     detector.close()  # first: idle engine threads (ORT spin-waits) would slow PyTorch's timing
     if time_pytorch:
         with torch.no_grad():
-            xt = torch.from_numpy(x)
-            report["latency_pytorch"] = measure_latency(lambda: deploy(xt), repeats)
+            args = [torch.from_numpy(v) for v in feeds.values()]  # image first, then the valid region
+            report["latency_pytorch"] = measure_latency(lambda: deploy(*args), repeats)
     path = Path(output_json) if output_json else artifact.with_name(artifact.stem + ".verify.json")
     path.write_text(json.dumps(report, indent=2))
     report["report_path"] = str(path)

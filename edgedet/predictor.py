@@ -1,7 +1,8 @@
 """`CheckpointDetector`: a PyTorch checkpoint behind the runtime `Detector` interface.
 
 It feeds the model exactly what an export at `imgsz` would be fed (the runtime's letterbox
-`Preprocessor` with the manifest `converters.export` writes for that size) and decodes the raw
+`Preprocessor` with the manifest `converters.export` writes for that size, and for families trained
+with a padding mask the same mask the exported graph builds from the valid region) and decodes the raw
 heads with the runtime's top-K postprocessing, so a checkpoint and its engines are scored on
 identical inputs. Registered for the runtime as the `checkpoint_detector` plug-in.
 """
@@ -15,14 +16,15 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from edgedet.nn.padding_mask import forward_letterboxed
 from runtime.manifest import Manifest, OutputSpec, PreprocessSpec
 from runtime.postprocess import Postprocessor
-from runtime.preprocess import Preprocessor
+from runtime.preprocess import Preprocessor, valid_region
 from runtime.types import Detections
 
 log = logging.getLogger(__name__)
 
-DEFAULT_IMGSZ = (640, 640)  # `edgedet export`'s default input
+DEFAULT_IMGSZ = (640, 640)  # `edgedet export`'s input when the checkpoint carries no training config
 
 
 def load_checkpoint_model(path: Union[str, Path]) -> Tuple[torch.nn.Module, dict]:
@@ -48,15 +50,28 @@ def checkpoint_manifest(model: torch.nn.Module, experiment: dict, imgsz: Sequenc
     pre = PreprocessSpec(size=(int(imgsz[0]), int(imgsz[1])))
     if data.get("mean") and data.get("std"):
         pre = PreprocessSpec(size=pre.size, mean=tuple(data["mean"]), std=tuple(data["std"]))
+    elif getattr(model, "input_mean", None) is not None:  # the family's own preprocessing (RT-DETR: /255 only)
+        pre = PreprocessSpec(size=pre.size, mean=tuple(model.input_mean), std=tuple(model.input_std))
     outputs = OutputSpec(postprocess=False, names=["pred_logits", "pred_boxes"],
                          score_activation=getattr(model, "score_activation", "softmax"), top_k=top_k)
+    masked = not getattr(model, "pads_as_content", False)
     return Manifest(family=getattr(config, "name", "") or type(model).__name__,
                     class_names=list(getattr(config, "class_names", None) or []), preprocess=pre, outputs=outputs,
-                    backend="pytorch", batch=0)
+                    backend="pytorch", batch=0, valid_input="valid_hw" if masked else "")
+
+
+def default_checkpoint_imgsz(experiment: dict) -> Tuple[Tuple[int, int], str]:
+    """The input size `edgedet export` picks for this checkpoint, and why (so `val` scores what ships)."""
+    try:
+        from converters.export_defaults import default_imgsz
+    except ImportError:  # converters not installed: the same rule is not at hand
+        return DEFAULT_IMGSZ, "the fallback export size (the converters package is not installed)"
+    return default_imgsz(experiment)
 
 
 class CheckpointDetector:
-    """path: checkpoint; imgsz (H, W): the export input to reproduce (default 640x640)."""
+    """path: checkpoint; imgsz (H, W): the export input to reproduce (default: the size `edgedet export` picks
+    for this checkpoint, from its training data)."""
 
     def __init__(self, path: Union[str, Path], imgsz: Optional[Sequence[int]] = None, conf: float = 0.25,
                  classes: Optional[Iterable[int]] = None, device: str = "cpu", top_k: int = 100):
@@ -65,8 +80,9 @@ class CheckpointDetector:
         self.device = torch.device(device)
         self.model.to(self.device)
         if imgsz is None:
-            imgsz = DEFAULT_IMGSZ
-            log.info("checkpoint scored at imgsz %dx%d (the export default; pass --imgsz H W to match your export)", *imgsz)
+            imgsz, why = default_checkpoint_imgsz(experiment)
+            log.info("checkpoint scored at imgsz %dx%d (H x W), the size `edgedet export` picks: %s; "
+                     "pass --imgsz H W to match another export", imgsz[0], imgsz[1], why)
         from edgedet.data.padding import check_input_size
 
         check_input_size(self.model, imgsz)  # RT-DETR / D-FINE: sides divisible by 32, as an export would need
@@ -74,7 +90,8 @@ class CheckpointDetector:
         self.conf = float(conf)
         self.preprocessor = Preprocessor(self.manifest.preprocess)
         self.postprocessor = Postprocessor(self.manifest.outputs, self.manifest.preprocess.size,
-                                           self.manifest.class_names, conf, classes)
+                                           self.manifest.class_names, conf, classes,
+                                           boxes_in_valid_region=bool(self.manifest.valid_input))
         self.max_batch = 0
         self.backend_name = "pytorch"
 
@@ -94,7 +111,12 @@ class CheckpointDetector:
         t0 = time.perf_counter()
         x, infos = self.preprocessor(list(frames))
         t1 = time.perf_counter()
-        out = self.model(torch.from_numpy(x).to(self.device))
+        images = torch.from_numpy(x).to(self.device)
+        if self.manifest.valid_input:  # the padding mask, as the exported graph rebuilds it from valid_hw
+            valid = torch.from_numpy(valid_region(infos, self.manifest.preprocess.size)).to(self.device)
+            out = forward_letterboxed(self.model, images, valid)
+        else:
+            out = self.model(images)
         outputs = {k: out[k].float().cpu().numpy() for k in ("pred_logits", "pred_boxes")}
         t2 = time.perf_counter()
         dets = self.postprocessor(outputs, infos)

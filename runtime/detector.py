@@ -2,10 +2,12 @@
 
     det = Detector("model.onnx")            # backend chosen by suffix, manifest from the sidecar
     dets = det(frame_bgr)                   # Detections in frame pixels, with timings_ms
-    raw = det.infer({"images": x})          # raw engine outputs, for any artifact
+    x, infos = det.preprocess(frames)
+    raw = det.infer(det.feeds(x, infos))    # raw engine outputs, for any artifact
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -13,10 +15,12 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from runtime.backends.base import Backend, load_backend
-from runtime.manifest import Manifest, ManifestError, read_sidecar, sidecar_path
+from runtime.manifest import MASK_FAMILIES, Manifest, ManifestError, read_sidecar, sidecar_path
 from runtime.postprocess import Postprocessor, checked_dedup_iou
-from runtime.preprocess import LetterboxInfo, Preprocessor
+from runtime.preprocess import LetterboxInfo, Preprocessor, check_valid_region, valid_region
 from runtime.types import Detections
+
+log = logging.getLogger(__name__)
 
 
 class Detector:
@@ -49,16 +53,39 @@ class Detector:
         self.preprocessor = Preprocessor(self.manifest.preprocess)
         self.conf = float(self.manifest.outputs.score_threshold if conf is None else conf)
         self.postprocessor = Postprocessor(self.manifest.outputs, self.manifest.preprocess.size, self.manifest.class_names,
-                                           self.conf, classes, dedup_iou)
-        names = {s.name for s in self.backend.input_specs}
-        if self.manifest.input_name not in names:
-            raise ManifestError(f"manifest input_name '{self.manifest.input_name}' is not an input of {self.artifact.name} ({sorted(names)})")
+                                           self.conf, classes, dedup_iou, boxes_in_valid_region=bool(self.manifest.valid_input))
+        self._check_inputs()
         self._check_class_count()
         spec = next(s for s in self.backend.input_specs if s.name == self.manifest.input_name)
         self.max_batch = spec.shape[0] if spec.shape and spec.shape[0] else 0  # 0 = dynamic
         # A dynamic batch may still be bounded (a TensorRT optimisation profile): preprocess and run at most that many.
         limits = getattr(self.backend, "batch_limits", None)
         self.chunk = self.max_batch or (int(limits[1]) if limits and limits[1] and limits[1] > 0 else 0)
+
+    def _check_inputs(self) -> None:
+        """The graph's inputs are exactly what the manifest says it feeds: the image, plus the valid region for
+        families trained with a padding mask. An older artifact of such a family (no valid-region input) still
+        runs, seeing the letterbox padding as image content as it did when exported; say so once."""
+        names = {s.name for s in self.backend.input_specs}
+        fed = [self.manifest.input_name] + ([self.manifest.valid_input] if self.manifest.valid_input else [])
+        missing, unfed = sorted(set(fed) - names), sorted(names - set(fed))
+        if missing or unfed:
+            self.backend.close()
+            raise ManifestError(f"{self.artifact.name}: the manifest feeds {fed} but the graph's inputs are {sorted(names)}; "
+                                "the manifest belongs to another export: re-export the model or pass the right manifest")
+        if not self.manifest.valid_input and self.manifest.family in MASK_FAMILIES and self.manifest.preprocess.resize == "letterbox":
+            log.warning("%s predates the valid-region input: this %s model was trained with a padding mask but the "
+                        "engine sees the letterbox padding as image content (lower accuracy on non-%dx%d images); "
+                        "re-export it with `edgedet export` for training-exact results",
+                        self.artifact.name, self.manifest.family, *self.manifest.preprocess.size)
+
+    def feeds(self, x: np.ndarray, infos: Sequence[LetterboxInfo]) -> Dict[str, np.ndarray]:
+        """The engine's inputs for a preprocessed batch: the image, and each image's valid region where the graph
+        takes one (the padding mask the model was trained with is rebuilt from it inside the graph)."""
+        out = {self.manifest.input_name: x}
+        if self.manifest.valid_input:
+            out[self.manifest.valid_input] = valid_region(infos, self.manifest.preprocess.size)
+        return out
 
     def _check_class_count(self) -> None:
         """Raw outputs tell the class count: refuse a manifest whose names would label the wrong classes."""
@@ -91,7 +118,14 @@ class Detector:
         return self.preprocessor(frames)
 
     def infer(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        """Raw engine call: input name -> array, to output name -> array."""
+        """Raw engine call: input name -> array, to output name -> array (`feeds(x, infos)` builds them)."""
+        valid = self.manifest.valid_input
+        if valid and valid in feeds:
+            feeds = dict(feeds)
+            feeds[valid] = check_valid_region(feeds[valid], self.manifest.preprocess.size)
+        elif valid:
+            raise ValueError(f"{self.artifact.name} also takes '{valid}' (each image's height and width inside the "
+                             f"letterboxed input, int32 [B, 2]); build the inputs with Detector.feeds(x, infos)")
         return self.backend.infer(feeds)
 
     def postprocess(self, outputs: Dict[str, np.ndarray], infos: Sequence[LetterboxInfo]) -> List[Detections]:
@@ -119,7 +153,7 @@ class Detector:
         t0 = time.perf_counter()
         x, infos = self.preprocessor(frames)
         t1 = time.perf_counter()
-        outputs = self.backend.infer({self.manifest.input_name: x})
+        outputs = self.backend.infer(self.feeds(x, infos))
         t2 = time.perf_counter()
         dets = self.postprocessor(outputs, infos)
         t3 = time.perf_counter()

@@ -14,6 +14,9 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 MANIFEST_VERSION = 1
 METADATA_KEY = "edgedet"
+# Families whose models were trained with a padding mask: an artifact of theirs without `valid_input`
+# predates it and runs with the padding seen as image content (the documented fallback, with a warning).
+MASK_FAMILIES = ("detr", "deformable_detr", "dab_detr", "dino", "co_dino", "co_deformable_detr", "trex")
 
 
 class ManifestError(ValueError):
@@ -51,6 +54,11 @@ class Manifest:
     family: str = ""
     class_names: List[str] = field(default_factory=list)
     input_name: str = "images"
+    # The graph input taking each image's (h, w) inside the letterboxed network input, int32 [B, 2]:
+    # families trained with a padding mask (DETR, Deformable, DAB, DINO, Co-DETR, T-Rex) rebuild that
+    # mask from it, and their raw pred_boxes are normalised to that region. "" = none (mask-free
+    # families, and artifacts written before the valid-region input existed, which see the padding as image content).
+    valid_input: str = ""
     batch: int = 1  # 0 = dynamic
     preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
     outputs: OutputSpec = field(default_factory=OutputSpec)

@@ -67,8 +67,12 @@ class Postprocessor:
     """Turns one batch of outputs into a list of Detections (one per image)."""
 
     def __init__(self, spec: OutputSpec, size_hw: Tuple[int, int], class_names: Sequence[str] = (),
-                 conf: float = 0.25, classes: Optional[Iterable[int]] = None, dedup_iou: Optional[float] = None):
+                 conf: float = 0.25, classes: Optional[Iterable[int]] = None, dedup_iou: Optional[float] = None,
+                 boxes_in_valid_region: bool = False):
+        """boxes_in_valid_region: raw pred_boxes are normalised to each image's valid region (the letterboxed
+        image, `LetterboxInfo.valid_hw`) rather than the whole input: models fed a `valid_hw` input."""
         self.dedup_iou = checked_dedup_iou(dedup_iou)
+        self.boxes_in_valid_region = bool(boxes_in_valid_region)
         self.spec = spec
         self.size_hw = (int(size_hw[0]), int(size_hw[1]))
         self.class_names = tuple(class_names)
@@ -101,7 +105,8 @@ class Postprocessor:
                 order = np.argsort(-scores, kind="stable")[: self.spec.top_k]
                 scores, labels, boxes = scores[order], labels[order], boxes.reshape(-1, 4)[order]
             else:
-                scores, labels, boxes = decode_raw(arrays[0][i], arrays[1][i], self.size_hw, self.spec.score_activation, self.spec.top_k)
+                hw = info.valid_hw if self.boxes_in_valid_region and info.valid_hw is not None else self.size_hw
+                scores, labels, boxes = decode_raw(arrays[0][i], arrays[1][i], hw, self.spec.score_activation, self.spec.top_k)
             results.append(self._finish(scores, labels, boxes, info))
         return results
 

@@ -46,8 +46,10 @@ def resize_shorter_side(image: np.ndarray, size: int, max_size: int = 0) -> Tupl
 class LetterboxInfo:
     """How an original image maps into the network input: x_net = x_orig * scale + pad.
 
-    `scale_hw` (sy, sx) is set for a stretch resize, whose two axes scale differently;
-    None means `scale` on both axes.
+    `scale_hw` (sy, sx) is the exact ratio of each axis (resized / original pixels: a letterbox rounds
+    each side to whole pixels, a stretch scales the axes differently); None means `scale` on both axes.
+    `valid_hw` (h, w) is the region of the network input that holds the image (the rest is padding);
+    None means the whole input. Models trained with a padding mask get it as the graph's `valid_hw` input.
     """
 
     scale: float
@@ -55,6 +57,7 @@ class LetterboxInfo:
     pad_y: int
     orig_size: Tuple[int, int]  # (H, W)
     scale_hw: Optional[Tuple[float, float]] = None
+    valid_hw: Optional[Tuple[int, int]] = None
 
     def to_original(self, boxes_xyxy: np.ndarray, clip: bool = True) -> np.ndarray:
         """[N, 4] xyxy network-input pixels -> float32 [N, 4] xyxy original-image pixels."""
@@ -77,7 +80,38 @@ def letterbox(image: np.ndarray, size_hw: Tuple[int, int], pad_value: Union[int,
     resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else image
     out = np.full((th, tw) + image.shape[2:], pad_value, dtype=image.dtype)
     out[:nh, :nw] = resized
-    return out, LetterboxInfo(scale, 0, 0, (h, w))
+    return out, letterbox_info(h, w, nh, nw, scale)
+
+
+def letterbox_info(h: int, w: int, nh: int, nw: int, scale: float) -> LetterboxInfo:
+    """The mapping of an (h, w) image resized to (nh, nw) at the top-left of the network input."""
+    return LetterboxInfo(scale, 0, 0, (h, w), scale_hw=(nh / h, nw / w), valid_hw=(nh, nw))
+
+
+def valid_region(infos: Sequence[LetterboxInfo], size_hw: Tuple[int, int]) -> np.ndarray:
+    """int32 [B, 2]: the (h, w) of each image inside the network input of `size_hw`, the graph's
+    `valid_hw` input (the padding mask the model was trained with is rebuilt from it)."""
+    th, tw = int(size_hw[0]), int(size_hw[1])
+    out = np.empty((len(infos), 2), np.int32)
+    for i, info in enumerate(infos):
+        out[i] = info.valid_hw if info.valid_hw is not None else (th, tw)
+    return out
+
+
+def check_valid_region(valid_hw: np.ndarray, size_hw: Tuple[int, int]) -> np.ndarray:
+    """A `valid_hw` feed must be [B, 2] integers with 1 <= h <= H and 1 <= w <= W: a region outside the
+    network input would build a mask that hides the image. Returns it as int32."""
+    arr = np.asarray(valid_hw)
+    th, tw = int(size_hw[0]), int(size_hw[1])
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise ValueError(f"valid_hw must be [B, 2] (height, width of the image inside the {th}x{tw} input), got shape {list(arr.shape)}")
+    if not np.issubdtype(arr.dtype, np.integer) and not np.array_equal(arr, np.round(arr)):
+        raise ValueError(f"valid_hw must hold whole pixels, got {arr.tolist()}")
+    bad = (arr[:, 0] < 1) | (arr[:, 0] > th) | (arr[:, 1] < 1) | (arr[:, 1] > tw)
+    if bad.any():
+        raise ValueError(f"valid_hw {arr[bad].tolist()} lies outside the {th}x{tw} network input: each (h, w) must be "
+                         f"within 1..{th} and 1..{tw} (the letterboxed image's size, as Preprocessor computes it)")
+    return arr.astype(np.int32)
 
 
 def as_bgr(frame: object) -> np.ndarray:
@@ -164,4 +198,4 @@ class Preprocessor:
             canvas[:nh, :nw] = bgr
         canvas[nh:] = self._pad_bgr
         canvas[:nh, nw:] = self._pad_bgr
-        return canvas, LetterboxInfo(scale, 0, 0, (h, w))
+        return canvas, letterbox_info(h, w, nh, nw, scale)

@@ -1,6 +1,9 @@
 """PyTorch detector -> ONNX file with fixed I/O names and the edgedet manifest inside.
 
-Input `images` float32 [B, 3, H, W], normalised exactly like `runtime.preprocess`.
+Input `images` float32 [B, 3, H, W], normalised exactly like `runtime.preprocess`; families trained with a
+padding mask also take `valid_hw` int32 [B, 2], each image's (h, w) inside the letterboxed input, and build
+the same mask inside the graph (positional encodings, attention and valid ratios ignore the padding exactly
+as in training); their boxes are normalised to that region, so the top-K boxes are scaled by it.
 Outputs with postprocess=True (NMS-free top-K):
     labels [B, K] int64, boxes [B, K, 4] xyxy in network-input pixels, scores [B, K] float32
 and with postprocess=False the raw head outputs:
@@ -19,11 +22,13 @@ from torch import Tensor, nn
 from converters.formats import ExportError
 from converters.onnx.msda_forms import FUSED_DOMAIN, FUSED_OPSET, msda_form, register_fused_schema
 from converters.quiet import filtered_stderr
+from edgedet.nn.padding_mask import forward_letterboxed, uses_padding_mask
 from runtime.manifest import METADATA_KEY, Manifest, write_sidecar
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
+VALID_INPUT_NAME = "valid_hw"
 POSTPROCESSED_OUTPUTS = ["labels", "boxes", "scores"]
 RAW_OUTPUTS = ["pred_logits", "pred_boxes"]
 DEFAULT_OPSET = 17
@@ -33,11 +38,12 @@ def output_names(postprocess: bool) -> List[str]:
     return list(POSTPROCESSED_OUTPUTS if postprocess else RAW_OUTPUTS)
 
 
-def topk_detections(logits: Tensor, boxes_cxcywh: Tensor, image_hw: Tuple[int, int], activation: str, top_k: int):
+def topk_detections(logits: Tensor, boxes_cxcywh: Tensor, image_hw, activation: str, top_k: int):
     """NMS-free top-K over the head outputs.
 
     logits [B, Q, C], boxes_cxcywh [B, Q, 4] normalised -> labels [B, K] int64,
-    boxes_xyxy [B, K, 4] in pixels of an `image_hw` input, scores [B, K].
+    boxes_xyxy [B, K, 4] in pixels of an `image_hw` input (H, W), scores [B, K]. `image_hw` may be a
+    [B, 2] tensor of per-image sizes (the valid regions of mask-trained families).
     sigmoid: top-K over all Q*C (query, class) pairs; softmax: drop the last (no-object)
     class, best class per query, then top-K queries.
     """
@@ -56,14 +62,23 @@ def topk_detections(logits: Tensor, boxes_cxcywh: Tensor, image_hw: Tuple[int, i
         raise ExportError(f"unknown score_activation '{activation}'; expected 'sigmoid' or 'softmax'")
     cx, cy, w, h = boxes_cxcywh.unbind(-1)
     xyxy = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], -1)
-    scale = torch.tensor([image_hw[1], image_hw[0], image_hw[1], image_hw[0]], dtype=xyxy.dtype, device=xyxy.device)
+    if isinstance(image_hw, Tensor):
+        hw = image_hw.to(xyxy.dtype)
+        scale = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], -1)[:, None, :]  # [B, 1, 4]
+    else:
+        scale = torch.tensor([image_hw[1], image_hw[0], image_hw[1], image_hw[0]], dtype=xyxy.dtype, device=xyxy.device)
     xyxy = xyxy * scale
     picked = xyxy.gather(1, query.unsqueeze(-1).expand(-1, -1, 4))
     return labels.to(torch.int64), picked, scores
 
 
 class DeployModel(nn.Module):
-    """The detector plus (optionally) postprocessing, with tensor outputs only."""
+    """The detector plus (optionally) postprocessing, with tensor outputs only.
+
+    forward(images [B, 3, H, W], valid_hw [B, 2] int or None). With `valid_hw` (families trained with a
+    padding mask) the mask is rebuilt from it and the boxes are scaled by each image's valid region;
+    without it the whole input is the image (the mask-free families, and a letterbox without padding).
+    """
 
     def __init__(self, model: nn.Module, postprocess: bool = True, top_k: int = 100):
         super().__init__()
@@ -71,13 +86,19 @@ class DeployModel(nn.Module):
         self.postprocess = postprocess
         self.top_k = top_k
         self.activation = getattr(model, "score_activation", "softmax")
+        self.takes_valid_region = uses_padding_mask(model)
 
-    def forward(self, images: Tensor):
-        out = self.model(images)
+    def forward(self, images: Tensor, valid_hw: Optional[Tensor] = None):
+        if valid_hw is None:
+            out = self.model(images)
+            size: object = (images.shape[-2], images.shape[-1])
+        else:
+            out = forward_letterboxed(self.model, images, valid_hw)
+            size = valid_hw
         logits, boxes = out["pred_logits"], out["pred_boxes"]
         if not self.postprocess:
             return logits, boxes
-        return topk_detections(logits, boxes, (images.shape[-2], images.shape[-1]), self.activation, self.top_k)
+        return topk_detections(logits, boxes, size, self.activation, self.top_k)
 
 
 def _first_line(e: BaseException) -> str:
@@ -153,20 +174,27 @@ def export_onnx(
     deploy = DeployModel(model, postprocess=postprocess, top_k=top_k).eval()
     names = output_names(postprocess)
     dummy = torch.zeros(1, 3, int(imgsz[0]), int(imgsz[1]))
+    inputs = [INPUT_NAME]
+    args: Tuple[Tensor, ...] = (dummy,)
+    if deploy.takes_valid_region:  # traced with a padded image so no branch folds the mask away
+        inputs.append(VALID_INPUT_NAME)
+        args = (dummy, torch.tensor([[max(1, int(imgsz[0]) * 3 // 4), max(1, int(imgsz[1]) * 2 // 3)]], dtype=torch.int32))
+    if manifest.valid_input != (VALID_INPUT_NAME if deploy.takes_valid_region else ""):
+        raise ExportError(f"manifest valid_input '{manifest.valid_input}' does not match the graph's inputs {inputs}")
     axes: Optional[Dict[str, Dict[int, str]]] = None
     if dynamic_batch:
-        axes = {n: {0: "batch"} for n in [INPUT_NAME] + names}
+        axes = {n: {0: "batch"} for n in inputs + names}
     with msda_form(model, msda), torch.no_grad(), warnings.catch_warnings(), filtered_stderr():
         # Tracer warnings about python constants are expected: the input size is fixed.
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
                 deploy,
-                (dummy,),
+                args,
                 str(output),
                 dynamo=False,
                 opset_version=opset,
-                input_names=[INPUT_NAME],
+                input_names=inputs,
                 output_names=names,
                 dynamic_axes=axes,
                 custom_opsets={FUSED_DOMAIN: FUSED_OPSET} if msda == "fused" else None,

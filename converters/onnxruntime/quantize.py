@@ -24,7 +24,7 @@ CALIB_CHUNK_IMAGES = 8  # images whose activations MinMax calibration holds in m
 
 
 class ArrayCalibrationReader:
-    """onnxruntime CalibrationDataReader over preprocessed arrays [1, 3, H, W].
+    """onnxruntime CalibrationDataReader over preprocessed arrays [1, 3, H, W] or feed dicts (input name -> array).
 
     `__len__` and `set_range` let quantize_static calibrate in strides (`CalibStridedMinMax`).
     """
@@ -40,7 +40,9 @@ class ArrayCalibrationReader:
 
     def get_next(self):
         batch = next(self._it, None)
-        return None if batch is None else {self.input_name: batch}
+        if batch is None or isinstance(batch, dict):  # a feed dict (image + valid region) as it is
+            return batch
+        return {self.input_name: batch}
 
     def rewind(self) -> None:
         self._it = iter(self.batches)

@@ -60,7 +60,7 @@ def qdq_from_model(model: nn.Module, req, onnx_path: Path) -> Path:
     from converters.onnx.export import export_onnx
     from converters.tensorrt.qdq import qdq_onnx_for_tensorrt
 
-    batches = calibration_batches(req.calib, req.manifest.preprocess, req.calib_images)
+    batches = calibration_batches(req.calib, req.manifest, req.calib_images)
     with tempfile.TemporaryDirectory() as tmp:
         portable = Path(tmp) / "portable.onnx"
         manifest = dataclasses.replace(req.manifest, backend="onnxruntime", custom_ops={})
@@ -85,7 +85,7 @@ def engine_from_onnx(onnx_path: Path, engine_path: Path, manifest: Manifest, msd
     if precision == "int8" and not _has_qdq(onnx_path):
         from converters.calibration import calibration_batches
 
-        batches = calibration_batches(calib, manifest.preprocess, calib_images)
+        batches = calibration_batches(calib, manifest, calib_images)
     options = EngineOptions(
         precision=precision,
         dynamic_batch=dynamic_batch,
