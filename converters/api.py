@@ -208,6 +208,23 @@ def build_openvino(model: nn.Module, req: ExportRequest) -> Path:
         return convert_openvino(float_onnx, req.output, req.precision, req.manifest, batches)
 
 
+def _record_accuracy(manifest: Manifest, accuracy: Optional[Dict[str, Any]], source: ModelSource) -> None:
+    """Both validation figures of the checkpoint go into the manifest, and the deployed one is printed."""
+    from converters.export_defaults import training_accuracy
+
+    accuracy = dict(accuracy) if accuracy is not None else training_accuracy(source)
+    if not accuracy:
+        return
+    manifest.extra["training_accuracy"] = accuracy
+    if "val_deployed_mAP" in accuracy:
+        size = tuple(accuracy.get("deployed_imgsz") or ())
+        same = size == tuple(manifest.preprocess.size)
+        log.info("validation mAP %.4f in training, %.4f as deployed%s", accuracy.get("val_mAP", float("nan")),
+                 accuracy["val_deployed_mAP"], "" if same else
+                 f" at {size[0]}x{size[1]} (this export is {manifest.preprocess.size[0]}x{manifest.preprocess.size[1]}: "
+                 "check it with `edgedet val --model ARTIFACT --data D`)" if len(size) == 2 else "")
+
+
 def _batch_profile(profile: Optional[Sequence[int]]) -> Tuple[int, int, int]:
     if profile is None:
         return (1, 8, 8)
@@ -239,6 +256,7 @@ def export(
     score_threshold: Optional[float] = None,
     threshold_images: int = 32,
     threshold_source: str = "given",
+    training_accuracy: Optional[Dict[str, Any]] = None,
 ) -> Path:
     """Export a detector -> path of the written artifact (.onnx, .xml or .engine).
 
@@ -258,6 +276,8 @@ def export(
     score_threshold: the manifest's recommended minimum score; None = best F1 on up to `threshold_images`
         images of the checkpoint's validation split, or 0.25 when no validation data is readable (logged);
         threshold_source says in the manifest how a given threshold was chosen.
+    training_accuracy: the checkpoint's validation figures for the manifest (`extra["training_accuracy"]`);
+        None = read from the checkpoint when one is given.
     """
     if imgsz is not None and (isinstance(imgsz, int) or len(imgsz) != 2 or min(int(s) for s in imgsz) <= 0):
         raise ExportError(f"imgsz must be (H, W) positive integers, got {imgsz!r}")
@@ -293,6 +313,7 @@ def export(
                              postprocess, top_k, class_names, experiment)
     manifest.outputs = dataclasses.replace(manifest.outputs, score_threshold=float(score_threshold),
                                            score_threshold_source=threshold_source)
+    _record_accuracy(manifest, training_accuracy, model_or_checkpoint)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     req = ExportRequest(fmt, out_path, precision, form, imgsz_hw,
                         dynamic_batch, postprocess, top_k, calib, calib_images, opset, manifest, simplify, dry_run, profile)

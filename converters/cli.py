@@ -42,6 +42,8 @@ class ExportCommand:
         p.add_argument("--verify", action="store_true", help="compare the artifact with PyTorch afterwards")
         p.add_argument("--images", default=None, help="images for --verify (default: --calib, else the checkpoint's "
                        "validation images, else rendered frames)")
+        p.add_argument("--data", default=None, help="with --verify: a labelled data set (the YAML `edgedet train` takes, or "
+                       "'synthetic'); its val split is scored through the engine and through PyTorch, with a verdict")
         p.add_argument("--dry-run", action="store_true",
                        help="tensorrt: write only the ONNX the engine would be built from (no TensorRT needed)")
         p.add_argument("--exist-ok", action="store_true", help="replace existing files at --output (refused otherwise)")
@@ -69,8 +71,10 @@ class ExportCommand:
             from converters.export_defaults import default_output_dir
 
             output = str(default_output_dir(args.model)) + "/"
+        from converters.export_defaults import training_accuracy
+
         path = export(
-            model, experiment=experiment, format=args.format, output=output, precision=args.precision,
+            model, experiment=experiment, training_accuracy=training_accuracy(args.model), format=args.format, output=output, precision=args.precision,
             imgsz=tuple(args.imgsz) if args.imgsz else None, dynamic_batch=args.dynamic_batch, msda=args.msda,
             calib=args.calib, postprocess=not args.raw, top_k=args.top_k, calib_images=args.calib_images,
             dry_run=args.dry_run, score_threshold=args.score_threshold,
@@ -83,9 +87,36 @@ class ExportCommand:
 
             images, what = (args.images, args.images) if args.images else default_verify_images(args.calib, experiment)
             log.info("verifying on %s", what)
-            report = verify(path, model, images)
+            report = verify(path, model, images, eval_dataset=_verify_dataset(args.data, experiment))
             print(format_report(report))
+            if "map_delta" in report:
+                print(map_verdict(report))
         return 0
+
+
+MAP_TOLERANCE = {"fp32": 0.005, "fp16": 0.01, "bf16": 0.01, "int8": 0.02}  # |engine - PyTorch| mAP for PASS
+
+
+def map_verdict(report) -> str:
+    """PASS / WARN (up to twice the tolerance) / FAIL of the engine's mAP against PyTorch's on the same inputs."""
+    tol = MAP_TOLERANCE.get(report.get("precision", "fp32"), 0.02)
+    delta = float(report["map_delta"])
+    verdict = "PASS" if abs(delta) <= tol else "WARN" if abs(delta) <= 2 * tol else "FAIL"
+    return (f"{verdict}: engine mAP {report['map_artifact']:.4f} vs checkpoint {report['map_pytorch']:.4f} "
+            f"({delta:+.4f}; {report.get('precision', 'fp32')} tolerance {tol}) on {report['eval_images']} images, both "
+            "through the deployed preprocessing")
+
+
+def _verify_dataset(data, experiment):
+    """The val split of `--data` (same loader as `edgedet train`), or None."""
+    if not data:
+        return None
+    from edgedet.commands._data_arg import parse_data_arg
+    from edgedet.config import DataConfig, from_dict
+    from edgedet.data import build_dataset
+
+    base = from_dict(DataConfig, experiment["data"], "data") if isinstance((experiment or {}).get("data"), dict) else None
+    return build_dataset(parse_data_arg(data, base, allow_sections=True), "val")
 
 
 def _describe(path) -> str:
@@ -114,6 +145,8 @@ def _check_paths_before_export(args: argparse.Namespace) -> None:
                 image_paths(value)
             except ValueError as e:
                 raise ValueError(f"{flag} {value}: {e}") from None
+    if args.data and not args.verify:
+        raise ValueError("--data is used only by --verify (the engine's mAP against the checkpoint's): add --verify or drop --data")
     if args.images and not args.verify:
         raise ValueError("--images is used only by --verify: add --verify or drop --images")
 

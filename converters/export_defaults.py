@@ -6,70 +6,33 @@ Each function returns the value and a short reason, which the CLI prints, so a d
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
+from edgedet.data.export_size import FALLBACK_IMGSZ, validation_dataset, default_imgsz
+
 log = logging.getLogger(__name__)
 
-FALLBACK_IMGSZ = (640, 640)
 THRESHOLD_IMAGES = 32  # validation images scored to pick the threshold (a few seconds for small models)
 
 
-def _data_config(experiment: Dict[str, Any]):
-    from edgedet.config import DataConfig, from_dict
-
-    data = (experiment or {}).get("data")
-    if not isinstance(data, dict) or not data:
-        return None
-    try:
-        return from_dict(DataConfig, data, "data")
-    except (KeyError, ValueError, TypeError):
-        return None
+ACCURACY_KEYS = ("epoch", "val_mAP", "val_mAP50", "val_deployed_mAP", "val_deployed_mAP50", "deployed_imgsz")
 
 
-def _val_dataset(experiment: Dict[str, Any]):
-    """The training run's validation split, or None when it cannot be read here."""
-    cfg = _data_config(experiment)
-    if cfg is None:
-        return None
-    from edgedet.data import build_dataset
+def training_accuracy(source: Any) -> Dict[str, Any]:
+    """The validation figures an `edgedet train` checkpoint recorded (the training view and, from the last
+    epoch, the deployed view), for the export manifest; {} for modules, official or older checkpoints."""
+    if not isinstance(source, (str, Path)) or not Path(source).is_file():
+        return {}
+    from edgedet.engine.checkpoint import CheckpointError, load_checkpoint
 
     try:
-        return build_dataset(cfg, "val")
-    except (FileNotFoundError, ValueError, KeyError, OSError) as e:
-        log.debug("validation data of the checkpoint not readable: %s", e)
-        return None
-
-
-def _round32(x: float) -> int:
-    return max(32, int(math.ceil(x / 32.0)) * 32)
-
-
-def default_imgsz(experiment: Dict[str, Any]) -> Tuple[Tuple[int, int], str]:
-    """(H, W) the model saw at validation in training: shorter side `data.val_size`, longer side from the
-    validation images' median aspect ratio (capped at `data.max_size`), rounded up to a multiple of 32."""
-    cfg = _data_config(experiment)
-    if cfg is None:
-        return FALLBACK_IMGSZ, "no training config in the checkpoint; pass --imgsz H W for your data"
-    short = int(cfg.val_size)
-    aspect, landscape = 1.0, True
-    if cfg.format != "synthetic":
-        dataset = _val_dataset(experiment)
-        if dataset is not None and dataset.records:
-            ratios = [max(r.width, r.height) / max(1, min(r.width, r.height)) for r in dataset.records[:200]]
-            aspect = float(np.median(ratios))
-            landscape = sum(r.width >= r.height for r in dataset.records[:200]) * 2 >= len(ratios)
-    long = short * aspect
-    if cfg.max_size and long > cfg.max_size:
-        short, long = short * cfg.max_size / long, float(cfg.max_size)
-    if cfg.format == "synthetic" or aspect == 1.0:
-        hw = (_round32(short), _round32(short))
-    else:
-        hw = (_round32(short), _round32(long)) if landscape else (_round32(long), _round32(short))
-    return hw, f"the checkpoint's training scale (data.val_size {cfg.val_size}, max_size {cfg.max_size})"
+        metrics = load_checkpoint(source).get("metrics") or {}
+    except CheckpointError:
+        return {}
+    return {k: metrics[k] for k in ACCURACY_KEYS if k in metrics}
 
 
 def default_output_dir(source: Any) -> Path:
@@ -86,7 +49,7 @@ def recommend_threshold(model, experiment: Dict[str, Any], max_images: int = THR
     spread over the split), or the documented fallback when no validation data is readable."""
     from edgedet.engine.threshold import FALLBACK_THRESHOLD, best_f1_threshold
 
-    dataset = _val_dataset(experiment)
+    dataset = validation_dataset(experiment)
     if dataset is None:
         return FALLBACK_THRESHOLD, "fallback (no validation data in the checkpoint's config)"
     if getattr(getattr(model, "config", None), "num_classes", len(dataset.class_names)) != len(dataset.class_names):
@@ -126,7 +89,7 @@ def default_verify_images(calib: Any, experiment: Dict[str, Any], limit: int = 8
     well enough to compare an engine with PyTorch, which is all verify does)."""
     if calib is not None:
         return calib, "the calibration images"
-    dataset = _val_dataset(experiment)
+    dataset = validation_dataset(experiment)
     if dataset is not None and dataset.records:
         from converters.calibration import evenly_spaced
 
@@ -138,4 +101,4 @@ def default_verify_images(calib: Any, experiment: Dict[str, Any], limit: int = 8
     return frames, f"{limit} rendered synthetic frames"
 
 
-__all__ = ["default_imgsz", "default_output_dir", "recommend_threshold", "default_verify_images", "FALLBACK_IMGSZ"]
+__all__ = ["default_imgsz", "training_accuracy", "default_output_dir", "recommend_threshold", "default_verify_images", "FALLBACK_IMGSZ"]

@@ -16,7 +16,8 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from edgedet.nn.padding_mask import forward_letterboxed
+from edgedet.data.export_size import FALLBACK_IMGSZ, default_imgsz
+from edgedet.nn.padding_mask import forward_letterboxed, uses_padding_mask
 from runtime.manifest import Manifest, OutputSpec, PreprocessSpec
 from runtime.postprocess import Postprocessor
 from runtime.preprocess import Preprocessor, valid_region
@@ -24,7 +25,7 @@ from runtime.types import Detections
 
 log = logging.getLogger(__name__)
 
-DEFAULT_IMGSZ = (640, 640)  # `edgedet export`'s input when the checkpoint carries no training config
+DEFAULT_IMGSZ = FALLBACK_IMGSZ  # `edgedet export`'s input when the checkpoint carries no training config
 
 
 def load_checkpoint_model(path: Union[str, Path]) -> Tuple[torch.nn.Module, dict]:
@@ -54,39 +55,22 @@ def checkpoint_manifest(model: torch.nn.Module, experiment: dict, imgsz: Sequenc
         pre = PreprocessSpec(size=pre.size, mean=tuple(model.input_mean), std=tuple(model.input_std))
     outputs = OutputSpec(postprocess=False, names=["pred_logits", "pred_boxes"],
                          score_activation=getattr(model, "score_activation", "softmax"), top_k=top_k)
-    masked = not getattr(model, "pads_as_content", False)
+    masked = uses_padding_mask(model)
     return Manifest(family=getattr(config, "name", "") or type(model).__name__,
                     class_names=list(getattr(config, "class_names", None) or []), preprocess=pre, outputs=outputs,
                     backend="pytorch", batch=0, valid_input="valid_hw" if masked else "")
 
 
-def default_checkpoint_imgsz(experiment: dict) -> Tuple[Tuple[int, int], str]:
-    """The input size `edgedet export` picks for this checkpoint, and why (so `val` scores what ships)."""
-    try:
-        from converters.export_defaults import default_imgsz
-    except ImportError:  # converters not installed: the same rule is not at hand
-        return DEFAULT_IMGSZ, "the fallback export size (the converters package is not installed)"
-    return default_imgsz(experiment)
+class TorchDetector:
+    """A PyTorch detector fed exactly as its export at `manifest.preprocess.size` would be (letterbox, and the
+    padding mask rebuilt from the valid region for mask-trained families), decoded by the runtime."""
 
-
-class CheckpointDetector:
-    """path: checkpoint; imgsz (H, W): the export input to reproduce (default: the size `edgedet export` picks
-    for this checkpoint, from its training data)."""
-
-    def __init__(self, path: Union[str, Path], imgsz: Optional[Sequence[int]] = None, conf: float = 0.25,
-                 classes: Optional[Iterable[int]] = None, device: str = "cpu", top_k: int = 100):
-        self.artifact = Path(path)
-        self.model, experiment = load_checkpoint_model(self.artifact)
+    def __init__(self, model: torch.nn.Module, manifest: Manifest, conf: float = 0.25,
+                 classes: Optional[Iterable[int]] = None, device: str = "cpu", artifact: Union[str, Path, None] = None):
+        self.artifact = Path(artifact or type(model).__name__)
+        self.model, self.manifest = model, manifest
         self.device = torch.device(device)
         self.model.to(self.device)
-        if imgsz is None:
-            imgsz, why = default_checkpoint_imgsz(experiment)
-            log.info("checkpoint scored at imgsz %dx%d (H x W), the size `edgedet export` picks: %s; "
-                     "pass --imgsz H W to match another export", imgsz[0], imgsz[1], why)
-        from edgedet.data.padding import check_input_size
-
-        check_input_size(self.model, imgsz)  # RT-DETR / D-FINE: sides divisible by 32, as an export would need
-        self.manifest = checkpoint_manifest(self.model, experiment, imgsz, top_k)
         self.conf = float(conf)
         self.preprocessor = Preprocessor(self.manifest.preprocess)
         self.postprocessor = Postprocessor(self.manifest.outputs, self.manifest.preprocess.size,
@@ -135,8 +119,25 @@ class CheckpointDetector:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"CheckpointDetector({self.artifact.name}, backend=pytorch, family={self.manifest.family or '?'}, "
+        return (f"{type(self).__name__}({self.artifact.name}, backend=pytorch, family={self.manifest.family or '?'}, "
                 f"input={self.input_size}, classes={len(self.class_names)})")
 
 
-__all__ = ["CheckpointDetector", "checkpoint_manifest", "load_checkpoint_model", "DEFAULT_IMGSZ"]
+class CheckpointDetector(TorchDetector):
+    """path: checkpoint; imgsz (H, W): the export input to reproduce (default: the size `edgedet export` picks
+    for this checkpoint, from its training data)."""
+
+    def __init__(self, path: Union[str, Path], imgsz: Optional[Sequence[int]] = None, conf: float = 0.25,
+                 classes: Optional[Iterable[int]] = None, device: str = "cpu", top_k: int = 100):
+        model, experiment = load_checkpoint_model(path)
+        if imgsz is None:
+            imgsz, why = default_imgsz(experiment)
+            log.info("checkpoint scored at imgsz %dx%d (H x W), the size `edgedet export` picks: %s; "
+                     "pass --imgsz H W to match another export", imgsz[0], imgsz[1], why)
+        from edgedet.data.padding import check_input_size
+
+        check_input_size(model, imgsz)  # RT-DETR / D-FINE: sides divisible by 32, as an export would need
+        super().__init__(model, checkpoint_manifest(model, experiment, imgsz, top_k), conf, classes, device, path)
+
+
+__all__ = ["CheckpointDetector", "TorchDetector", "checkpoint_manifest", "load_checkpoint_model", "DEFAULT_IMGSZ"]

@@ -177,3 +177,23 @@ def assert_outputs_close(model: nn.Module, got, want, postprocess: bool, hw, ato
                 & (np.abs(w_box[b] / scale - g_box[b, i] / scale).max(-1) <= atol)
             )
             assert close.any(), f"detection {i} (label {g_lab[b, i]}, score {g_sc[b, i]:.4f}) has no PyTorch counterpart"
+
+
+def feeds(input_names, x: np.ndarray) -> Dict[str, np.ndarray]:
+    """Inputs of an exported graph for preprocessed images `x` [B, 3, H, W] that fill the whole input: the
+    images, plus `valid_hw` (every image's region = the whole input) where the graph takes one."""
+    out = {"images": x}
+    if "valid_hw" in set(input_names):
+        out["valid_hw"] = np.tile(np.array([x.shape[2:]], np.int32), (x.shape[0], 1))
+    return out
+
+
+def graph_inputs(obj) -> List[str]:
+    """Input names of an ORT session, an OpenVINO compiled model or a runtime Detector/Backend."""
+    if hasattr(obj, "get_inputs"):
+        return [i.name for i in obj.get_inputs()]
+    if hasattr(obj, "input_specs"):
+        return [s.name for s in obj.input_specs]
+    if hasattr(obj, "backend"):
+        return [s.name for s in obj.backend.input_specs]
+    return [n for port in obj.inputs for n in port.get_names()]

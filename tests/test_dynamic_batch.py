@@ -10,7 +10,7 @@ import pytest
 
 from converters import export
 from converters.openvino.convert import fused_extension_available
-from export_helpers import build_tiny, random_images, registered_models, write_images
+from export_helpers import build_tiny, feeds, graph_inputs, random_images, registered_models, write_images
 from runtime import Detector
 from runtime.manifest import read_sidecar
 
@@ -42,9 +42,9 @@ def calib(tmp_path_factory):
 
 
 def _assert_batch_equals_singles(det: Detector, x: np.ndarray) -> None:
-    batched = det.infer({"images": x})
+    batched = det.infer(feeds(graph_inputs(det), x))
     for i in range(len(x)):
-        single = det.infer({"images": x[i:i + 1]})
+        single = det.infer(feeds(graph_inputs(det), x[i:i + 1]))
         for name, value in single.items():
             got = batched[name][i:i + 1]
             if value.dtype.kind in "iu":
@@ -76,8 +76,8 @@ def test_openvino_reshape_to_static_batch(tmp_path, model):
     x = random_images(N, HW, seed=5)
     with Detector(path) as dynamic, Detector(path, static_batch=N) as static:
         assert static.max_batch == N and dynamic.max_batch == 0
-        want = dynamic.infer({"images": x})
-        got = static.infer({"images": x})
+        want = dynamic.infer(feeds(graph_inputs(dynamic), x))
+        got = static.infer(feeds(graph_inputs(static), x))
         for name in want:
             assert np.abs(got[name].astype(np.float64) - want[name]).max() <= 1e-4
         frames = [np.full((70, 90, 3), 40 * i, np.uint8) for i in range(N + 1)]  # N + 1: one full batch, one padded

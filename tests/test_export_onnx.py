@@ -14,7 +14,7 @@ from converters.onnx.export import export_onnx
 from converters.onnx.msda_forms import FUSED_DOMAIN, FUSED_OP
 from edgedet.nn.ms_deform_attn import MSDeformAttn
 from edgedet.nn.rtdetr_decoder import MSDeformableAttentionV2
-from export_helpers import SHARED, assert_outputs_close, build_tiny, model_params, probs, random_images, torch_outputs
+from export_helpers import SHARED, feeds, graph_inputs, assert_outputs_close, build_tiny, model_params, probs, random_images, torch_outputs
 from runtime.manifest import Manifest, read_sidecar
 
 HW = (64, 96)
@@ -22,7 +22,8 @@ PARAMS = model_params()
 
 
 def run_ort(path, x):
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x})
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds(graph_inputs(session), x))
 
 
 @pytest.mark.parametrize("postprocess", [False, True], ids=["raw", "topk"])
@@ -35,7 +36,8 @@ def test_onnxruntime_matches_pytorch(tmp_path, name, form, postprocess):
     got = run_ort(path, x)
     assert_outputs_close(model, got, torch_outputs(model, x, postprocess), postprocess, HW)
     proto = onnx.load(str(path))
-    assert [i.name for i in proto.graph.input] == ["images"]
+    masked = getattr(model, "pads_as_content", True) is False  # mask-trained families also take the valid region
+    assert [i.name for i in proto.graph.input] == (["images", "valid_hw"] if masked else ["images"])
     expected = ["labels", "boxes", "scores"] if postprocess else ["pred_logits", "pred_boxes"]
     assert [o.name for o in proto.graph.output] == expected
     assert {o.domain: o.version for o in proto.opset_import}[""] >= 17

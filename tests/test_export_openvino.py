@@ -6,7 +6,7 @@ import pytest
 
 from converters import export
 from converters.openvino.convert import EXTENSION_LIBRARY, fused_extension_available
-from export_helpers import assert_outputs_close, build_tiny, model_params, random_images, torch_outputs
+from export_helpers import assert_outputs_close, build_tiny, feeds, graph_inputs, model_params, random_images, torch_outputs
 from runtime.manifest import Manifest, read_sidecar
 
 HW = (64, 96)
@@ -20,7 +20,7 @@ def run_ov(path, x, n_outputs, extension=None):
         core.add_extension(str(extension))
     # The CPU plugin defaults to bf16 on CPUs that have it; parity needs f32 arithmetic.
     compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    result = compiled({"images": x})
+    result = compiled(feeds(graph_inputs(compiled), x))
     return [result[compiled.output(i)] for i in range(n_outputs)]
 
 

@@ -10,7 +10,7 @@ import pytest
 from converters import export
 from converters.calibration import KEEP_FLOAT_PATTERNS, calibration_batches
 from converters.onnxruntime.quantize import QUANTIZED_OP_TYPES
-from export_helpers import build_tiny, model_params, probs, torch_outputs, write_images
+from export_helpers import build_tiny, feeds, graph_inputs, model_params, probs, torch_outputs, write_images
 from runtime.manifest import read_sidecar
 
 HW = (64, 96)
@@ -57,7 +57,7 @@ def test_onnxruntime_int8_qdq(tmp_path, calib, name):
     assert {p.key for p in proto.metadata_props} == {"edgedet"}
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for x in calibration_batches(calib, read_sidecar(path).preprocess, limit=3):
-        assert_close_loosely(model, session.run(None, {"images": x}), torch_outputs(model, x, False))
+        assert_close_loosely(model, session.run(None, feeds(graph_inputs(session), x)), torch_outputs(model, x, False))
 
 
 @pytest.mark.skipif("dino" not in MODELS, reason="DINO cannot export here")
@@ -69,7 +69,7 @@ def test_onnxruntime_int8_simplified_dino_runs(tmp_path, calib):
                   postprocess=False)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = next(iter(calibration_batches(calib, read_sidecar(path).preprocess, limit=1)))
-    assert_close_loosely(model, session.run(None, {"images": x}), torch_outputs(model, x, False))
+    assert_close_loosely(model, session.run(None, feeds(graph_inputs(session), x)), torch_outputs(model, x, False))
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -88,7 +88,7 @@ def test_openvino_int8_nncf(tmp_path, calib, name):
     assert read_sidecar(path).precision == "int8"
     compiled = core.compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     for x in calibration_batches(calib, read_sidecar(path).preprocess, limit=3):
-        res = compiled({"images": x})
+        res = compiled(feeds(graph_inputs(compiled), x))
         assert_close_loosely(model, [res[compiled.output(0)], res[compiled.output(1)]], torch_outputs(model, x, False))
 
 

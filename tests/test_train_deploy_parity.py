@@ -21,7 +21,7 @@ from edgedet.data.collate import collate_fn
 from edgedet.data.transforms import Normalize, ToTarget, resize
 from edgedet.engine.postprocess import to_detections
 from runtime.detector import Detector
-from tests.export_helpers import build_tiny
+from export_helpers import build_tiny
 
 MASK_FAMILIES = ["detr", "deformable_detr", "dab_detr", "dino", "co_dino"]
 VAL_SIZE = 96
@@ -101,3 +101,31 @@ def test_onnxruntime_equals_training_side_eval(family: str, tmp_path: Path):
                                     pytest.param("co_dino", marks=pytest.mark.slow)])
 def test_openvino_fused_equals_training_side_eval(family: str, tmp_path: Path):
     check_family(family, "openvino", tmp_path)
+
+
+@pytest.mark.parametrize("family", ["rtdetr", pytest.param("dfine", marks=pytest.mark.slow)])
+def test_mask_free_family_evaluates_in_its_deployed_frame(family: str, tmp_path: Path):
+    """RT-DETR / D-FINE see padding as image content: training pads batches with the letterbox colour to a
+    multiple of 32 and normalises boxes to that padded input, as the deployed letterbox does. An image whose
+    resized width (166) is padded to 192 gives the same detections on both sides."""
+    from edgedet.data.padding import pad_fill
+
+    model = build_tiny(family)
+    rng = np.random.default_rng(5)
+    frame = rng.integers(0, 255, (150, 260, 3), dtype=np.uint8)
+    mean, std = tuple(model.input_mean), tuple(model.input_std)
+    target = {"boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64)}
+    img, t = resize(frame[:, :, ::-1].copy(), target, VAL_SIZE)
+    img, t = Normalize(mean, std)(*ToTarget()(img, t))
+    item = (torch.from_numpy(img), {**t, "boxes": torch.zeros(0, 4), "orig_size": np.array(frame.shape[:2])})
+    images, mask, targets = collate_fn([item], size_divisor=32, fill=pad_fill(model, mean, std))
+    assert tuple(images.shape[-2:]) == (96, 192) and mask.any()  # 166 px of image, 26 px of padding
+    from edgedet.engine.evaluator import batch_detections
+
+    with torch.no_grad():
+        ref = batch_detections(model(images, mask), targets, model.score_activation)
+    path = export(model, format="onnx", output=tmp_path / "m.onnx", imgsz=(96, 192), score_threshold=0.0,
+                  class_names=list("abcd"[:model.config.num_classes]))
+    with Detector(path, conf=0.0) as det:
+        assert det.manifest.valid_input == "" and det.manifest.preprocess.resize == "letterbox"
+        assert_same(ref, [det(frame)], tol=2e-4)

@@ -15,7 +15,12 @@ def collate_fn(batch: Sequence[Tuple[torch.Tensor, Dict[str, Any]]], size_diviso
                fill: Optional[Sequence[float]] = None) -> Batch:
     """[(image [3, H_i, W_i], target)] -> (images [B, 3, H, W] padded bottom/right, mask [B, H, W] bool
     True at padding, targets list). H, W = the batch's largest sides rounded up to a multiple of
-    `size_divisor`. Padding is zero (the mean colour after Normalize) unless `fill` gives per-channel values."""
+    `size_divisor`. Padding is zero (the mean colour after Normalize) unless `fill` gives per-channel values.
+
+    With `fill` (the mask-free families, which see padding as image content, as the deployed letterbox
+    shows it to them) each target's boxes are re-normalised to the padded input and `canvas` = (H, W) is
+    set: such a model can only predict where an object lies in the input it sees, so it is trained and
+    evaluated in the coordinates of its deployed graph (boxes in network-input pixels)."""
     if not batch:
         raise ValueError("collate_fn got an empty batch")
     images = [item[0] for item in batch]
@@ -26,10 +31,23 @@ def collate_fn(batch: Sequence[Tuple[torch.Tensor, Dict[str, Any]]], size_diviso
     if fill is not None:
         out += torch.as_tensor(fill, dtype=out.dtype).view(1, -1, 1, 1)
     mask = torch.ones((len(images), h, w), dtype=torch.bool)
+    targets = [item[1] for item in batch]
     for i, im in enumerate(images):
         out[i, :, : im.shape[1], : im.shape[2]] = im
         mask[i, : im.shape[1], : im.shape[2]] = False
-    return out, mask, [item[1] for item in batch]
+        if fill is not None and isinstance(targets[i], dict) and "boxes" in targets[i]:
+            targets[i] = to_canvas(targets[i], im.shape[1], im.shape[2], h, w)
+    return out, mask, targets
+
+
+def to_canvas(target: Dict[str, Any], h: int, w: int, canvas_h: int, canvas_w: int) -> Dict[str, Any]:
+    """Boxes normalised to an (h, w) image -> normalised to the (canvas_h, canvas_w) input it sits in (top-left)."""
+    t = dict(target)
+    sx, sy = w / canvas_w, h / canvas_h
+    boxes = torch.as_tensor(t["boxes"], dtype=torch.float32)
+    t["boxes"] = boxes * boxes.new_tensor([sx, sy, sx, sy])
+    t["canvas"] = torch.tensor([canvas_h, canvas_w], dtype=torch.int64)
+    return t
 
 
 class PadCollate:

@@ -6,11 +6,13 @@ import io
 import logging
 from typing import Dict, Iterable, List, Optional, Union
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from edgedet.engine.postprocess import to_detections
+from runtime.types import Detections
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +52,35 @@ def predict_coco(model: nn.Module, loader: Iterable, category_ids, device: Union
     results: List[Dict] = []
     for images, mask, targets in tqdm(loader, desc="eval", leave=False, disable=not progress):
         outputs = model(images.to(device), mask.to(device) if mask is not None else None)
-        orig = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets])
-        for t, det in zip(targets, to_detections(outputs, orig, activation, top_k, clip=True)):
+        for t, det in zip(targets, batch_detections(outputs, targets, activation, top_k)):
             results.extend(det.to_coco(int(t["image_id"]), category_ids))
     model.train(was_training)
     return results
+
+
+def box_frames(targets) -> torch.Tensor:
+    """[B, 2] (H, W) that the normalised boxes of each image scale by to reach its original pixels: the
+    original size, or for boxes normalised to the padded input (`canvas`) that input in original pixels."""
+    rows = []
+    for t in targets:
+        orig = torch.as_tensor(t["orig_size"], dtype=torch.float64)
+        if "canvas" in t:
+            orig = torch.as_tensor(t["canvas"], dtype=torch.float64) * orig / torch.as_tensor(t["size"], dtype=torch.float64)
+        rows.append(orig)
+    return torch.stack(rows)
+
+
+def batch_detections(outputs, targets, activation: str, top_k: int = 100) -> List[Detections]:
+    """Model outputs of a collated batch -> Detections in each original image's pixels, clipped to it
+    (as the deployed runtime clips), whichever frame the boxes were normalised to."""
+    out = []
+    for t, det in zip(targets, to_detections(outputs, box_frames(targets), activation, top_k, clip=True)):
+        if "canvas" in t:  # boxes of the whole input (mask-free families): clip to the image itself
+            h, w = (int(v) for v in t["orig_size"])
+            boxes = np.clip(det.boxes_xyxy, 0, np.array([w, h, w, h], np.float32))
+            det = Detections(boxes, det.scores, det.labels, det.class_names, (h, w))
+        out.append(det)
+    return out
 
 
 def evaluate(model: nn.Module, dataset, batch_size: int = 2, device: Union[str, torch.device] = "cpu",
@@ -77,4 +103,4 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 2, device: Union[str, 
     return metrics
 
 
-__all__ = ["evaluate", "coco_metrics", "predict_coco", "STAT_NAMES"]
+__all__ = ["evaluate", "coco_metrics", "predict_coco", "batch_detections", "box_frames", "STAT_NAMES"]

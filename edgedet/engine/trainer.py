@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -333,6 +333,8 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
             eval_model = ema.module if ema is not None else model
             val = evaluate(eval_model, val_ds, tc.batch_size, device, progress=progress, size_divisor=cfg.data.size_divisor)
             row.update({f"val_{k}": v for k, v in val.items()})
+            if last_epoch:  # the figure of what ships, beside the training-time one
+                row.update(deployed_view_row(eval_model, val_ds, cfg, val, tc.batch_size, device, progress))
         ddp.barrier()
         if info.is_main:
             log.info("epoch %d/%d: loss %.4f%s | elapsed %s, run ETA %s", epoch + 1, tc.epochs, losses.get("loss", float("nan")),
@@ -377,4 +379,22 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
     return last_path
 
 
-__all__ = ["train", "train_one_epoch", "seed_everything"]
+def deployed_view_row(model, val_ds, cfg, val: Dict[str, float], batch_size: int, device, progress: bool) -> Dict[str, Any]:
+    """The validation mAP as the default export will see the images, logged beside the training-view figure
+    (a warning naming the cause when they differ by more than 0.01) -> metrics row entries."""
+    from edgedet.config import to_dict
+    from edgedet.engine.deploy_eval import evaluate_deployed, gap_report
+
+    try:
+        dep = evaluate_deployed(model, val_ds, to_dict(cfg), batch_size=batch_size, device=device, progress=progress)
+    except ValueError as e:  # e.g. no input size the model can take could be derived from the data
+        log.warning("deployed-view evaluation skipped: %s", e)
+        return {}
+    line, warning = gap_report(val, dep, cfg.model.name)
+    log.info("validation %s", line)
+    if warning:
+        log.warning("%s", warning)
+    return {"val_deployed_mAP": dep["mAP"], "val_deployed_mAP50": dep["mAP50"], "deployed_imgsz": dep["imgsz"]}
+
+
+__all__ = ["train", "train_one_epoch", "seed_everything", "deployed_view_row"]

@@ -25,6 +25,11 @@ from edgedet.config import ModelConfig
 
 class DetectorBase(nn.Module):
     config: ModelConfig
+    # True for the mask-free families (RT-DETR, D-FINE): padding is image content to them, batches are padded
+    # with the deployed letterbox colour and boxes are normalised to the padded input. False: the model
+    # takes a padding mask (True at padding) and predicts boxes normalised to the unpadded image; its exports
+    # take the valid region as a second input and rebuild that mask.
+    pads_as_content: bool = False
     # state_dict keys whose dim 0 is (num_classes + a fixed number of extra rows), e.g. "class_embed.*"
     class_dependent_patterns: Tuple[str, ...] = ()
 

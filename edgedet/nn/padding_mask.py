@@ -27,8 +27,11 @@ def forward_letterboxed(model: torch.nn.Module, images: Tensor, valid_hw: Tensor
 
 
 def uses_padding_mask(model: torch.nn.Module) -> bool:
-    """Families trained with a padding mask: all but the mask-free real-time ones (`pads_as_content`)."""
-    return not getattr(model, "pads_as_content", False)
+    """Detector families trained with a padding mask: all but the mask-free real-time ones (`pads_as_content`).
+    A module outside the detector contract (no `DetectorBase`) is fed the image alone."""
+    from edgedet.models.base import DetectorBase
+
+    return isinstance(model, DetectorBase) and not model.pads_as_content
 
 
 __all__ = ["padding_mask", "forward_letterboxed", "uses_padding_mask"]
