@@ -17,9 +17,9 @@ from typing import Dict, List, Sequence, Union
 import numpy as np
 
 from runtime.annotations.coco import read_coco
-from runtime.annotations.common import DatasetError, ImageRecord
+from runtime.annotations.common import DatasetError, ImageRecord, read_yaml
 from runtime.annotations.spec import DataSpec, data_section_from_yaml, read_split
-from runtime.annotations.yolo import data_yaml_path
+from runtime.annotations.yolo import data_yaml_path, is_ultralytics_data_yaml
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +60,18 @@ def _spec_of(path: Path) -> DataSpec:
         if (path / "Annotations").is_dir():
             return DataSpec(format="voc", root=str(path))
         yml = data_yaml_path(path)
-        if yml is not None:
+        raw = read_yaml(yml) if yml is not None else None
+        if isinstance(raw, dict) and is_ultralytics_data_yaml(raw):
             return _spec_of(yml)
+        if yml is not None:  # a YOLO folder whose data.yaml only names the classes: images/<split>/ inside
+            return DataSpec(format="yolo", root=str(path))
         raise DatasetError(f"{path} is neither a VOC folder (Annotations/) nor a YOLO folder (data.yaml): pass a dataset or its YAML")
     if path.suffix.lower() in (".yaml", ".yml"):
-        return DataSpec.from_section(data_section_from_yaml(path, allow_sections=True), f"{path}: data")
+        section = data_section_from_yaml(path, allow_sections=True)
+        if "format" not in section:
+            raise DatasetError(f"{path} names no data format: add 'format: coco', 'voc' or 'yolo' (and 'root'), "
+                               "or pass an Ultralytics data.yaml (path, train, val, names)")
+        return DataSpec.from_section(section, f"{path}: data")
     raise DatasetError(f"cannot read a dataset from {path.name}: pass a COCO .json, a data .yaml, or a VOC/YOLO folder")
 
 

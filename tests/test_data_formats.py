@@ -12,7 +12,7 @@ from edgedet.cli import main
 from edgedet.commands._data_arg import parse_data_arg
 from edgedet.config import DataConfig
 from edgedet.data import build_dataset
-from runtime.annotations.spec import DataSpec
+from runtime.annotations.spec import TRAINING_KEYS, DataSpec
 from runtime.annotations.splits import read_split_ids
 from runtime.datasets import DatasetError, load_dataset
 from runtime.testing import make_blob_artifact, make_blob_dataset
@@ -104,14 +104,22 @@ def test_val_fraction_hold_out_is_the_one_train_uses(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "val_fraction the splits are 'train' and 'val', not 'test'" in err
 
 
-def test_data_spec_keys_are_data_config_keys_with_the_same_defaults():
+def test_val_knows_every_data_config_key_with_the_same_defaults(tmp_path):
     config = {f.name: f for f in dataclasses.fields(DataConfig)}
-    for f in dataclasses.fields(DataSpec):
-        assert f.name in config, f.name
+    spec = {f.name: f for f in dataclasses.fields(DataSpec)}
+    assert set(spec) | TRAINING_KEYS == set(config) and not set(spec) & TRAINING_KEYS
+    for name, f in spec.items():
         spec_default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        cfg = config[f.name]
+        cfg = config[name]
         cfg_default = cfg.default if cfg.default is not dataclasses.MISSING else cfg.default_factory()
-        assert spec_default == cfg_default, f.name
+        assert spec_default == cfg_default, name
+    # What train refuses, val refuses: a misspelt key is named, not ignored.
+    yml = tmp_path / "typo.yaml"
+    yml.write_text("format: voc\nroot: .\nvoc_split: splits\n")
+    with pytest.raises(ValueError, match="unknown config key 'data.voc_split'"):
+        parse_data_arg(str(yml))
+    with pytest.raises(DatasetError, match="unknown config key '.*data.voc_split'"):
+        load_dataset(yml, "val")
 
 
 def _yolo_set(tmp_path, names_yaml, labels=("0 0.5 0.5 0.25 0.5",), splits=("train", "val", "test")):
@@ -221,3 +229,38 @@ def test_coco_test_split_from_test_ann(tmp_path):
     _same_records(build_dataset(parse_data_arg(str(yml)), "test").records, load_dataset(yml, "test").records)
     with pytest.raises(FileNotFoundError, match="set data.val_ann"):
         load_dataset(yml, "val")
+
+
+def test_bccd_with_kaggle_per_box_csv_splits_reads_as_its_txt_splits(tmp_path, shared):
+    """BCCD's own test split written as the per-box CSV Kaggle/Roboflow export: the same 72 images, not one per box."""
+    import xml.etree.ElementTree as ET
+
+    bccd = shared / "data" / "bccd"
+    stems = (bccd / "ImageSets" / "Main" / "test.txt").read_text().split()
+    rows = ["filename,width,height,class,xmin,ymin,xmax,ymax"]
+    for stem in stems:
+        for obj in ET.parse(bccd / "Annotations" / f"{stem}.xml").getroot().iter("object"):
+            b = obj.find("bndbox")
+            rows.append(",".join([f"{stem}.jpg", "640", "480", obj.findtext("name").strip()]
+                                 + [b.findtext(k).strip() for k in ("xmin", "ymin", "xmax", "ymax")]))
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "test.csv").write_text("\n".join(rows) + "\n")
+    yml = tmp_path / "bccd.yaml"
+    yml.write_text(f"format: voc\nroot: {bccd}\nvoc_splits: {tmp_path / 'splits'}\n")
+    from_csv = load_dataset(yml, "test")
+    from_txt = load_dataset(bccd, "test")
+    assert len(rows) - 1 > 10 * len(stems) and len(from_csv) == len(stems) == 72
+    _same_records(from_csv.records, from_txt.records)
+    _same_records(build_dataset(parse_data_arg(str(yml)), "test").records, from_csv.records)
+
+
+def test_yolo_folder_and_format_less_yaml(tmp_path):
+    yml = _yolo_set(tmp_path, "names: [cat, bird]")
+    (tmp_path / "yolo" / "data.yaml").write_text("names: [cat, bird]\n")  # a folder whose data.yaml only names classes
+    folder = load_dataset(tmp_path / "yolo", "test")
+    _same_records(folder.records, load_dataset(yml, "test").records)
+    assert folder.class_names == ["cat", "bird"]
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("root: yolo\n")
+    with pytest.raises(DatasetError, match="names no data format: add 'format: coco', 'voc' or 'yolo'"):
+        load_dataset(bare, "val")

@@ -40,7 +40,8 @@ def _check_ids(data: dict, ann_file: Path) -> None:
     if listed:
         raise DataFormatError(f"{ann_file}: file {listed[0]} is listed under image ids {', '.join(listed[1][:3])}; "
                               "list each file once and point all its annotations at that id")
-    missing = Counter(str(a.get("image_id")) for a in data["annotations"] if isinstance(a, dict) and str(a.get("image_id")) not in ids)
+    missing = Counter(str(a["image_id"]) for a in data["annotations"]  # one without an image_id: malformed, reported below
+                      if isinstance(a, dict) and "image_id" in a and str(a["image_id"]) not in ids)
     if missing:
         first = sorted(missing)[:3]
         raise DataFormatError(f"{ann_file}: {sum(missing.values())} annotation(s) point at image id(s) not in 'images' "

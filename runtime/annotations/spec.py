@@ -25,6 +25,13 @@ log = logging.getLogger(__name__)
 
 Parsed = Tuple[List[ImageRecord], List[str], List[int]]
 PATH_KEYS = ("root", "train_ann", "val_ann", "test_ann")
+# The other keys of edgedet's DataConfig (how images are rendered, augmented and batched): valid in a
+# data YAML, not needed to read the records. A test keeps DataSpec + these == DataConfig's keys.
+TRAINING_KEYS = frozenset({
+    "synthetic_train_images", "synthetic_val_images", "synthetic_image_size", "synthetic_num_classes",
+    "synthetic_max_objects", "synthetic_seed", "synthetic_style", "synthetic_width", "scales", "max_size", "val_size",
+    "random_crop", "hflip", "size_divisor", "color_jitter", "mean", "std", "num_workers",
+})
 
 
 @dataclass
@@ -49,7 +56,13 @@ class DataSpec:
 
     @classmethod
     def from_section(cls, section: Dict[str, Any], where: str = "data") -> "DataSpec":
-        """From a data-config mapping; training-only keys (scales, max_size, ...) are not needed here and ignored."""
+        """From a data-config mapping; training-only keys (scales, max_size, ...) are valid and not needed here;
+        any other key is refused as `edgedet train` refuses it."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in section if k not in names and k not in TRAINING_KEYS]
+        if unknown:
+            raise DataFormatError(f"unknown config key '{where}.{unknown[0]}'. Valid keys of data: "
+                                  f"{', '.join(names + sorted(TRAINING_KEYS))}")
         kwargs = {}
         for f in dataclasses.fields(cls):
             if f.name not in section or section[f.name] is None:
