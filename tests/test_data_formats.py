@@ -264,3 +264,25 @@ def test_yolo_folder_and_format_less_yaml(tmp_path):
     bare.write_text("root: yolo\n")
     with pytest.raises(DatasetError, match="names no data format: add 'format: coco', 'voc' or 'yolo'"):
         load_dataset(bare, "val")
+
+
+def test_the_shared_parsers_import_without_torch_edgedet_or_pillow(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    yml = _yolo_set(tmp_path, "names: [cat, bird]", labels=("1 0.5 0.5 0.25 0.5",))
+    script = textwrap.dedent(f"""
+        import sys
+        for name in ("torch", "edgedet", "converters", "PIL"):
+            sys.modules[name] = None  # any import of them now raises ImportError
+        from runtime.datasets import load_dataset
+        ds = load_dataset({str(yml)!r}, "test")
+        leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "edgedet", "converters") and sys.modules[m] is not None)
+        print(len(ds), ds.records[0].boxes_xyxy.tolist(), ds.records[0].labels.tolist(), leaked)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1 [[30.0, 10.0, 50.0, 30.0]] [1] []"
