@@ -131,7 +131,11 @@ def parse_label_file(path: Path, num_classes: int) -> Tuple[np.ndarray, np.ndarr
     rows, labels = [], []
     if not path.is_file():
         return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)  # no label file: a background image
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise DataFormatError(f"malformed YOLO label {path}: not a text file of 'class cx cy w h' lines") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
         tokens = line.split()
         if not tokens:
             continue
