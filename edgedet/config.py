@@ -51,6 +51,7 @@ class DataConfig:
     root: str = ""  # dataset folder (voc/yolo), images folder (coco) or cache folder (synthetic)
     train_ann: str = ""  # coco: annotation JSON; voc: split file; yolo: list file or folder
     val_ann: str = ""
+    test_ann: str = ""  # the "test" split's file (as train_ann); empty: the format's own test split, if any
     train_split: str = "train"
     val_split: str = "val"
     synthetic_train_images: int = 400

@@ -70,10 +70,10 @@ def coco_evaluate(dataset: Dataset, sizes: Dict[int, tuple], results: List[dict]
     except ImportError:
         raise ImportError("val needs pycocotools: pip install pycocotools") from None
     images, anns = [], []
-    for s in dataset.samples:
+    for s in dataset.records:
         h, w = sizes[s.image_id]
         images.append({"id": s.image_id, "width": w, "height": h, "file_name": s.path.name})
-        for box, label in zip(s.boxes_xyxy(h, w).tolist(), s.labels.tolist()):
+        for box, label in zip(s.boxes_xyxy.tolist(), s.labels.tolist()):
             bw, bh = box[2] - box[0], box[3] - box[1]
             anns.append({"id": len(anns) + 1, "image_id": s.image_id, "category_id": dataset.category_ids[label],
                          "bbox": [box[0], box[1], bw, bh], "area": bw * bh, "iscrowd": 0})
@@ -118,7 +118,7 @@ def val(model: Any, data: str, split: str = "val", imgsz: Optional[Sequence[int]
         results, sizes = [], {}
         t0 = time.perf_counter()
         infer_ms = []
-        for s in tqdm(dataset.samples, desc=f"val {split}", disable=quiet or None, unit="img"):
+        for s in tqdm(dataset.records, desc=f"val {split}", disable=quiet or None, unit="img"):
             image = cv2.imread(str(s.path), cv2.IMREAD_COLOR)
             if image is None:
                 raise FileNotFoundError(f"cannot read image {s.path} of {dataset.description}: missing or corrupt; fix or remove it")
@@ -127,13 +127,13 @@ def val(model: Any, data: str, split: str = "val", imgsz: Optional[Sequence[int]
             dets = detector(image)
             infer_ms.append(sum(dets.timings_ms.values()))
             results += dets.to_coco(s.image_id, dataset.category_ids)
-            confusion_update(matrix, dets, s.boxes_xyxy(h, w), s.labels)
+            confusion_update(matrix, dets, s.boxes_xyxy, s.labels)
         elapsed = time.perf_counter() - t0
         scores = coco_evaluate(dataset, sizes, results)
     finally:
         detector.close()
     stats = scores["stats"]
-    instances = np.bincount(np.concatenate([s.labels for s in dataset.samples] + [np.zeros(0, np.int64)]), minlength=k)
+    instances = np.bincount(np.concatenate([s.labels for s in dataset.records] + [np.zeros(0, np.int64)]), minlength=k)
     metrics = {
         "model": str(getattr(detector, "artifact", model)), "backend": getattr(detector, "backend_name", "?"),
         "data": str(data), "split": split, "images": len(dataset), "instances": int(instances.sum()),
@@ -173,7 +173,7 @@ class ValCommand:
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_model_arguments(parser, conf=SCORE_FLOOR)
-        parser.add_argument("--data", required=True, help="COCO instances JSON, VOC or YOLO folder, YOLO data.yaml or edgedet data YAML")
+        parser.add_argument("--data", required=True, help="COCO instances JSON, VOC or YOLO folder, YOLO data.yaml, or the data YAML edgedet train takes")
         parser.add_argument("--split", default="val", help="split to score (default val)")
         parser.add_argument("--no-plots", action="store_true", help="skip pr_curve.png and confusion_matrix.png")
         parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -103,7 +103,7 @@ def test_val_one_line_errors(tmp_path, capsys):
 def test_val_reads_voc_with_the_models_class_order(shared):
     ds = load_dataset(shared / "data" / "bccd", "test").aligned_to(["RBC", "WBC", "Platelets"])
     assert ds.class_names == ["RBC", "WBC", "Platelets"] and len(ds) == 72
-    assert set(np.concatenate([s.labels for s in ds.samples]).tolist()) == {0, 1, 2}
+    assert set(np.concatenate([s.labels for s in ds.records]).tolist()) == {0, 1, 2}
 
 
 def test_predict_on_a_video_writes_json_lines_and_a_video(tmp_path):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -18,27 +17,9 @@ import torch
 from torch.utils.data import Dataset
 
 from edgedet.data.io import SKIP_HINT, DataFormatError, jpeg_truncated
+from runtime.annotations.common import ImageRecord  # torch-free: the runtime's val reads the same records
 
 Transform = Callable[[np.ndarray, Dict[str, Any]], Tuple[np.ndarray, Dict[str, Any]]]
-
-
-@dataclass
-class ImageRecord:
-    """One image: boxes_xyxy float32 [n, 4] absolute pixels, labels int64 [n] contiguous 0..C-1."""
-
-    image_id: int
-    path: Path
-    width: int
-    height: int
-    boxes_xyxy: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
-    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-
-    def __post_init__(self) -> None:
-        self.path = Path(self.path)
-        self.boxes_xyxy = np.asarray(self.boxes_xyxy, np.float32).reshape(-1, 4)
-        self.labels = np.asarray(self.labels, np.int64).reshape(-1)
-        if len(self.boxes_xyxy) != len(self.labels):
-            raise ValueError(f"{self.path}: {len(self.boxes_xyxy)} boxes but {len(self.labels)} labels")
 
 
 def load_image_rgb(path: Path) -> np.ndarray:

@@ -37,7 +37,7 @@ def sample_frames(data: Optional[str], split: str, size_hw: Sequence[int], n: in
     if data:
         from runtime.datasets import load_dataset
 
-        frames = [cv2.imread(str(s.path), cv2.IMREAD_COLOR) for s in load_dataset(data, split).samples[:n]]
+        frames = [cv2.imread(str(s.path), cv2.IMREAD_COLOR) for s in load_dataset(data, split).records[:n]]
         return [f for f in frames if f is not None]
     rng = np.random.default_rng(0)
     h, w = int(size_hw[0]), int(size_hw[1])
@@ -113,7 +113,7 @@ def benchmark(model: Any, data: Optional[str] = None, split: str = "val", imgsz:
         if data:
             from runtime.datasets import load_dataset
 
-            calib = [str(s.path) for s in load_dataset(data, "train" if split != "train" else split).samples[:calib_images]]
+            calib = [str(s.path) for s in load_dataset(data, "train" if split != "train" else split).records[:calib_images]]
         rows.append({"format": "pytorch", "precision": "fp32", "msda": "", "path": str(ckpt), "skipped": ""})
         rows += export_matrix(ckpt, out / "artifacts", imgsz, quick=quick, calib=calib, calib_images=calib_images)
     else:

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
-from typing import Dict, List, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 from tqdm import tqdm
 
-from edgedet.data.io import BadFilePolicy, DataFormatError, DegenerateCounter, clean_boxes, image_size
-from edgedet.data.records import ImageRecord
-
+from runtime.annotations.common import BadFilePolicy, DataFormatError, DegenerateCounter, ImageRecord, clean_boxes, image_size
 
 
 def _load_json(ann_file: Path) -> dict:
@@ -25,6 +24,30 @@ def _load_json(ann_file: Path) -> dict:
     return data
 
 
+def _check_ids(data: dict, ann_file: Path) -> None:
+    """Refuse what would give an image another image's boxes: an image id used twice, one file listed
+    under two ids, and annotations of an image id the file does not list."""
+    ids, files = {}, {}
+    for img in data["images"]:
+        if isinstance(img, dict) and "id" in img and "file_name" in img:
+            ids.setdefault(str(img["id"]), []).append(str(img["file_name"]))
+            files.setdefault(str(img["file_name"]), []).append(str(img["id"]))
+    twice = next(((i, f) for i, f in ids.items() if len(f) > 1), None)
+    if twice:
+        raise DataFormatError(f"{ann_file}: image id {twice[0]} is given to {len(twice[1])} images ({', '.join(twice[1][:3])}); "
+                              "each image needs its own id (renumber them)")
+    listed = next(((f, i) for f, i in files.items() if len(i) > 1), None)
+    if listed:
+        raise DataFormatError(f"{ann_file}: file {listed[0]} is listed under image ids {', '.join(listed[1][:3])}; "
+                              "list each file once and point all its annotations at that id")
+    missing = Counter(str(a["image_id"]) for a in data["annotations"]  # one without an image_id: malformed, reported below
+                      if isinstance(a, dict) and "image_id" in a and str(a["image_id"]) not in ids)
+    if missing:
+        first = sorted(missing)[:3]
+        raise DataFormatError(f"{ann_file}: {sum(missing.values())} annotation(s) point at image id(s) not in 'images' "
+                              f"(e.g. {', '.join(first)}); add those images or remove the annotations")
+
+
 def _images_dir(images_root: Path, split_dir: str, first_file: str) -> Path:
     """The folder the JSON's file_name values are relative to: `root` or `root/<split_dir>`."""
     if not images_root.is_dir():
@@ -34,13 +57,21 @@ def _images_dir(images_root: Path, split_dir: str, first_file: str) -> Path:
     return images_root
 
 
+def find_images_root(ann_file: Path, first_file: str) -> Path:
+    """For a bare COCO JSON (no data.root): the folder beside it, or an images/ folder near it, that holds its first file."""
+    roots = [ann_file.parent, ann_file.parent / "images", ann_file.parent.parent / "images"]
+    return next((r for r in roots if (r / first_file).is_file()), roots[0])
+
+
 def read_coco(
-    images_root: Union[str, Path], ann_file: Union[str, Path], skip_corrupt: bool = False, split_dir: str = ""
+    images_root: Optional[Union[str, Path]], ann_file: Union[str, Path], skip_corrupt: bool = False, split_dir: str = ""
 ) -> Tuple[List[ImageRecord], List[str], List[int]]:
     """-> (records, class_names, category_ids); labels follow the categories sorted by id.
 
     Images without annotations are kept (background images). A malformed annotation or
-    corrupt image raises `DataFormatError` naming it, or is skipped when `skip_corrupt`.
+    corrupt image raises `DataFormatError` naming it, or is skipped when `skip_corrupt`; ids that
+    would mix images up (one id twice, one file under two ids, annotations of unlisted ids) are refused.
+    `images_root` None: found near the JSON (see `find_images_root`).
     """
     ann_file = Path(ann_file)
     data = _load_json(ann_file)
@@ -54,9 +85,10 @@ def read_coco(
         raise DataFormatError(f"{ann_file} lists no categories, so no class can be learnt or scored; add a "
                               "'categories' list such as [{\"id\": 1, \"name\": \"cat\"}]")
     label_of: Dict[int, int] = {cid: i for i, cid in enumerate(category_ids)}
+    _check_ids(data, ann_file)
 
-    first = data["images"][0].get("file_name", "") if data["images"] else ""
-    images_dir = _images_dir(Path(images_root), split_dir, first)
+    first = str(data["images"][0].get("file_name", "")) if data["images"] and isinstance(data["images"][0], dict) else ""
+    images_dir = _images_dir(Path(images_root) if images_root else find_images_root(ann_file, first), split_dir, first)
     policy = BadFilePolicy(skip_corrupt, str(ann_file))
     degenerate = DegenerateCounter(str(ann_file))
 

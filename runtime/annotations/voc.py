@@ -14,8 +14,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from tqdm import tqdm
 
-from edgedet.data.io import IMAGE_SUFFIXES, BadFilePolicy, DataFormatError, DegenerateCounter, clean_boxes, image_size
-from edgedet.data.records import ImageRecord
+from runtime.annotations.common import (IMAGE_SUFFIXES, BadFilePolicy, DataFormatError, DegenerateCounter, ImageRecord,
+                                        clean_boxes, image_size)
+from runtime.annotations.splits import read_split_ids
 
 logger = logging.getLogger(__name__)
 
@@ -76,42 +77,6 @@ def _find_image(images_dir: Path, stem: str, filename: str) -> Path:
         if (images_dir / (stem + suffix)).exists():
             return images_dir / (stem + suffix)
     return images_dir / (filename or stem + ".jpg")  # image_size() reports it as missing
-
-
-def read_split_ids(split_file: Path, split: str = "") -> List[str]:
-    """Image ids of a split file: `.txt` one id per line (VOC's ImageSets), or `.csv` with an id column
-    (first column, or one named id/image/filename) and optionally a `split` column filtered by `split`."""
-    import csv
-
-    if not split_file.is_file():
-        raise FileNotFoundError(f"VOC split file not found: {split_file} (one image id per line, e.g. ImageSets/Main/train.txt, "
-                                "or a CSV; without split files set data.val_fraction to hold out part of the images)")
-    if split_file.suffix.lower() != ".csv":
-        return [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
-    rows = [r for r in csv.reader(split_file.read_text().splitlines()) if r and any(c.strip() for c in r)]
-    header = [c.strip().lower() for c in rows[0]] if rows else []
-    id_col = next((header.index(k) for k in ("id", "image", "filename", "file") if k in header), None)
-    split_col = header.index("split") if "split" in header else None
-    if id_col is None and split_col is None:
-        header, id_col = [], 0  # no header row
-    body = rows[1:] if header else rows
-    id_col = 0 if id_col is None else id_col
-    ids = [Path(r[id_col].strip()).stem for r in body
-           if split_col is None or not split or r[split_col].strip().lower() == split.lower()]
-    return ids
-
-
-def holdout_split(ids: Sequence[str], split: str, val_fraction: float, seed: int) -> List[str]:
-    """`split` ("train" or "val") of `ids` with `val_fraction` of them (at least one) held out for val,
-    chosen by a seeded shuffle so train and eval agree on it."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
-    if split not in ("train", "val"):
-        raise ValueError(f"with data.val_fraction the splits are 'train' and 'val', not '{split}'")
-    order = sorted(ids)
-    np.random.default_rng(seed).shuffle(order)
-    n_val = min(len(order) - 1, max(1, int(round(len(order) * val_fraction))))
-    return sorted(order[:n_val] if split == "val" else order[n_val:])
 
 
 def read_voc(

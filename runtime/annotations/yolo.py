@@ -7,38 +7,83 @@ Class names: `data.class_names`, else `root/classes.txt` (one per line), else `d
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import yaml
 from tqdm import tqdm
 
-from edgedet.data.io import IMAGE_SUFFIXES, BadFilePolicy, DataFormatError, DegenerateCounter, clean_boxes, image_size
-from edgedet.data.records import ImageRecord
+from runtime.annotations.common import (IMAGE_SUFFIXES, BadFilePolicy, DataFormatError, DegenerateCounter, ImageRecord,
+                                        clean_boxes, image_size, read_yaml)
 
 _COORD_TOL = 1e-3  # exporters round; values a hair outside [0, 1] are clipped, not rejected
+DATA_YAML_NAMES = ("data.yaml", "data.yml", "dataset.yaml")
+# An Ultralytics data.yaml holds only these keys (Roboflow exports add their `roboflow:` block).
+ULTRALYTICS_KEYS = {"path", "train", "val", "test", "names", "nc", "download", "roboflow"}
+
+
+def data_yaml_path(root: Path) -> Optional[Path]:
+    return next((root / n for n in DATA_YAML_NAMES if (root / n).is_file()), None)
 
 
 def _data_yaml(root: Path) -> Dict:
-    for name in ("data.yaml", "data.yml", "dataset.yaml"):
-        p = root / name
-        if p.is_file():
-            try:
-                return yaml.safe_load(p.read_text()) or {}
-            except yaml.YAMLError as e:
-                raise DataFormatError(f"malformed {p}: {e}") from None
-    return {}
+    p = data_yaml_path(root)
+    if p is None:
+        return {}
+    raw = read_yaml(p) or {}
+    if not isinstance(raw, dict):
+        raise DataFormatError(f"{p}: expected a mapping (path, train, val, names), got {type(raw).__name__}")
+    return raw
+
+
+def names_list(names: Any, where: Union[str, Path], nc: Any = None) -> List[str]:
+    """Class names from a data.yaml `names` entry: a list, or a mapping {id: name} whose ids are
+    exactly 0..N-1 (label files use the ids as class indices, so a gap would silently shift classes)."""
+    if isinstance(names, str):
+        raise DataFormatError(f"{where}: 'names' is the single string '{names}', not a list; write names: [{names}]")
+    if isinstance(names, dict):
+        try:
+            ids = sorted(int(k) for k in names)
+        except (TypeError, ValueError):
+            raise DataFormatError(f"{where}: 'names' keys must be class ids 0..N-1, got {list(names)}") from None
+        if ids != list(range(len(ids))):
+            raise DataFormatError(f"{where}: 'names' ids {ids} are not 0..{len(ids) - 1}; label files use the ids as class "
+                                  "indices, so name every id from 0 (a placeholder name for unused ones) or renumber the labels")
+        by_id = {int(k): v for k, v in names.items()}
+        names = [by_id[i] for i in ids]
+    if not isinstance(names, (list, tuple)) or not names:
+        raise DataFormatError(f"{where}: 'names' must be a non-empty list of class names (or a mapping id: name), got {names!r}")
+    out = [str(n) for n in names]
+    if nc is not None and nc != len(out):
+        raise DataFormatError(f"{where}: 'nc' is {nc} but 'names' has {len(out)} entries; make them agree")
+    return out
+
+
+def is_ultralytics_data_yaml(raw: Dict[str, Any]) -> bool:
+    """Ultralytics' dataset layout: `names` plus `train`/`val` image sources, and none of our own keys."""
+    return "names" in raw and ("train" in raw or "val" in raw) and set(raw) <= ULTRALYTICS_KEYS \
+        and not isinstance(raw.get("train"), dict)
+
+
+def ultralytics_section(raw: Dict[str, Any], path: Path) -> Dict[str, Any]:
+    """The edgedet data-config keys (format yolo, root, *_ann, class_names) of an Ultralytics data.yaml."""
+    names = names_list(raw["names"], path, raw.get("nc"))
+    for key in ("train", "val", "test"):
+        if isinstance(raw.get(key), list):
+            raise DataFormatError(f"{path}: '{key}' lists several sources; edgedet reads one folder or list file per split "
+                                  "(merge them into a .txt list of image paths)")
+    root = Path(str(raw.get("path") or ".")).expanduser()
+    root = root if root.is_absolute() else path.parent / root
+    return {"format": "yolo", "root": str(root), "train_ann": str(raw.get("train") or ""),
+            "val_ann": str(raw.get("val") or ""), "test_ann": str(raw.get("test") or ""), "class_names": names}
 
 
 def yolo_class_names(root: Path) -> List[str]:
     classes_txt = root / "classes.txt"
     if classes_txt.is_file():
         return [line.strip() for line in classes_txt.read_text().splitlines() if line.strip()]
-    names = _data_yaml(root).get("names")
-    if isinstance(names, dict):
-        return [str(names[k]) for k in sorted(names, key=int)]
-    if isinstance(names, list):
-        return [str(n) for n in names]
+    raw = _data_yaml(root)
+    if raw.get("names") is not None:
+        return names_list(raw["names"], data_yaml_path(root), raw.get("nc"))
     raise FileNotFoundError(f"no YOLO class names: write {classes_txt} (one name per line), a data.yaml 'names' list, or set data.class_names")
 
 
@@ -49,9 +94,10 @@ def _images_in(folder: Path) -> List[Path]:
 def _resolve_images(root: Path, split: str, source: str) -> List[Path]:
     """Image paths of one split (see the module docstring for the lookup order)."""
     if not source:
-        entry = _data_yaml(root).get(split)
-        if isinstance(entry, str):
-            source = str(Path(_data_yaml(root).get("path") or root) / entry)
+        raw = _data_yaml(root)
+        if isinstance(raw.get(split), str):
+            base = Path(str(raw.get("path") or ".")).expanduser()
+            source = str((base if base.is_absolute() else root / base) / raw[split])
     if source:
         p = Path(source).expanduser()
         p = p if p.is_absolute() or p.exists() else root / p
@@ -66,7 +112,7 @@ def _resolve_images(root: Path, split: str, source: str) -> List[Path]:
             return _images_in(folder)
     raise FileNotFoundError(
         f"YOLO split '{split}' not found under {root}: expected {root}/images/{split}/ or {root}/{split}/images/, "
-        f"a '{split}:' entry in data.yaml, or data.train_ann/val_ann naming a list file or folder"
+        f"a '{split}:' entry in data.yaml, or data.{split}_ann naming a list file or folder"
     )
 
 
@@ -85,7 +131,11 @@ def parse_label_file(path: Path, num_classes: int) -> Tuple[np.ndarray, np.ndarr
     rows, labels = [], []
     if not path.is_file():
         return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)  # no label file: a background image
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise DataFormatError(f"malformed YOLO label {path}: not a text file of 'class cx cy w h' lines") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
         tokens = line.split()
         if not tokens:
             continue
