@@ -39,6 +39,7 @@ from converters.api import make_manifest
 from converters.formats import ExportError, validate_request
 from converters.onnx.export import finalize_onnx, topk_detections
 from converters.onnx.msda_forms import FUSED_DOMAIN, FUSED_OPSET, form_available, msda_form
+from edgedet.nn.padding_mask import padding_mask
 from runtime.manifest import Manifest, OutputSpec
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,9 @@ log = logging.getLogger(__name__)
 ENCODER_STEM = "trex-prompt-encoder"
 DETECTOR_STEM = "trex-detector"
 TEXT_BANK = "text_prompts.npz"
-ENCODER_INPUTS = ["images", "prompt_boxes", "prompt_box_mask"]
+ENCODER_INPUTS = ["images", "prompt_boxes", "prompt_box_mask", "valid_hw"]
 ENCODER_OUTPUTS = ["prompt_embeddings", "prompt_valid"]
-DETECTOR_INPUTS = ["images", "prompt_embeddings", "prompt_mask"]
+DETECTOR_INPUTS = ["images", "prompt_embeddings", "prompt_mask", "valid_hw"]
 DETECTOR_OUTPUTS = ["labels", "boxes", "scores"]
 TEXT_ENCODER_STEM = "trex-text-encoder"
 TEXT_VOCAB = "trex-text-vocab.txt"
@@ -59,26 +60,29 @@ PROMPTED_FORMATS = {"onnx": ("fp32",), "openvino": ("fp32", "fp16"), "tensorrt":
 
 
 class PromptEncoderGraph(nn.Module):
-    """images, prompt_boxes, prompt_box_mask -> prompt_embeddings [1, K, Dp], prompt_valid [1, K]."""
+    """images, prompt_boxes (cxcywh normalised to the valid region), prompt_box_mask, valid_hw ->
+    prompt_embeddings [1, K, Dp], prompt_valid [1, K]. The padding mask is rebuilt from valid_hw as in training."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: Tensor, prompt_boxes: Tensor, prompt_box_mask: Tensor):
-        return self.model.encode_visual_prompts(images, prompt_boxes, prompt_box_mask)
+    def forward(self, images: Tensor, prompt_boxes: Tensor, prompt_box_mask: Tensor, valid_hw: Tensor):
+        mask = padding_mask(valid_hw, images.shape[-2], images.shape[-1])
+        return self.model.encode_visual_prompts(images.masked_fill(mask[:, None], 0.0), prompt_boxes, prompt_box_mask, mask)
 
 
 class PromptedDetectorGraph(nn.Module):
-    """images, prompt_embeddings, prompt_mask -> labels, boxes (xyxy network pixels), scores (top-T)."""
+    """images, prompt_embeddings, prompt_mask, valid_hw -> labels, boxes (xyxy network pixels), scores (top-T)."""
 
     def __init__(self, model: nn.Module, top_k: int):
         super().__init__()
         self.model, self.top_k = model, top_k
 
-    def forward(self, images: Tensor, prompt_embeddings: Tensor, prompt_mask: Tensor):
-        out = self.model(images, prompts=prompt_embeddings, prompt_mask=prompt_mask)
-        return topk_detections(out["pred_logits"], out["pred_boxes"], (images.shape[-2], images.shape[-1]), "sigmoid", self.top_k)
+    def forward(self, images: Tensor, prompt_embeddings: Tensor, prompt_mask: Tensor, valid_hw: Tensor):
+        mask = padding_mask(valid_hw, images.shape[-2], images.shape[-1])
+        out = self.model(images.masked_fill(mask[:, None], 0.0), mask, prompts=prompt_embeddings, prompt_mask=prompt_mask)
+        return topk_detections(out["pred_logits"], out["pred_boxes"], valid_hw, "sigmoid", self.top_k)
 
 
 class TextEncoderGraph(nn.Module):
@@ -192,18 +196,19 @@ def export_prompted(model: nn.Module, output_dir: Union[str, Path], format: str 
     info = {"max_prompts": k, "max_prompt_boxes": n, "prompt_dim": dp, "text_bank": bank,
             "text_encoder": TEXT_ENCODER_STEM + text_suffix if text_encoder else "",
             "text_vocab": TEXT_VOCAB if text_encoder else "",
-            "box_format": "cxcywh normalised to the network input; w = h = 0 is a point"}
+            "box_format": "cxcywh normalised to the valid region (the letterboxed image); w = h = 0 is a point"}
     backend = {"openvino": "openvino", "tensorrt": "tensorrt"}.get(format, "onnxruntime")
     base = make_manifest(model, backend, precision, form, (h, w), 1, True, top_k, [], experiment or {})
-    base = dataclasses.replace(base, family="trex")
+    base = dataclasses.replace(base, family="trex", valid_input="valid_hw")
     enc_manifest = dataclasses.replace(
         base, outputs=OutputSpec(postprocess=False, names=list(ENCODER_OUTPUTS), score_activation="sigmoid", top_k=top_k),
         extra={"prompted": {**info, "role": "prompt_encoder", "inputs": ENCODER_INPUTS, "outputs": ENCODER_OUTPUTS}})
     det_manifest = dataclasses.replace(
         base, extra={"prompted": {**info, "role": "detector", "inputs": DETECTOR_INPUTS, "outputs": DETECTOR_OUTPUTS}})
-    enc_args = (torch.zeros(1, 3, h, w), torch.full((1, k, n, 4), 0.5), torch.ones(1, k, n, dtype=torch.bool))
+    valid = torch.tensor([[max(1, h * 3 // 4), max(1, w * 2 // 3)]], dtype=torch.int32)  # traced with padding
+    enc_args = (torch.zeros(1, 3, h, w), torch.full((1, k, n, 4), 0.5), torch.ones(1, k, n, dtype=torch.bool), valid)
     det_args = (torch.zeros(1, 3, h, w), torch.nn.functional.normalize(torch.ones(1, k, dp), dim=-1),
-                torch.ones(1, k, dtype=torch.bool))
+                torch.ones(1, k, dtype=torch.bool), valid)
     jobs = [(PromptEncoderGraph(model).eval(), enc_args, ENCODER_INPUTS, ENCODER_OUTPUTS, ENCODER_STEM, enc_manifest),
             (PromptedDetectorGraph(model, top_k).eval(), det_args, DETECTOR_INPUTS, DETECTOR_OUTPUTS, DETECTOR_STEM, det_manifest)]
     axes = [None, None]
@@ -212,7 +217,7 @@ def export_prompted(model: nn.Module, output_dir: Union[str, Path], format: str 
         shutil.copy2(tokenizer.vocab_file, out_dir / TEXT_VOCAB)
         ids, attn = (torch.from_numpy(a) for a in tokenizer.batch(["a photo of a small red circle"]))
         text_manifest = dataclasses.replace(
-            base, msda="", backend="openvino" if format == "openvino" else "onnxruntime", outputs=OutputSpec(postprocess=False, names=list(TEXT_OUTPUTS), score_activation="sigmoid"),
+            base, msda="", valid_input="", backend="openvino" if format == "openvino" else "onnxruntime", outputs=OutputSpec(postprocess=False, names=list(TEXT_OUTPUTS), score_activation="sigmoid"),
             extra={"prompted": {**info, "role": "text_encoder", "inputs": TEXT_INPUTS, "outputs": TEXT_OUTPUTS}})
         jobs.append((TextEncoderGraph(model).eval(), (ids, attn), TEXT_INPUTS, TEXT_OUTPUTS, TEXT_ENCODER_STEM, text_manifest))
         axes.append({"input_ids": {0: "texts", 1: "tokens"}, "attention_mask": {0: "texts", 1: "tokens"},

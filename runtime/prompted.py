@@ -22,7 +22,7 @@ import numpy as np
 from runtime.backends.base import Backend, load_backend
 from runtime.manifest import Manifest, ManifestError, read_sidecar
 from runtime.postprocess import Postprocessor, checked_dedup_iou
-from runtime.preprocess import LetterboxInfo, Preprocessor
+from runtime.preprocess import LetterboxInfo, Preprocessor, valid_region
 from runtime.types import Detections
 
 Names = Union[str, Sequence[str], None]
@@ -154,7 +154,8 @@ class PromptedDetector:
             for k, (_, g) in enumerate(chunk):
                 feed_boxes[0, k, : len(g)] = g
                 feed_mask[0, k, : len(g)] = True
-            out = self.encoder.infer({"images": x, "prompt_boxes": feed_boxes, "prompt_box_mask": feed_mask})
+            feeds = {"images": x, "prompt_boxes": feed_boxes, "prompt_box_mask": feed_mask}
+            out = self.encoder.infer(self._with_valid(feeds, self.encoder_manifest, infos))
             emb = np.asarray(out["prompt_embeddings"], np.float32)[0]
             for k, (name, _) in enumerate(chunk):
                 self._accumulate(name, emb[k])
@@ -250,12 +251,23 @@ class PromptedDetector:
         self._feed_prompts[0, : len(self._names)] = self._embeddings()
         self._feed_mask[0, : len(self._names)] = True
         self.postprocessor = Postprocessor(self.manifest.outputs, self.manifest.preprocess.size, self._names, self.conf,
-                                           classes=range(len(self._names)), dedup_iou=self.dedup_iou)
+                                           classes=range(len(self._names)), dedup_iou=self.dedup_iou,
+                                           boxes_in_valid_region=bool(self.manifest.valid_input))
+
+    @staticmethod
+    def _with_valid(feeds: Dict[str, np.ndarray], manifest: Manifest, infos: Sequence[LetterboxInfo]) -> Dict[str, np.ndarray]:
+        """Add each image's valid region where the graph takes one (the padding mask it was trained with)."""
+        if manifest.valid_input:
+            feeds[manifest.valid_input] = valid_region(infos, manifest.preprocess.size)
+        return feeds
 
     def _to_network_cxcywh(self, boxes_xyxy: np.ndarray, info: LetterboxInfo) -> np.ndarray:
-        """[n, 4] xyxy original pixels -> [n, 4] cxcywh normalised to the network input."""
+        """[n, 4] xyxy original pixels -> [n, 4] cxcywh normalised to the valid region (the letterboxed image, as
+        training normalises boxes) or, for artifacts without a valid-region input, to the network input."""
         sy, sx = info.scale_hw if info.scale_hw is not None else (info.scale, info.scale)
         h, w = self.encoder_manifest.preprocess.size
+        if self.encoder_manifest.valid_input and info.valid_hw is not None:
+            h, w = info.valid_hw
         x0, y0, x1, y1 = (boxes_xyxy.T * np.array([[sx], [sy], [sx], [sy]], np.float32)
                           + np.array([[info.pad_x], [info.pad_y], [info.pad_x], [info.pad_y]], np.float32))
         out = np.stack([(x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h], 1)
@@ -270,7 +282,8 @@ class PromptedDetector:
         t0 = time.perf_counter()
         x, infos = self.preprocessor(frame_bgr)
         t1 = time.perf_counter()
-        outputs = self.detector.infer({"images": x, "prompt_embeddings": self._feed_prompts, "prompt_mask": self._feed_mask})
+        feeds = {"images": x, "prompt_embeddings": self._feed_prompts, "prompt_mask": self._feed_mask}
+        outputs = self.detector.infer(self._with_valid(feeds, self.manifest, infos))
         t2 = time.perf_counter()
         det = self.postprocessor(outputs, infos)[0]
         det.timings_ms.update({"preprocess": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3,

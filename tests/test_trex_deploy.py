@@ -57,8 +57,9 @@ def test_manifests_describe_the_prompt_inputs(exported):
     with PromptedDetector(enc, det) as pd:
         assert pd.manifest.family == "trex" and pd.encoder_manifest.extra["prompted"]["role"] == "prompt_encoder"
         info = pd.manifest.extra["prompted"]
-        assert info["inputs"] == ["images", "prompt_embeddings", "prompt_mask"] and info["max_prompts"] == 8
-        assert [s.shape for s in pd.detector.input_specs] == [(1, 3, SIZE, SIZE), (1, 8, 32), (1, 8)]
+        assert info["inputs"] == ["images", "prompt_embeddings", "prompt_mask", "valid_hw"] and info["max_prompts"] == 8
+        assert [s.shape for s in pd.detector.input_specs] == [(1, 3, SIZE, SIZE), (1, 8, 32), (1, 8), (1, 2)]
+        assert pd.manifest.valid_input == pd.encoder_manifest.valid_input == "valid_hw"
     with pytest.raises(Exception, match="not a prompted-detector"):
         PromptedDetector(det, det)
 
@@ -71,7 +72,8 @@ def test_cached_prompts_through_onnxruntime_equal_the_pytorch_one_shot(exported,
     with PromptedDetector(enc, det, conf=0.0) as pd:
         pd.set_prompts(prompt_img, boxes=boxes, names=names)
         assert pd.prompt_names == ("patch", "corner")
-        feeds = {"images": to_tensor(target_img).numpy(), "prompt_embeddings": pd._feed_prompts, "prompt_mask": pd._feed_mask}
+        feeds = {"images": to_tensor(target_img).numpy(), "prompt_embeddings": pd._feed_prompts, "prompt_mask": pd._feed_mask,
+                 "valid_hw": np.array([[SIZE, SIZE]], np.int32)}
         labels, boxes_out, scores = (pd.detector.infer(feeds)[k] for k in ("labels", "boxes", "scores"))
         dets = pd(target_img)
         # Save / load round trip gives the same detections.
@@ -92,6 +94,33 @@ def test_cached_prompts_through_onnxruntime_equal_the_pytorch_one_shot(exported,
     np.testing.assert_allclose(scores, r_scores.numpy(), atol=1e-3)
     np.testing.assert_allclose(boxes_out, r_boxes.numpy(), atol=1e-3 * SIZE)
     assert (labels == r_labels.numpy()).mean() > 0.9  # near-ties may swap order
+
+
+def test_letterboxed_frames_match_the_masked_training_path(exported):
+    """A frame of another aspect is letterboxed with padding; the graphs rebuild the mask from valid_hw, so
+    prompts (boxes normalised to the image) and detections equal PyTorch on the unpadded image with its mask."""
+    model, enc, det = exported
+    wide = cv2.resize(frame(0), (SIZE, SIZE * 5 // 8))  # 40 of 64 rows: 24 rows of padding in the input
+    prompt = [[10, 5, 30, 25]]
+    with PromptedDetector(enc, det, conf=0.0) as pd:
+        pd.set_prompts(wide, boxes=prompt, names="patch")
+        dets = pd(wide)
+    h, w = wide.shape[:2]
+    image = torch.from_numpy(Preprocessor(PreprocessSpec(size=(h, w)))(wide)[0])  # the image at its own size
+    padded = torch.nn.functional.pad(image, (0, 0, 0, SIZE - h))
+    mask = torch.zeros(1, SIZE, SIZE, dtype=torch.bool)
+    mask[:, h:] = True
+    boxes = torch.zeros(1, 8, 3, 4)
+    valid = torch.zeros(1, 8, 3, dtype=torch.bool)
+    b = torch.tensor(prompt, dtype=torch.float32) / torch.tensor([w, h, w, h])
+    boxes[0, 0, 0] = torch.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], -1)[0]
+    valid[0, 0, 0] = True
+    with torch.no_grad():
+        emb, cv = model.encode_visual_prompts(padded, boxes, valid, mask)
+        out = model(padded, mask, prompts=emb[:, :1], prompt_mask=cv[:, :1])
+        _, r_boxes, r_scores = topk_detections(out["pred_logits"], out["pred_boxes"], torch.tensor([[h, w]]), "sigmoid", TOP_K)
+    np.testing.assert_allclose(dets.scores, r_scores[0, : len(dets)].numpy(), atol=1e-4)
+    np.testing.assert_allclose(dets.boxes_xyxy, np.clip(r_boxes[0, : len(dets)].numpy(), 0, [w, h, w, h]), atol=1e-3)
 
 
 def test_runtime_averages_images_and_texts_like_pytorch(exported):
@@ -155,7 +184,8 @@ def test_openvino_artifacts_match_onnxruntime(exported, tmp_path, msda):
     for e, d in ((enc, det), (ov_enc, ov_det)):
         with PromptedDetector(e, d, conf=0.0) as pd:
             pd.set_prompts(img, boxes=[[30, 20, 60, 50]], names="patch")
-            feeds = {"images": to_tensor(target).numpy(), "prompt_embeddings": pd._feed_prompts, "prompt_mask": pd._feed_mask}
+            feeds = {"images": to_tensor(target).numpy(), "prompt_embeddings": pd._feed_prompts, "prompt_mask": pd._feed_mask,
+                     "valid_hw": np.array([[SIZE, SIZE]], np.int32)}
             results.append((pd._feed_prompts.copy(), pd.detector.infer(feeds)["scores"]))
     np.testing.assert_allclose(results[0][0], results[1][0], atol=1e-3)
     np.testing.assert_allclose(results[0][1], results[1][1], atol=1e-3)
@@ -185,7 +215,7 @@ def test_default_prompts_bake_into_a_single_artifact(tmp_path):
     path = export(model, "onnx", tmp_path / "baked.onnx", imgsz=(SIZE, SIZE), msda="grid_sample", top_k=TOP_K, simplify=False)
     with Detector(path, conf=0.0) as det:
         assert det.class_names == ("patch", "star")
-        out = det.infer({"images": to_tensor(target).numpy()})
+        out = det.infer({"images": to_tensor(target).numpy(), "valid_hw": np.array([[SIZE, SIZE]], np.int32)})
     np.testing.assert_allclose(out["scores"], r_scores.numpy(), atol=1e-3)
 
 

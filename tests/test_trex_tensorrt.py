@@ -67,7 +67,7 @@ def test_dry_run_writes_both_plugin_graphs(tmp_path, model, msda, op):
                 TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT32, TensorProto.FLOAT, TensorProto.FLOAT]
     manifest = read_sidecar(det)
     assert manifest.extra["prompted"]["role"] == "detector" and manifest.msda == msda
-    assert [i.name for i in onnx.load(str(det)).graph.input] == ["images", "prompt_embeddings", "prompt_mask"]
+    assert [i.name for i in onnx.load(str(det)).graph.input] == ["images", "prompt_embeddings", "prompt_mask", "valid_hw"]
 
 
 def test_dry_run_is_tensorrt_only(tmp_path, model):
