@@ -7,6 +7,7 @@ says in one line which one `import cv2` found and whether it can open GStreamer 
 """
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import sys
 from dataclasses import dataclass
@@ -76,3 +77,26 @@ def opencv_info() -> OpenCVInfo:
 def opencv_summary() -> str:
     """One line: which OpenCV this process uses, whether it has GStreamer, and what to do when a wheel hides the system one."""
     return opencv_info().summary()
+
+
+def _engine_versions() -> str:
+    import importlib.util
+
+    found = []
+    for module, label in (("onnxruntime", "ONNX Runtime"), ("openvino", "OpenVINO"), ("tensorrt", "TensorRT")):
+        if importlib.util.find_spec(module) is None:
+            found.append(f"{label}: not installed")
+            continue
+        try:
+            found.append(f"{label} {importlib.import_module(module).__version__}")
+        except Exception as e:  # installed but broken (e.g. a CUDA library missing): say so, do not stop the check
+            found.append(f"{label}: fails to import ({type(e).__name__}: {e})")
+    return ", ".join(found)
+
+
+def environment_report() -> str:
+    """`edgedet run --check`: the Python, the OpenCV (one line) and the inference engines this process sees."""
+    import platform
+
+    return "\n".join([f"Python {platform.python_version()} at {sys.executable} ({platform.machine()})",
+                      opencv_summary(), _engine_versions()])
