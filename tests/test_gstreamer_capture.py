@@ -3,7 +3,7 @@
 A venv made by Debian's `/usr/bin/python3 -m venv --system-site-packages` sees Debian's
 `python3-opencv` (built with GStreamer) and `python3-gi`, as a Jetson's venv sees JetPack's. The
 README's Jetson steps install edgedet into it (`requirements/jetson.txt`, then `--no-deps -e .`);
-built once per session, then `edgedet-run` and the runtime API read `videotestsrc` and
+built once (then cached), then `edgedet-run` and the runtime API read `videotestsrc` and
 `filesrc ! decodebin` pipelines in it, and `jetson_csi_pipeline()` is checked element by element
 against the GStreamer registry with the Jetson-only elements swapped for stand-ins.
 
@@ -42,25 +42,48 @@ def _run(cmd: List[str], timeout: float = 600, **kw) -> subprocess.CompletedProc
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
 
 
+def _venv_key() -> str:
+    """What the venv depends on: the install files, this checkout's path (the editable install points at it), the system OpenCV."""
+    import hashlib
+
+    digest = hashlib.sha256(str(ROOT).encode())
+    for f in (ROOT / "requirements" / "jetson.txt", ROOT / "setup.py", Path("/usr/lib/python3/dist-packages")):
+        digest.update(f.read_bytes() if f.is_file() else str(sorted(p.name for p in f.glob("cv2*"))).encode())
+    return digest.hexdigest()[:16]
+
+
 @pytest.fixture(scope="session")
-def jetson_venv(tmp_path_factory) -> Path:
-    """The venv after README's Jetson install steps, over the system's GStreamer OpenCV: its python."""
+def jetson_venv() -> Path:
+    """The venv after README's Jetson install steps, over the system's GStreamer OpenCV: its python.
+
+    Built once, then kept in ~/.cache/edgedet (EDGEDET_CACHE) under a key of what it was built from.
+    """
+    import fcntl
+    import os
+
     if not Path(SYSTEM_PYTHON).exists():
         pytest.skip(f"{SYSTEM_PYTHON} not found (a Debian/Ubuntu system Python is needed)")
     probe = _run([SYSTEM_PYTHON, "-c", _SYSTEM_PROBE], timeout=60)
     if probe.returncode != 0:
         reason = (probe.stderr.strip().splitlines() or ["?"])[-1]
         pytest.skip(f"system OpenCV with GStreamer not usable ({reason}); apt-get install {DEBIAN_PACKAGES}")
-    venv = tmp_path_factory.mktemp("jetson") / "venv"
-    made = _run([SYSTEM_PYTHON, "-m", "venv", "--system-site-packages", str(venv)], timeout=120)
-    if made.returncode != 0:
-        pytest.skip(f"cannot make a venv with {SYSTEM_PYTHON} ({made.stderr.strip()[-200:]}); apt-get install python3-venv")
-    py = venv / "bin" / "python"
-    pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    # README, Jetson, step 1: the base dependencies without the OpenCV wheel, then edgedet without dependencies.
-    for step in (pip + ["-r", str(ROOT / "requirements" / "jetson.txt")], pip + ["--no-deps", "-e", str(ROOT)]):
-        out = _run(step, cwd=ROOT)
-        assert out.returncode == 0, f"{' '.join(step)} failed:\n{out.stderr[-3000:]}"
+    cache = Path(os.environ.get("EDGEDET_CACHE", Path.home() / ".cache" / "edgedet"))
+    cache.mkdir(parents=True, exist_ok=True)
+    venv = cache / f"jetson-venv-{_venv_key()}"
+    py, done = venv / "bin" / "python", venv / ".edgedet-built"
+    with open(cache / f"{venv.name}.lock", "w") as lock:  # one builder at a time; others wait, then reuse
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.exists() and py.exists():
+            return py
+        made = _run([SYSTEM_PYTHON, "-m", "venv", "--clear", "--system-site-packages", str(venv)], timeout=120)
+        if made.returncode != 0:
+            pytest.skip(f"cannot make a venv with {SYSTEM_PYTHON} ({made.stderr.strip()[-200:]}); apt-get install python3-venv")
+        pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+        # README, Jetson, step 1: the base dependencies without the OpenCV wheel, then edgedet without dependencies.
+        for step in (pip + ["-r", str(ROOT / "requirements" / "jetson.txt")], pip + ["--no-deps", "-e", str(ROOT)]):
+            out = _run(step, cwd=ROOT)
+            assert out.returncode == 0, f"{' '.join(step)} failed:\n{out.stderr[-3000:]}"
+        done.touch()
     return py
 
 
