@@ -158,6 +158,19 @@ def test_edgedet_run_detects_through_a_filesrc_decodebin_pipeline(jetson_venv, t
     assert '"red"' in text, records[0]  # the moving red square is detected in the decoded frames
 
 
+def test_edgedet_run_reads_a_videotestsrc_pipeline_to_its_end(jetson_venv, tmp_path):
+    from runtime.testing import make_blob_artifact
+
+    artifact = make_blob_artifact(tmp_path)
+    pipeline = "videotestsrc num-buffers=15 ! video/x-raw, width=160, height=120 ! videoconvert ! appsink max-buffers=32"
+    out = _run([str(jetson_venv.parent / "edgedet"), "run", "--model", str(artifact), "--source", pipeline,
+                "--json", str(tmp_path / "out.jsonl"), "--quiet"], timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert records and records[-1]["frame"] == 14 and records[-1]["image_size"] == [120, 160], records[-1:]
+    assert "lost source" not in out.stderr and "reconnecting" not in out.stderr
+
+
 def test_filesrc_decodebin_matches_ffmpeg_on_an_h264_video(jetson_venv, tmp_path, shared):
     video = shared / "data" / "videos" / "car-detection.mp4"
     if not video.exists():
