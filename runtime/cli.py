@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, List, Optional
 
-from runtime.capture import open_source
+from runtime.capture import CaptureSource, open_source
 from runtime.pipeline import Pipeline
 from runtime.safety import check_writable_file, refuse_output_over_input
 from runtime.serve.cli_options import add_serve_arguments, make_detector, source_options, start_server
@@ -36,11 +36,26 @@ def check_outputs(outputs: List[Optional[str]], inputs: List[Any]) -> None:
             check_writable_file(out)
 
 
+class _CheckAction(argparse.Action):
+    """--check: print what this machine offers (Python, OpenCV and its GStreamer, engines) and exit, like --version."""
+
+    def __init__(self, option_strings: List[str], dest: str, **kwargs: Any):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        from runtime.environment import environment_report
+
+        print(environment_report())
+        parser.exit()
+
+
 class RunCommand:
     name = "run"
     help = "run an exported detector on a camera, video, image folder, RTSP/HTTP URL or GStreamer pipeline"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--check", action=_CheckAction,
+                            help="print the Python, which OpenCV is in use and whether it has GStreamer, and the engines; then exit")
         parser.add_argument("--model", required=True, help="exported artifact (.onnx, .xml, .engine) with its manifest")
         parser.add_argument("--source", action="append", type=_source_arg, default=None,
                             help="camera index, video/image file, folder, rtsp:// or http:// URL, or GStreamer pipeline "
@@ -102,6 +117,10 @@ class RunCommand:
                 sinks.append(JsonLinesSink(args.json))
             undo.pop_all()
         if not args.quiet:
+            if isinstance(source, CaptureSource):  # cameras, streams, GStreamer: say which OpenCV reads them
+                from runtime.environment import opencv_summary
+
+                print(opencv_summary(), file=sys.stderr)
             print(f"{detector} <- {source}", file=sys.stderr)
         pipeline = Pipeline(source, detector, sinks=sinks, queue_size=args.queue_size)
         if server is not None:

@@ -7,11 +7,11 @@ which extra to install.
 """
 from __future__ import annotations
 
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
 from runtime.detector import Detector
+from runtime.environment import entry_points_in
 
 ARTIFACT_SUFFIXES = (".onnx", ".xml", ".engine", ".plan")
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
@@ -20,7 +20,7 @@ PLUGIN_GROUP = "edgedet.plugins"
 
 def plugin(name: str, needs: str, extra: str) -> Any:
     """The object registered as `name` in the `edgedet.plugins` group; ImportError naming the extra to install."""
-    found = [ep for ep in entry_points(group=PLUGIN_GROUP) if ep.name == name]
+    found = [ep for ep in entry_points_in(PLUGIN_GROUP) if ep.name == name]
     if not found:
         raise ImportError(f"{needs}: pip install 'edgedet[{extra}]'")
     try:

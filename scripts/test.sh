@@ -12,8 +12,20 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
     echo "WARNING: chromium/chromium-driver missing (apt-get install chromium chromium-driver); the browser tests will be skipped" >&2
   fi
 fi
+# GStreamer capture as on a Jetson (tests/test_gstreamer_capture.py): Debian's GStreamer-enabled OpenCV and
+# GStreamer plugins, seen from a `/usr/bin/python3 -m venv --system-site-packages` venv; without them those tests skip.
+GST_PACKAGES="python3-opencv python3-gi python3-venv gir1.2-gstreamer-1.0 gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-libav"
+if ! /usr/bin/python3 -c "import cv2, gi; gi.require_version('Gst', '1.0')" >/dev/null 2>&1 || ! command -v gst-inspect-1.0 >/dev/null 2>&1 \
+   || ! gst-inspect-1.0 avdec_h264 >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $GST_PACKAGES) >/dev/null 2>&1 \
+      || echo "WARNING: could not install $GST_PACKAGES; the GStreamer capture tests will be skipped" >&2
+  else
+    echo "WARNING: GStreamer / Debian's python3-opencv missing (apt-get install $GST_PACKAGES); the GStreamer capture tests will be skipped" >&2
+  fi
+fi
 python3 -m pytest -q -m "not slow" tests
-# The runtime in a venv holding only the base install (no torch).
+# The runtime in a venv holding only the base install (no torch), on the oldest Python found (3.8 = JetPack 5's).
 bash scripts/check_runtime_base_install.sh
 # `edgedet benchmark --quick` on the embedded demo detector (the aim: under 3 minutes; its time is printed).
 BENCH_DIR=$(mktemp -d)

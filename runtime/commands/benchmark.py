@@ -167,7 +167,7 @@ def benchmark(model: Any, data: Optional[str] = None, split: str = "val", imgsz:
             m = val(r["path"], data, split, imgsz=imgsz if r["format"] == "pytorch" else None, project=str(out / "val"),
                     plots=False, quiet=True)
             r["mAP"], r["mAP50"] = round(m["mAP"], 4), round(m["mAP50"], 4)
-    table = [{c: r.get(c, "") for c in COLUMNS} | {"path": r.get("path") or ""} for r in rows]
+    table = [dict({c: r.get(c, "") for c in COLUMNS}, path=r.get("path") or "") for r in rows]
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS + ["path"])
         writer.writeheader()
