@@ -168,7 +168,7 @@ def verify(
     detector = Detector(artifact, backend=backend, device=device, conf=0.0, **(backend_options or {}))
     man = detector.manifest
     post, act, k = man.outputs.postprocess, man.outputs.score_activation, man.outputs.top_k
-    deploy = DeployModel(reference_model.eval(), postprocess=post, top_k=k).eval()
+    deploy = DeployModel(reference_model.eval(), postprocess=post, top_k=k, preprocess=man.preprocess).eval()
     frames = _load_frames(images, max_images)
     if not frames:
         raise ValueError("verify needs at least one image")

@@ -33,6 +33,10 @@ class PreprocessSpec:
     # Letterbox padding in pixel units; the mean colour normalises to ~0, like the
     # zero padding the model saw in training.
     pad_value: Tuple[int, int, int] = (124, 116, 104)
+    # What the graph's image input takes: "float32_nchw" (normalised [B, 3, H, W], the default) or
+    # "uint8_nhwc" (the letterboxed BGR frames as they are, [B, H, W, 3] uint8; the graph converts, orders
+    # the channels and normalises, so the CPU only resizes: the cheap path for a Jetson's few cores).
+    input_format: str = "float32_nchw"
 
 
 @dataclass

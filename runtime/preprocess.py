@@ -14,6 +14,7 @@ import numpy as np
 if TYPE_CHECKING:
     from runtime.manifest import PreprocessSpec
 
+INPUT_FORMATS = ("float32_nchw", "uint8_nhwc")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -150,6 +151,9 @@ class Preprocessor:
     def __init__(self, spec: "PreprocessSpec"):
         if spec.resize not in ("letterbox", "stretch"):
             raise ValueError(f"unknown resize '{spec.resize}'; valid: letterbox, stretch")
+        if spec.input_format not in INPUT_FORMATS:
+            raise ValueError(f"unknown input_format '{spec.input_format}'; valid: {', '.join(INPUT_FORMATS)}")
+        self.uint8_input = spec.input_format == "uint8_nhwc"
         if spec.channel_order.upper() not in ("RGB", "BGR"):
             raise ValueError(f"unknown channel_order '{spec.channel_order}'; valid: RGB, BGR")
         self.spec = spec
@@ -167,10 +171,15 @@ class Preprocessor:
         self._pad_bgr = tuple(int(v) for v in pad[frame_of_net])
 
     def __call__(self, frames: Union[np.ndarray, Sequence[np.ndarray]]) -> Tuple[np.ndarray, List[LetterboxInfo]]:
-        """frames: one [H, W, 3] BGR uint8 image or a list -> (x [B, 3, H, W] float32, one LetterboxInfo each)."""
+        """frames: one [H, W, 3] BGR uint8 image or a list -> (x [B, 3, H, W] float32, or [B, H, W, 3] uint8 BGR
+        for a `uint8_nhwc` graph, and one LetterboxInfo each)."""
         if isinstance(frames, np.ndarray) and frames.ndim in (2, 3) or frames is None:
             frames = [frames]
         th, tw = self.size_hw
+        if self.uint8_input:  # the graph normalises: only the letterbox happens here, straight into the batch
+            x8 = np.empty((len(frames), th, tw, 3), np.uint8)
+            infos = [self.resize(as_bgr(frame), out=x8[i])[1] for i, frame in enumerate(frames)]
+            return x8, infos
         x = np.empty((len(frames), 3, th, tw), np.float32)
         infos = []
         for i, frame in enumerate(frames):
@@ -181,17 +190,22 @@ class Preprocessor:
             infos.append(info)
         return x, infos
 
-    def resize(self, bgr: np.ndarray) -> Tuple[np.ndarray, LetterboxInfo]:
-        """uint8 BGR -> uint8 BGR [H_net, W_net, 3] letterboxed or stretched, and the mapping."""
+    def resize(self, bgr: np.ndarray, out: Optional[np.ndarray] = None) -> Tuple[np.ndarray, LetterboxInfo]:
+        """uint8 BGR -> uint8 BGR [H_net, W_net, 3] letterboxed or stretched (into `out` when given), and the mapping."""
         h, w = bgr.shape[:2]
         th, tw = self.size_hw
         if self.spec.resize == "stretch":
-            out = cv2.resize(bgr, (tw, th), interpolation=cv2.INTER_LINEAR) if (h, w) != (th, tw) else bgr
+            if out is None:
+                out = cv2.resize(bgr, (tw, th), interpolation=cv2.INTER_LINEAR) if (h, w) != (th, tw) else bgr
+            elif (h, w) != (th, tw):
+                cv2.resize(bgr, (tw, th), dst=out, interpolation=cv2.INTER_LINEAR)
+            else:
+                out[:] = bgr
             sy, sx = th / h, tw / w
             return out, LetterboxInfo(min(sy, sx), 0, 0, (h, w), scale_hw=(sy, sx))
         scale = min(th / h, tw / w)
         nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
-        canvas = np.empty((th, tw, 3), np.uint8)
+        canvas = np.empty((th, tw, 3), np.uint8) if out is None else out
         if (nh, nw) != (h, w):
             cv2.resize(bgr, (nw, nh), dst=canvas[:nh, :nw], interpolation=cv2.INTER_LINEAR)
         else:

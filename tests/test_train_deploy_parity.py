@@ -129,3 +129,23 @@ def test_mask_free_family_evaluates_in_its_deployed_frame(family: str, tmp_path:
     with Detector(path, conf=0.0) as det:
         assert det.manifest.valid_input == "" and det.manifest.preprocess.resize == "letterbox"
         assert_same(ref, [det(frame)], tol=2e-4)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_uint8_input_normalised_in_the_graph_equals_the_float_input(fmt: str, tmp_path: Path):
+    """`input_format="uint8_nhwc"`: the runtime only letterboxes, the graph normalises; same detections (<= 1e-5)."""
+    model = build_tiny("dino")
+    imgs = frames()
+    results = []
+    for input_format in ("float32_nchw", "uint8_nhwc"):
+        suffix = ".xml" if fmt == "openvino" else ".onnx"
+        path = export(model, format=fmt, output=tmp_path / f"{input_format}{suffix}", imgsz=(128, 160),
+                      msda="grid_sample", dynamic_batch=True, score_threshold=0.0, input_format=input_format,
+                      class_names=list("abcd"[:model.config.num_classes]))
+        with Detector(path, conf=0.0) as det:
+            x, infos = det.preprocess(imgs)
+            assert x.dtype == (np.uint8 if input_format == "uint8_nhwc" else np.float32)
+            if input_format == "uint8_nhwc":
+                assert x.shape == (2, 128, 160, 3)
+            results.append(det.batch(imgs))
+    assert_same(results[0], results[1], tol=1e-5)

@@ -1,6 +1,7 @@
 """PyTorch detector -> ONNX file with fixed I/O names and the edgedet manifest inside.
 
-Input `images` float32 [B, 3, H, W], normalised exactly like `runtime.preprocess`; families trained with a
+Input `images` float32 [B, 3, H, W], normalised exactly like `runtime.preprocess` (or, with the manifest's
+`preprocess.input_format` "uint8_nhwc", the letterboxed BGR frames uint8 [B, H, W, 3], normalised in the graph); families trained with a
 padding mask also take `valid_hw` int32 [B, 2], each image's (h, w) inside the letterboxed input, and build
 the same mask inside the graph (positional encodings, attention and valid ratios ignore the padding exactly
 as in training); their boxes are normalised to that region, so the top-K boxes are scaled by it.
@@ -23,7 +24,7 @@ from converters.formats import ExportError
 from converters.onnx.msda_forms import FUSED_DOMAIN, FUSED_OPSET, msda_form, register_fused_schema
 from converters.quiet import filtered_stderr
 from edgedet.nn.padding_mask import forward_letterboxed, uses_padding_mask
-from runtime.manifest import METADATA_KEY, Manifest, write_sidecar
+from runtime.manifest import METADATA_KEY, Manifest, PreprocessSpec, write_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,23 @@ def topk_detections(logits: Tensor, boxes_cxcywh: Tensor, image_hw, activation: 
     return labels.to(torch.int64), picked, scores
 
 
+class InGraphNormalize(nn.Module):
+    """uint8 [B, H, W, 3] letterboxed BGR frames -> the float32 [B, 3, H, W] network input, computed as the
+    runtime's Preprocessor does ((x / 255 - mean) / std in float32, channels in the spec's order)."""
+
+    def __init__(self, spec: PreprocessSpec):
+        super().__init__()
+        self.bgr_to_rgb = spec.channel_order.upper() == "RGB"
+        self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, frames: Tensor) -> Tensor:
+        x = frames.permute(0, 3, 1, 2).to(torch.float32)
+        if self.bgr_to_rgb:
+            x = x.flip(1)
+        return (x / 255.0 - self.mean) / self.std
+
+
 class DeployModel(nn.Module):
     """The detector plus (optionally) postprocessing, with tensor outputs only.
 
@@ -80,15 +98,18 @@ class DeployModel(nn.Module):
     without it the whole input is the image (the mask-free families, and a letterbox without padding).
     """
 
-    def __init__(self, model: nn.Module, postprocess: bool = True, top_k: int = 100):
+    def __init__(self, model: nn.Module, postprocess: bool = True, top_k: int = 100, preprocess: Optional[PreprocessSpec] = None):
         super().__init__()
         self.model = model
         self.postprocess = postprocess
         self.top_k = top_k
         self.activation = getattr(model, "score_activation", "softmax")
         self.takes_valid_region = uses_padding_mask(model)
+        self.normalize = InGraphNormalize(preprocess) if preprocess is not None and preprocess.input_format == "uint8_nhwc" else None
 
     def forward(self, images: Tensor, valid_hw: Optional[Tensor] = None):
+        if self.normalize is not None:
+            images = self.normalize(images)
         if valid_hw is None:
             out = self.model(images)
             size: object = (images.shape[-2], images.shape[-1])
@@ -171,9 +192,12 @@ def export_onnx(
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
-    deploy = DeployModel(model, postprocess=postprocess, top_k=top_k).eval()
+    deploy = DeployModel(model, postprocess=postprocess, top_k=top_k, preprocess=manifest.preprocess).eval()
     names = output_names(postprocess)
-    dummy = torch.zeros(1, 3, int(imgsz[0]), int(imgsz[1]))
+    if deploy.normalize is not None:
+        dummy = torch.zeros(1, int(imgsz[0]), int(imgsz[1]), 3, dtype=torch.uint8)
+    else:
+        dummy = torch.zeros(1, 3, int(imgsz[0]), int(imgsz[1]))
     inputs = [INPUT_NAME]
     args: Tuple[Tensor, ...] = (dummy,)
     if deploy.takes_valid_region:  # traced with a padded image so no branch folds the mask away
