@@ -194,3 +194,33 @@ def test_cuda_takes_matching_level_starts_and_passes_the_derived_ones(monkeypatc
     if not torch.cuda.is_available():
         with pytest.raises(msda_cuda.CudaUnavailableError):
             msda_cuda.msda_cuda(value, LEVELS, torch.tensor([0, 42]), locs, attn, num_points_per_level=(3, 2))
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("rtdetr", dict(encoder_hidden_dim=32, hidden_dim=32, nheads=4, encoder_nhead=2, encoder_dim_feedforward=64,
+                    dim_feedforward=64, dec_layers=1, num_queries=10, num_points=[3, 2, 1], num_denoising=0)),
+    ("dfine", dict(encoder_hidden_dim=32, encoder_nhead=2, encoder_dim_feedforward=64, hidden_dim=32,
+                   feat_channels=[32, 32], nheads=4, dim_feedforward=64, dec_layers=1, num_queries=10,
+                   num_points=[3, 2], num_denoising=0)),
+])
+def test_rtdetr_and_dfine_default_to_auto_which_runs_the_reference_on_cpu(monkeypatch, name, kw):
+    """GPU training uses the kernel by default; on CPU tensors `auto` never asks for the extension."""
+    from edgedet import create_model
+
+    def no_extension():
+        raise AssertionError("auto looked for the CUDA extension for CPU tensors")
+
+    monkeypatch.setattr(msda_cuda, "cuda_extension_usable", no_extension)
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, **kw).eval()
+    assert model.config.msda_impl == "auto"
+    impls = {m.impl for m in model.modules() if hasattr(m, "impl") and isinstance(m.impl, str)}
+    assert impls == {"auto"}
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        out = model(images)
+        for m in model.modules():
+            if hasattr(m, "impl") and isinstance(m.impl, str):
+                m.impl = "pytorch"
+        ref = model(images)
+    assert torch.equal(out["pred_logits"], ref["pred_logits"]) and torch.equal(out["pred_boxes"], ref["pred_boxes"])
