@@ -141,15 +141,29 @@ def test_rewrite_rejects_unknown_target():
         rewrite_for_tensorrt(fused_graph(), target="nvidia")
 
 
+# The launchers the TensorRT plugins call (msda_plugin_common.h: FP32 or FP16 values with FP32
+# locations and weights; int32 or int64 indices) and the PyTorch binding's mixed-precision ones.
+PLUGIN_LAUNCHERS = ["msda_forward<float, float, int>", "msda_forward<__half, float, int>",
+                    "msda_forward<float, float, long>", "msda_forward<__half, float, long>",
+                    "msda_forward<__nv_bfloat16, float, long>", "msda_backward<__half, float, long, float>"]
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
 def test_cuda_kernel_compiles_with_nvcc(tmp_path):
-    """The kernel file includes no TensorRT/PyTorch header, so plain nvcc -c builds it."""
+    """The kernel file includes no TensorRT/PyTorch header, so plain nvcc -c builds it, warning-free,
+    with the launchers the plugins and the binding link against."""
     proc = subprocess.run(
-        ["nvcc", "-std=c++17", "-c", str(KERNEL_DIR / "msda_kernel.cu"), "-o", str(tmp_path / "k.o")],
+        ["nvcc", "-std=c++17", "-Werror", "all-warnings", "-Xcompiler", "-Wall", "-c",
+         str(KERNEL_DIR / "msda_kernel.cu"), "-o", str(tmp_path / "k.o")],
         capture_output=True, text=True,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "k.o").stat().st_size > 0
+    if shutil.which("nm") is None:
+        pytest.skip("nm not installed")
+    symbols = subprocess.run(["nm", "-C", str(tmp_path / "k.o")], capture_output=True, text=True).stdout
+    defined = [line for line in symbols.splitlines() if " W " in line or " T " in line]
+    for launcher in PLUGIN_LAUNCHERS:
+        assert any(f"edgedet::{launcher}(" in line for line in defined), launcher
 
 
 def test_engine_builder_without_tensorrt_says_what_to_do():

@@ -95,4 +95,16 @@ def test_plugin_sources_compile_with_nvcc(include, api):
     command = ["nvcc", "-std=c++17", "-x", "cu", "-Xcompiler", "-fPIC", "-Xcompiler", "-Wno-deprecated-declarations",
                f"-I{KERNEL_DIR}", f"-I{include}", "-c", str(PLUGIN_DIR / f"msda_plugin_{api}.cpp"), "-o", "{out}"]
     inputs = files_under(KERNEL_DIR, PLUGIN_DIR) + sorted(include.glob("NvInfer*.h"))
-    assert cached_build(f"trt-plugin-{major}.{minor}-{api}.o", command, inputs).stat().st_size > 0
+    plugin = cached_build(f"trt-plugin-{major}.{minor}-{api}.o", command, inputs)
+    kernel = cached_build("msda-kernel.o", ["nvcc", "-std=c++17", "-c", str(KERNEL_DIR / "msda_kernel.cu"), "-o",
+                                            "{out}"], files_under(KERNEL_DIR))
+    if shutil.which("nm") is None:
+        pytest.skip("nm not installed")
+    # every launcher the plugin calls is one the kernel file instantiates (the library links)
+    needed = {s.split()[-1] for s in _nm(plugin, "-u") if "msda_forward" in s}
+    defined = {s.split()[-1] for s in _nm(kernel, "--defined-only") if "msda_forward" in s}
+    assert needed and needed <= defined, needed - defined
+
+
+def _nm(path: Path, flag: str) -> List[str]:
+    return subprocess.run(["nm", flag, str(path)], capture_output=True, text=True, check=True).stdout.splitlines()
