@@ -161,3 +161,66 @@ def test_torch_binding_compiles_against_torch_headers(tmp_path):
     cmd += [f"-I{p}" for p in include_paths()] + [str(msda_cuda.CSRC / "msda_torch.cpp")]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("shapes,starts,match", [
+    ([(6, 7), (3, 5)], None, r"cover 57 value tokens but value has S=54"),
+    ([(6, 7)], None, r"must hold 2 positive \(H, W\) pairs"),
+    ([(6, 7), (0, 4)], None, r"must hold 2 positive"),
+    (LEVELS, [0, 43], r"level_start_index \[0, 43\] disagrees with spatial_shapes .* \(expected \[0, 42\]\)"),
+    (LEVELS, [0], r"level_start_index \[0\] disagrees"),
+])
+@pytest.mark.parametrize("as_tensors", [False, True])
+def test_cuda_checks_levels_against_the_value_before_the_kernel(monkeypatch, shapes, starts, match, as_tensors):
+    """The kernel reads each level at its start without bounds: bad shapes or starts are refused
+    first, in one line, whatever device is present (the stand-in extension must not be reached)."""
+    fake = FakeExtension()
+    monkeypatch.setattr(msda_cuda, "load_extension", lambda: fake)
+    value, locs, attn = case()
+    if as_tensors:
+        shapes = torch.tensor(shapes)
+        starts = None if starts is None else torch.tensor(starts)
+    with pytest.raises(ValueError, match=match) as info:
+        msda_cuda.msda_cuda(value, shapes, starts, locs, attn, num_points_per_level=(3, 2))
+    assert "\n" not in str(info.value) and not fake.calls
+
+
+def test_cuda_takes_matching_level_starts_and_passes_the_derived_ones(monkeypatch):
+    """Correct levels get past the check to the CUDA checks (no GPU here: CudaUnavailableError)."""
+    value, locs, attn = case()
+    shapes, starts = msda_cuda.checked_levels(torch.tensor(LEVELS), torch.tensor([0, 42]), 54, 2)
+    assert shapes == LEVELS and starts == [0, 42]
+    assert msda_cuda.checked_levels(LEVELS, None, 54, 2) == (LEVELS, [0, 42])
+    if not torch.cuda.is_available():
+        with pytest.raises(msda_cuda.CudaUnavailableError):
+            msda_cuda.msda_cuda(value, LEVELS, torch.tensor([0, 42]), locs, attn, num_points_per_level=(3, 2))
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("rtdetr", dict(encoder_hidden_dim=32, hidden_dim=32, nheads=4, encoder_nhead=2, encoder_dim_feedforward=64,
+                    dim_feedforward=64, dec_layers=1, num_queries=10, num_points=[3, 2, 1], num_denoising=0)),
+    ("dfine", dict(encoder_hidden_dim=32, encoder_nhead=2, encoder_dim_feedforward=64, hidden_dim=32,
+                   feat_channels=[32, 32], nheads=4, dim_feedforward=64, dec_layers=1, num_queries=10,
+                   num_points=[3, 2], num_denoising=0)),
+])
+def test_rtdetr_and_dfine_default_to_auto_which_runs_the_reference_on_cpu(monkeypatch, name, kw):
+    """GPU training uses the kernel by default; on CPU tensors `auto` never asks for the extension."""
+    from edgedet import create_model
+
+    def no_extension():
+        raise AssertionError("auto looked for the CUDA extension for CPU tensors")
+
+    monkeypatch.setattr(msda_cuda, "cuda_extension_usable", no_extension)
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, **kw).eval()
+    assert model.config.msda_impl == "auto"
+    impls = {m.impl for m in model.modules() if hasattr(m, "impl") and isinstance(m.impl, str)}
+    assert impls == {"auto"}
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        out = model(images)
+        for m in model.modules():
+            if hasattr(m, "impl") and isinstance(m.impl, str):
+                m.impl = "pytorch"
+        ref = model(images)
+    assert torch.equal(out["pred_logits"], ref["pred_logits"]) and torch.equal(out["pred_boxes"], ref["pred_boxes"])

@@ -1,7 +1,7 @@
 """TensorRT path, the parts that run without TensorRT or a GPU.
 
 - the framework-free CUDA kernel compiles with nvcc (skipped without nvcc);
-- the plugin sources compile against TensorRT headers when a TensorRT install is found;
+- (the plugins against TensorRT's headers: tests/test_tensorrt_host.py);
 - ONNX graphs rewritten for our plugin and for TensorRT's built-in plugin are valid and have
   exactly the inputs, types and shapes those plugins expect;
 - without TensorRT, building an engine fails with a clear message and the runtime backend
@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,7 +22,6 @@ from converters.tensorrt.onnx_plugins import FUSED_DOMAIN, FUSED_OP, TRT_BUILTIN
 
 REPO = Path(__file__).resolve().parents[1]
 KERNEL_DIR = REPO / "edgedet" / "ops" / "csrc"
-PLUGIN_DIR = REPO / "converters" / "tensorrt" / "plugins" / "msda"
 
 N, M, D, LQ, P = 1, 2, 8, 7, 3
 LEVELS = [(8, 10), (4, 5)]
@@ -143,37 +141,29 @@ def test_rewrite_rejects_unknown_target():
         rewrite_for_tensorrt(fused_graph(), target="nvidia")
 
 
+# The launchers the TensorRT plugins call (msda_plugin_common.h: FP32 or FP16 values with FP32
+# locations and weights; int32 or int64 indices) and the PyTorch binding's mixed-precision ones.
+PLUGIN_LAUNCHERS = ["msda_forward<float, float, int>", "msda_forward<__half, float, int>",
+                    "msda_forward<float, float, long>", "msda_forward<__half, float, long>",
+                    "msda_forward<__nv_bfloat16, float, long>", "msda_backward<__half, float, long, float>"]
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
 def test_cuda_kernel_compiles_with_nvcc(tmp_path):
-    """The kernel file includes no TensorRT/PyTorch header, so plain nvcc -c builds it."""
+    """The kernel file includes no TensorRT/PyTorch header, so plain nvcc -c builds it, warning-free,
+    with the launchers the plugins and the binding link against."""
     proc = subprocess.run(
-        ["nvcc", "-std=c++17", "-c", str(KERNEL_DIR / "msda_kernel.cu"), "-o", str(tmp_path / "k.o")],
+        ["nvcc", "-std=c++17", "-Werror", "all-warnings", "-Xcompiler", "-Wall", "-c",
+         str(KERNEL_DIR / "msda_kernel.cu"), "-o", str(tmp_path / "k.o")],
         capture_output=True, text=True,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "k.o").stat().st_size > 0
-
-
-def _tensorrt_include() -> Path | None:
-    for c in [os.environ.get("TENSORRT_INCLUDE_DIR", ""), "/usr/include/x86_64-linux-gnu", "/usr/include/aarch64-linux-gnu",
-              "/usr/local/TensorRT/include", "/usr/include"]:
-        if c and (Path(c) / "NvInfer.h").is_file():
-            return Path(c)
-    return None
-
-
-@pytest.mark.skipif(shutil.which("nvcc") is None or _tensorrt_include() is None,
-                    reason="needs nvcc and TensorRT headers (set TENSORRT_INCLUDE_DIR)")
-def test_plugin_sources_compile_against_tensorrt_headers(tmp_path):
-    inc = _tensorrt_include()
-    text = (inc / "NvInferVersion.h").read_text()
-    api = "v2" if "NV_TENSORRT_MAJOR 8" in text else "v3"
-    proc = subprocess.run(
-        ["nvcc", "-std=c++17", "-x", "cu", "-Xcompiler", "-fPIC", f"-I{KERNEL_DIR}", f"-I{inc}", "-c",
-         str(PLUGIN_DIR / f"msda_plugin_{api}.cpp"), "-o", str(tmp_path / "p.o")],
-        capture_output=True, text=True,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    if shutil.which("nm") is None:
+        pytest.skip("nm not installed")
+    symbols = subprocess.run(["nm", "-C", str(tmp_path / "k.o")], capture_output=True, text=True).stdout
+    defined = [line for line in symbols.splitlines() if " W " in line or " T " in line]
+    for launcher in PLUGIN_LAUNCHERS:
+        assert any(f"edgedet::{launcher}(" in line for line in defined), launcher
 
 
 def test_engine_builder_without_tensorrt_says_what_to_do():
@@ -265,53 +255,3 @@ def test_dry_run_int8_writes_tensorrt_explicit_qdq_graph(tmp_path):
             src = producer.get(n.input[0])
             assert src is None or src.op_type != "DequantizeLinear", n.name
     assert not (tmp_path / "model.engine").exists()
-
-
-ATTRIBUTES_CHECK = r"""
-#include <cassert>
-#include <cstdio>
-#include "msda_plugin_common.h"
-using namespace nvinfer1;
-int main() {
-  edgedet::trt::MsdaAttributes a;
-  assert(a.parse(nullptr) && !a.per_level() && a.method == edgedet::kBilinear);
-  int32_t pts[3] = {4, 3, 2};
-  char const method[] = "discrete";
-  PluginField fields[2] = {PluginField("num_points_per_level", pts, PluginFieldType::kINT32, 3),
-                           PluginField("method", method, PluginFieldType::kCHAR, 8)};
-  PluginFieldCollection fc{2, fields};
-  assert(a.parse(&fc) && a.points.size() == 3 && a.points[2] == 2 && a.method == edgedet::kDiscrete);
-  Dims d[5];
-  d[0].nbDims = 4; d[1].nbDims = 2; d[2].nbDims = 1;
-  d[3].nbDims = 5; d[3].d[3] = 9; d[4].nbDims = 4;
-  assert(a.shapes_ok(d));
-  d[3].d[3] = 8;
-  assert(!a.shapes_ok(d));  // K must be 4 + 3 + 2
-  d[3].nbDims = 6; d[4].nbDims = 5;
-  assert(!a.shapes_ok(d));  // uniform ranks with per-level attributes
-  char const bad[] = "nearest";
-  PluginField wrong("method", bad, PluginFieldType::kCHAR, 7);
-  PluginFieldCollection fc2{1, &wrong};
-  assert(!a.parse(&fc2));
-  int32_t zero[1] = {0};
-  PluginField nopoints("num_points_per_level", zero, PluginFieldType::kINT32, 1);
-  PluginFieldCollection fc3{1, &nopoints};
-  assert(!a.parse(&fc3));
-  std::puts("ok");
-  return 0;
-}
-"""
-
-
-@pytest.mark.skipif(shutil.which("g++") is None or _tensorrt_include() is None,
-                    reason="needs g++ and TensorRT headers (set TENSORRT_INCLUDE_DIR)")
-def test_plugin_reads_the_node_attributes(tmp_path):
-    """The plugins' attribute parsing (num_points_per_level, method) and shape checks, as a host program."""
-    src = tmp_path / "attrs.cpp"
-    src.write_text(ATTRIBUTES_CHECK)
-    cuda_inc = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"
-    build = subprocess.run(["g++", "-std=c++17", f"-I{PLUGIN_DIR}", f"-I{KERNEL_DIR}", f"-I{_tensorrt_include()}",
-                            f"-I{cuda_inc}", str(src), "-o", str(tmp_path / "attrs")], capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr[-3000:]
-    run = subprocess.run([str(tmp_path / "attrs")], capture_output=True, text=True)
-    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr

@@ -91,7 +91,7 @@ class DFINEConfig(ModelConfig):
     set_cost_giou: float = 2.0
     focal_alpha: float = 0.25
     num_top_queries: int = 300
-    msda_impl: str = "pytorch"
+    msda_impl: str = "auto"  # any name in edgedet.registry.MSDA_IMPLS; auto: cuda for CUDA tensors when built, else pytorch
 
 
 def _check_config(cfg: DFINEConfig) -> None:

@@ -104,7 +104,7 @@ class RTDETRConfig(ModelConfig):
     set_cost_bbox: float = 5.0
     set_cost_giou: float = 2.0
     focal_alpha: float = 0.25  # matcher
-    msda_impl: str = "pytorch"
+    msda_impl: str = "auto"  # any name in edgedet.registry.MSDA_IMPLS; auto: cuda for CUDA tensors when built, else pytorch
 
 
 def backbone_depth_and_variant(cfg: RTDETRConfig) -> Tuple[int, str]:

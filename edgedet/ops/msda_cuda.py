@@ -19,7 +19,7 @@ import functools
 import logging
 import os
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -80,6 +80,37 @@ def check_cuda_inputs(value: Tensor, sampling_locations: Tensor, attention_weigh
         )
     if len(num_points) > MAX_LEVELS:
         raise NotImplementedError(f"MSDA impl 'cuda' lacks support for more than {MAX_LEVELS} levels ({len(num_points)})")
+
+
+def checked_levels(spatial_shapes: Shapes, level_start_index: Optional[Tensor], num_values: int,
+                   num_levels: int) -> Tuple[List[Tuple[int, int]], List[int]]:
+    """(H, W) per level and each level's first token, checked against value's S tokens before the
+    kernel reads them (it trusts both). `level_start_index`, when given, must be the one the shapes
+    imply, as the reference (`pytorch`) derives it. One device-to-host copy for CUDA tensors."""
+    starts = None
+    if isinstance(spatial_shapes, Tensor) and isinstance(level_start_index, Tensor):
+        if spatial_shapes.dim() != 2 or spatial_shapes.shape[-1] != 2:
+            raise ValueError(f"MSDA impl 'cuda': spatial_shapes must be [L, 2] (H, W) pairs, got {tuple(spatial_shapes.shape)}")
+        n = spatial_shapes.numel()
+        flat = torch.cat([spatial_shapes.reshape(-1).long(), level_start_index.reshape(-1).long().to(spatial_shapes.device)])
+        flat = flat.tolist()
+        shapes, starts = list(zip(flat[0:n:2], flat[1:n:2])), flat[n:]
+    else:
+        shapes = spatial_shapes_as_list(spatial_shapes)
+        if level_start_index is not None:
+            starts = [int(v) for v in torch.as_tensor(level_start_index).reshape(-1).tolist()]
+    if len(shapes) != num_levels or any(h < 1 or w < 1 for h, w in shapes):
+        raise ValueError(f"MSDA impl 'cuda': spatial_shapes {shapes} must hold {num_levels} positive (H, W) pairs, "
+                         "one per level of the sampling points")
+    covered = sum(h * w for h, w in shapes)
+    if covered != num_values:
+        raise ValueError(f"MSDA impl 'cuda': spatial_shapes {shapes} cover {covered} value tokens but value has "
+                         f"S={num_values}; pass the (H, W) of the feature maps flattened into value")
+    expected = level_start_index_from_shapes(shapes)
+    if starts is not None and starts != expected:
+        raise ValueError(f"MSDA impl 'cuda': level_start_index {starts} disagrees with spatial_shapes {shapes} "
+                         f"(expected {expected}); pass None to derive it from the shapes")
+    return shapes, expected
 
 
 def prebuilt_extension():
@@ -171,14 +202,15 @@ def msda_cuda(
     if method not in METHOD_CODES:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     locs, attn, counts, _ = per_level_view(sampling_locations, attention_weights, num_points_per_level)
+    if value.dim() != 4:
+        raise ValueError(f"MSDA impl 'cuda': value must be [N, S, M, D], got {tuple(value.shape)}")
+    # Before anything reaches the kernel, which reads every level at its start without bounds.
+    level_shapes, level_starts = checked_levels(spatial_shapes, level_start_index, value.shape[1], len(counts))
     check_cuda_inputs(value, locs, attn, counts)
     coordinate_dtype(value.dtype, locs.dtype, attn.dtype)  # fail before building the extension
     dev = value.device
-    shapes = torch.tensor(spatial_shapes_as_list(spatial_shapes), dtype=torch.int64, device=dev)
-    if level_start_index is None:
-        starts = torch.tensor(level_start_index_from_shapes(spatial_shapes), dtype=torch.int64, device=dev)
-    else:
-        starts = level_start_index.to(device=dev, dtype=torch.int64).contiguous()
+    shapes = torch.tensor(level_shapes, dtype=torch.int64, device=dev)
+    starts = torch.tensor(level_starts, dtype=torch.int64, device=dev)
     return _MSDAFunction.apply(value, shapes, starts, locs, attn, counts, method)
 
 

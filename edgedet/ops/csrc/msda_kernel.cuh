@@ -1,5 +1,6 @@
 // Multi-scale deformable attention: CUDA kernels with a plain C++ launch API.
 //
+// The per-sample arithmetic lives in msda_sampling.h (host and device, tested on the CPU).
 // This header includes no TensorRT or PyTorch headers on purpose: the PyTorch extension
 // (msda_torch.cpp) and the TensorRT plugins (converters/tensorrt/plugins/msda/) are thin
 // wrappers around these launchers, and `nvcc -c msda_kernel.cu` compiles anywhere.
@@ -7,7 +8,9 @@
 // Layouts (row-major, contiguous), P_total = sum over levels of P_l:
 //   value               [N, S, M, D]      S = sum over levels of H_l * W_l
 //   spatial_shapes      [L, 2]            (H, W) per level
-//   level_start_index   [L]
+//   level_start_index   [L]               a level whose extent falls outside [0, S) is never
+//                                         read: the forward output is then NaN (the caller,
+//                                         e.g. msda_cuda.py, checks them before launching)
 //   sampling_locations  [N, Lq, M, P_total, 2]  (x, y) in [0, 1], (0, 0) = top-left corner;
 //                       level 0's points first, then level 1's, ... The uniform layout
 //                       [N, Lq, M, L, P, 2] is the same memory with P_l = P.
@@ -25,47 +28,9 @@
 #include <cstdint>
 #include <cuda_runtime.h>
 
+#include "msda_sampling.h"  // MsdaDims, the point-count setters and the per-sample arithmetic
+
 namespace edgedet {
-
-constexpr int kMsdaMaxLevels = 16;
-
-enum MsdaMethod : int { kBilinear = 0, kDiscrete = 1 };
-
-struct MsdaDims {
-  int batch;        // N
-  int num_values;   // S
-  int num_heads;    // M
-  int head_dim;     // D
-  int num_levels;   // L
-  int num_queries;  // Lq
-  int num_points;   // P_total = sum of points_per_level
-  int points_per_level[kMsdaMaxLevels];
-  int method;       // MsdaMethod
-};
-
-// Fill `points_per_level` with `points` for every level (the uniform layout); returns false
-// when the level count is out of range.
-inline bool msda_set_uniform_points(MsdaDims& d, int num_levels, int points) {
-  if (num_levels < 1 || num_levels > kMsdaMaxLevels) return false;
-  d.num_levels = num_levels;
-  d.num_points = num_levels * points;
-  for (int l = 0; l < kMsdaMaxLevels; ++l) d.points_per_level[l] = l < num_levels ? points : 0;
-  return true;
-}
-
-// Per-level point counts; returns false when the level count is out of range or a count < 1.
-inline bool msda_set_points(MsdaDims& d, int num_levels, const int64_t* points) {
-  if (num_levels < 1 || num_levels > kMsdaMaxLevels) return false;
-  d.num_levels = num_levels;
-  d.num_points = 0;
-  for (int l = 0; l < kMsdaMaxLevels; ++l) {
-    const int p = l < num_levels ? static_cast<int>(points[l]) : 0;
-    if (l < num_levels && p < 1) return false;
-    d.points_per_level[l] = p;
-    d.num_points += p;
-  }
-  return true;
-}
 
 // T (value, output): float, double, __half or __nv_bfloat16.
 // C (locations, weights): T, or float when T is __half / __nv_bfloat16 (mixed precision:

@@ -42,6 +42,15 @@ edgedet::MsdaDims dims_of(const torch::Tensor& value, const torch::Tensor& locs,
   return d;
 }
 
+// The level tensors' sizes; their values were checked against value's S tokens in Python
+// (msda_cuda.checked_levels), and the kernel skips a level that would read outside them.
+void check_levels(const torch::Tensor& shapes, const torch::Tensor& starts, const edgedet::MsdaDims& d) {
+  TORCH_CHECK(shapes.dim() == 2 && shapes.size(0) == d.num_levels && shapes.size(1) == 2,
+              "spatial_shapes must be [", d.num_levels, ", 2] for ", d.num_levels, " levels, got ", shapes.sizes());
+  TORCH_CHECK(starts.dim() == 1 && starts.size(0) == d.num_levels, "level_start_index must be [", d.num_levels,
+              "], got ", starts.sizes());
+}
+
 void check_inputs(const torch::Tensor& value, const torch::Tensor& shapes, const torch::Tensor& starts,
                   const torch::Tensor& locs, const torch::Tensor& attn) {
   for (const auto* t : {&value, &shapes, &starts, &locs, &attn}) {
@@ -82,6 +91,7 @@ torch::Tensor msda_forward(const torch::Tensor& value, const torch::Tensor& shap
                            int64_t method) {
   check_inputs(value, shapes, starts, locs, attn);
   const auto d = dims_of(value, locs, points, method);
+  check_levels(shapes, starts, d);
   const c10::cuda::CUDAGuard guard(value.device());
   auto out = torch::empty({d.batch, d.num_queries, d.num_heads * d.head_dim}, value.options());
   auto stream = c10::cuda::getCurrentCUDAStream().stream();
@@ -112,6 +122,7 @@ std::vector<torch::Tensor> msda_backward(const torch::Tensor& value, const torch
                                          const std::vector<int64_t>& points, int64_t method) {
   check_inputs(value, shapes, starts, locs, attn);
   const auto d = dims_of(value, locs, points, method);
+  check_levels(shapes, starts, d);
   const c10::cuda::CUDAGuard guard(value.device());
   auto g = grad_out.to(value.scalar_type()).contiguous();
   const auto acc = value.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;

@@ -77,15 +77,37 @@ struct MsdaAttributes {
     return true;
   }
 
-  // Input ranks and point counts agree (value 4-d, shapes 2-d, starts 1-d, locations 6-d and
-  // weights 5-d uniform, or 5-d and 4-d per level with K = sum of the counts when K is known).
+  // Input ranks, the level count L (spatial_shapes [L, 2], level_start_index [L]) and the point
+  // counts agree with the locations [N, Lq, M, L, P, 2] / [N, Lq, M, K, 2] and weights (the
+  // locations less the last axis), and N and M with the value [N, S, M, D]. Unknown (-1) extents
+  // pass here and are checked again with the concrete ones at enqueue. The shapes' VALUES live on
+  // the GPU: the kernel checks each level against S before reading it (msda_sampling.h).
   bool shapes_ok(nvinfer1::Dims const* dims) const {
     if (dims[0].nbDims != 4 || dims[1].nbDims != 2 || dims[2].nbDims != 1) return false;
-    if (!per_level()) return dims[3].nbDims == 6 && dims[4].nbDims == 5;
-    if (dims[3].nbDims != 5 || dims[4].nbDims != 4) return false;
-    int64_t total = 0;
-    for (int32_t p : points) total += p;
-    return dims[3].d[3] < 0 || dims[3].d[3] == total;
+    auto const& locs = dims[3];
+    auto const& weights = dims[4];
+    if (per_level() ? (locs.nbDims != 5 || weights.nbDims != 4) : (locs.nbDims != 6 || weights.nbDims != 5)) {
+      return false;
+    }
+    auto agree = [](int64_t a, int64_t b) { return a < 0 || b < 0 || a == b; };
+    int64_t levels = static_cast<int64_t>(points.size());
+    if (!per_level()) {
+      levels = locs.d[3];
+      if (levels > kMsdaMaxLevels) return false;
+    }
+    if (!agree(dims[1].d[0], levels) || !agree(dims[1].d[1], 2) || !agree(dims[2].d[0], levels)) return false;
+    if (!agree(locs.d[0], dims[0].d[0]) || !agree(locs.d[2], dims[0].d[2]) || !agree(locs.d[locs.nbDims - 1], 2)) {
+      return false;
+    }
+    for (int32_t i = 0; i < weights.nbDims; ++i) {
+      if (!agree(weights.d[i], locs.d[i])) return false;
+    }
+    if (per_level()) {
+      int64_t total = 0;
+      for (int32_t p : points) total += p;
+      if (!agree(locs.d[3], total)) return false;
+    }
+    return true;
   }
 };
 
@@ -97,8 +119,10 @@ inline bool is_index_type(nvinfer1::DataType t) {
 #endif
 }
 
-// Format support shared by both plugin generations: linear layout everywhere; value,
-// locations, weights and the output share FP32 or FP16; shapes/starts share an index type.
+// Format support shared by both plugin generations: linear layout everywhere; value and output
+// share FP32 or FP16; locations and weights are FP32 always (our mixed-precision rule, as in
+// edgedet/ops/msda_cuda.py: in half precision a location on an 80-px map moves by up to 0.04 px,
+// so an FP16 engine casts the value only); shapes/starts share an index type.
 template <typename Desc>
 bool supports_combination(int32_t pos, Desc const* io) {
   auto const& d = io[pos];
@@ -110,7 +134,10 @@ bool supports_combination(int32_t pos, Desc const* io) {
       return is_index_type(d.type);
     case 2:
       return d.type == io[1].type;
-    default:  // 3, 4: locations and weights; 5: output
+    case 3:
+    case 4:
+      return d.type == nvinfer1::DataType::kFLOAT;
+    default:  // 5: the output, in the value's type
       return d.type == io[0].type;
   }
 }
@@ -133,21 +160,24 @@ template <typename IndexT>
 cudaError_t launch_typed(nvinfer1::DataType type, void const* const* in, void* out, MsdaDims const& m, cudaStream_t s) {
   auto shapes = static_cast<IndexT const*>(in[1]);
   auto starts = static_cast<IndexT const*>(in[2]);
+  auto locs = static_cast<float const*>(in[3]);  // FP32 in every engine (supports_combination)
+  auto weights = static_cast<float const*>(in[4]);
   if (type == nvinfer1::DataType::kHALF) {
-    return msda_forward<__half, __half, IndexT>(static_cast<__half const*>(in[0]), shapes, starts,
-                                                static_cast<__half const*>(in[3]), static_cast<__half const*>(in[4]),
-                                                static_cast<__half*>(out), m, s);
+    return msda_forward<__half, float, IndexT>(static_cast<__half const*>(in[0]), shapes, starts, locs, weights,
+                                               static_cast<__half*>(out), m, s);
   }
-  return msda_forward<float, float, IndexT>(static_cast<float const*>(in[0]), shapes, starts,
-                                            static_cast<float const*>(in[3]), static_cast<float const*>(in[4]),
+  return msda_forward<float, float, IndexT>(static_cast<float const*>(in[0]), shapes, starts, locs, weights,
                                             static_cast<float*>(out), m, s);
 }
 
-// Returns 0 on success (TensorRT's convention for enqueue).
+// Returns 0 on success (TensorRT's convention for enqueue); 1 when the concrete input shapes
+// disagree (checked on the host before anything is launched) or the launch fails.
 inline int32_t enqueue_msda(nvinfer1::PluginTensorDesc const* inputDesc, void const* const* inputs, void* output,
                             MsdaAttributes const& attrs, cudaStream_t stream) {
+  nvinfer1::Dims dims[kNbInputs];
+  for (int32_t i = 0; i < kNbInputs; ++i) dims[i] = inputDesc[i].dims;
   MsdaDims m;
-  if (!dims_from(inputDesc[0].dims, inputDesc[3].dims, attrs, m)) return 1;
+  if (!attrs.shapes_ok(dims) || !dims_from(inputDesc[0].dims, inputDesc[3].dims, attrs, m)) return 1;
   cudaError_t err;
 #if NV_TENSORRT_MAJOR >= 10
   if (inputDesc[1].type == nvinfer1::DataType::kINT64) {

@@ -166,7 +166,7 @@ namespace {
 struct Registrar {
   Registrar() {
     auto* registry = getPluginRegistry();
-    if (registry->getPluginCreator(edgedet::trt::kPluginName, edgedet::trt::kPluginVersion, "") == nullptr) {
+    if (registry != nullptr && registry->getPluginCreator(edgedet::trt::kPluginName, edgedet::trt::kPluginVersion, "") == nullptr) {
       static edgedet::trt::MsdaPluginV2Creator creator;
       registry->registerCreator(creator, "");
     }

@@ -171,6 +171,7 @@ IPluginCreatorInterface* const* getCreators(int32_t& nbCreators) {
 
 bool edgedetRegisterMsdaPlugin() {
   auto* registry = getPluginRegistry();
+  if (registry == nullptr) return false;
   if (registry->getCreator(edgedet::trt::kPluginName, edgedet::trt::kPluginVersion, "") != nullptr) return true;
   return registry->registerCreator(the_creator(), "");
 }
