@@ -10,6 +10,10 @@ Rows (all on the same split, COCO mAP by pycocotools):
   before the valid-region input);
 - OpenVINO FP32 and INT8 engines of the default export (fused MSDA where built), through `runtime.Detector`.
 Targets: |OpenVINO FP32 - training view| <= 0.005. The last line is one JSON object of the same figures.
+
+BCCD's images are all 640x480, so its default export size fits every image; `--mixed-aspect` also scores the
+same checkpoint on crops of the split to aspect ratios from 0.6 to 1.8 (portrait and landscape, the photos a
+user brings), where the letterbox pads and the old export's padding-as-content shows.
 """
 from __future__ import annotations
 
@@ -59,6 +63,71 @@ def score_detector(detector, dataset) -> Dict[str, float]:
     return coco_metrics(dataset.coco_gt(), results)
 
 
+def mixed_aspect(dataset, folder: Path, seed: int = 0):
+    """The dataset's images cropped to random aspect ratios in [0.6, 1.8] (w / h), boxes clipped (kept when
+    at least half of a box stays), written to `folder` -> a DetectionDataset of the crops."""
+    import cv2
+
+    from edgedet.data.records import DetectionDataset, ImageRecord
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    records = []
+    for r in dataset.records:
+        image = cv2.imread(str(r.path), cv2.IMREAD_COLOR)
+        h, w = image.shape[:2]
+        aspect = float(rng.uniform(0.6, 1.8))
+        ch, cw = (h, min(w, int(round(h * aspect)))) if aspect * h <= w else (min(h, int(round(w / aspect))), w)
+        y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        boxes = r.boxes_xyxy - np.array([x0, y0, x0, y0], np.float32)
+        clipped = np.clip(boxes, 0, np.array([cw, ch, cw, ch], np.float32))
+        area = lambda b: np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)  # noqa: E731
+        keep = area(clipped) >= 0.5 * np.maximum(area(boxes), 1e-6)
+        path = folder / f"{Path(r.path).stem}.jpg"
+        cv2.imwrite(str(path), image[y0:y0 + ch, x0:x0 + cw])
+        records.append(ImageRecord(r.image_id, path, cw, ch, clipped[keep], r.labels[keep]))
+    return DetectionDataset(records, dataset.class_names, dataset.category_ids, dataset.transforms, dataset.name + "-mixed")
+
+
+def score_rows(model, dataset, experiment, ckpt_path: Path, out: Path, rebuild: bool, calib_data) -> Dict[str, Dict[str, float]]:
+    """The table's rows for one dataset (engines exported once into `out`, reused for another dataset)."""
+    from converters import export
+    from edgedet.engine.deploy_eval import evaluate_deployed
+    from edgedet.engine.evaluator import evaluate
+    from edgedet.predictor import TorchDetector, checkpoint_manifest
+    from runtime.detector import Detector
+
+    rows: Dict[str, Dict[str, float]] = {}
+    rows["training view (edgedet eval)"] = evaluate(model, dataset, progress=False)
+    deployed = evaluate_deployed(model, dataset, experiment, progress=False)
+    imgsz = tuple(deployed["imgsz"])
+    rows[f"deployed view (checkpoint, {imgsz[0]}x{imgsz[1]} letterbox + mask)"] = deployed
+    old = checkpoint_manifest(model, experiment, imgsz)
+    old.valid_input = ""  # the letterbox without the mask: what exports did before the valid-region input
+    rows["old export (letterbox, padding as content)"] = score_detector(TorchDetector(model, old, conf=0.0), dataset)
+    for precision in ("fp32", "int8"):
+        path = out / f"dino-{precision}.xml"
+        if rebuild or not path.exists():
+            from edgedet.data import build_dataset
+
+            calib = [r.path for r in build_dataset(calib_data, "train").records[:64]] if precision == "int8" else None
+            export(ckpt_path, format="openvino", precision=precision, output=path, calib=calib, calib_images=64,
+                   overwrite=True)
+        with Detector(path, conf=0.0) as det:
+            rows[f"OpenVINO {precision} ({det.manifest.msda}, {imgsz[0]}x{imgsz[1]})"] = score_detector(det, dataset)
+    return rows
+
+
+def print_rows(title: str, rows: Dict[str, Dict[str, float]]) -> float:
+    base = rows["training view (edgedet eval)"]["mAP"]
+    print(title)
+    print(f"{'row':<58} {'mAP':>7} {'mAP50':>7} {'gap':>8}")
+    for name, m in rows.items():
+        print(f"{name:<58} {m['mAP']:7.4f} {m['mAP50']:7.4f} {m['mAP'] - base:+8.4f}")
+    fp32 = next(m for n, m in rows.items() if n.startswith("OpenVINO fp32"))
+    return fp32["mAP"] - base
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget-s", type=float, default=900.0, help="training time budget (the cosine is fitted to it)")
@@ -67,19 +136,15 @@ def main() -> None:
     p.add_argument("--output", default="runs/bench_gap")
     p.add_argument("--checkpoint", default="", help="skip training: score this checkpoint")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--mixed-aspect", action="store_true", help="also score crops of the split at aspect ratios 0.6-1.8")
     args = p.parse_args()
     if not (BCCD / "Annotations").is_dir():
         sys.exit(f"BCCD not found at {BCCD} (../shared/data/bccd beside the repository)")
     import torch
 
-    from converters import export
     from edgedet.data import build_dataset
     from edgedet.engine.checkpoint import checkpoint_config, load_checkpoint, load_model
-    from edgedet.engine.deploy_eval import evaluate_deployed
-    from edgedet.engine.evaluator import evaluate
     from edgedet.engine.trainer import train
-    from edgedet.predictor import TorchDetector, checkpoint_manifest
-    from runtime.detector import Detector
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,33 +163,23 @@ def main() -> None:
     experiment = to_dict(cfg)
     model = load_model(ckpt_path).eval()
     dataset = build_dataset(replace(cfg.data, root=str(BCCD)), args.split)
-    rows: Dict[str, Dict[str, float]] = {}
-    rows["training view (edgedet eval)"] = evaluate(model, dataset, progress=False)
-    deployed = evaluate_deployed(model, dataset, experiment, progress=False)
-    imgsz = tuple(deployed["imgsz"])
-    rows[f"deployed view (checkpoint, {imgsz[0]}x{imgsz[1]} letterbox + mask)"] = deployed
-    old = checkpoint_manifest(model, experiment, imgsz)
-    old.valid_input = ""  # the letterbox without the mask: what exports did before the valid-region input
-    rows["old export (letterbox, padding as content)"] = score_detector(TorchDetector(model, old, conf=0.0), dataset)
+    calib_data = replace(cfg.data, root=str(BCCD))
     out = Path(args.output) / "export"
-    calib = [r.path for r in build_dataset(replace(cfg.data, root=str(BCCD)), "train").records[:64]]
-    for precision in ("fp32", "int8"):
-        path = export(ckpt_path, format="openvino", precision=precision, output=out / f"dino-{precision}.xml",
-                      calib=calib if precision == "int8" else None, calib_images=64, overwrite=True)
-        with Detector(path, conf=0.0) as det:
-            rows[f"OpenVINO {precision} ({det.manifest.msda}, {imgsz[0]}x{imgsz[1]})"] = score_detector(det, dataset)
-    base = rows["training view (edgedet eval)"]["mAP"]
+    rows = score_rows(model, dataset, experiment, ckpt_path, out, rebuild=True, calib_data=calib_data)
     print(f"machine: {machine()}")
-    print(f"BCCD {args.split} ({len(dataset.records)} images), {ckpt_path} (trained {train_s / 60:.1f} min)")
-    print(f"{'row':<58} {'mAP':>7} {'mAP50':>7} {'gap':>8}")
-    for name, m in rows.items():
-        print(f"{name:<58} {m['mAP']:7.4f} {m['mAP50']:7.4f} {m['mAP'] - base:+8.4f}")
-    fp32 = next(m for n, m in rows.items() if n.startswith("OpenVINO fp32"))
-    gap = fp32["mAP"] - base
+    print(f"{ckpt_path} (trained {train_s / 60:.1f} min)")
+    gap = print_rows(f"BCCD {args.split} ({len(dataset.records)} images, all 640x480)", rows)
     print(f"target |OpenVINO FP32 - training view| <= 0.005: {'met' if abs(gap) <= 0.005 else 'NOT met'} ({gap:+.4f})")
-    summary = {"machine": machine(), "split": args.split, "images": len(dataset.records), "train_min": round(train_s / 60, 1),
-               "imgsz": list(imgsz), "rows": {n: {"mAP": round(m["mAP"], 4), "mAP50": round(m["mAP50"], 4)} for n, m in rows.items()},
-               "fp32_gap": round(gap, 4), "target_met": bool(abs(gap) <= 0.005)}
+    summary: Dict[str, Any] = {
+        "machine": machine(), "split": args.split, "images": len(dataset.records), "train_min": round(train_s / 60, 1),
+        "rows": {n: {"mAP": round(m["mAP"], 4), "mAP50": round(m["mAP50"], 4)} for n, m in rows.items()},
+        "fp32_gap": round(gap, 4), "target_met": bool(abs(gap) <= 0.005)}
+    if args.mixed_aspect:
+        mixed = mixed_aspect(dataset, Path(args.output) / "mixed_aspect")
+        mrows = score_rows(model, mixed, experiment, ckpt_path, out, rebuild=False, calib_data=calib_data)
+        mgap = print_rows(f"BCCD {args.split} cropped to aspect ratios 0.6-1.8 ({len(mixed.records)} images)", mrows)
+        summary["mixed_aspect"] = {"rows": {n: {"mAP": round(m["mAP"], 4), "mAP50": round(m["mAP50"], 4)}
+                                            for n, m in mrows.items()}, "fp32_gap": round(mgap, 4)}
     print(json.dumps(summary))
 
 

@@ -56,7 +56,7 @@ def source_arg(text: str) -> Any:
 def add_model_arguments(parser: argparse.ArgumentParser, conf: float = 0.25) -> None:
     parser.add_argument("--model", required=True, help="exported artifact (.onnx, .xml, .engine) or a .pth checkpoint (needs torch)")
     parser.add_argument("--imgsz", type=int, nargs=2, metavar=("H", "W"), default=None,
-                        help="checkpoints only: score with the letterbox input an export at H W declares (default 640 640)")
+                        help="checkpoints only: score with the letterbox input an export at H W declares (default: the size `edgedet export` picks for the checkpoint, printed)")
     parser.add_argument("--conf", type=float, default=conf, help=f"minimum score (default {conf})")
     parser.add_argument("--classes", type=int, nargs="+", default=None, help="keep only these class ids")
     parser.add_argument("--backend", default="auto", help="auto (by file suffix), onnxruntime, openvino or tensorrt")
