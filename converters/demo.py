@@ -94,7 +94,7 @@ def clip_threshold(model, imgsz, clips: int = 8, frames: int = 4, seed: int = 10
     from converters.onnx.export import DeployModel
     from edgedet.engine.threshold import best_f1_threshold
     from runtime.manifest import PreprocessSpec
-    from runtime.preprocess import Preprocessor
+    from runtime.preprocess import Preprocessor, valid_region
 
     pre = Preprocessor(PreprocessSpec(size=tuple(imgsz)))
     deploy = DeployModel(model.eval(), postprocess=True).eval()
@@ -111,9 +111,12 @@ def clip_threshold(model, imgsz, clips: int = 8, frames: int = 4, seed: int = 10
                 if i % 5:
                     continue
                 x, infos = pre(frame)
+                args = [torch.from_numpy(x)]
+                if deploy.takes_valid_region:  # as the exported graph is fed: the letterbox's valid region
+                    args.append(torch.from_numpy(valid_region(infos, tuple(imgsz))))
                 with torch.no_grad():
-                    labels, boxes, scores = (t[0].numpy() for t in deploy(torch.from_numpy(x)))
-                dets.append((boxes / infos[0].scale, labels, scores))  # letterbox pads bottom/right only
+                    labels, boxes, scores = (t[0].numpy() for t in deploy(*args))
+                dets.append((infos[0].to_original(boxes, clip=False), labels, scores))
                 gt = [o for o in gt if not o.get("ignore")]  # slivers in view: neither found nor missed
                 gts.append((np.array([o["box_xyxy"] for o in gt]).reshape(-1, 4), np.array([o["label"] for o in gt])))
             cap.release()
