@@ -126,7 +126,8 @@ class MissingConfigError(OfficialCheckpointError):
 
     def message(self, template: str) -> str:
         spec = RELEASED_FAMILIES.get(self.family)
-        head = (f"{self.path}: {spec.title} checkpoints carry no config: name the released config with --config NAME "
+        head = (f"{self.path} is {article(spec.title)} {spec.title} checkpoint, which carries no config: name the "
+                "released config with --config NAME "
                 "(and --update KEY=VALUE for what was changed)")
         if not self.fits:
             return f"{head}; {self.fits_text()}"

@@ -246,7 +246,11 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
     from edgedet.data.padding import batch_padding
     from edgedet.models import create_model_from_config
 
-    pretrained = finetune.read_weights(cfg.model.weights) if cfg.model.weights else None
+    pretrained = (finetune.read_weights(cfg.model.weights, cfg.model.weights_config, cfg.model.weights_updates)
+                  if cfg.model.weights else None)
+    if pretrained is None and (cfg.model.weights_config or cfg.model.weights_updates):
+        raise ValueError("model.weights_config / weights_updates (--config NAME / --update) describe official weights: "
+                         "pass them with --weights PATH")
     if pretrained is not None:
         cfg = finetune.resolve_config(cfg, pretrained)
     elif cfg.model.keep_classes:
