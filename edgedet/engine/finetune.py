@@ -245,6 +245,7 @@ def load_pretrained(model: nn.Module, weights: PretrainedWeights, keep_classes: 
         rows = [_class_row(c, src_names, src_count, weights.path) for c in keep_classes]
     same_classes = rows is None and bool(src_names) and list(src_names) == list(cfg.class_names)
     class_keys = set(model.class_dependent_keys()) if hasattr(model, "class_dependent_keys") else set()
+    rows_per_class = getattr(model, "class_rows_per_class", lambda key: 1)
     own = model.state_dict(keep_vars=True)
     twins: Dict[int, List[str]] = {}
     for k, v in own.items():
@@ -260,12 +261,14 @@ def load_pretrained(model: nn.Module, weights: PretrainedWeights, keep_classes: 
                 report.missing.append(k)
             continue
         if k in class_keys:
-            extra = t.shape[0] - cfg.num_classes  # e.g. DETR's "no object" row, label_enc's spare row
+            per = rows_per_class(k)  # a per-class box regressor owns 4 rows per class
+            extra = t.shape[0] - per * cfg.num_classes  # e.g. DETR's "no object" row, label_enc's spare row
             if same_classes and s.shape == t.shape:
                 new_values[k] = s
                 report.loaded.append(k)
-            elif rows is not None and s.shape[0] - extra == src_count and s.shape[1:] == t.shape[1:]:
-                new_values[k] = s[rows + [src_count + j for j in range(extra)]]
+            elif rows is not None and s.shape[0] - extra == per * src_count and s.shape[1:] == t.shape[1:]:
+                index = [r * per + j for r in rows for j in range(per)] + [per * src_count + j for j in range(extra)]
+                new_values[k] = s[index]
                 report.kept_rows.append(k)
             else:
                 report.reinitialised.append(k)
