@@ -147,7 +147,7 @@ def config_for_checkpoint(
         if "nheads" not in overrides:  # a wrong guess loads without error and moves every box: refuse to guess
             raise OfficialCheckpointError(
                 f"this {family} checkpoint has no args, and its number of attention heads is not visible in the "
-                f"weights; say it: --set nheads=N (API: overrides={{'nheads': N}}; the official default is {DEFAULT_NHEADS})")
+                f"weights; say it: --set nheads=N (the official default is {DEFAULT_NHEADS})")
         log.warning("%s checkpoint has no args: config inferred from tensor shapes with nheads=%d and dilation=False "
                     "(not visible in shapes; override with dilation=true for a DC5 model)", family, nheads)
     else:
