@@ -155,3 +155,14 @@ def test_train_config_names_a_released_config_without_weights():
         split_config_arg("nothere.yaml")
     with pytest.raises(ValueError, match="is D-FINE/DEIM .* not --model detr"):
         released_model_config("dfine_hgnetv2_n_coco", [], "detr")
+
+
+def test_export_takes_the_same_config_and_update_flags():
+    converters_api = pytest.importorskip("converters.api")
+    path, updates = _fixture("dfine")
+    model, experiment = converters_api.resolve_model(str(path), "dfine_hgnetv2_n_coco", updates)
+    assert model.config.name == "dfine" and model.config.num_points == [4, 2] and experiment == {}
+    with pytest.raises(converters_api.ExportError, match=re.escape(f"Run: edgedet export --model {path} --config dfine_hgnetv2_n_coco")):
+        converters_api.resolve_model(str(path))
+    with pytest.raises(converters_api.ExportError, match="describe an official checkpoint file"):
+        converters_api.resolve_model("dfine", "dfine_hgnetv2_n_coco")
