@@ -196,11 +196,12 @@ def _budget_shortfall(tc, clock: _Stopwatch, epochs_done: int, start_epoch: int)
     """A warning when the run's pace will not fit train.time_budget_s, with the --epochs that would."""
     if tc.time_budget_s <= 0 or epochs_done <= 0:
         return None
-    per_epoch = clock.session() / epochs_done
+    before = getattr(clock, "before_s", 0.0)  # trained before a resume: not this session's pace, but budget used
+    per_epoch = (clock.elapsed() - before) / epochs_done
     total = tc.epochs - start_epoch
-    if per_epoch * total <= tc.time_budget_s - clock.before_s:
+    if per_epoch * total <= tc.time_budget_s - before:
         return None
-    fit = max(1, int((tc.time_budget_s - clock.before_s) // per_epoch))
+    fit = max(1, int((tc.time_budget_s - before) // per_epoch))
     return (f"at {_duration(per_epoch)} per epoch the {total} epochs need ~{_duration(per_epoch * total)} but "
             f"train.time_budget_s is {_duration(tc.time_budget_s)}: training will stop near epoch {start_epoch + fit} "
             f"and the {tc.scheduler} schedule, fitted to {tc.epochs} epochs, will not finish; --epochs {start_epoch + fit} "
