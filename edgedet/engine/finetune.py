@@ -63,9 +63,7 @@ def read_weights(path: Union[str, Path], config: Optional[str] = None, updates: 
 
     config, updates: --config NAME / --update KEY=VALUE for official weights whose files carry no
     config (RT-DETRv2, D-FINE, DEIM); refused for any other file."""
-    from edgedet.checkpoints.official import (_alias_groups, _renamed, config_for_checkpoint, convert_official_state_dict,
-                                              detect_family, load_official, read_official_checkpoint)
-    from edgedet.checkpoints.released_configs import RELEASED_FAMILIES
+    from edgedet.checkpoints.official import _alias_groups, load_official
     from edgedet.checkpoints.safe_load import safe_torch_load
     from edgedet.data.coco_names import official_class_names
     from edgedet.engine.checkpoint import FORMAT, checkpoint_config
@@ -87,21 +85,15 @@ def read_weights(path: Union[str, Path], config: Optional[str] = None, updates: 
     if _is_imagenet_resnet(obj):
         return PretrainedWeights(p, "imagenet", {}, None, [])
     del obj
-    raw, args = read_official_checkpoint(p)
-    family = detect_family(raw, args)
-    if family in RELEASED_FAMILIES or config or updates:
-        # Families without a config in the file: load_official checks --config/--update against every
-        # tensor (strictly), so the weights handed on are exactly what loaded.
-        model = load_official(p, config=config, updates=list(updates))
-        state = dict(model.state_dict())
-        cfg = model.config
-        aliases = _alias_groups(state)
-    else:
-        cfg = config_for_checkpoint(family, raw, args)
-        aliases = {_renamed(k): [_renamed(a) for a in v] for k, v in _alias_groups(raw).items()}
-        state = convert_official_state_dict(raw)
+    # Official weights: load_official builds the family's model (its own loader, --config/--update for
+    # the families whose files carry none) and loads every tensor strictly, so the weights handed on
+    # are exactly what loaded, in our key names and dtypes.
+    model = load_official(p, config=config, updates=list(updates))
+    state = dict(model.state_dict())
+    cfg = model.config
     # Official COCO builds: COCO names in the family's row order (91 category ids, or 80 contiguous).
-    return PretrainedWeights(p, "official", state, cfg, official_class_names(cfg.name, cfg.num_classes), aliases)
+    return PretrainedWeights(p, "official", state, cfg, official_class_names(cfg.name, cfg.num_classes),
+                             _alias_groups(state))
 
 
 def weights_family(path: Union[str, Path]) -> str:
