@@ -166,3 +166,22 @@ def test_export_takes_the_same_config_and_update_flags():
         converters_api.resolve_model(str(path))
     with pytest.raises(converters_api.ExportError, match="describe an official checkpoint file"):
         converters_api.resolve_model("dfine", "dfine_hgnetv2_n_coco")
+
+
+def test_weights_without_args_take_what_shapes_cannot_show_as_updates(tmp_path, capsys):
+    src = REFERENCE / "detr" / "checkpoint.pth"
+    if not src.is_file():
+        pytest.skip(f"{src} not available")
+    bare = tmp_path / "detr-r50-bare.pth"  # the DETR model zoo's layout: {'model': state_dict}, no args
+    torch.save({"model": torch.load(src, weights_only=True)["model"]}, bare)
+    err = _one_line_error(capsys, ["train", "--weights", str(bare), "--data", "synthetic"])
+    assert "attention heads is not visible" in err and "--update nheads=N" in err
+    weights = read_weights(bare, None, ["nheads=4"])  # the fixture was built with --nheads 4
+    assert weights.config.nheads == 4 and weights.config.num_classes == 91
+    reference = read_weights(src)  # with its args: the same model and tensors
+    assert weights.config.hidden_dim == reference.config.hidden_dim and weights.state.keys() == reference.state.keys()
+    assert all(torch.equal(weights.state[k], reference.state[k]) for k in reference.state)
+    with pytest.raises(OfficialCheckpointError, match="only what its shapes cannot show.*nheads, dilation"):
+        read_weights(bare, None, ["hidden_dim=64"])
+    with pytest.raises(OfficialCheckpointError, match="carries its own config"):
+        read_weights(src, None, ["nheads=4"])

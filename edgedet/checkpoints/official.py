@@ -147,7 +147,8 @@ def config_for_checkpoint(
         if "nheads" not in overrides:  # a wrong guess loads without error and moves every box: refuse to guess
             raise OfficialCheckpointError(
                 f"this {family} checkpoint has no args, and its number of attention heads is not visible in the "
-                f"weights; say it: --set nheads=N (the official default is {DEFAULT_NHEADS})")
+                f"weights; say it: --update nheads=N (the official --nheads, default {DEFAULT_NHEADS}; convert-checkpoint "
+                f"also takes --set nheads=N)")
         log.warning("%s checkpoint has no args: config inferred from tensor shapes with nheads=%d and dilation=False "
                     "(not visible in shapes; override with dilation=true for a DC5 model)", family, nheads)
     else:
@@ -272,14 +273,14 @@ def rtdetr_config_for_checkpoint(state: Mapping[str, Tensor], config: Optional[s
 
 
 def _check_config_family(path: Union[str, Path], detected: str, config: Optional[str], updates: Sequence[str],
-                         state: Mapping[str, Tensor]) -> None:
+                         state: Mapping[str, Tensor], args_less: bool = False) -> None:
     """One-line errors when --config / --update do not belong to the checkpoint's family."""
     if isinstance(updates, (str, bytes)):
         rtdetr_official.parse_updates(updates)  # raises: a list of strings is expected
     if config is None:
         if detected in RELEASED_FAMILIES:
             raise missing_config(str(path), detected, state)
-        if updates:
+        if updates and not args_less:
             raise OfficialCheckpointError(f"--update needs --config NAME, and {path} is a '{detected}' checkpoint, which "
                                           "carries its own config (args): drop --update (use --set FIELD=VALUE for our fields)")
         return
@@ -296,6 +297,20 @@ def _check_config_family(path: Union[str, Path], detected: str, config: Optional
         mine, theirs = released_family(detected).title, released_family(owner).title
         raise OfficialCheckpointError(f"{path} is {article(mine)} {mine} checkpoint, but --config {config} is {article(theirs)} "
                                       f"{theirs} config; {missing_config(str(path), detected, state).fits_text()}")
+
+
+# Official training args a file without `args` cannot show in its shapes; --update supplies them.
+ARGS_LESS_UPDATES = ("nheads", "dilation")
+
+
+def _args_updates(updates: Sequence[str], path: Union[str, Path]) -> Dict[str, Any]:
+    """--update nheads=8 for a checkpoint saved without its args -> {"nheads": 8}; other keys are refused."""
+    values = rtdetr_official.parse_updates(updates)
+    wrong = [k for k in values if k not in ARGS_LESS_UPDATES]
+    if wrong:
+        raise OfficialCheckpointError(f"--update {wrong[0]}=...: {path} has no args, and only what its shapes cannot show "
+                                      f"is set this way ({', '.join(ARGS_LESS_UPDATES)}); the rest comes from the weights")
+    return values
 
 
 def load_official(
@@ -319,14 +334,14 @@ def load_official(
         raise OfficialCheckpointError(f"unknown family '{family}'. Valid names: {', '.join(family_names())}")
     state, args = read_official_checkpoint(path)
     family = _resolve_family(state, args, family)
-    _check_config_family(path, family, config, updates, state)
+    _check_config_family(path, family, config, updates, state, args_less=args is None)
     source = f"checkpoint {path}"
     if family == "dfine":
         return dfine_official.load_dfine_state(state, config, updates, overrides, source)
     if family == "rtdetr":
         cfg = rtdetr_config_for_checkpoint(state, config, updates, overrides, source)
     else:
-        cfg = config_for_checkpoint(family, state, args, overrides)
+        cfg = config_for_checkpoint(family, state, args, {**_args_updates(updates, path), **dict(overrides or {})})
     model = create_model_from_config(cfg)
     load_official_state_dict(model, state, source)
     log.info("loaded official %s checkpoint %s (%d tensors)", family, path, len(state))

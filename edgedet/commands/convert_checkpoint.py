@@ -47,7 +47,8 @@ class ConvertCheckpointCommand:
         p.add_argument("--update", dest="updates", action="append", default=[], metavar="KEY=VALUE",
                        help="with --config (RT-DETRv2 / D-FINE / DEIM): the official tools' override strings (repeatable), "
                             "e.g. HybridEncoder.hidden_dim=64, RTDETRTransformerv2.num_points=[4,3,2], "
-                            "DFINETransformer.num_points=[4,2], num_classes=5")
+                            "DFINETransformer.num_points=[4,2], num_classes=5; for a file saved without its args: "
+                            "what its shapes cannot show (nheads=8)")
 
     def run(self, args: argparse.Namespace) -> int:
         from edgedet.checkpoints import convert_official, family_names
@@ -58,9 +59,6 @@ class ConvertCheckpointCommand:
         from edgedet.checkpoints.released_configs import MissingConfigError, family_of_config, released_family
 
         config = "rtdetrv2_r18vd" if args.config == "rtdetr" else args.config
-        if args.updates and config is None:
-            raise ValueError("--update needs --config NAME (the released RT-DETRv2 / D-FINE / DEIM config the checkpoint "
-                             "was trained with)")
         try:
             out, model = convert_official(args.src, args.output, args.family, parse_set_args(args.overrides),
                                           config=config, updates=args.updates)

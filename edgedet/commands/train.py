@@ -24,7 +24,8 @@ class TrainCommand:
                             "(their files carry none; without --weights: that architecture, untrained)")
         p.add_argument("--update", dest="updates", action="append", default=[], metavar="KEY=VALUE",
                        help="with a released --config: the official tools' override strings (repeatable), "
-                            "e.g. --update HybridEncoder.hidden_dim=64 --update 'DFINETransformer.num_points=[4,2]'")
+                            "e.g. --update HybridEncoder.hidden_dim=64 --update 'DFINETransformer.num_points=[4,2]'; "
+                            "for official weights saved without their args: what the shapes cannot show (nheads=8)")
         p.add_argument("--data", default=None, help=DATA_HELP + " (default: synthetic)")
         p.add_argument("--epochs", type=int, help="number of epochs")
         p.add_argument("--batch-size", type=int, help="images per step and process")
@@ -60,7 +61,7 @@ class TrainCommand:
         preset = args.preset or (presets[-1] if presets else None)
 
         experiment, released = split_config_arg(args.config)
-        if args.updates and not released:
+        if args.updates and not (released or args.weights):
             raise ValueError("--update KEY=VALUE changes a released config: pass it with --config NAME (e.g. rtdetrv2_r18vd, "
                              "dfine_hgnetv2_n_coco); for edgedet's own fields use --set model.FIELD=VALUE")
         if experiment:
@@ -77,7 +78,7 @@ class TrainCommand:
             raise ValueError("say which model to train: --model NAME, --config experiment.yaml or --weights PATH")
         if args.weights:
             cfg = replace(cfg, model=replace(cfg.model, weights=args.weights))
-            if released:
+            if released or args.updates:  # --update alone: what official weights without args cannot show (nheads)
                 cfg = replace(cfg, model=replace(cfg.model, weights_config=released, weights_updates=list(args.updates)))
         if args.data is not None or not experiment:
             cfg = replace(cfg, data=parse_data_arg(args.data or "synthetic", cfg.data))
