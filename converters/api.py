@@ -48,8 +48,15 @@ class ExportRequest:
     batch_profile: Tuple[int, int, int] = (1, 8, 8)  # tensorrt + dynamic_batch: min/opt/max of the optimisation profile
 
 
-def resolve_model(source: ModelSource) -> Tuple[nn.Module, Dict[str, Any]]:
-    """nn.Module | checkpoint path | registered model name -> (model in eval mode, experiment config dict or {})."""
+def resolve_model(source: ModelSource, config: Optional[str] = None,
+                  updates: Sequence[str] = ()) -> Tuple[nn.Module, Dict[str, Any]]:
+    """nn.Module | checkpoint path | registered model name -> (model in eval mode, experiment config dict or {}).
+
+    config, updates: --config NAME / --update KEY=VALUE for official weights whose files carry no config
+    (RT-DETRv2, D-FINE, DEIM), as `edgedet.checkpoints.load_official` takes them."""
+    if (config or updates) and not (isinstance(source, (str, Path)) and Path(source).is_file()):
+        raise ExportError("--config / --update describe an official checkpoint file (RT-DETRv2, D-FINE, DEIM): pass it "
+                          "with --model PATH")
     if isinstance(source, nn.Module):
         return source.eval(), {}
     path = Path(source)
@@ -60,8 +67,14 @@ def resolve_model(source: ModelSource) -> Tuple[nn.Module, Dict[str, Any]]:
             ckpt = load_checkpoint(path)
         except CheckpointError:  # not written by `edgedet train`: an official checkpoint
             from edgedet.checkpoints import load_official
+            from edgedet.checkpoints.released_configs import MissingConfigError
 
-            return load_official(str(path)).eval(), {}
+            try:
+                return load_official(str(path), config=config, updates=list(updates)).eval(), {}
+            except MissingConfigError as e:  # the command to run is export's
+                raise ExportError(e.message(f"edgedet export --model {path} {{config}} --format FORMAT")) from None
+        if config or updates:
+            raise ExportError(f"{path} is an `edgedet train` checkpoint, which carries its config: drop --config/--update")
         return load_model(str(path)).eval(), dict(ckpt.get("config") or {})
     from edgedet import list_models
 

@@ -21,6 +21,11 @@ class ExportCommand:
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", help="checkpoint (.pt/.pth, edgedet or official) or a registered model name")
+        p.add_argument("--config", default=None, metavar="NAME",
+                       help="official RT-DETRv2 / D-FINE / DEIM weights (their files carry no config): the released "
+                            "config, e.g. rtdetrv2_r18vd, dfine_hgnetv2_n_coco")
+        p.add_argument("--update", dest="updates", action="append", default=[], metavar="KEY=VALUE",
+                       help="with --config: the official tools' override strings (repeatable), e.g. num_classes=5")
         # Free text (not argparse choices) so a typo gets the table's suggestion.
         p.add_argument("--format", default="onnx", help=f"one of {', '.join(FORMATS)} (default onnx)")
         p.add_argument("--precision", default="fp32", help=f"one of {', '.join(PRECISIONS)} (default fp32)")
@@ -68,7 +73,7 @@ class ExportCommand:
         from runtime.safety import refuse_output_over_input
 
         refuse_output_over_input([args.output], [args.model], what="--output")
-        model, experiment = resolve_model(args.model)  # once: --verify compares against this same model
+        model, experiment = resolve_model(args.model, args.config, args.updates)  # once: --verify compares against it
         output = args.output
         if output is None:  # the checkpoint, not the deployable module, names the default folder
             from converters.export_defaults import default_output_dir

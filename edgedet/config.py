@@ -41,6 +41,10 @@ class ModelConfig:
     # Fine-tuning (edgedet.engine.finetune): start from these weights (an `edgedet train` checkpoint,
     # an official checkpoint `load_official` reads, or a torchvision ImageNet ResNet state dict).
     weights: Optional[str] = None
+    # Official weights of a family whose files carry no config (RT-DETRv2, D-FINE, DEIM): the released
+    # config they were built from (CLI --config NAME) and the official override strings (--update KEY=VALUE).
+    weights_config: Optional[str] = None
+    weights_updates: List[str] = field(default_factory=list)
     # One entry per dataset class: the checkpoint class (name, or index) whose head rows it keeps.
     keep_classes: List[Union[str, int]] = field(default_factory=list)
 

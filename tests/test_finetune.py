@@ -172,8 +172,9 @@ def test_imagenet_resnet_loads_into_the_backbone_only(tmp_path):
 def test_co_detr_declares_its_auxiliary_class_heads():
     model = create_model_from_config(default_config("co_deformable_detr"))
     keys = model.class_dependent_keys()
-    assert {"co.heads.0.atss_cls.weight", "co.heads.1.fc_cls.bias", "class_embed.0.weight"} <= set(keys)
-    assert all(model.state_dict()[k].shape[0] in (model.config.num_classes, model.config.num_classes + 1) for k in keys)
+    assert {"co.heads.0.atss_cls.weight", "co.heads.1.fc_cls.bias", "co.heads.1.fc_reg.weight", "class_embed.0.weight"} <= set(keys)
+    n = model.config.num_classes
+    assert all(model.state_dict()[k].shape[0] - model.class_rows_per_class(k) * n in (0, 1) for k in keys)
 
 
 def test_freeze_backbone_stages():

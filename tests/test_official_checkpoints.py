@@ -97,7 +97,7 @@ def test_explicit_family_that_disagrees_with_the_keys_is_refused():
     d = fixture_dir("dab_detr")
     with pytest.raises(OfficialCheckpointError, match="'dab_detr' checkpoint.*not 'detr'"):
         load_official(d / "checkpoint.pth", family="detr")
-    with pytest.raises(OfficialCheckpointError, match="Valid names: dab_detr, deformable_detr, detr, dino"):
+    with pytest.raises(OfficialCheckpointError, match="Valid names: dab_detr, deformable_detr, detr, dfine, dino"):
         load_official(d / "checkpoint.pth", family="yolo")
 
 

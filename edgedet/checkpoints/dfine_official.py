@@ -220,8 +220,8 @@ def _check_against_weights(fields: Mapping[str, Any], state: Mapping[str, Tensor
     wrong = [f"{k}={expect[k]} (weights: {facts[k]})" for k in expect if k in facts and facts[k] != expect[k]]
     if wrong:
         raise OfficialCheckpointError(
-            f"config '{config}' (with the given updates) disagrees with the checkpoint: {', '.join(wrong)}; "
-            "pick the config the checkpoint was trained with or add -u updates (e.g. num_classes=N)")
+            f"--config {config} (with the given updates) disagrees with the checkpoint: {', '.join(wrong)}; "
+            "pick the config the checkpoint was trained with or add --update KEY=VALUE (e.g. --update num_classes=N)")
 
 
 def official_model_config(config: str, updates: Sequence[str] = ()):
@@ -274,6 +274,12 @@ def prepare_dfine_state(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
 def load_dfine_official(path: Union[str, Path], config: str, updates: Sequence[str] = (),
                         overrides: Optional[Mapping[str, Any]] = None):
     """Build the `dfine` model for a D-FINE/DEIM checkpoint from its official config name + updates; eval mode."""
+    return load_dfine_state(read_dfine_checkpoint(path), config, updates, overrides, f"checkpoint {path}")
+
+
+def load_dfine_state(state: Mapping[str, Tensor], config: str, updates: Sequence[str] = (),
+                     overrides: Optional[Mapping[str, Any]] = None, source: str = "checkpoint"):
+    """`load_dfine_official` on a state_dict already read (official key names); eval mode."""
     from edgedet.checkpoints.official import load_official_state_dict
     from edgedet.models import create_model_from_config
     from edgedet.models.dfine import DFINEConfig
@@ -281,12 +287,78 @@ def load_dfine_official(path: Union[str, Path], config: str, updates: Sequence[s
     resolved = resolve_official_config(config, updates)
     fields = official_to_model_fields(resolved)
     _check_structure(fields, resolved)
-    state = read_dfine_checkpoint(path)
     _check_against_weights(fields, state, config)
     if overrides:
         fields.update(overrides)
     model = create_model_from_config(from_dict(DFINEConfig, fields, "model"))
-    load_official_state_dict(model, prepare_dfine_state(state), f"checkpoint {path}")
-    log.info("loaded %s checkpoint %s as config %s (%d tensors)", "DEIM" if config.startswith("deim") else "D-FINE",
-             path, config, len(state))
+    load_official_state_dict(model, prepare_dfine_state(dict(state)), source)
+    log.info("loaded %s %s as --config %s (%d tensors)", "DEIM" if config.startswith("deim") else "D-FINE",
+             source, config, len(state))
     return model.eval()
+
+
+# ---------------------------------------------------------------- released configs that fit a file
+
+
+def _width(state: Mapping[str, Tensor], key: str) -> Optional[int]:
+    return int(state[key].shape[0]) if key in state else None
+
+
+def suggest_updates(name: str, state: Mapping[str, Tensor]) -> List[str]:
+    """--update strings that make released config `name` say what the weights show (backbone must match)."""
+    from edgedet.checkpoints.rtdetr_official import _yaml
+
+    resolved = resolve_official_config(name)
+    fields = official_to_model_fields(resolved)
+    facts = weights_facts(state)
+    from edgedet.nn.hgnetv2 import HGNETV2_ARCHS
+
+    if facts.get("stem_width") != HGNETV2_ARCHS[fields["backbone"]][0][1]:
+        raise OfficialCheckpointError(f"backbone stem width {facts.get('stem_width')} is not {name}'s")
+    out = []
+    levels = int(resolved["DFINETransformer"]["num_levels"])
+    if facts.get("encoder_hidden_dim") not in (None, fields["encoder_hidden_dim"]):
+        width = facts["encoder_hidden_dim"]
+        out += [f"HybridEncoder.hidden_dim={width}", f"DFINETransformer.feat_channels={_yaml([width] * levels)}"]
+    extra = {"encoder_dim_feedforward": _width(state, "encoder.encoder.0.layers.0.linear1.weight"),
+             "dim_feedforward": _width(state, "decoder.decoder.layers.0.linear1.weight")}
+    rows = _width(state, "decoder.decoder.layers.0.cross_attn.attention_weights.weight")
+    if rows and facts.get("num_points"):
+        extra["nheads"] = rows // sum(facts["num_points"])
+    seen = {**facts, **{k: v for k, v in extra.items() if v is not None}}
+    keys = {"encoder_dim_feedforward": "HybridEncoder.dim_feedforward", "hidden_dim": "DFINETransformer.hidden_dim",
+            "dim_feedforward": "DFINETransformer.dim_feedforward", "nheads": "DFINETransformer.nhead",
+            "dec_layers": "DFINETransformer.num_layers", "num_points": "DFINETransformer.num_points",
+            "num_classes": "num_classes"}
+    for field_name, update in keys.items():
+        if field_name in seen and seen[field_name] != fields[field_name]:
+            out.append(f"{update}={_yaml(seen[field_name])}")
+    return out
+
+
+def _distinct_configs() -> List[str]:
+    """One name per distinct architecture: the COCO configs (other datasets change only the class count)."""
+    coco = [n for n in dfine_config_names() if n.endswith("_coco")]
+    return sorted(coco, key=lambda n: n.startswith("deim_"))  # same shapes: D-FINE named first
+
+
+def _needs_config(*_: Any) -> Dict[str, Any]:
+    raise OfficialCheckpointError("D-FINE/DEIM checkpoints carry no config: name the released one with --config NAME "
+                                  "(e.g. dfine_hgnetv2_n_coco) and --update KEY=VALUE for what was changed")
+
+
+def _register_released() -> None:
+    from edgedet.checkpoints.official_spec import OFFICIAL_FAMILIES, FamilySpec
+    from edgedet.checkpoints.released_configs import RELEASED_FAMILIES, ReleasedFamily
+
+    OFFICIAL_FAMILIES.register("dfine")(FamilySpec(
+        "dfine", "decoder.decoder.lqe_layers.* (Peterande/D-FINE, DEIM)",
+        lambda state: any(k.startswith("decoder.decoder.lqe_layers.") for k in state), _needs_config, _needs_config))
+
+    RELEASED_FAMILIES.register("dfine")(ReleasedFamily(
+        "dfine", "D-FINE/DEIM", dfine_config_names, _distinct_configs, is_dfine_config, official_model_config,
+        prepare_dfine_state, suggest_updates,
+        "DFINETransformer.num_queries, HybridEncoder.nhead, and D-FINE vs DEIM (activations; deim_* for DEIM weights)"))
+
+
+_register_released()

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 import edgedet.checkpoints.official_configs  # noqa: F401  (registers the family specs)
-from edgedet.checkpoints import rtdetr_official
+from edgedet.checkpoints import dfine_official, rtdetr_official
 from edgedet.checkpoints.official_spec import (
     DEFAULT_NHEADS,
     OfficialCheckpointError,
@@ -31,6 +31,8 @@ from edgedet.checkpoints.official_spec import (
     family_names,
     get_spec,
 )
+from edgedet.checkpoints.released_configs import (RELEASED_FAMILIES, article, family_of_config, missing_config,
+                                                  released_family)
 from edgedet.checkpoints.safe_load import safe_torch_load
 from edgedet.config import ModelConfig, from_dict
 import edgedet.models  # noqa: F401,E402  (registers the families' configs in MODELS)
@@ -95,9 +97,6 @@ def read_official_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, Tensor],
 
 def detect_family(state: Mapping[str, Tensor], args: Optional[Dict[str, Any]] = None) -> str:
     """The official family whose key signature `state` matches (cross-checked with args.modelname)."""
-    if any(k.startswith("decoder.decoder.lqe_layers.") for k in state):
-        raise OfficialCheckpointError("this is a D-FINE/DEIM checkpoint, which carries no config: pass config='dfine_hgnetv2_n_coco' "
-                                      "(the official YAML name it was trained with) and any -u updates")
     hits = [name for name in family_names() if get_spec(name).matches(state)]
     signatures = "; ".join(f"{n}: {get_spec(n).signature}" for n in family_names())
     if not hits:
@@ -148,7 +147,8 @@ def config_for_checkpoint(
         if "nheads" not in overrides:  # a wrong guess loads without error and moves every box: refuse to guess
             raise OfficialCheckpointError(
                 f"this {family} checkpoint has no args, and its number of attention heads is not visible in the "
-                f"weights; say it: --set nheads=N (API: overrides={{'nheads': N}}; the official default is {DEFAULT_NHEADS})")
+                f"weights; say it: --update nheads=N (the official --nheads, default {DEFAULT_NHEADS}; convert-checkpoint "
+                f"also takes --set nheads=N)")
         log.warning("%s checkpoint has no args: config inferred from tensor shapes with nheads=%d and dilation=False "
                     "(not visible in shapes; override with dilation=true for a DC5 model)", family, nheads)
     else:
@@ -267,9 +267,50 @@ def rtdetr_config_for_checkpoint(state: Mapping[str, Tensor], config: Optional[s
     if config is None:
         rtdetr_official._needs_config()
     fields = rtdetr_official.official_to_fields(rtdetr_official.resolve_config(config, updates))
-    rtdetr_official.check_against_weights(fields, state, f"{source} with config {config}")
+    rtdetr_official.check_against_weights(fields, state, f"{source} with --config {config}")
     fields.update(dict(overrides or {}))
     return from_dict(MODELS.meta("rtdetr")["config"], {**fields, "name": "rtdetr"}, "model")
+
+
+def _check_config_family(path: Union[str, Path], detected: str, config: Optional[str], updates: Sequence[str],
+                         state: Mapping[str, Tensor], args_less: bool = False) -> None:
+    """One-line errors when --config / --update do not belong to the checkpoint's family."""
+    if isinstance(updates, (str, bytes)):
+        rtdetr_official.parse_updates(updates)  # raises: a list of strings is expected
+    if config is None:
+        if detected in RELEASED_FAMILIES:
+            raise missing_config(str(path), detected, state)
+        if updates and not args_less:
+            raise OfficialCheckpointError(f"--update needs --config NAME, and {path} is a '{detected}' checkpoint, which "
+                                          "carries its own config (args): drop --update (use --set FIELD=VALUE for our fields)")
+        return
+    owner = family_of_config(config)
+    if owner is None:
+        raise OfficialCheckpointError(f"--config {config} is not a released config; released: "
+                                      + "; ".join(f"{released_family(f).title}: {', '.join(released_family(f).names())}"
+                                                  for f in RELEASED_FAMILIES.names()))
+    if detected not in RELEASED_FAMILIES:
+        theirs = released_family(owner).title
+        raise OfficialCheckpointError(f"{path} is a '{detected}' checkpoint, which carries its own config (args), but "
+                                      f"--config {config} is {article(theirs)} {theirs} config: drop --config/--update")
+    if owner != detected:
+        mine, theirs = released_family(detected).title, released_family(owner).title
+        raise OfficialCheckpointError(f"{path} is {article(mine)} {mine} checkpoint, but --config {config} is {article(theirs)} "
+                                      f"{theirs} config; {missing_config(str(path), detected, state).fits_text()}")
+
+
+# Official training args a file without `args` cannot show in its shapes; --update supplies them.
+ARGS_LESS_UPDATES = ("nheads", "dilation")
+
+
+def _args_updates(updates: Sequence[str], path: Union[str, Path]) -> Dict[str, Any]:
+    """--update nheads=8 for a checkpoint saved without its args -> {"nheads": 8}; other keys are refused."""
+    values = rtdetr_official.parse_updates(updates)
+    wrong = [k for k in values if k not in ARGS_LESS_UPDATES]
+    if wrong:
+        raise OfficialCheckpointError(f"--update {wrong[0]}=...: {path} has no args, and only what its shapes cannot show "
+                                      f"is set this way ({', '.join(ARGS_LESS_UPDATES)}); the rest comes from the weights")
+    return values
 
 
 def load_official(
@@ -278,33 +319,31 @@ def load_official(
 ) -> nn.Module:
     """Build the edgedet model for an official checkpoint and load its weights; eval mode.
 
-    family: detr | deformable_detr | dab_detr | dino | rtdetr, or None to detect it from the keys.
+    family: detr | deformable_detr | dab_detr | dino | rtdetr | dfine, or None to detect it from the keys.
     overrides: config fields to set on top of what the checkpoint implies (see
     `config_for_checkpoint`); shape-changing ones make the load fail with the mismatches.
-    config, updates: for RT-DETRv2 checkpoints (which carry no config): a released config name
-    (`rtdetr_official.RTDETR_CONFIGS`, e.g. "rtdetrv2_r18vd") and the official `-u` strings
-    (e.g. ["HybridEncoder.hidden_dim=64", "num_classes=5"]). D-FINE/DEIM checkpoints likewise,
-    with their YAML names (`dfine_hgnetv2_n_coco`, `deim_hgnetv2_s_coco`; `edgedet.checkpoints.dfine_official`).
+    config, updates: what the CLI's --config NAME and --update KEY=VALUE say, for the families whose
+    checkpoints carry no config (RT-DETRv2: `rtdetr_official.RTDETR_CONFIGS`, e.g. "rtdetrv2_r18vd";
+    D-FINE/DEIM: the official YAML names, e.g. "dfine_hgnetv2_n_coco"): the released config name and a
+    list of the official tools' override strings (e.g. ["HybridEncoder.hidden_dim=64", "num_classes=5"]).
+    Without `config` such a checkpoint raises an error listing the released configs that fit its shapes.
     """
-    from edgedet.checkpoints.dfine_official import is_dfine_config, load_dfine_official
     from edgedet.models import create_model_from_config
 
-    if config is not None and (family in (None, "dfine") and is_dfine_config(config)):
-        return load_dfine_official(path, config, updates, overrides)
-    if family == "dfine":
-        raise OfficialCheckpointError("D-FINE/DEIM checkpoints carry no config: pass config='dfine_hgnetv2_n_coco' "
-                                      "(the official YAML name) and any -u updates")
+    if family is not None and family not in family_names():
+        raise OfficialCheckpointError(f"unknown family '{family}'. Valid names: {', '.join(family_names())}")
     state, args = read_official_checkpoint(path)
-    family = "rtdetr" if config is not None and family is None else family
     family = _resolve_family(state, args, family)
+    _check_config_family(path, family, config, updates, state, args_less=args is None)
+    source = f"checkpoint {path}"
+    if family == "dfine":
+        return dfine_official.load_dfine_state(state, config, updates, overrides, source)
     if family == "rtdetr":
-        cfg = rtdetr_config_for_checkpoint(state, config, updates, overrides, f"checkpoint {path}")
-    elif config is not None or updates:
-        raise OfficialCheckpointError(f"config/updates are for RT-DETRv2 checkpoints; this one is '{family}'")
+        cfg = rtdetr_config_for_checkpoint(state, config, updates, overrides, source)
     else:
-        cfg = config_for_checkpoint(family, state, args, overrides)
+        cfg = config_for_checkpoint(family, state, args, {**_args_updates(updates, path), **dict(overrides or {})})
     model = create_model_from_config(cfg)
-    load_official_state_dict(model, state, f"checkpoint {path}")
+    load_official_state_dict(model, state, source)
     log.info("loaded official %s checkpoint %s (%d tensors)", family, path, len(state))
     return model.eval()
 

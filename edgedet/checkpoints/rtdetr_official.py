@@ -84,13 +84,24 @@ _NO_EFFECT = {"PResNet.pretrained", "RTDETRTransformerv2.aux_loss"}
 
 
 def parse_updates(updates: Sequence[str]) -> Dict[str, Any]:
-    """['A.b=1', 'c=[1,2]'] -> {'A.b': 1, 'c': [1, 2]} (values are YAML, `~` is None)."""
+    """['A.b=1', 'c=[1,2]'] -> {'A.b': 1, 'c': [1, 2]} (values are YAML, `~` is None).
+
+    One-line errors for a bare string (a list of strings is expected: one entry per --update), an
+    entry without `=` and a value that is not YAML."""
+    if isinstance(updates, (str, bytes)):
+        raise OfficialCheckpointError(f"updates must be a list of KEY=VALUE strings (one per --update), not the string "
+                                      f"{updates!r}: pass [{updates!r}]")
     out: Dict[str, Any] = {}
     for item in updates or ():
-        if "=" not in item:
-            raise OfficialCheckpointError(f"update '{item}' must look like KEY=VALUE (e.g. HybridEncoder.hidden_dim=64)")
+        if not isinstance(item, str) or "=" not in item or not item.split("=", 1)[0].strip():
+            raise OfficialCheckpointError(f"--update {item!r} must look like KEY=VALUE (e.g. --update HybridEncoder.hidden_dim=64)")
         key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw)
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem", None) or type(e).__name__
+            raise OfficialCheckpointError(f"--update {item}: the value {raw!r} is not valid YAML ({mark}); write lists as "
+                                          f"[4,4,4], None as ~") from None
     return out
 
 
@@ -222,9 +233,8 @@ def _rtdetr_matches(state: Mapping[str, Tensor]) -> bool:
 
 
 def _needs_config(*_: Any) -> Dict[str, Any]:
-    raise OfficialCheckpointError("RT-DETRv2 checkpoints carry no config: name one with load_official(path, config=NAME) or "
-                                  "`edgedet convert-checkpoint SRC --config NAME -o ours.pth` (then use ours.pth), NAME one "
-                                  f"of {', '.join(RTDETR_CONFIGS)}, plus updates / --update KEY=VALUE if it was changed")
+    raise OfficialCheckpointError("RT-DETRv2 checkpoints carry no config: name the released one with --config NAME "
+                                  f"(one of {', '.join(RTDETR_CONFIGS)}) and --update KEY=VALUE for what was changed")
 
 
 OFFICIAL_FAMILIES.register("rtdetr")(FamilySpec(
@@ -233,4 +243,79 @@ OFFICIAL_FAMILIES.register("rtdetr")(FamilySpec(
 
 
 __all__ = ["RTDETR_CONFIGS", "parse_updates", "resolve_config", "official_to_fields", "fields_from_weights",
-           "check_against_weights"]
+           "check_against_weights", "suggest_updates", "model_config"]
+
+
+# ---------------------------------------------------------------- released configs that fit a file
+
+# RTDETRConfig field (as fields_from_weights reads it) -> the official update key that sets it
+_FIELD_UPDATES = {"encoder_dim_feedforward": "HybridEncoder.dim_feedforward",
+                  "num_encoder_layers": "HybridEncoder.num_encoder_layers", "expansion": "HybridEncoder.expansion",
+                  "depth_mult": "HybridEncoder.depth_mult", "hidden_dim": "RTDETRTransformerv2.hidden_dim",
+                  "num_points": "RTDETRTransformerv2.num_points", "nheads": "RTDETRTransformerv2.nhead",
+                  "dec_layers": "RTDETRTransformerv2.num_layers", "dim_feedforward": "RTDETRTransformerv2.dim_feedforward",
+                  "num_classes": "num_classes"}
+
+
+def _yaml(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_yaml(v) for v in value) + "]"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value)) if abs(value) >= 1 else str(value)
+    return str(value)
+
+
+def spatial_size_update(tokens: Any, strides: Sequence[int]) -> str:
+    """The eval_spatial_size update giving `tokens` anchors (~ for none; a square size otherwise)."""
+    if tokens is None:
+        return "eval_spatial_size=~"
+    for side in range(32, 4097, 32):
+        if sum(int(side / s) ** 2 for s in strides) == tokens:
+            return f"eval_spatial_size=[{side},{side}]"
+    raise OfficialCheckpointError(f"no square eval_spatial_size gives the checkpoint's {tokens} anchors")
+
+
+def suggest_updates(name: str, state: Mapping[str, Tensor]) -> List[str]:
+    """--update strings that make released config `name` say what the weights show (backbone must match)."""
+    fields = official_to_fields(resolve_config(name))
+    seen = fields_from_weights(state)
+    if (seen["backbone"], seen["backbone_variant"]) != (fields["backbone"], fields["backbone_variant"]):
+        raise OfficialCheckpointError(f"backbone {seen['backbone']}{seen['backbone_variant']} is not {name}'s")
+    out = []
+    if seen["encoder_hidden_dim"] != fields["encoder_hidden_dim"]:
+        width = seen["encoder_hidden_dim"]
+        out += [f"HybridEncoder.hidden_dim={width}", f"RTDETRTransformerv2.feat_channels={_yaml([width] * fields['num_levels'])}"]
+    for key, update in _FIELD_UPDATES.items():
+        if seen[key] != fields[key] and not (isinstance(seen[key], float) and abs(seen[key] - fields[key]) < 1e-6):
+            out.append(f"{update}={_yaml(seen[key])}")
+    if seen["learn_query_content"] != fields["learn_query_content"]:
+        out.append(f"RTDETRTransformerv2.learn_query_content={seen['learn_query_content']}")
+    if seen["learn_query_content"] and seen.get("num_queries") != fields["num_queries"]:
+        out.append(f"RTDETRTransformerv2.num_queries={seen['num_queries']}")
+    size = fields["eval_spatial_size"]
+    want = None if not size else sum(int(size[0] / s) * int(size[1] / s) for s in fields["feat_strides"])
+    if want != seen["anchor_tokens"]:
+        out.append(spatial_size_update(seen["anchor_tokens"], fields["feat_strides"]))
+    return out
+
+
+def model_config(name: str, updates: Sequence[str] = ()):
+    """RTDETRConfig of released config `name` + official updates (no weights involved)."""
+    from edgedet.config import from_dict
+    from edgedet.registry import MODELS
+
+    fields = official_to_fields(resolve_config(name, updates))
+    return from_dict(MODELS.meta("rtdetr")["config"], {**fields, "name": "rtdetr"}, "model")
+
+
+def _register_released() -> None:
+    from edgedet.checkpoints.released_configs import RELEASED_FAMILIES, ReleasedFamily
+
+    distinct = [n for n in RTDETR_CONFIGS if not n.endswith("_dsp")]  # discrete sampling: same tensors
+    RELEASED_FAMILIES.register("rtdetr")(ReleasedFamily(
+        "rtdetr", "RT-DETRv2", lambda: list(RTDETR_CONFIGS), lambda: distinct,
+        lambda name: name in RTDETR_CONFIGS or name.startswith("rtdetr"), model_config, dict, suggest_updates,
+        "HybridEncoder.nhead, RTDETRTransformerv2.num_queries, RTDETRTransformerv2.cross_attn_method (the _dsp configs)"))
+
+
+_register_released()

@@ -60,11 +60,16 @@ def safe_torch_load(path: Union[str, Path]) -> Any:
             "execute arbitrary pickles (only tensors, containers and argparse.Namespace are allowed). "
             "If you trust the file, re-save it as {'model': state_dict, 'args': dict} and load that."
         ) from None
-    except Exception:  # torch raises RuntimeError, KeyError, EOFError... for foreign bytes
-        raise ValueError(not_a_checkpoint(p)) from None
+    except Exception as e:  # torch raises RuntimeError, KeyError, EOFError... for foreign bytes
+        raise ValueError(not_a_checkpoint(p, str(e))) from None
 
 
-def not_a_checkpoint(path: Path) -> str:
+def not_a_checkpoint(path: Path, reason: str = "") -> str:
     """The one-line answer to bytes torch cannot read (PyTorch's own text suggests weights_only=False: never that)."""
-    return (f"{path} is not a PyTorch checkpoint (corrupt, truncated, or another kind of file); "
+    size = path.stat().st_size if path.is_file() else 0
+    if "central directory" in reason:
+        # A torch.save zip ends with its directory: the file stops before the end its format needs.
+        return (f"{path} is truncated: {size:,} bytes on disk, but a PyTorch checkpoint's zip archive ends with a "
+                "directory that is missing here (an interrupted download or copy); fetch the file again")
+    return (f"{path} ({size:,} bytes) is not a PyTorch checkpoint (corrupt, truncated, or another kind of file); "
             "pass the .pth written by the official repository or by `edgedet train`")

@@ -18,7 +18,14 @@ class TrainCommand:
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", help="registered model name (e.g. detr, deformable_detr, dab_detr, dino)")
-        p.add_argument("--config", help="experiment YAML (model/data/train sections); flags below override it")
+        p.add_argument("--config", metavar="YAML|NAME",
+                       help="experiment YAML (model/data/train sections; flags below override it), or the released config "
+                            "of official RT-DETRv2 / D-FINE / DEIM weights, e.g. rtdetrv2_r18vd or dfine_hgnetv2_n_coco "
+                            "(their files carry none; without --weights: that architecture, untrained)")
+        p.add_argument("--update", dest="updates", action="append", default=[], metavar="KEY=VALUE",
+                       help="with a released --config: the official tools' override strings (repeatable), "
+                            "e.g. --update HybridEncoder.hidden_dim=64 --update 'DFINETransformer.num_points=[4,2]'; "
+                            "for official weights saved without their args: what the shapes cannot show (nheads=8)")
         p.add_argument("--data", default=None, help=DATA_HELP + " (default: synthetic)")
         p.add_argument("--epochs", type=int, help="number of epochs")
         p.add_argument("--batch-size", type=int, help="images per step and process")
@@ -53,10 +60,16 @@ class TrainCommand:
         overrides = [o for o in args.overrides if not o.startswith("model.preset=")]
         preset = args.preset or (presets[-1] if presets else None)
 
-        if args.config:
-            cfg = load_experiment(args.config)
+        experiment, released = split_config_arg(args.config)
+        if args.updates and not (released or args.weights):
+            raise ValueError("--update KEY=VALUE changes a released config: pass it with --config NAME (e.g. rtdetrv2_r18vd, "
+                             "dfine_hgnetv2_n_coco); for edgedet's own fields use --set model.FIELD=VALUE")
+        if experiment:
+            cfg = load_experiment(experiment)
             if args.model and args.model != cfg.model.name:
                 cfg = replace(cfg, model=default_config(args.model))
+        elif released and not args.weights:  # the released architecture, untrained
+            cfg = ExperimentConfig(model=released_model_config(released, args.updates, args.model))
         elif args.model:
             cfg = ExperimentConfig(model=default_config(args.model))
         elif args.weights:  # the architecture comes from the weights
@@ -65,7 +78,9 @@ class TrainCommand:
             raise ValueError("say which model to train: --model NAME, --config experiment.yaml or --weights PATH")
         if args.weights:
             cfg = replace(cfg, model=replace(cfg.model, weights=args.weights))
-        if args.data is not None or not args.config:
+            if released or args.updates:  # --update alone: what official weights without args cannot show (nheads)
+                cfg = replace(cfg, model=replace(cfg.model, weights_config=released, weights_updates=list(args.updates)))
+        if args.data is not None or not experiment:
             cfg = replace(cfg, data=parse_data_arg(args.data or "synthetic", cfg.data))
         cfg = family_normalization(cfg)
         if preset:  # before the flags and --set, which override it
@@ -93,6 +108,42 @@ class TrainCommand:
         if main_process:
             log.info("last checkpoint: %s", last)
         return 0
+
+
+def split_config_arg(value):
+    """--config -> (experiment YAML path, None) or (None, released config name) or (None, None); one-line error
+    for a value that is neither an existing file nor a released config name."""
+    from pathlib import Path
+
+    from edgedet.checkpoints.released_configs import all_released_config_names, family_of_config
+
+    if not value:
+        return None, None
+    if Path(value).is_file():
+        return value, None
+    name = value[:-4] if value.endswith(".yml") else value
+    if name in all_released_config_names():
+        return None, name
+    owner = family_of_config(name)
+    if owner is not None:
+        from edgedet.checkpoints.released_configs import released_family
+
+        spec = released_family(owner)
+        raise ValueError(f"--config {value}: not a released {spec.title} config; released: {', '.join(spec.names())}")
+    raise FileNotFoundError(f"--config {value}: no such experiment YAML, and not a released config name (e.g. rtdetrv2_r18vd, "
+                            "dfine_hgnetv2_n_coco, deim_hgnetv2_s_coco)")
+
+
+def released_model_config(name, updates, model=None):
+    """The model config of released config `name` + --update strings, to train from scratch (logged as such)."""
+    from edgedet.checkpoints.released_configs import family_of_config, released_family
+
+    spec = released_family(family_of_config(name))
+    if model and model != spec.family:
+        raise ValueError(f"--config {name} is {spec.title} (model '{spec.family}'), not --model {model}: drop --model")
+    log.warning("--config %s without --weights: training the released %s architecture from random weights; pass "
+                "--weights PATH (its official .pth) to fine-tune it", name, spec.title)
+    return spec.model_config(name, list(updates))  # the dataset then sets the classes
 
 
 def family_normalization(cfg):

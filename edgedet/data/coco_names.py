@@ -1,7 +1,9 @@
 """COCO class names in the official DETR-family checkpoints' order.
 
-Those checkpoints have 91 class rows indexed by COCO category id (1 = person ... 90 = toothbrush);
-ids COCO never assigned (0, 12, 26, 29, 30, 45, 66, 68, 69, 71, 83) are "N/A".
+DETR, Deformable-DETR, DAB-DETR and DINO checkpoints have 91 class rows indexed by COCO category id
+(1 = person ... 90 = toothbrush); ids COCO never assigned (0, 12, 26, 29, 30, 45, 66, 68, 69, 71, 83)
+are "N/A". RT-DETR(v2), D-FINE and DEIM train 80 contiguous classes (the category ids in increasing
+order, `remap_mscoco_category` maps row i back to its id): `coco_contiguous_names()`.
 """
 from __future__ import annotations
 
@@ -29,4 +31,24 @@ def coco_official_names() -> List[str]:
     return [_BY_ID.get(i, "N/A") for i in range(COCO_OFFICIAL_NUM_CLASSES)]
 
 
-__all__ = ["coco_official_names", "COCO_OFFICIAL_NUM_CLASSES"]
+COCO_CONTIGUOUS_NUM_CLASSES = 80
+
+
+def coco_contiguous_names() -> List[str]:
+    """80 names, row i = the i-th COCO category in id order (RT-DETR, D-FINE, DEIM class heads)."""
+    return [_BY_ID[i] for i in sorted(_BY_ID)]
+
+
+def official_class_names(family: str, num_classes: int) -> List[str]:
+    """The class names of an official COCO checkpoint's rows, in that family's order; [] when not COCO-sized."""
+    if num_classes == COCO_OFFICIAL_NUM_CLASSES and family not in CONTIGUOUS_FAMILIES:
+        return coco_official_names()
+    if num_classes == COCO_CONTIGUOUS_NUM_CLASSES and family in CONTIGUOUS_FAMILIES:
+        return coco_contiguous_names()
+    return []
+
+
+CONTIGUOUS_FAMILIES = ("rtdetr", "dfine")
+
+__all__ = ["coco_official_names", "coco_contiguous_names", "official_class_names", "COCO_OFFICIAL_NUM_CLASSES",
+           "COCO_CONTIGUOUS_NUM_CLASSES"]

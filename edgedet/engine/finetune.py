@@ -30,11 +30,12 @@ from edgedet.config import ConfigError, ExperimentConfig, ModelConfig
 log = logging.getLogger(__name__)
 
 # Model fields that change how a model trains but not its tensors: the user may set them freely.
-_TRAINING_ONLY = {"name", "num_classes", "class_names", "weights", "keep_classes", "backbone_weights",
+_TRAINING_ONLY = {"name", "num_classes", "class_names", "weights", "weights_config", "weights_updates", "keep_classes",
+                  "backbone_weights",
                   "backbone_frozen_bn", "train_backbone", "aux_loss", "dropout", "msda_impl", "dn_number",
                   "dn_label_noise_ratio", "dn_box_noise_scale", "focal_alpha"}
-WEIGHTS_HELP = ("an `edgedet train` checkpoint, an official DETR / Deformable DETR / DAB-DETR / DINO checkpoint, "
-                "or a torchvision ImageNet ResNet .pth")
+WEIGHTS_HELP = ("an `edgedet train` checkpoint, an official DETR / Deformable DETR / DAB-DETR / DINO / RT-DETRv2 / "
+                "D-FINE / DEIM checkpoint, or a torchvision ImageNet ResNet .pth")
 
 
 def _training_only(name: str) -> bool:
@@ -57,12 +58,48 @@ def _is_imagenet_resnet(obj) -> bool:
             and not any(str(k).startswith(("backbone.", "module.")) for k in state))
 
 
-def read_weights(path: Union[str, Path]) -> PretrainedWeights:
-    """Read any supported weights file (see the module docstring); one-line errors otherwise."""
-    from edgedet.checkpoints.official import (_alias_groups, _renamed, config_for_checkpoint, convert_official_state_dict,
-                                              detect_family, read_official_checkpoint)
+def read_weights(path: Union[str, Path], config: Optional[str] = None, updates: Sequence[str] = ()) -> PretrainedWeights:
+    """Read any supported weights file (see the module docstring); one-line errors otherwise.
+
+    config, updates: --config NAME / --update KEY=VALUE for official weights whose files carry no
+    config (RT-DETRv2, D-FINE, DEIM); refused for any other file."""
+    from edgedet.checkpoints.official import _alias_groups, load_official
     from edgedet.checkpoints.safe_load import safe_torch_load
-    from edgedet.data.coco_names import COCO_OFFICIAL_NUM_CLASSES, coco_official_names
+    from edgedet.data.coco_names import official_class_names
+    from edgedet.engine.checkpoint import FORMAT, checkpoint_config
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"weights not found: {p}; pass {WEIGHTS_HELP}")
+    obj = safe_torch_load(p)
+    own_config = isinstance(obj, Mapping) and obj.get("format") == FORMAT
+    if (config or updates) and (own_config or _is_imagenet_resnet(obj)):
+        what = "an `edgedet train` checkpoint, which carries its config" if own_config else "an ImageNet backbone"
+        raise ConfigError(f"--config {config or '(none)'} / --update name the released config of official RT-DETRv2 / "
+                          f"D-FINE / DEIM weights, but {p} is {what}: drop --config and --update")
+    if own_config:
+        cfg = checkpoint_config(obj).model
+        ema = obj.get("ema")
+        state = ema["module"] if isinstance(ema, Mapping) and "module" in ema else obj["model"]
+        return PretrainedWeights(p, "edgedet", dict(state), cfg, list(cfg.class_names))
+    if _is_imagenet_resnet(obj):
+        return PretrainedWeights(p, "imagenet", {}, None, [])
+    del obj
+    # Official weights: load_official builds the family's model (its own loader, --config/--update for
+    # the families whose files carry none) and loads every tensor strictly, so the weights handed on
+    # are exactly what loaded, in our key names and dtypes.
+    model = load_official(p, config=config, updates=list(updates))
+    state = dict(model.state_dict())
+    cfg = model.config
+    # Official COCO builds: COCO names in the family's row order (91 category ids, or 80 contiguous).
+    return PretrainedWeights(p, "official", state, cfg, official_class_names(cfg.name, cfg.num_classes),
+                             _alias_groups(state))
+
+
+def weights_family(path: Union[str, Path]) -> str:
+    """The model family a weights file holds (for `edgedet train --weights` without --model)."""
+    from edgedet.checkpoints.official import detect_family, read_official_checkpoint
+    from edgedet.checkpoints.safe_load import safe_torch_load
     from edgedet.engine.checkpoint import FORMAT, checkpoint_config
 
     p = Path(path)
@@ -70,27 +107,10 @@ def read_weights(path: Union[str, Path]) -> PretrainedWeights:
         raise FileNotFoundError(f"weights not found: {p}; pass {WEIGHTS_HELP}")
     obj = safe_torch_load(p)
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
-        cfg = checkpoint_config(obj).model
-        ema = obj.get("ema")
-        state = ema["module"] if isinstance(ema, Mapping) and "module" in ema else obj["model"]
-        return PretrainedWeights(p, "edgedet", dict(state), cfg, list(cfg.class_names))
+        return checkpoint_config(obj).model.name
     if _is_imagenet_resnet(obj):
-        return PretrainedWeights(p, "imagenet", {}, None, [])
-    raw, args = read_official_checkpoint(p)
-    family = detect_family(raw, args)
-    cfg = config_for_checkpoint(family, raw, args)
-    aliases = {_renamed(k): [_renamed(a) for a in v] for k, v in _alias_groups(raw).items()}
-    # The official builds hard-code 91 COCO rows indexed by category id.
-    names = coco_official_names() if cfg.num_classes == COCO_OFFICIAL_NUM_CLASSES else []
-    return PretrainedWeights(p, "official", convert_official_state_dict(raw), cfg, names, aliases)
-
-
-def weights_family(path: Union[str, Path]) -> str:
-    """The model family a weights file holds (for `edgedet train --weights` without --model)."""
-    w = read_weights(path)
-    if w.config is None:
         raise ConfigError(f"{path} is an ImageNet backbone (no detector architecture); say which detector: --model NAME")
-    return w.config.name
+    return detect_family(*read_official_checkpoint(p))
 
 
 # ---------------------------------------------------------------- architecture from the weights
@@ -124,7 +144,8 @@ def resolve_config(cfg: ExperimentConfig, weights: PretrainedWeights) -> Experim
                               f"{f.name}={theirs!r}); drop that setting or use other weights")
     # The checkpoint's own ImageNet file (a path on the machine that trained it) is not needed: its
     # backbone tensors are in the checkpoint.
-    values.update(weights=m.weights, keep_classes=list(m.keep_classes), class_names=list(m.class_names),
+    values.update(weights=m.weights, weights_config=m.weights_config, weights_updates=list(m.weights_updates),
+                  keep_classes=list(m.keep_classes), class_names=list(m.class_names),
                   num_classes=m.num_classes, backbone_weights=m.backbone_weights)
     for name in getattr(type(w), "class_count_fields", ()):
         values[name] = None  # follows the (dataset's) class count
@@ -216,6 +237,7 @@ def load_pretrained(model: nn.Module, weights: PretrainedWeights, keep_classes: 
         rows = [_class_row(c, src_names, src_count, weights.path) for c in keep_classes]
     same_classes = rows is None and bool(src_names) and list(src_names) == list(cfg.class_names)
     class_keys = set(model.class_dependent_keys()) if hasattr(model, "class_dependent_keys") else set()
+    rows_per_class = getattr(model, "class_rows_per_class", lambda key: 1)
     own = model.state_dict(keep_vars=True)
     twins: Dict[int, List[str]] = {}
     for k, v in own.items():
@@ -231,12 +253,14 @@ def load_pretrained(model: nn.Module, weights: PretrainedWeights, keep_classes: 
                 report.missing.append(k)
             continue
         if k in class_keys:
-            extra = t.shape[0] - cfg.num_classes  # e.g. DETR's "no object" row, label_enc's spare row
+            per = rows_per_class(k)  # a per-class box regressor owns 4 rows per class
+            extra = t.shape[0] - per * cfg.num_classes  # e.g. DETR's "no object" row, label_enc's spare row
             if same_classes and s.shape == t.shape:
                 new_values[k] = s
                 report.loaded.append(k)
-            elif rows is not None and s.shape[0] - extra == src_count and s.shape[1:] == t.shape[1:]:
-                new_values[k] = s[rows + [src_count + j for j in range(extra)]]
+            elif rows is not None and s.shape[0] - extra == per * src_count and s.shape[1:] == t.shape[1:]:
+                index = [r * per + j for r in rows for j in range(per)] + [per * src_count + j for j in range(extra)]
+                new_values[k] = s[index]
                 report.kept_rows.append(k)
             else:
                 report.reinitialised.append(k)

@@ -47,12 +47,17 @@ def _targets_to(targets, device: torch.device):
 
 
 class _Stopwatch:
-    """Wall-clock budget shared by the whole run (0 = unlimited)."""
+    """Wall-clock budget shared by the whole run (0 = unlimited); `before_s` is the time a resumed run
+    had already trained (saved in last.pth), so a resume continues the budget instead of restarting it."""
 
-    def __init__(self, budget_s: float):
-        self.start, self.budget_s = time.monotonic(), budget_s
+    def __init__(self, budget_s: float, before_s: float = 0.0):
+        self.start, self.budget_s, self.before_s = time.monotonic(), budget_s, float(before_s)
 
     def elapsed(self) -> float:
+        return self.before_s + time.monotonic() - self.start
+
+    def session(self) -> float:
+        """Seconds since this process started (or resumed) training."""
         return time.monotonic() - self.start
 
     def expired(self) -> bool:
@@ -191,11 +196,12 @@ def _budget_shortfall(tc, clock: _Stopwatch, epochs_done: int, start_epoch: int)
     """A warning when the run's pace will not fit train.time_budget_s, with the --epochs that would."""
     if tc.time_budget_s <= 0 or epochs_done <= 0:
         return None
-    per_epoch = clock.elapsed() / epochs_done
+    before = getattr(clock, "before_s", 0.0)  # trained before a resume: not this session's pace, but budget used
+    per_epoch = (clock.elapsed() - before) / epochs_done
     total = tc.epochs - start_epoch
-    if per_epoch * total <= tc.time_budget_s:
+    if per_epoch * total <= tc.time_budget_s - before:
         return None
-    fit = max(1, int(tc.time_budget_s // per_epoch))
+    fit = max(1, int((tc.time_budget_s - before) // per_epoch))
     return (f"at {_duration(per_epoch)} per epoch the {total} epochs need ~{_duration(per_epoch * total)} but "
             f"train.time_budget_s is {_duration(tc.time_budget_s)}: training will stop near epoch {start_epoch + fit} "
             f"and the {tc.scheduler} schedule, fitted to {tc.epochs} epochs, will not finish; --epochs {start_epoch + fit} "
@@ -246,7 +252,11 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
     from edgedet.data.padding import batch_padding
     from edgedet.models import create_model_from_config
 
-    pretrained = finetune.read_weights(cfg.model.weights) if cfg.model.weights else None
+    pretrained = (finetune.read_weights(cfg.model.weights, cfg.model.weights_config, cfg.model.weights_updates)
+                  if cfg.model.weights else None)
+    if pretrained is None and (cfg.model.weights_config or cfg.model.weights_updates):
+        raise ValueError("model.weights_config / weights_updates (--config NAME / --update) describe official weights: "
+                         "pass them with --weights PATH")
     if pretrained is not None:
         cfg = finetune.resolve_config(cfg, pretrained)
     elif cfg.model.keep_classes:
@@ -305,13 +315,18 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
         saved_row = (resume_ckpt or {}).get("metrics")
         if saved_row and not any(r.get("epoch") == saved_row.get("epoch") for r in run_dir.read_metrics_rows(metrics_path)):
             run_dir.write_metrics_row(metrics_path, saved_row)  # killed between last.pth and its metrics row
-    clock = _Stopwatch(tc.time_budget_s)
+    # Time already trained before a resume (None in checkpoints from before it was saved: the budget restarts).
+    trained_s = (resume_ckpt or {}).get("elapsed_s")
+    clock = _Stopwatch(tc.time_budget_s, trained_s or 0.0)
+    pace_from = start_epoch if trained_s is None else 0  # the epochs clock.elapsed() covers start here
+    if trained_s is not None and tc.time_budget_s > 0 and info.is_main:
+        log.info("time budget: %s of %s already used before the resume", _duration(trained_s), _duration(tc.time_budget_s))
     last_plot = time.monotonic()
     run_iters, done_before = (tc.epochs - start_epoch) * iters_per_epoch, 0
 
     def run_eta(it: int) -> str:  # the whole run's remaining time at its pace so far (evaluations included)
         done = done_before + it
-        left = clock.elapsed() / done * (run_iters - done)
+        left = clock.session() / done * (run_iters - done)
         return _duration(min(left, tc.time_budget_s - clock.elapsed()) if tc.time_budget_s > 0 else left)
 
     epoch = start_epoch - 1
@@ -327,7 +342,8 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
         rng_per_rank = ddp.gather_objects(ckpt_io.rng_state())  # every rank takes part; each resumes from its own
         if info.is_main:  # the epoch is safe before evaluation starts (a crash there loses nothing)
             ckpt_io.save_checkpoint(last_path, model, cfg, epoch, optimizer=optimizer, scheduler=scheduler, ema=ema,
-                                    scaler=scaler, metrics=row, best_map=best, rng_per_rank=rng_per_rank)
+                                    scaler=scaler, metrics=row, best_map=best, rng_per_rank=rng_per_rank,
+                                    elapsed_s=clock.elapsed())
             run_dir.write_metrics_row(metrics_path, row)
         if info.is_main and (last_epoch or (tc.eval_every > 0 and (epoch + 1) % tc.eval_every == 0)):
             eval_model = ema.module if ema is not None else model
@@ -357,7 +373,7 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
                 last_plot = time.monotonic()
         ddp.barrier()
         if tc.fit_to_budget and tc.time_budget_s > 0 and not last_epoch:
-            fitted = ddp.gather_objects(_fitted_epochs(tc, clock, epoch + 1 - start_epoch, start_epoch, epochs_cap))[0]
+            fitted = ddp.gather_objects(_fitted_epochs(tc, clock, epoch + 1 - pace_from, pace_from, epochs_cap))[0]
             if fitted != tc.epochs:  # rank 0's count on every rank
                 if info.is_main:
                     log.info("train.fit_to_budget: %d epochs fit the %s budget at this pace (was %d); the %s schedule "

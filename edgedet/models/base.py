@@ -37,6 +37,10 @@ class DetectorBase(nn.Module):
         """state_dict keys of the tensors whose shape depends on the class count."""
         return [k for k in self.state_dict() if any(fnmatch.fnmatchcase(k, p) for p in self.class_dependent_patterns)]
 
+    def class_rows_per_class(self, key: str) -> int:
+        """Rows each class owns in class-dependent tensor `key` (1; a per-class box regressor has 4)."""
+        return 1
+
     def forward(self, images: Tensor, mask: Optional[Tensor] = None, targets: Optional[List[Dict[str, Tensor]]] = None) -> Dict:
         raise NotImplementedError
 

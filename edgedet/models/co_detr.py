@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -88,10 +89,19 @@ class CoDETRMixin:
     score_activation = "sigmoid"
 
     def class_dependent_keys(self) -> List[str]:
-        """The base detector's class heads plus the auxiliary heads' classifiers."""
+        """The base detector's class heads plus the auxiliary heads' classifiers and the Faster R-CNN
+        head's per-class box regressor (`fc_reg`, 4 rows per class unless class-agnostic)."""
         co = [k for k in self.state_dict() if fnmatch.fnmatchcase(k, "co.heads.*.atss_cls.*")
-              or fnmatch.fnmatchcase(k, "co.heads.*.fc_cls.*")]
+              or fnmatch.fnmatchcase(k, "co.heads.*.fc_cls.*") or self.class_rows_per_class(k) > 1]
         return super().class_dependent_keys() + co
+
+    def class_rows_per_class(self, key: str) -> int:
+        """Rows each class owns in the class-dependent tensor `key` (class c: rows c*n .. c*n+n-1)."""
+        m = re.fullmatch(r"co\.heads\.(\d+)\.fc_reg\.(weight|bias)", key)
+        if m is None:
+            return super().class_rows_per_class(key)
+        head = self.head_configs[int(m.group(1))]
+        return 1 if getattr(head, "class_agnostic", True) else 4
 
     def _init_co(self, cfg: CoDETRConfig, family: str) -> None:
         if cfg.base != family:
