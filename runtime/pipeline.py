@@ -32,13 +32,13 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequenc
 import numpy as np
 
 from runtime.capture import Frame, Source, open_source
+from runtime.overlap import OverlappedDetect, is_staged
 from runtime.types import Detections
 
 log = logging.getLogger(__name__)
 
 _END = object()  # end-of-stream marker passed down the queues
 STAGES = ("preprocess", "infer", "postprocess", "detect", "sinks", "end_to_end")
-STAGED_API = ("prepare", "pad", "submit", "collect", "finish")  # a detector the pipeline can split over threads
 
 
 class StopPipeline(Exception):
@@ -186,17 +186,13 @@ class Pipeline(ThreadedStages):
         self.detector = detector
         self.sinks = list(sinks)
         self.live = self.source.is_live
-        self.overlap = bool(overlap) and all(callable(getattr(detector, m, None)) for m in STAGED_API)
         depth = 1 if self.live else max(1, int(queue_size))
         self._q_in: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
         self._q_out: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
-        # Staged detection: the room semaphore admits a frame to preprocessing only when the submit stage can take
-        # it (a live frame stays in the newest-frame slot until then); in_flight bounds uncollected engine calls.
-        self._q_prepared: "queue.Queue[Any]" = queue.Queue()
-        self._prepared_room = threading.Semaphore(depth)
-        self._q_submitted: "queue.Queue[Any]" = queue.Queue()
-        self._in_flight = threading.Semaphore(int(getattr(detector, "max_in_flight", 1)) if self.overlap else 1)
         self._init_stages(queue_size)
+        # A frame is taken for preprocessing only when the submit stage has room for it (a live frame stays in the
+        # newest-frame slot until then, so the freshest one is processed).
+        self._overlapped = OverlappedDetect(detector, self._stop, room=depth) if overlap and is_staged(detector) else None
         self._latency: Dict[str, Deque[float]] = {s: deque(maxlen=history) for s in STAGES}
         self.frames = 0
         self.queue_dropped = 0
@@ -207,8 +203,8 @@ class Pipeline(ThreadedStages):
         if self._threads:
             raise RuntimeError("pipeline already started; create a new Pipeline to run again")
         self._t_start = time.perf_counter()
-        detect = ([("preprocess", self._prepare_loop), ("submit", self._submit_loop), ("postprocess", self._collect_loop)]
-                  if self.overlap else [("detect", self._detect_loop)])
+        detect = ([("detect", self._detect_loop)] if self._overlapped is None else
+                  self._overlapped.loops(self._take_frame, self._deliver, on_end=lambda: self._put(self._q_out, _END)))
         self._start_stages([("capture", self._capture_loop)] + detect + [("sinks", self._sink_loop)])
         return self
 
@@ -263,78 +259,17 @@ class Pipeline(ThreadedStages):
                 return
         self._put(self._q_out, _END)
 
-    # -- staged detection (overlap) ------------------------------------------------------
-    def _acquire(self, semaphore: threading.Semaphore) -> bool:
-        while not self._stop.is_set():
-            if semaphore.acquire(timeout=0.05):
-                return True
-        return False
+    # -- overlapped detection: preprocess / submit / postprocess threads (runtime.overlap) ---------
+    def _take_frame(self) -> Optional[tuple]:
+        frame = self._get(self._q_in)
+        return None if frame is _END else ([frame], [frame.image])
 
-    def _prepare_loop(self) -> None:
-        det = self.detector
-        try:
-            while self._acquire(self._prepared_room):
-                frame = self._get(self._q_in)
-                if frame is _END:
-                    return
-                t0 = time.perf_counter()
-                feeds, infos = det.prepare(det.pad([frame.image]))
-                self._q_prepared.put((frame, feeds, infos, (time.perf_counter() - t0) * 1e3))
-        finally:
-            self._q_prepared.put(_END)  # unbounded: never blocks
-
-    def _submit_loop(self) -> None:
-        try:
-            while True:
-                item = self._get(self._q_prepared)
-                self._prepared_room.release()
-                if item is _END or not self._acquire(self._in_flight):
-                    return
-                frame, feeds, infos, prep_ms = item
-                t0 = time.perf_counter()
-                handle = self.detector.submit(feeds)
-                self._q_submitted.put((frame, handle, infos, prep_ms, (time.perf_counter() - t0) * 1e3))
-        finally:
-            self._q_submitted.put(_END)
-
-    def _collect_loop(self) -> None:
-        try:
-            while True:
-                item = self._get(self._q_submitted)
-                if item is _END:
-                    return
-                frame, handle, infos, prep_ms, submit_ms = item
-                t0 = time.perf_counter()
-                try:
-                    outputs = self.detector.collect(handle)
-                finally:
-                    self._in_flight.release()
-                t1 = time.perf_counter()
-                dets = self.detector.finish(outputs, infos, 1)[0]
-                t2 = time.perf_counter()
-                # infer: time the threads spent in the engine's submit and wait (an async engine's run overlaps the rest)
-                timings = {"preprocess": prep_ms, "infer": submit_ms + (t1 - t0) * 1e3, "postprocess": (t2 - t1) * 1e3}
-                dets.timings_ms.update(timings)
-                for stage, ms in timings.items():
-                    self._record(stage, ms)
-                self._record("detect", sum(timings.values()))
-                if not self._put(self._q_out, Result(frame, dets, (t2 - frame.timestamp) * 1e3)):
-                    return
-        finally:
-            self._put(self._q_out, _END)
-
-    def _settle_in_flight(self) -> None:
-        """After a stop: wait for engine calls still running, so the detector's requests are free again."""
-        while True:
-            try:
-                item = self._q_submitted.get_nowait()
-            except queue.Empty:
-                return
-            if item is not _END:
-                try:
-                    self.detector.collect(item[1])
-                except Exception as e:  # the pipeline is closing; the run's own error (if any) is raised already
-                    log.debug("engine call in flight at close failed: %s", e)
+    def _deliver(self, frames: List[Frame], dets: List[Detections], timings: Dict[str, float]) -> bool:
+        t = time.perf_counter()
+        for stage, ms in timings.items():
+            self._record(stage, ms)
+        self._record("detect", sum(timings.values()))
+        return all(self._put(self._q_out, Result(f, d, (t - f.timestamp) * 1e3)) for f, d in zip(frames, dets))
 
     def _sink_loop(self) -> None:
         while True:
@@ -373,10 +308,15 @@ class Pipeline(ThreadedStages):
         """Stop and join every thread, close the source and the sinks; safe to call twice."""
         if not self._stop_threads():
             return
-        if self.overlap:
-            self._settle_in_flight()
+        if self._overlapped is not None:
+            self._overlapped.settle()
         self.source.close()  # after the capture thread: never release a decoder mid-read
         self._close_sinks(self.sinks)
+
+    @property
+    def overlap(self) -> bool:
+        """Whether detection runs as overlapped preprocess / engine / postprocess threads."""
+        return self._overlapped is not None
 
     @property
     def dropped(self) -> int:

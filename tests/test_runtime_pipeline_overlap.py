@@ -119,9 +119,9 @@ class FakeEngineDetector:
         self._enter()
         time.sleep(self.prep_s)
         self._leave()
-        value = int(frames[0][0, 0, 0])
-        self.prepared.append(value)
-        return {"x": np.array([value])}, [frames[0].shape[:2]]
+        values = [int(f[0, 0, 0]) for f in frames]
+        self.prepared.extend(values)
+        return {"x": np.array(values)}, [f.shape[:2] for f in frames]
 
     def submit(self, feeds):
         with self.lock:
@@ -156,9 +156,8 @@ class FakeEngineDetector:
         self._enter()
         time.sleep(self.post_s)
         self._leave()
-        value = int(outputs["y"][0]) // 2
-        return [Detections(np.array([[value, 0, value + 1, 1]], np.float32), np.ones(1, np.float32), np.zeros(1, np.int64),
-                           ("a",), infos[0])]
+        return [Detections(np.array([[v // 2, 0, v // 2 + 1, 1]], np.float32), np.ones(1, np.float32), np.zeros(1, np.int64),
+                           ("a",), info) for v, info in zip(outputs["y"][:count].tolist(), infos)]
 
     def __call__(self, frame):
         return self.finish(self.collect(self.submit(self.prepare([frame])[0])), [frame.shape[:2]], 1)[0]
@@ -243,3 +242,38 @@ def test_ctrl_c_stops_an_overlapped_pipeline_cleanly(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=20)
     assert out.strip() == "interrupted True []"
+
+
+@pytest.mark.parametrize("dynamic_batch", [False, True])  # batch-1 artifact: one engine call per frame; dynamic: one per batch
+def test_multistream_overlapped_equals_batch_in_stream_order(tmp_path, dynamic_batch):
+    from runtime import MultiStreamPipeline
+    from runtime.capture import SequentialSource
+
+    det = Detector(make_blob_artifact(tmp_path, "sigmoid", dynamic_batch=dynamic_batch))
+    streams = {f"s{k}": [np.roll(f, 7 * k, axis=0) for f in _scenes(10)] for k in range(3)}
+    got = []
+    pipe = MultiStreamPipeline({n: SequentialSource(n, iter(fs)) for n, fs in streams.items()}, det, shared_sinks=[got.append])
+    assert pipe.overlap
+    stats = pipe.run()
+    assert stats["frames"] == 30 and not _edgedet_threads()
+    for name, frames in streams.items():
+        mine = [r for r in got if r.stream == name]
+        assert [r.frame.index for r in mine] == list(range(10))
+        for r, e in zip(mine, det.batch(frames)):
+            _assert_same(r.detections, e)
+    if not dynamic_batch:
+        assert stats["engine_calls"] == 30 and stats["batch_mean"] == 1.0
+
+
+def test_multistream_stages_overlap_with_an_async_engine():
+    from runtime import MultiStreamPipeline
+    from runtime.capture import SequentialSource
+
+    fake = FakeEngineDetector(prep_s=0.01, engine_s=0.03, post_s=0.01, max_in_flight=2)
+    fake.chunk = 0
+    sources = {f"s{k}": SequentialSource(f"s{k}", iter(_valued(8))) for k in range(2)}
+    got = []
+    stats = MultiStreamPipeline(sources, fake, shared_sinks=[got.append]).run()
+    assert stats["frames"] == 16 and fake.peak_busy >= 2 and fake.submitted == fake.collected
+    for name in sources:
+        assert [r.frame.index for r in got if r.stream == name] == list(range(8))
