@@ -8,8 +8,8 @@ So frame k+1 is preprocessed while the engine runs frame k and frame k-1 is post
 stage is one thread reading FIFO queues: results come out in the order frames went in, and equal
 `detector.batch` on the same frames (same stages, same chunks). At most `detector.max_in_flight`
 engine calls are submitted and not yet collected; a chunk is taken for preprocessing only when the
-submit stage has room (`room` prepared chunks), so a live source's newest-frame slot decides what
-is processed as late as possible.
+engine has taken the previous one (up to `room` prepared chunks wait), so a live source's
+newest-frame slot decides what is processed as late as possible.
 
 A detector is staged when it has STAGED_API (a `runtime.Detector` does); the pipelines fall back to
 calling it whole on one thread otherwise.
@@ -92,13 +92,13 @@ class OverlappedDetect:
         try:
             while True:
                 item = self._get(self._prepared)
-                self._room.release()
                 if item is _END or not self._acquire(self._in_flight):
                     return
                 payloads, feeds, infos, count, prep_ms = item
                 t0 = time.perf_counter()
                 handle = self.detector.submit(feeds)
                 self._submitted.put((payloads, handle, infos, count, prep_ms, (time.perf_counter() - t0) * 1e3))
+                self._room.release()  # only now: the next frame is taken while this one runs, as fresh as can be
         finally:
             self._submitted.put(_END)
 

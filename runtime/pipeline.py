@@ -13,7 +13,7 @@ Every stage is one thread reading FIFO queues, so results come out in frame orde
 what the detector gives frame by frame.
 
 For a live source the capture queue holds one frame and a newer frame replaces an unprocessed
-one; a frame is taken for preprocessing only when the engine stage has room for it, so it is
+one; a frame is taken for preprocessing only when the engine has taken the one before, so it is
 as fresh as possible and latency stays bounded by about two detector calls however slow the
 detector is. For files every frame is processed in order (a full queue blocks the reader
 instead). `close()` (also on Ctrl-C, an error or leaving a `for` loop early) stops and joins
@@ -190,7 +190,7 @@ class Pipeline(ThreadedStages):
         self._q_in: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
         self._q_out: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
         self._init_stages(queue_size)
-        # A frame is taken for preprocessing only when the submit stage has room for it (a live frame stays in the
+        # A frame is taken for preprocessing only when the engine has taken the one before (a live frame stays in the
         # newest-frame slot until then, so the freshest one is processed).
         self._overlapped = OverlappedDetect(detector, self._stop, room=depth) if overlap and is_staged(detector) else None
         self._latency: Dict[str, Deque[float]] = {s: deque(maxlen=history) for s in STAGES}
