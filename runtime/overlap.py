@@ -34,7 +34,13 @@ Deliver = Callable[[List[Any], List[Any], Dict[str, float]], bool]
 
 
 def is_staged(detector: Any) -> bool:
-    return all(callable(getattr(detector, name, None)) for name in STAGED_API)
+    """Has the stages, and a call is exactly them: a subclass that changes `__call__` or `batch` (adds a step
+    after detection, say) is run whole, so what it adds is not skipped."""
+    if not all(callable(getattr(detector, name, None)) for name in STAGED_API):
+        return False
+    cls = type(detector)
+    owner = next((c for c in cls.__mro__ if "prepare" in vars(c)), cls)
+    return all(getattr(cls, name, None) is getattr(owner, name, None) for name in ("__call__", "batch"))
 
 
 class OverlappedDetect:

@@ -65,6 +65,16 @@ def test_onnxruntime_detector_overlaps_and_equals_the_sync_path(tmp_path):
     off = _run_and_compare(det, _scenes(5), overlap=False)
     assert not off.overlap
 
+    class Shifted(Detector):  # changes what a call returns: must run whole, not as the base class's stages
+        def __call__(self, frame):
+            d = super().__call__(frame)
+            return Detections(d.boxes_xyxy + 1, d.scores, d.labels, d.class_names, d.image_size)
+
+    shifted = Shifted(make_blob_artifact(tmp_path / "sub", "sigmoid"))
+    got = list(Pipeline(iter(_scenes(3)), shifted))
+    assert not Pipeline(iter(()), shifted).overlap
+    np.testing.assert_array_equal(got[0].detections.boxes_xyxy, det(_scenes(1)[0]).boxes_xyxy + 1)
+
 
 def test_onnxruntime_run_async_matches_run(tmp_path):
     det = Detector(make_blob_artifact(tmp_path, "postprocessed"), async_run=True)
