@@ -38,9 +38,9 @@ def is_staged(detector: Any) -> bool:
     after detection, say) is run whole, so what it adds is not skipped."""
     if not all(callable(getattr(detector, name, None)) for name in STAGED_API):
         return False
-    cls = type(detector)
-    owner = next((c for c in cls.__mro__ if "prepare" in vars(c)), cls)
-    return all(getattr(cls, name, None) is getattr(owner, name, None) for name in ("__call__", "batch"))
+    mro = type(detector).__mro__
+    below = mro[:next((i for i, c in enumerate(mro) if "prepare" in vars(c)), 0)]  # subclasses of the stages' class
+    return not any(name in vars(c) for c in below for name in ("__call__", "batch"))
 
 
 class OverlappedDetect:

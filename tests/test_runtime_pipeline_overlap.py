@@ -287,3 +287,36 @@ def test_multistream_stages_overlap_with_an_async_engine():
     assert stats["frames"] == 16 and fake.peak_busy >= 2 and fake.submitted == fake.collected
     for name in sources:
         assert [r.frame.index for r in got if r.stream == name] == list(range(8))
+
+
+def test_tensorrt_backend_submitted_and_collected_on_different_threads(monkeypatch, tmp_path):
+    """The TensorRT backend (on tests/trt_fakes.py stand-ins) as the pipeline drives it: enqueue on the submit
+    thread, settle on the postprocess thread, the next enqueue only after that (max_in_flight 1)."""
+    import trt_fakes
+
+    _, _, backend_mod, _ = trt_fakes.install(monkeypatch)
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"ENGINE fake")
+    backend = backend_mod.TensorRTBackend().load(engine, device="cuda")
+
+    class EngineDetector:  # the staged API over a bare engine: frame [4, 5, 3] -> its (sum, max) as a "detection"
+        max_in_flight = backend.max_in_flight
+
+        def pad(self, frames):  # the fake profile takes batches of 2..4: pad to 2 so the async enqueue path runs
+            return list(frames) + list(frames)[-1:] * max(0, 2 - len(frames))
+
+        def prepare(self, frames):
+            return {"images": np.stack([f.transpose(2, 0, 1).astype(np.float32) for f in frames])}, [None] * len(frames)
+
+        submit, collect = staticmethod(backend.infer_async), staticmethod(backend.wait)
+
+        def finish(self, outputs, infos, count):
+            return [Detections(np.zeros((1, 4), np.float32), s[:1].astype(np.float32), np.zeros(1, np.int64))
+                    for s in outputs["scores"][:count]]
+
+    frames = [np.random.default_rng(i).integers(0, 255, (4, 5, 3), dtype=np.uint8) for i in range(12)]
+    got = list(Pipeline(iter(frames), EngineDetector(), queue_size=3))
+    assert backend.max_in_flight == 1 and [r.frame.index for r in got] == list(range(12))
+    for r, f in zip(got, frames):
+        assert r.detections.scores[0] == pytest.approx(float(f.astype(np.float32).sum()), rel=1e-6)
+    backend.close()
