@@ -5,12 +5,17 @@
 
 Measures, in one run:
 1. sequential loop: read a frame, detect, repeat, on one thread (what an app without the pipeline does);
-2. bare detector: frames / time spent inside `detector()` in that loop (the ceiling for one detect thread);
-3. file pipeline: Pipeline(video file, detector), decoding and detection in their own threads
-   (aim: >= 0.9x of 2.; decoding shares the CPU, so a cheap model on few busy cores falls short),
-   and the same with frames from memory (no decoding: the threading overhead alone);
+2. bare detector: frames / time spent inside `detector()` in that loop (preprocess + engine + postprocess
+   with nothing else running: the "bare engine" the pipeline is held to), plus the engine call alone and
+   the preprocess ms (median `detector.prepare` of one frame);
+3. file pipeline: Pipeline(video file, detector), decoding in its own thread and detection split over
+   preprocess / engine / postprocess threads (overlap, the default; aim: >= 0.95x of 2.), the same with
+   one detect thread (overlap=False, the pipeline before overlap), and both with frames from memory
+   (no decoding: the threading overhead alone); rounds alternate, medians are reported;
 4. live latency: the video played at its own fps as a simulated camera through the pipeline:
    end-to-end latency (capture -> sinks done) p50/p95, frames processed and dropped.
+The machine's load average is printed before and after: on a shared machine, neighbours' work skews
+every figure (rerun when the load is below the core count).
 Prints a table, and as the last line one JSON object with the same figures.
 """
 from __future__ import annotations
@@ -18,6 +23,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,10 +58,10 @@ def sequential_fps(detector: Detector, video: Path, max_frames: int) -> tuple:
     return n / (time.perf_counter() - t0), n / in_detector
 
 
-def pipeline_fps(detector: Detector, video, max_frames: int) -> dict:
+def pipeline_fps(detector: Detector, video, max_frames: int, overlap: bool = True) -> dict:
     """video: a path (decoded in the capture thread) or an iterable of frames already in memory."""
     source = open_source(str(video) if isinstance(video, Path) else video)
-    pipe = Pipeline(source, detector, queue_size=4)
+    pipe = Pipeline(source, detector, queue_size=4, overlap=overlap)
     n, t0 = 0, time.perf_counter()
     for _ in pipe:
         n += 1
@@ -63,6 +70,36 @@ def pipeline_fps(detector: Detector, video, max_frames: int) -> dict:
     elapsed = time.perf_counter() - t0
     s = pipe.stats()
     return {"fps": n / elapsed, "frames": n, "detect_p50_ms": s["latency_ms"]["detect"]["p50"]}
+
+
+def stage_ms(detector: Detector, frames: list, repeats: int = 20) -> dict:
+    """Median ms of one frame's preprocessing (`prepare`) and of the engine call alone on its feeds."""
+    prep, engine = [], []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        feeds, _ = detector.prepare(detector.pad([frames[i % len(frames)]]))
+        t1 = time.perf_counter()
+        detector.backend.infer(feeds)
+        t2 = time.perf_counter()
+        prep.append((t1 - t0) * 1e3)
+        engine.append((t2 - t1) * 1e3)
+    return {"preprocess_ms": float(np.median(prep)), "engine_ms": float(np.median(engine))}
+
+
+def cpu_model() -> dict:
+    """lscpu's model name and the SIMD flags that matter for the engines."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"cpu": "unknown", "cpu_flags": ""}
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    flags = set(fields.get("Flags", "").split())
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "neon", "asimd")
+    return {"cpu": fields.get("Model name", "unknown").strip(), "cpu_flags": " ".join(f for f in wanted if f in flags)}
+
+
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
 
 
 def live_latency(detector: Detector, video: Path, max_frames: int) -> dict:
@@ -108,37 +145,47 @@ def main() -> int:
                 if len(frames) < 5:
                     frames.append(f.image)
         count = min(total, args.frames or total)
+        load_before = load_average()
         for f in frames[:5]:  # warm-up: first calls allocate
             detector(f)
-        runs = {"bare": [], "sequential": [], "pipeline": [], "detect_ms": [], "memory": []}
-        for _ in range(max(1, args.rounds)):  # alternate, so a noisy neighbour hits both alike
+        stages = stage_ms(detector, frames)
+        runs = {"bare": [], "sequential": [], "pipeline": [], "detect_ms": [], "memory": [], "one_thread": [], "one_thread_memory": []}
+        for _ in range(max(1, args.rounds)):  # alternate, so a noisy neighbour hits all alike
             loop, bare = sequential_fps(detector, video, count)
             runs["sequential"].append(loop)
             runs["bare"].append(bare)
             piped = pipeline_fps(detector, video, count)
             runs["pipeline"].append(piped["fps"])
             runs["detect_ms"].append(piped["detect_p50_ms"])
+            runs["one_thread"].append(pipeline_fps(detector, video, count, overlap=False)["fps"])
             # The pipeline's own overhead: frames from memory, no decoding competing for the CPU.
-            runs["memory"].append(pipeline_fps(detector, itertools.islice(itertools.cycle(frames), count), count)["fps"])
-        bare, sequential = float(np.median(runs["bare"])), float(np.median(runs["sequential"]))
-        piped = {"fps": float(np.median(runs["pipeline"])), "detect_p50_ms": float(np.median(runs["detect_ms"]))}
+            for key, overlap in (("memory", True), ("one_thread_memory", False)):
+                in_memory = itertools.islice(itertools.cycle(frames), count)
+                runs[key].append(pipeline_fps(detector, in_memory, count, overlap=overlap)["fps"])
+        med = {k: float(np.median(v)) for k, v in runs.items()}
+        bare, sequential = med["bare"], med["sequential"]
+        piped = {"fps": med["pipeline"], "detect_p50_ms": med["detect_ms"]}
         live = live_latency(detector, video, args.live_frames)
         detector.close()
 
     result = {
         "model": "toy-640" if args.model is None else Path(args.model).name, "backend": detector.backend_name,
-        "device": args.device, "video": video.name, "frame_size": list(frames[0].shape[:2]), "frames": count, "rounds": max(1, args.rounds),
+        "device": args.device, **cpu_model(), "cores": os.cpu_count(), "load_avg_before": load_before, "load_avg_after": load_average(),
+        "video": video.name, "frame_size": list(frames[0].shape[:2]), "frames": count, "rounds": max(1, args.rounds),
+        "preprocess_ms": round(stages["preprocess_ms"], 3), "engine_ms": round(stages["engine_ms"], 3),
         "bare_detector_fps": round(bare, 2), "sequential_loop_fps": round(sequential, 2), "pipeline_fps": round(piped["fps"], 2),
         "pipeline_over_bare": round(piped["fps"] / bare, 3),
-        "pipeline_from_memory_fps": round(float(np.median(runs["memory"])), 2),
-        "pipeline_from_memory_over_bare": round(float(np.median(runs["memory"])) / bare, 3), "pipeline_over_sequential": round(piped["fps"] / sequential, 3), "pipeline_detect_p50_ms": round(piped["detect_p50_ms"], 3),
+        "one_detect_thread_fps": round(med["one_thread"], 2), "one_detect_thread_over_bare": round(med["one_thread"] / bare, 3),
+        "pipeline_from_memory_fps": round(med["memory"], 2), "pipeline_from_memory_over_bare": round(med["memory"] / bare, 3),
+        "one_detect_thread_from_memory_over_bare": round(med["one_thread_memory"] / bare, 3),
+        "pipeline_over_sequential": round(piped["fps"] / sequential, 3), "pipeline_detect_p50_ms": round(piped["detect_p50_ms"], 3),
         "live_camera_fps": live["camera_fps"], "live_frames_processed": live["frames"], "live_frames_dropped": live["dropped"],
         "live_fps": round(live["fps"], 2), "live_latency_p50_ms": round(live["latency_p50_ms"], 2),
         "live_latency_p95_ms": round(live["latency_p95_ms"], 2),
     }
-    print(f"{'measure':<32}{'value':>14}")
+    print(f"{'measure':<40}{'value':>14}")
     for key, value in result.items():
-        print(f"{key:<32}{str(value):>14}")
+        print(f"{key:<40}{str(value):>14}")
     print(json.dumps(result))
     return 0
 

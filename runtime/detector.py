@@ -142,25 +142,49 @@ class Detector:
         out: List[Detections] = []
         for start in range(0, len(frames), step):
             chunk = frames[start:start + step]
-            if self.max_batch and len(chunk) < self.max_batch:
-                # A static batch: pad with copies of the last frame, drop their results.
-                out.extend(self._run(chunk + [chunk[-1]] * (self.max_batch - len(chunk)))[: len(chunk)])
-            else:
-                out.extend(self._run(chunk))
+            out.extend(self._run(self.pad(chunk))[: len(chunk)])
         return out
 
     def _run(self, frames: List[np.ndarray]) -> List[Detections]:
         t0 = time.perf_counter()
-        x, infos = self.preprocessor(frames)
+        feeds, infos = self.prepare(frames)
         t1 = time.perf_counter()
-        outputs = self.backend.infer(self.feeds(x, infos))
+        outputs = self.backend.infer(feeds)
         t2 = time.perf_counter()
-        dets = self.postprocessor(outputs, infos)
+        dets = self.finish(outputs, infos, len(frames))
         t3 = time.perf_counter()
         timings = {"preprocess": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3}
         for d in dets:
             d.timings_ms.update(timings)
         return dets
+
+    # -- stages, for a pipeline that overlaps them on separate threads (same results as `batch`) --
+    def prepare(self, frames: Sequence[np.ndarray]) -> Tuple[Dict[str, np.ndarray], List[LetterboxInfo]]:
+        """BGR frames of one engine call -> (the engine's feeds, mapping of each frame back)."""
+        x, infos = self.preprocessor(frames)
+        return self.feeds(x, infos), infos
+
+    def pad(self, frames: Sequence[np.ndarray]) -> List[np.ndarray]:
+        """A static-batch artifact takes exactly `max_batch` frames: pad with copies of the last (drop their results)."""
+        frames = list(frames)
+        return frames + [frames[-1]] * (self.max_batch - len(frames)) if self.max_batch and len(frames) < self.max_batch else frames
+
+    def submit(self, feeds: Dict[str, np.ndarray]) -> Any:
+        """Start the engine on `prepare`'s feeds; `collect(handle)` returns its outputs. At most
+        `max_in_flight` submissions may be uncollected at a time."""
+        return self.backend.infer_async(feeds)
+
+    def collect(self, handle: Any) -> Dict[str, np.ndarray]:
+        return self.backend.wait(handle)
+
+    def finish(self, outputs: Dict[str, np.ndarray], infos: Sequence[LetterboxInfo], count: int) -> List[Detections]:
+        """Engine outputs -> Detections of the first `count` frames (the rest were `pad`'s copies)."""
+        return self.postprocessor(outputs, infos)[:count]
+
+    @property
+    def max_in_flight(self) -> int:
+        """Engine calls that may run at once (OpenVINO: its infer requests; others: 1)."""
+        return max(1, int(getattr(self.backend, "max_in_flight", 1)))
 
     def close(self) -> None:
         self.backend.close()

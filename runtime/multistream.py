@@ -9,9 +9,11 @@ newest frame (a replaced frame counts as dropped); a file source waits until its
 taken, so every frame is processed. The batcher takes one frame from every stream that has
 one, waits at most `max_wait_ms` for the other running streams (never for a finished or failed
 one), and runs them through `detector.batch(...)` as one engine call, chunked to the
-artifact's batch limit. Results go to the stream's own sinks and to the shared sinks on one
-sink thread, in order per stream. A stream whose source fails is reopened (when it was given
-as a spec, not an open Source, and is live) up to `reconnects` times without stalling the others.
+artifact's batch limit (with a `runtime.Detector`, the next batch is preprocessed while the
+engine runs this one and the last is postprocessed: `runtime.overlap`). Results go to the
+stream's own sinks and to the shared sinks on one sink thread, in order per stream. A stream
+whose source fails is reopened (when it was given as a spec, not an open Source, and is live) up
+to `reconnects` times without stalling the others.
 """
 from __future__ import annotations
 
@@ -21,11 +23,12 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from runtime.capture import Frame, Source, open_source
+from runtime.overlap import OverlappedDetect, is_staged
 from runtime.pipeline import _END, Result, ThreadedStages
 from runtime.types import Detections
 
@@ -96,14 +99,16 @@ class MultiStreamPipeline(ThreadedStages):
     frame -> Detections (then frames run one by one). sinks: {name: [sink, ...]} or a factory
     name -> [sink, ...]; shared_sinks see every stream's results. max_batch: frames per engine
     call (0 = one per stream). max_wait_ms: how long a partial batch waits for the other live
-    streams. step: per-stream callable run on each result (e.g. one tracker per stream).
+    streams. step: per-stream callable run on each result (e.g. one tracker per stream). overlap: run a staged
+    detector's preprocessing, engine call and postprocessing of consecutive batches on their own threads
+    (`runtime.overlap`; False: one batcher thread calls `detector.batch`).
     """
 
     def __init__(self, sources: Union[Mapping[str, Any], Sequence[Any]], detector: Any,
                  sinks: Union[Mapping[str, Sequence[Sink]], Callable[[str], Sequence[Sink]], None] = None,
                  shared_sinks: Sequence[Sink] = (), max_batch: int = 0, max_wait_ms: float = 5.0,
                  live: Optional[bool] = None, reconnects: int = 3, retry_delay: float = 0.5,
-                 step: Optional[StreamStep] = None, queue_size: int = 8, history: int = 2000):
+                 step: Optional[StreamStep] = None, queue_size: int = 8, history: int = 2000, overlap: bool = True):
         items = list(sources.items()) if isinstance(sources, Mapping) else [(f"stream{i}", s) for i, s in enumerate(sources)]
         if not items:
             raise ValueError("MultiStreamPipeline needs at least one source")
@@ -130,6 +135,8 @@ class MultiStreamPipeline(ThreadedStages):
         self._cond = threading.Condition()
         self._out: "queue.Queue[Any]" = queue.Queue(maxsize=max(1, int(queue_size)))
         self._init_stages(queue_size)
+        # A staged detector (a runtime.Detector) runs batches as overlapped preprocess / engine / postprocess threads.
+        self._overlapped = OverlappedDetect(detector, self._stop, room=1) if overlap and is_staged(detector) else None
         self._detect_ms: Deque[float] = deque(maxlen=history)
         self._batch_sizes: Deque[int] = deque(maxlen=history)
         self.frames = 0
@@ -152,7 +159,12 @@ class MultiStreamPipeline(ThreadedStages):
             raise RuntimeError("pipeline already started; create a new MultiStreamPipeline to run again")
         self._t_start = time.perf_counter()
         loops = [(f"capture-{s.name}", lambda s=s: self._capture_loop(s)) for s in self.streams]
-        self._start_stages(loops + [("batcher", self._batch_loop), ("sinks", self._sink_loop)])
+        if self._overlapped is None:
+            detect = [("batcher", self._batch_loop)]
+        else:  # the batcher is the preprocess thread's take()
+            detect = self._overlapped.loops(self._take_job, self._deliver,
+                                            on_end=lambda: self._put(self._out, _END, force=self._stop.is_set()))
+        self._start_stages(loops + detect + [("sinks", self._sink_loop)])
         return self
 
     def _wake(self) -> None:
@@ -236,17 +248,47 @@ class MultiStreamPipeline(ThreadedStages):
             self._rr = (self._rr + 1) % n
             return [s for s in order if s.frame is not None][: self.max_batch]
 
+    def _take_frames(self) -> Optional[Tuple[List[_Stream], List[Frame]]]:
+        """The next batch's frames (their slots emptied), or None when every stream is done."""
+        batch = self._take_batch()
+        if batch is None:
+            return None
+        with self._cond:
+            frames = [s.frame for s in batch]
+            for s in batch:
+                s.frame = None
+            self._cond.notify_all()  # file sources waiting for their slot
+        return batch, frames
+
+    def _take_job(self) -> Optional[tuple]:
+        taken = self._take_frames()
+        if taken is None:
+            return None
+        batch, frames = taken
+        return list(zip(batch, frames)), [f.image for f in frames]
+
+    def _deliver(self, items: List[tuple], dets: List[Detections], timings: Dict[str, float]) -> bool:
+        t = time.perf_counter()
+        self._detect_ms.append(sum(timings.values()))
+        self._batch_sizes.append(len(items))
+        return self._route([s for s, _ in items], [f for _, f in items], dets, t)
+
+    def _route(self, streams: List[_Stream], frames: List[Frame], dets: List[Detections], t: float) -> bool:
+        """Each stream's step, then its result to the sink thread (False when the pipeline stopped)."""
+        for s, frame, d in zip(streams, frames, dets):
+            if self.step is not None:
+                d = self.step(s.name, frame, d)
+            if not self._put(self._out, StreamResult(frame, d, (t - frame.timestamp) * 1e3, s.name)):
+                return False
+        return True
+
     def _batch_loop(self) -> None:
         try:
             while True:
-                batch = self._take_batch()
-                if batch is None:
+                taken = self._take_frames()
+                if taken is None:
                     return
-                with self._cond:
-                    frames = [s.frame for s in batch]
-                    for s in batch:
-                        s.frame = None
-                    self._cond.notify_all()  # file sources waiting for their slot
+                batch, frames = taken
                 t0 = time.perf_counter()
                 if self._batch_fn is not None:
                     dets = self._batch_fn([f.image for f in frames])
@@ -255,11 +297,8 @@ class MultiStreamPipeline(ThreadedStages):
                 t1 = time.perf_counter()
                 self._detect_ms.append((t1 - t0) * 1e3)
                 self._batch_sizes.append(len(frames))
-                for s, frame, d in zip(batch, frames, dets):
-                    if self.step is not None:
-                        d = self.step(s.name, frame, d)
-                    if not self._put(self._out, StreamResult(frame, d, (t1 - frame.timestamp) * 1e3, s.name)):
-                        return
+                if not self._route(batch, frames, dets, t1):
+                    return
         finally:
             self._put(self._out, _END, force=self._stop.is_set())
 
@@ -306,10 +345,17 @@ class MultiStreamPipeline(ThreadedStages):
         """Stop and join every thread, then close sources and sinks; safe to call twice."""
         if not self._stop_threads():
             return
+        if self._overlapped is not None:
+            self._overlapped.settle()
         for s in self.streams:
             if s.source is not None:
                 s.source.close()
         self._close_sinks([x for sinks in self.sinks.values() for x in sinks] + self.shared_sinks)
+
+    @property
+    def overlap(self) -> bool:
+        """Whether batches run as overlapped preprocess / engine / postprocess threads."""
+        return self._overlapped is not None
 
     def stats(self) -> Dict[str, Any]:
         """Overall frames/fps/batch and detect latency, plus per stream: read, processed, dropped,

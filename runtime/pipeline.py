@@ -1,10 +1,23 @@
 """Threaded capture -> detect -> sinks pipeline with bounded queues and per-stage latency stats.
 
-Three threads joined by bounded queues. For a live source the capture queue holds one frame
-and a newer frame replaces an unprocessed one, so latency stays bounded by about two detector
-calls however slow the detector is; for files every frame is processed in order (a full
-queue blocks the reader instead). `close()` (also on Ctrl-C, an error or leaving a `for` loop
-early) stops and joins every thread.
+Threads joined by bounded queues. With a `Detector` (anything with its `prepare` / `submit` /
+`collect` / `finish` stages) detection is split over three threads, so capture, preprocessing,
+the engine call and postprocessing of consecutive frames overlap:
+
+    capture -> preprocess -> submit (engine starts) -> collect + postprocess -> sinks
+
+An engine with asynchronous requests (OpenVINO, TensorRT, ONNX Runtime's `run_async`) runs
+while the submit thread already waits to start the next frame; up to `detector.max_in_flight`
+calls are outstanding. Any other callable frame -> Detections runs whole on one detect thread.
+Every stage is one thread reading FIFO queues, so results come out in frame order and equal
+what the detector gives frame by frame.
+
+For a live source the capture queue holds one frame and a newer frame replaces an unprocessed
+one; a frame is taken for preprocessing only when the engine has taken the one before, so it is
+as fresh as possible and latency stays bounded by about two detector calls however slow the
+detector is. For files every frame is processed in order (a full queue blocks the reader
+instead). `close()` (also on Ctrl-C, an error or leaving a `for` loop early) stops and joins
+every thread and settles engine calls still in flight.
 """
 from __future__ import annotations
 
@@ -19,6 +32,7 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequenc
 import numpy as np
 
 from runtime.capture import Frame, Source, open_source
+from runtime.overlap import OverlappedDetect, is_staged
 from runtime.types import Detections
 
 log = logging.getLogger(__name__)
@@ -162,10 +176,12 @@ class Pipeline(ThreadedStages):
 
     sinks: callables taking a Result (a `close()` method, if any, is called at the end; the
     pipeline owns them). queue_size: depth of the queues between stages for file sources.
+    overlap: split a staged detector over preprocess / engine / postprocess threads (False: one
+    detect thread calls `detector(image)`, as for a plain callable).
     """
 
     def __init__(self, source: Any, detector: Callable[[np.ndarray], Detections], sinks: Sequence[Callable[[Result], Any]] = (),
-                 queue_size: int = 4, history: int = 2000):
+                 queue_size: int = 4, history: int = 2000, overlap: bool = True):
         self.source = source if isinstance(source, Source) else open_source(source)
         self.detector = detector
         self.sinks = list(sinks)
@@ -174,6 +190,9 @@ class Pipeline(ThreadedStages):
         self._q_in: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
         self._q_out: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
         self._init_stages(queue_size)
+        # A frame is taken for preprocessing only when the engine has taken the one before (a live frame stays in the
+        # newest-frame slot until then, so the freshest one is processed).
+        self._overlapped = OverlappedDetect(detector, self._stop, room=depth) if overlap and is_staged(detector) else None
         self._latency: Dict[str, Deque[float]] = {s: deque(maxlen=history) for s in STAGES}
         self.frames = 0
         self.queue_dropped = 0
@@ -184,7 +203,9 @@ class Pipeline(ThreadedStages):
         if self._threads:
             raise RuntimeError("pipeline already started; create a new Pipeline to run again")
         self._t_start = time.perf_counter()
-        self._start_stages([("capture", self._capture_loop), ("detect", self._detect_loop), ("sinks", self._sink_loop)])
+        detect = ([("detect", self._detect_loop)] if self._overlapped is None else
+                  self._overlapped.loops(self._take_frame, self._deliver, on_end=lambda: self._put(self._q_out, _END)))
+        self._start_stages([("capture", self._capture_loop)] + detect + [("sinks", self._sink_loop)])
         return self
 
     def _get(self, q: "queue.Queue[Any]") -> Any:
@@ -238,6 +259,18 @@ class Pipeline(ThreadedStages):
                 return
         self._put(self._q_out, _END)
 
+    # -- overlapped detection: preprocess / submit / postprocess threads (runtime.overlap) ---------
+    def _take_frame(self) -> Optional[tuple]:
+        frame = self._get(self._q_in)
+        return None if frame is _END else ([frame], [frame.image])
+
+    def _deliver(self, frames: List[Frame], dets: List[Detections], timings: Dict[str, float]) -> bool:
+        t = time.perf_counter()
+        for stage, ms in timings.items():
+            self._record(stage, ms)
+        self._record("detect", sum(timings.values()))
+        return all(self._put(self._q_out, Result(f, d, (t - f.timestamp) * 1e3)) for f, d in zip(frames, dets))
+
     def _sink_loop(self) -> None:
         while True:
             result = self._get(self._q_out)
@@ -275,8 +308,15 @@ class Pipeline(ThreadedStages):
         """Stop and join every thread, close the source and the sinks; safe to call twice."""
         if not self._stop_threads():
             return
+        if self._overlapped is not None:
+            self._overlapped.settle()
         self.source.close()  # after the capture thread: never release a decoder mid-read
         self._close_sinks(self.sinks)
+
+    @property
+    def overlap(self) -> bool:
+        """Whether detection runs as overlapped preprocess / engine / postprocess threads."""
+        return self._overlapped is not None
 
     @property
     def dropped(self) -> int:

@@ -96,6 +96,11 @@ class Backend:
     def wait(self, handle: Any) -> Dict[str, np.ndarray]:
         return handle
 
+    @property
+    def max_in_flight(self) -> int:
+        """How many `infer_async` handles may be outstanding (not yet passed to `wait`) at once."""
+        return 1
+
     def close(self) -> None:
         """Free the engine's resources; the backend cannot be used afterwards."""
 

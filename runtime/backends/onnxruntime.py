@@ -6,6 +6,7 @@ library named in `manifest.custom_ops["onnxruntime"]` is registered from next to
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -55,14 +56,31 @@ def providers_for(device: str) -> List[Any]:
     return [p for p in wanted if p[0] in available] + ["CPUExecutionProvider"]
 
 
+class _AsyncRun:
+    """One `run_async` in flight: ORT calls `done` from its pool thread; `wait` blocks on the event."""
+
+    def __init__(self, feeds: Dict[str, np.ndarray]) -> None:
+        self.feeds = feeds  # kept alive until ORT has finished reading them
+        self.event = threading.Event()
+        self.outputs: Optional[List[np.ndarray]] = None
+        self.error = ""
+
+    def done(self, outputs: List[np.ndarray], _user_data: Any, error: str) -> None:
+        self.outputs, self.error = outputs, error
+        self.event.set()
+
+
 class OnnxRuntimeBackend(Backend):
     """options: threads (intra-op threads, 0 = ORT default), inter_op_threads, optimization ("all"|"basic"|"extended"|"disable"),
-    spin (let idle pool threads busy-wait: lowest latency on an otherwise idle multi-core box; default off)."""
+    spin (let idle pool threads busy-wait: lowest latency on an otherwise idle multi-core box; default off),
+    async_run (`infer_async` through ORT's `run_async`, returning before the run ends; None = on for the CUDA/TensorRT
+    providers, whose runs leave the CPU idle, off on CPU, where a run inside ORT's pool was ~10-20% slower than `run`
+    on the calling thread; needs ORT >= 1.16 and an intra-op pool of 2+ threads)."""
 
     name = "onnxruntime"
 
     def _load(self, path: Path, manifest: Optional[Manifest], device: str, threads: int = 0, inter_op_threads: int = 0,
-              optimization: str = "all", spin: bool = False) -> None:
+              optimization: str = "all", spin: bool = False, async_run: Optional[bool] = None) -> None:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = int(inter_op_threads)
@@ -99,6 +117,11 @@ class OnnxRuntimeBackend(Backend):
             for i in self.session.get_inputs()
         ]
         self._outputs = [o.name for o in self.session.get_outputs()]
+        gpu = any(p in ("CUDAExecutionProvider", "TensorrtExecutionProvider") for p in self.session.get_providers())
+        can_async = hasattr(self.session, "run_async") and int(threads) != 1  # ORT refuses RunAsync without a pool
+        if async_run and not can_async:
+            raise ValueError("async_run=True needs onnxruntime >= 1.16 and threads != 1 (RunAsync runs in the intra-op pool)")
+        self.async_run = bool(can_async if async_run is None and gpu else async_run)
         log.debug("onnxruntime %s providers %s", path.name, self.session.get_providers())
 
     @property
@@ -127,6 +150,22 @@ class OnnxRuntimeBackend(Backend):
 
     def _infer(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         return dict(zip(self._outputs, self.session.run(self._outputs, feeds)))
+
+    def infer_async(self, feeds: Dict[str, np.ndarray]) -> Any:
+        """With `async_run`: start `run_async` and return at once; otherwise run here (the base class's way)."""
+        if not self.async_run:
+            return super().infer_async(feeds)
+        run = _AsyncRun(self.check_feeds(feeds))
+        self.session.run_async(self._outputs, run.feeds, run.done, None)
+        return run
+
+    def wait(self, handle: Any) -> Dict[str, np.ndarray]:
+        if not isinstance(handle, _AsyncRun):
+            return super().wait(handle)
+        handle.event.wait()
+        if handle.error:
+            raise RuntimeError(f"onnxruntime run failed: {str(handle.error).splitlines()[0][:300]}")
+        return dict(zip(self._outputs, handle.outputs))
 
     def close(self) -> None:
         self.session = None

@@ -183,6 +183,10 @@ class OpenVINOBackend(Backend):
         request.start_async(self.check_feeds(feeds))
         return request
 
+    @property
+    def max_in_flight(self) -> int:
+        return len(self._requests)
+
     def wait(self, handle: Any) -> Dict[str, np.ndarray]:
         handle.wait()
         try:
