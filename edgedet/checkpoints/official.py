@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 import edgedet.checkpoints.official_configs  # noqa: F401  (registers the family specs)
-from edgedet.checkpoints import rtdetr_official
+from edgedet.checkpoints import rfdetr_official, rtdetr_official
 from edgedet.checkpoints.official_spec import (
     DEFAULT_NHEADS,
     OfficialCheckpointError,
@@ -135,6 +135,8 @@ def config_for_checkpoint(
     `overrides` (config field -> value) are applied last, e.g. {"nheads": 4} for a checkpoint
     without args, or {"class_names": [...]}.
     """
+    if family == "rfdetr":  # its own reader: released sizes, args and weights cross-checked
+        return rfdetr_official.rfdetr_config_for_checkpoint(state, args, None, overrides)
     spec = get_spec(family)
     overrides = dict(overrides or {})
     fields = spec.from_args(args, state) if args is not None else {}
@@ -278,7 +280,9 @@ def load_official(
 ) -> nn.Module:
     """Build the edgedet model for an official checkpoint and load its weights; eval mode.
 
-    family: detr | deformable_detr | dab_detr | dino | rtdetr, or None to detect it from the keys.
+    family: detr | deformable_detr | dab_detr | dino | rtdetr | rfdetr, or None to detect it from the keys.
+    RF-DETR files carry their args; `config` may name a released size (rfdetr_nano ... rfdetr_large),
+    which is then checked against the file.
     overrides: config fields to set on top of what the checkpoint implies (see
     `config_for_checkpoint`); shape-changing ones make the load fail with the mismatches.
     config, updates: for RT-DETRv2 checkpoints (which carry no config): a released config name
@@ -291,12 +295,18 @@ def load_official(
 
     if config is not None and (family in (None, "dfine") and is_dfine_config(config)):
         return load_dfine_official(path, config, updates, overrides)
+    if family == "rfdetr" or (config is not None and family is None and rfdetr_official.is_rfdetr_config(config)):
+        if updates:
+            raise OfficialCheckpointError("RF-DETR checkpoints carry their args: updates do not apply; use overrides")
+        return rfdetr_official.load_rfdetr_official(path, config, overrides)
     if family == "dfine":
         raise OfficialCheckpointError("D-FINE/DEIM checkpoints carry no config: pass config='dfine_hgnetv2_n_coco' "
                                       "(the official YAML name) and any -u updates")
     state, args = read_official_checkpoint(path)
     family = "rtdetr" if config is not None and family is None else family
     family = _resolve_family(state, args, family)
+    if family == "rfdetr":
+        return rfdetr_official.load_rfdetr_official(path, config, overrides)
     if family == "rtdetr":
         cfg = rtdetr_config_for_checkpoint(state, config, updates, overrides, f"checkpoint {path}")
     elif config is not None or updates:
