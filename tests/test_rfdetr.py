@@ -172,3 +172,101 @@ def test_an_rfdetr_checkpoint_without_args_loads_by_its_shapes(tmp_path, fixture
     with torch.no_grad():
         out = model(torch.from_numpy(inputs["img0"]))
     _close("pred_logits", out["pred_logits"], outputs["img0.pred_logits"])
+
+
+# ---------------------------------------------------------------- export
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    from edgedet.checkpoints import convert_official
+
+    out = tmp_path_factory.mktemp("rfdetr") / "ours.pth"
+    convert_official(FIXTURE / "checkpoint.pth", out)
+    return out
+
+
+def _export(ckpt, fmt, path, x, form, postprocess=False, top_k=300):
+    from converters import export
+
+    return export(ckpt, fmt, path, imgsz=x.shape[-2:], msda=form, postprocess=postprocess, top_k=top_k, simplify=False,
+                  score_threshold=0.3)
+
+
+@needs_fixture
+def test_onnxruntime_grid_sample_reproduces_the_official_postprocess(converted, fixture, tmp_path):
+    """Whole chain in graph (top-K over queries x columns): img1's input is its original size, so the
+    official pixel boxes (clamped to the image) and labels / scores in order are the graph's outputs."""
+    import onnx
+    import onnxruntime as ort
+
+    from runtime.manifest import read_sidecar
+
+    _, inputs, outputs, _ = fixture
+    x = inputs["img1"]
+    path = _export(converted, "onnx", tmp_path / "m.onnx", x, "grid_sample", postprocess=True)
+    manifest = read_sidecar(path)
+    assert manifest.family == "rfdetr" and manifest.outputs.score_activation == "sigmoid"
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "GridSample" in ops and "TopK" in ops
+    labels, boxes, scores = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x})
+    np.testing.assert_array_equal(labels[0], outputs["img1.postprocess.0.labels"])
+    np.testing.assert_allclose(scores[0], outputs["img1.postprocess.0.scores"], atol=EXPORT_TOL, rtol=0)
+    h, w = inputs["img1_orig_size"][0]
+    clipped = np.minimum(np.maximum(boxes[0], 0), [w, h, w, h])
+    np.testing.assert_allclose(clipped, outputs["img1.postprocess.0.boxes"], atol=EXPORT_TOL * 10, rtol=0)
+
+
+@needs_fixture
+@pytest.mark.slow
+def test_onnxruntime_gather_form_reproduces_the_official_outputs(converted, fixture, tmp_path):
+    import onnxruntime as ort
+
+    _, inputs, outputs, _ = fixture
+    x = inputs["img0"]
+    path = _export(converted, "onnx", tmp_path / "g.onnx", x, "gather")
+    logits, boxes = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x})
+    _close("pred_logits", logits, outputs["img0.export.pred_logits"], EXPORT_TOL)
+    _close("pred_boxes", boxes, outputs["img0.export.pred_boxes"], EXPORT_TOL)
+
+
+def _openvino_outputs(path, x, extension=None):
+    import openvino as ov
+
+    core = ov.Core()
+    if extension is not None:
+        core.add_extension(str(extension))
+    compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    res = compiled({"images": x})
+    return core, [res[compiled.output(i)] for i in range(2)]
+
+
+@needs_fixture
+def test_openvino_fused_msda_reproduces_the_official_outputs(converted, fixture, tmp_path):
+    pytest.importorskip("openvino")
+    from converters.onnx.msda_forms import form_available
+    from converters.openvino.convert import fused_extension_available, fused_extension_path
+
+    if not fused_extension_available() or not form_available("fused"):
+        pytest.skip("the fused OpenVINO MSDA extension is not built (scripts/build_ov_extension.sh)")
+    _, inputs, outputs, _ = fixture
+    x = inputs["img1"]  # non-native size: the resized position table is a constant of the graph
+    path = _export(converted, "openvino", tmp_path / "f.xml", x, "fused")
+    core, (logits, boxes) = _openvino_outputs(path, x, fused_extension_path())
+    # count without keeping op handles: they must not outlive the core that loaded the extension
+    n_fused = sum(op.get_type_name() == "MultiScaleDeformableAttention" for op in core.read_model(str(path)).get_ops())
+    assert n_fused == 2  # one per decoder layer
+    _close("pred_logits", logits, outputs["img1.export.pred_logits"], EXPORT_TOL)
+    _close("pred_boxes", boxes, outputs["img1.export.pred_boxes"], EXPORT_TOL)
+
+
+@needs_fixture
+@pytest.mark.slow
+def test_openvino_fp32_grid_sample_reproduces_the_official_outputs(converted, fixture, tmp_path):
+    pytest.importorskip("openvino")
+    _, inputs, outputs, _ = fixture
+    x = inputs["img0"]
+    path = _export(converted, "openvino", tmp_path / "o.xml", x, "grid_sample")
+    _, (logits, boxes) = _openvino_outputs(path, x)
+    _close("pred_logits", logits, outputs["img0.export.pred_logits"], EXPORT_TOL)
+    _close("pred_boxes", boxes, outputs["img0.export.pred_boxes"], EXPORT_TOL)
