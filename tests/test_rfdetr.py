@@ -270,3 +270,110 @@ def test_openvino_fp32_grid_sample_reproduces_the_official_outputs(converted, fi
     _, (logits, boxes) = _openvino_outputs(path, x)
     _close("pred_logits", logits, outputs["img0.export.pred_logits"], EXPORT_TOL)
     _close("pred_boxes", boxes, outputs["img0.export.pred_boxes"], EXPORT_TOL)
+
+
+# ---------------------------------------------------------------- training and fine-tuning
+
+
+def _tiny_cfg(**kw):
+    return rfdetr_config("rfdetr_nano", vit_dims=[32, 2, 2], out_feature_indexes=[1, 2], hidden_dim=32, sa_nheads=4,
+                         ca_nheads=4, dim_feedforward=64, num_queries=6, group_detr=3, num_classes=3, **kw)
+
+
+def test_group_detr_trains_with_groups_and_evaluates_with_one():
+    from edgedet.models.rfdetr import RFDETR
+
+    torch.manual_seed(0)
+    model = RFDETR(_tiny_cfg()).train()
+    criterion = model.build_criterion()
+    images = torch.rand(2, 3, 64, 96)
+    mask = torch.zeros(2, 64, 96, dtype=torch.bool)
+    mask[1, :, 64:] = True  # the second image is padded on the right
+    targets = [{"labels": torch.tensor([0, 2]), "boxes": torch.tensor([[0.3, 0.4, 0.2, 0.3], [0.7, 0.5, 0.3, 0.4]])},
+               {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4]])}]
+    out = model(images, mask, targets)
+    assert out["pred_logits"].shape == (2, 18, 3) and out["enc_outputs"]["pred_logits"].shape == (2, 18, 3)
+    losses = criterion(out, targets)
+    assert {"loss_ce", "loss_bbox", "loss_giou", "loss_ce_0", "loss_ce_enc", "loss_giou_enc"} <= set(losses)
+    # every group matches every target: 3 groups x 3 targets matched pairs
+    indices = criterion.matcher(out, targets, 3)
+    assert [len(i[0]) for i in indices] == [6, 3] and all(len(set(i[0].tolist())) == len(i[0]) for i in indices)
+    total = criterion.total_loss(losses)
+    total.backward()
+    assert torch.isfinite(total) and model.query_feat.weight.grad[6:].abs().sum() > 0  # later groups train too
+    model.eval()
+    with torch.no_grad():
+        assert model(images)["pred_logits"].shape == (2, 6, 3)
+
+
+def test_ia_bce_loss_matches_its_definition():
+    """loss = sum(w_neg * x - logsigmoid(x) * (w_pos + w_neg)) / n, t = max(p^a IoU^(1-a), .01) at the match."""
+    from edgedet.losses.rfdetr_criterion import build_rfdetr_criterion
+
+    crit = build_rfdetr_criterion(_tiny_cfg())
+    logits = torch.tensor([[[0.5, -1.0, 2.0], [-0.3, 0.1, 0.0]]])
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.2, 0.2, 0.1, 0.1]]])
+    target = [{"labels": torch.tensor([2]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.4]])}]
+    got = crit.loss_labels({"pred_logits": logits, "pred_boxes": boxes}, target, [(torch.tensor([0]), torch.tensor([0]))], 1.0)
+    p = logits.sigmoid()
+    pos, neg = torch.zeros_like(p), p ** 2
+    t = max(float(p[0, 0, 2]) ** 0.25 * 0.5 ** 0.75, 0.01)  # IoU of the matched pair: 0.04 / 0.08
+    pos[0, 0, 2], neg[0, 0, 2] = t, 1 - t
+    want = (neg * logits - torch.nn.functional.logsigmoid(logits) * (pos + neg)).sum()
+    assert torch.allclose(got["loss_ce"], want, atol=1e-6)
+
+
+def test_tiny_model_trains_with_the_common_engine(tmp_path):
+    from _tiny_detector import TinyShapes
+    from edgedet.config import DataConfig, ExperimentConfig, TrainConfig
+    from edgedet.engine import checkpoint as ckpt_io
+    from edgedet.engine.trainer import train
+
+    model = _tiny_cfg()
+    tc = TrainConfig(output_dir=str(tmp_path), epochs=1, batch_size=2, lr=1e-3, max_iters_per_epoch=3, warmup_iters=0,
+                     eval_every=0, seed=0)
+    last = train(ExperimentConfig(model=model, data=DataConfig(format="synthetic"), train=tc), progress=False,
+                 datasets=(TinyShapes(4), TinyShapes(2, seed=1)))
+    trained = ckpt_io.load_model(last)
+    torch.manual_seed(0)
+    init = ckpt_io.load_model(last).__class__(trained.config)
+    assert trained.config.name == "rfdetr" and trained.config.num_classes == 3
+    assert not torch.equal(init.query_feat.weight, trained.query_feat.weight)
+    with torch.no_grad():
+        out = trained(torch.rand(1, 3, 64, 64))
+    assert torch.isfinite(out["pred_logits"]).all() and out["pred_logits"].shape == (1, 6, 3)
+
+
+@needs_fixture
+@pytest.mark.slow  # a training step of the full RF-DETR-N (13 groups x 300 queries): ~1-2 min on 2 cores
+def test_finetune_from_the_official_checkpoint_to_another_class_count(tmp_path):
+    """lr 0, one step: every loaded tensor stays bit-equal; the class heads (decoder and every group's two-stage
+    head) are re-initialised for the dataset's 3 classes with the focal prior."""
+    from _tiny_detector import TinyShapes
+    from edgedet.config import DataConfig, ExperimentConfig, TrainConfig
+    from edgedet.engine import checkpoint as ckpt_io
+    from edgedet.engine.finetune import read_weights
+    from edgedet.engine.trainer import train
+    from edgedet.models import create_model_from_config, default_config
+
+    weights = read_weights(FIXTURE / "checkpoint.pth")
+    assert weights.kind == "official" and weights.config.name == "rfdetr" and weights.config.num_classes == 91
+    model = default_config("rfdetr")
+    model.weights = str(FIXTURE / "checkpoint.pth")
+    tc = TrainConfig(output_dir=str(tmp_path), epochs=1, batch_size=1, lr=0.0, max_iters_per_epoch=1, warmup_iters=0,
+                     eval_every=0, seed=0)
+    last = train(ExperimentConfig(model=model, data=DataConfig(format="synthetic"), train=tc), progress=False,
+                 datasets=(TinyShapes(1, size=320), TinyShapes(1, seed=1)))  # 20 x 20 tokens >= 300 queries
+    ckpt = ckpt_io.load_checkpoint(last)
+    state, cfg = ckpt["model"], ckpt_io.checkpoint_config(ckpt).model
+    assert cfg.num_classes == 3 and cfg.dec_layers == weights.config.dec_layers
+    report = json.loads((tmp_path / "load_report.json").read_text())
+    class_keys = create_model_from_config(cfg).class_dependent_keys()
+    assert len(class_keys) == 2 * (1 + cfg.group_detr) and sorted(report["reinitialised"]) == sorted(class_keys)
+    assert report["counts"]["loaded"] + report["counts"]["reinitialised"] == len(state)
+    assert report["counts"]["missing"] == 0 and report["unused"] == ["_kp_active_mask"]  # an empty keypoint mask
+    for k in report["loaded"]:
+        assert torch.equal(state[k], weights.state[k].float()), k
+    prior = -np.log((1 - 0.01) / 0.01)
+    assert state["class_embed.weight"].shape == (3, 256)
+    assert torch.allclose(state["class_embed.bias"], torch.full((3,), prior, dtype=torch.float32))

@@ -47,6 +47,7 @@ class RFDETRConfig(ModelConfig):
     name: str = "rfdetr"
     num_classes: int = 91  # head columns = the official num_classes + 1
     encoder: str = "dinov2_windowed_small"
+    vit_dims: Optional[List[int]] = None  # [width, depth, heads] instead of the encoder's (small test models)
     out_feature_indexes: List[int] = field(default_factory=lambda: [3, 6, 9, 12])
     window_block_indexes: Optional[List[int]] = None  # None: blocks up to the last output not in out_feature_indexes
     patch_size: int = 16
@@ -119,6 +120,10 @@ def _check_config(cfg: RFDETRConfig) -> None:
         raise ConfigError("rfdetr group_detr, num_queries and num_classes must be positive")
     if sorted(cfg.out_feature_indexes) != list(cfg.out_feature_indexes):
         raise ConfigError(f"rfdetr out_feature_indexes must be ascending, got {cfg.out_feature_indexes}")
+    width, depth, heads = cfg.vit_dims or ENCODERS[cfg.encoder]
+    if width % heads or not 1 <= min(cfg.out_feature_indexes) <= max(cfg.out_feature_indexes) <= depth:
+        raise ConfigError(f"rfdetr ViT width {width} must divide by its heads {heads}, and out_feature_indexes "
+                          f"{cfg.out_feature_indexes} must be layer numbers in 1..{depth}")
 
 
 class RFDETRBackbone(nn.Module):
@@ -126,7 +131,7 @@ class RFDETRBackbone(nn.Module):
 
     def __init__(self, cfg: RFDETRConfig):
         super().__init__()
-        width, depth, heads = ENCODERS[cfg.encoder]
+        width, depth, heads = cfg.vit_dims or ENCODERS[cfg.encoder]
         self.encoder = nn.Module()
         self.encoder.encoder = WindowedDinov2(width, depth, heads, 4.0, cfg.patch_size, cfg.positional_encoding_size,
                                               cfg.num_windows, cfg.out_feature_indexes, cfg.window_block_indexes,
@@ -187,14 +192,21 @@ class RFDETR(DetectorBase):
         if mask is not None:
             masks = [F.interpolate(mask[None].float(), size=s.shape[-2:]).to(torch.bool)[0] for s in srcs]
         groups = cfg.group_detr if self.training else 1
+        tokens = sum(int(s.shape[2] * s.shape[3]) for s in srcs)
+        if self.training and tokens < cfg.num_queries:
+            # the official model then uses raw learned reference boxes for the surplus queries (possibly negative sizes)
+            raise ValueError(f"RF-DETR training needs at least num_queries={cfg.num_queries} feature tokens, but a "
+                             f"{images.shape[2]}x{images.shape[3]} input gives {tokens}; train at a larger size "
+                             f"(native: {cfg.resolution}) or with fewer queries")
         n = cfg.num_queries * groups
         out = self.transformer(srcs, masks, self.refpoint_embed.weight[:n], self.query_feat.weight[:n], groups, record)
         hs, refs = out["hs"], out["refs"]
         boxes = apply_box_delta(self.bbox_embed(hs), refs.unsqueeze(0))
         logits = self.class_embed(hs)
         result: Dict[str, Any] = {"pred_logits": logits[-1], "pred_boxes": boxes[-1],
-                                  "aux_outputs": [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])],
                                   "enc_outputs": {"pred_logits": out["enc_logits"], "pred_boxes": out["boxes_ts"]}}
+        if cfg.aux_loss or not self.training:
+            result["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
         if self.training:
             result["group_detr"] = groups
         return result
