@@ -377,3 +377,29 @@ def test_finetune_from_the_official_checkpoint_to_another_class_count(tmp_path):
     prior = -np.log((1 - 0.01) / 0.01)
     assert state["class_embed.weight"].shape == (3, 256)
     assert torch.allclose(state["class_embed.bias"], torch.full((3,), prior, dtype=torch.float32))
+
+
+def test_optimizer_groups_follow_the_official_recipe():
+    from edgedet.config import TrainConfig
+    from edgedet.engine.optim import build_optimizer
+    from edgedet.models.rfdetr import RFDETR
+
+    cfg = _tiny_cfg()  # ViT of 2 layers, outputs after layers 1 and 2: L = 3
+    model = RFDETR(cfg)
+    opt = build_optimizer(model, TrainConfig(lr=1e-4, weight_decay=1e-4))
+    by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert len(by_param) == len(named)  # every parameter in exactly one group
+
+    def group(name):
+        return by_param[id(named[name])]
+
+    vit = "backbone.0.encoder.encoder."
+    base = 1e-4 * cfg.lr_encoder_mult * cfg.lr_component_decay ** 2
+    assert group(vit + "embeddings.cls_token")["lr"] == pytest.approx(base * 0.8 ** 4)
+    assert group(vit + "encoder.layer.1.mlp.fc1.weight")["lr"] == pytest.approx(base * 0.8 ** 2)
+    assert group(vit + "encoder.layer.1.mlp.fc1.weight")["weight_decay"] == 1e-4
+    assert group(vit + "encoder.layer.1.mlp.fc1.bias")["weight_decay"] == 0.0
+    assert group(vit + "layernorm.weight")["lr"] == pytest.approx(base)
+    assert group("transformer.decoder.layers.0.linear1.weight")["lr"] == pytest.approx(1e-4 * 0.7)
+    assert group("class_embed.weight")["lr"] == 1e-4 and group("backbone.0.projector.stages.0.1.weight")["lr"] == 1e-4

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from edgedet.config import ConfigError, ModelConfig
 from edgedet.models.base import DetectorBase
 from edgedet.nn.box_ops import box_cxcywh_to_xyxy
-from edgedet.nn.dinov2 import WindowedDinov2
+from edgedet.nn.dinov2 import WindowedDinov2, vit_layer_id
 from edgedet.nn.mlp import MLP
 from edgedet.nn.rfdetr_projector import MultiScaleProjector
 from edgedet.nn.rfdetr_transformer import RFDETRTransformer, apply_box_delta
@@ -210,6 +210,28 @@ class RFDETR(DetectorBase):
         if self.training:
             result["group_detr"] = groups
         return result
+
+    def param_groups(self, train_cfg: Any) -> List[Dict]:
+        """The official optimiser groups: the ViT at lr * lr_encoder_mult * decay^(L + 1 - layer) *
+        component_decay^2 (no weight decay on norms, biases, embeddings), the decoder at lr *
+        component_decay, the rest at lr. Groups with equal settings are merged."""
+        cfg = self.config
+        num_layers = cfg.out_feature_indexes[-1] + 1
+        buckets: Dict[tuple, List[nn.Parameter]] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            lr, wd, kind = train_cfg.lr, train_cfg.weight_decay, "other"
+            if name.startswith("backbone.0.encoder."):
+                layer = vit_layer_id(name, num_layers)
+                lr = train_cfg.lr * cfg.lr_encoder_mult * cfg.lr_vit_layer_decay ** (num_layers + 1 - layer) \
+                    * cfg.lr_component_decay ** 2
+                no_decay = any(k in name for k in ("gamma", "pos_embed", "rel_pos", "bias", "norm", "embeddings"))
+                wd, kind = (0.0 if no_decay else wd), f"vit{layer}"
+            elif name.startswith("transformer.decoder."):
+                lr, kind = train_cfg.lr * cfg.lr_component_decay, "decoder"
+            buckets.setdefault((kind, lr, wd), []).append(p)
+        return [{"params": ps, "lr": lr, "weight_decay": wd, "name": kind} for (kind, lr, wd), ps in buckets.items()]
 
     def build_criterion(self) -> nn.Module:
         from edgedet.losses.rfdetr_criterion import build_rfdetr_criterion
