@@ -1,4 +1,4 @@
-"""Real-time DETRs on this CPU, side by side in one run: RT-DETRv2-R18, D-FINE-N/S, DINO-R50, an edge DINO-R18.
+"""Real-time DETRs on this CPU, side by side in one run: RT-DETRv2-R18, D-FINE-N/S, RF-DETR-N, DINO-R50, an edge DINO-R18.
 
 RT-DETRv2-R18 (the released rtdetrv2_r18vd config, 640x640, batch 1, postprocess in graph):
   - `torch`        PyTorch eager (RepVGG fused, as the official `deploy()`)
@@ -12,6 +12,9 @@ RT-DETRv2-R18 (the released rtdetrv2_r18vd config, 640x640, batch 1, postprocess
                    calibrated on BCCD images)
 D-FINE-N and D-FINE-S (the released dfine_hgnetv2_{n,s}_coco architectures; their official export is
 the same grid_sample decomposition after `deploy()`) get the same seven engines.
+RF-DETR-N (the released RFDETRNano architecture) at its native 384x384 with ImageNet normalisation gets
+the same seven engines; its `official-*` rows are the grid_sample decomposition rfdetr's own ONNX export
+traces (MSDA core per level with GridSample, the resized position table a constant at a fixed size).
 DINO-R50 4-scale (900 queries) and an edge DINO (ResNet-18, 300 queries, 3+3 layers), fused OpenVINO FP32.
 
 Engines run round-robin (one frame each per round) so load changes hit all alike; p50/p95 in
@@ -51,7 +54,8 @@ from converters.verify import topk_agreement  # noqa: E402
 
 BCCD = REPO.parent / "shared" / "data" / "bccd" / "JPEGImages"
 # models with the full engine set (torch, official-style export on ORT / OpenVINO, ours fused FP32/FP16/INT8)
-REALTIME_MODELS = ("rtdetrv2-r18", "dfine-n", "dfine-s")
+REALTIME_MODELS = ("rtdetrv2-r18", "dfine-n", "dfine-s", "rfdetr-n")
+RFDETR_SIZE = 384  # RF-DETR-N's native resolution
 ALL_MODELS = REALTIME_MODELS + ("dino-r50-4scale", "dino-r18-edge")
 log = logging.getLogger("realtime")
 
@@ -86,6 +90,15 @@ def dfine(size: str) -> torch.nn.Module:
     return create_model_from_config(official_model_config(f"dfine_hgnetv2_{size}_coco")).eval()
 
 
+def rfdetr_nano() -> torch.nn.Module:
+    """RF-DETR-N: the released rfdetr_nano architecture (91 COCO columns), randomly initialised."""
+    from edgedet.models import create_model_from_config
+    from edgedet.models.rfdetr import rfdetr_config
+
+    torch.manual_seed(0)
+    return create_model_from_config(rfdetr_config("rfdetr_nano")).eval()
+
+
 def params_m(model: torch.nn.Module) -> float:
     return sum(p.numel() for p in model.parameters()) / 1e6
 
@@ -94,6 +107,7 @@ class Engine:
     def __init__(self, name: str, model: str, run: Callable[[np.ndarray], List[np.ndarray]], params: float):
         self.name, self.model, self.run, self.params = name, model, run, params
         self.times: List[float] = []
+        self.frames: List[np.ndarray] = []  # own input frames when the model runs at another size
 
 
 def ov_runner(xml: Path, threads: int, extension: bool) -> Callable:
@@ -147,9 +161,9 @@ def official_graph(model: torch.nn.Module) -> torch.nn.Module:
     return official
 
 
-def realtime_engines(args, tmp: Path, name: str, model: torch.nn.Module) -> List[Engine]:
+def realtime_engines(args, tmp: Path, name: str, model: torch.nn.Module, size: int = 0) -> List[Engine]:
     """torch, the official-style export (grid_sample form) on ORT and OpenVINO, ours fused FP32/FP16/INT8."""
-    hw = (args.imgsz, args.imgsz)
+    hw = (size or args.imgsz, size or args.imgsz)
     official = official_graph(model)
     manifest = make_manifest(official, "onnxruntime", "fp32", "grid_sample", hw, 1, True, args.top_k, None, {})
     p = params_m(model)
@@ -182,6 +196,15 @@ def build_engines(args, tmp: Path, frames: List[np.ndarray]) -> List[Engine]:
     for size in ("n", "s"):
         if f"dfine-{size}" in wanted:
             engines += realtime_engines(args, tmp, f"dfine-{size}", deployable(dfine(size)))
+    if "rfdetr-n" in wanted:
+        rf = realtime_engines(args, tmp, "rfdetr-n", deployable(rfdetr_nano()), RFDETR_SIZE)
+        from runtime.manifest import PreprocessSpec
+
+        spec = PreprocessSpec(size=(RFDETR_SIZE, RFDETR_SIZE))  # ImageNet mean / std, the family's preprocessing
+        own = [b.astype(np.float32) for b in calibration_batches(image_paths(BCCD)[-4:], spec, 4)]
+        for e in rf:
+            e.frames = own
+        engines += rf
     if not fused_extension_available():
         return engines
     for name, model in (("dino-r50-4scale", dino("resnet50", False)), ("dino-r18-edge", dino("resnet18", True))):
@@ -207,6 +230,7 @@ def agreement(engines: List[Engine], frames: List[np.ndarray], model: str = "rtd
     def topk(run: Callable) -> List[Dict[str, np.ndarray]]:
         return [dict(zip(("labels", "boxes", "scores"), (o[0] for o in run(f)))) for f in frames]
 
+    frames = by["fused-fp32"].frames or frames
     ref = topk(by["fused-fp32"].run)
     for name in ("fused-fp16", "fused-int8", "official-ort", "official-ov", "torch"):
         if name in by:
@@ -243,10 +267,11 @@ def main() -> None:
         frames = [b.astype(np.float32) for b in batches(paths[-4:], spec, 4)]
         engines = build_engines(args, Path(tmp), frames)
         for e in engines:  # warm-up
-            e.run(frames[0])
+            e.run((e.frames or frames)[0])
         for r in range(args.rounds):  # round-robin: every engine once per round
             for e in engines:
-                x = frames[r % len(frames)]
+                own = e.frames or frames
+                x = own[r % len(own)]
                 t0 = time.perf_counter()
                 e.run(x)
                 e.times.append((time.perf_counter() - t0) * 1e3)
@@ -275,7 +300,7 @@ def main() -> None:
         print(f"{m} ratios (x faster):", ", ".join(f"{k} {v}" for k, v in r.items()))
     for m, a in agree.items():
         print(f"{m} top-K agreement with fused FP32:", ", ".join(f"{k} {v:.3f}" for k, v in a.items()))
-    print(json.dumps({"bench": "realtime", "imgsz": args.imgsz, "threads": args.threads, "rounds": args.rounds,
+    print(json.dumps({"bench": "realtime", "imgsz": args.imgsz, "rfdetr_imgsz": RFDETR_SIZE, "threads": args.threads, "rounds": args.rounds,
                       "top_k": args.top_k, "trained": bool(args.rtdetr_checkpoint), "rows": rows, "ratios": ratios,
                       "agreement_vs_fused_fp32": agree}))
 

@@ -95,6 +95,8 @@ def tiny_overrides(name: str) -> Dict:
         "two_stage_num_proposals": 10, "num_select": 10, "dn_number": 0, "num_patterns": 0,
         "encoder_hidden_dim": 32, "encoder_dim_feedforward": 64, "encoder_nhead": 4, "num_denoising": 0,
     }
+    if name == "rfdetr":  # a 2-layer ViT instead of DINOv2-S, 2 query groups
+        wanted.update(vit_dims=[32, 2, 2], out_feature_indexes=[1, 2], group_detr=2, sa_nheads=4, ca_nheads=4)
     if name == "dfine":  # HGNetv2 backbones only
         wanted.update(backbone="B0", feat_channels=[32, 32], num_points=[2, 2])
     return {k: v for k, v in wanted.items() if hasattr(cfg, k)}

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 import edgedet.checkpoints.official_configs  # noqa: F401  (registers the family specs)
-from edgedet.checkpoints import dfine_official, rtdetr_official
+from edgedet.checkpoints import dfine_official, rfdetr_official, rtdetr_official
 from edgedet.checkpoints.official_spec import (
     DEFAULT_NHEADS,
     OfficialCheckpointError,
@@ -134,6 +134,8 @@ def config_for_checkpoint(
     `overrides` (config field -> value) are applied last, e.g. {"nheads": 4} for a checkpoint
     without args, or {"class_names": [...]}.
     """
+    if family == "rfdetr":  # its own reader: released sizes, args and weights cross-checked
+        return rfdetr_official.rfdetr_config_for_checkpoint(state, args, None, overrides)
     spec = get_spec(family)
     overrides = dict(overrides or {})
     fields = spec.from_args(args, state) if args is not None else {}
@@ -313,13 +315,22 @@ def _args_updates(updates: Sequence[str], path: Union[str, Path]) -> Dict[str, A
     return values
 
 
+def _load_rfdetr(path, config: Optional[str], updates: Sequence[str], overrides) -> nn.Module:
+    if updates:
+        raise OfficialCheckpointError(f"{path}: RF-DETR checkpoints carry their args, so --update does not apply; "
+                                      "the architecture comes from the file (name a size with --config to check it)")
+    return rfdetr_official.load_rfdetr_official(path, config, overrides)
+
+
 def load_official(
     path: Union[str, Path], family: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None,
     config: Optional[str] = None, updates: Sequence[str] = (),
 ) -> nn.Module:
     """Build the edgedet model for an official checkpoint and load its weights; eval mode.
 
-    family: detr | deformable_detr | dab_detr | dino | rtdetr | dfine, or None to detect it from the keys.
+    family: detr | deformable_detr | dab_detr | dino | rtdetr | dfine | rfdetr, or None to detect it from the keys.
+    RF-DETR files carry their args; `config` may name a released size (rfdetr_nano ... rfdetr_large),
+    which is then checked against the file.
     overrides: config fields to set on top of what the checkpoint implies (see
     `config_for_checkpoint`); shape-changing ones make the load fail with the mismatches.
     config, updates: what the CLI's --config NAME and --update KEY=VALUE say, for the families whose
@@ -332,8 +343,12 @@ def load_official(
 
     if family is not None and family not in family_names():
         raise OfficialCheckpointError(f"unknown family '{family}'. Valid names: {', '.join(family_names())}")
+    if family == "rfdetr" or (config is not None and family is None and rfdetr_official.is_rfdetr_config(config)):
+        return _load_rfdetr(path, config, updates, overrides)
     state, args = read_official_checkpoint(path)
     family = _resolve_family(state, args, family)
+    if family == "rfdetr":
+        return _load_rfdetr(path, config, updates, overrides)
     _check_config_family(path, family, config, updates, state, args_less=args is None)
     source = f"checkpoint {path}"
     if family == "dfine":

@@ -156,6 +156,8 @@ _DINO_ONLY = ("transformer.tgt_embed.weight", "label_enc.weight")
 
 
 def _is_dino(state: State) -> bool:
+    if "backbone.0.encoder.encoder.embeddings.position_embeddings" in state:
+        return False  # RF-DETR (its two-stage heads share DINO's names)
     return any(k in state for k in _DINO_ONLY) or any(k.startswith("transformer.enc_out_class_embed.") for k in state)
 
 

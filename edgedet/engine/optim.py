@@ -16,7 +16,11 @@ LINEAR_PROJ_NAMES = ("sampling_offsets", "reference_points")
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> List[Dict]:
     """Split trainable parameters into backbone (lr·lr_backbone_mult), deformable projections
-    (lr·lr_linear_proj_mult) and the rest (lr). Empty groups are dropped."""
+    (lr·lr_linear_proj_mult) and the rest (lr). Empty groups are dropped. A family with its own
+    recipe (RF-DETR's layer-wise ViT decay) provides `model.param_groups(cfg)` instead."""
+    own = getattr(model, "param_groups", None)
+    if callable(own):
+        return own(cfg)
     groups: Dict[str, List[nn.Parameter]] = {"backbone": [], "linear_proj": [], "other": []}
     for name, p in model.named_parameters():
         if not p.requires_grad:

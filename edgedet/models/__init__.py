@@ -10,5 +10,6 @@ from edgedet.models import co_detr  # noqa: F401,E402
 from edgedet.models import trex  # noqa: F401,E402
 from edgedet.models import rtdetr  # noqa: F401,E402
 from edgedet.models import dfine  # noqa: F401,E402
+from edgedet.models import rfdetr  # noqa: F401,E402
 
 __all__ = ["create_model", "create_model_from_config", "default_config", "list_models"]
