@@ -16,7 +16,7 @@ MANIFEST_VERSION = 1
 METADATA_KEY = "edgedet"
 # Families whose models were trained with a padding mask: an artifact of theirs without `valid_input`
 # predates it and runs with the padding seen as image content (the documented fallback, with a warning).
-MASK_FAMILIES = ("detr", "deformable_detr", "dab_detr", "dino", "co_dino", "co_deformable_detr", "trex")
+MASK_FAMILIES = ("detr", "deformable_detr", "dab_detr", "dino", "co_dino", "co_deformable_detr", "trex", "rfdetr")
 
 
 class ManifestError(ValueError):

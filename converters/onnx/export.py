@@ -12,6 +12,7 @@ and with postprocess=False the raw head outputs:
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from pathlib import Path
@@ -203,8 +204,8 @@ def export_onnx(
     if deploy.takes_valid_region:  # traced with a padded image so no branch folds the mask away
         inputs.append(VALID_INPUT_NAME)
         args = (dummy, torch.tensor([[max(1, int(imgsz[0]) * 3 // 4), max(1, int(imgsz[1]) * 2 // 3)]], dtype=torch.int32))
-    if manifest.valid_input != (VALID_INPUT_NAME if deploy.takes_valid_region else ""):
-        raise ExportError(f"manifest valid_input '{manifest.valid_input}' does not match the graph's inputs {inputs}")
+    # the manifest says what the graph takes, whoever built it
+    manifest = dataclasses.replace(manifest, valid_input=VALID_INPUT_NAME if deploy.takes_valid_region else "")
     axes: Optional[Dict[str, Dict[int, str]]] = None
     if dynamic_batch:
         axes = {n: {0: "batch"} for n in inputs + names}
