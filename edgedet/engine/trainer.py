@@ -331,7 +331,11 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
             run_dir.write_metrics_row(metrics_path, row)
         if info.is_main and (last_epoch or (tc.eval_every > 0 and (epoch + 1) % tc.eval_every == 0)):
             eval_model = ema.module if ema is not None else model
-            val = evaluate(eval_model, val_ds, tc.batch_size, device, progress=progress, size_divisor=cfg.data.size_divisor)
+            rng = ckpt_io.rng_state()  # evaluation must not move training's RNG: last.pth holds it from before
+            try:
+                val = evaluate(eval_model, val_ds, tc.batch_size, device, progress=progress, size_divisor=cfg.data.size_divisor)
+            finally:
+                ckpt_io.set_rng_state(rng)
             row.update({f"val_{k}": v for k, v in val.items()})
         ddp.barrier()
         if info.is_main:
