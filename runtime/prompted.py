@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from runtime.atomic import atomic_write
 from runtime.backends.base import Backend, load_backend
 from runtime.manifest import Manifest, ManifestError, read_sidecar
 from runtime.postprocess import Postprocessor, checked_dedup_iou
@@ -210,9 +211,10 @@ class PromptedDetector:
     def save_prompts(self, path: Union[str, Path]) -> Path:
         """Write names, embeddings [K, Dp], sums and counts to an .npz (reload with load_prompts)."""
         path = Path(path)
-        np.savez(path, names=np.asarray(self._names, dtype=str), embeddings=self._embeddings(), sums=self._sums,
-                 counts=self._counts)
-        return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+        path = path if path.suffix == ".npz" else path.with_name(path.name + ".npz")  # numpy's own naming
+        names, emb, sums, counts = np.asarray(self._names, dtype=str), self._embeddings(), self._sums, self._counts
+        atomic_write(path, lambda f: np.savez(f, names=names, embeddings=emb, sums=sums, counts=counts))
+        return path
 
     def load_prompts(self, path: Union[str, Path]) -> "PromptedDetector":
         """Replace the prompts by a file from save_prompts (or the exported text bank)."""

@@ -298,6 +298,8 @@ def load_official(
     family = "rtdetr" if config is not None and family is None else family
     family = _resolve_family(state, args, family)
     if family == "rtdetr":
+        if config is not None:  # the sampling method the weights cannot show: from the names, and said
+            updates = rtdetr_official.cross_attn_updates(path, config, updates)
         cfg = rtdetr_config_for_checkpoint(state, config, updates, overrides, f"checkpoint {path}")
     elif config is not None or updates:
         raise OfficialCheckpointError(f"config/updates are for RT-DETRv2 checkpoints; this one is '{family}'")

@@ -33,6 +33,7 @@ from edgedet.engine.optim import build_optimizer, build_scheduler
 from edgedet.engine.plots import plot_curves
 
 log = logging.getLogger(__name__)
+RUN_OUTPUTS = ("last.pth", "best.pth", "metrics.jsonl", "curves.png", "load_report.txt", "load_report.json")
 PLOT_EVERY_S = 30.0  # redraw curves.png at most this often (and after the last epoch)
 
 
@@ -237,6 +238,12 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
     out_dir = Path(tc.output_dir)
     if info.is_main:  # other ranks never write
         out_dir = run_dir.prepare_run_dir(out_dir, resume=resume_ckpt is not None, exist_ok=exist_ok)
+        from runtime.safety import refuse_output_over_input
+
+        # --exist-ok into the folder of the weights being fine-tuned from would replace them with epoch 0's
+        refuse_output_over_input([out_dir / name for name in RUN_OUTPUTS],
+                                 [cfg.model.weights or None, getattr(cfg.model, "backbone_weights", "") or None],
+                                 what="train output")
         ckpt_io.remove_stale_temp_files(out_dir)
     cfg = replace(cfg, train=replace(tc, output_dir=str(out_dir)))
     tc = cfg.train
