@@ -15,28 +15,26 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
-
-
-def jpeg_truncated(data: bytes) -> bool:
-    """True for JPEG bytes that lack their end-of-image marker (trailing padding ignored)."""
-    return data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
-
+def jpeg_truncated(path: Union[str, Path]) -> bool:
+    """True for a JPEG file that lacks its end-of-image marker (trailing padding ignored). Reads 2 + 64 bytes."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(2) != b"\xff\xd8":
+                return False
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 64))
+            return not f.read().rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
+    except OSError:
+        return False
 
 def read_image(path: Union[str, Path]) -> Tuple[Optional[np.ndarray], bool]:
     """-> (BGR uint8 image or None when it cannot be decoded, truncated). A truncated JPEG that still
     decodes is returned (its lower part grey) with a warning naming it, so the caller can count it."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None, False
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
-    truncated = jpeg_truncated(data)
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # grayscale and 16-bit files come back as 8-bit BGR
+    truncated = jpeg_truncated(path)
     if truncated and image is not None:
-        log.warning("%s is truncated (the JPEG ends before its last byte): processed as far as it goes, the rest is "
-                    "grey; copy the file again", path)
+        log.warning("%s is truncated (the JPEG ends before its last byte): processed as far as it decodes, the "
+                    "rest is grey; copy the file again", path)
     return image, truncated
-
 
 __all__ = ["read_image", "jpeg_truncated"]

@@ -14,6 +14,7 @@ embeddings (images, texts), as `edgedet.nn.prompt_encoder.average_prompts` compu
 from __future__ import annotations
 
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -54,6 +55,26 @@ def _per_box_names(names: Names, count: int) -> List[str]:
         raise ValueError(f"got {len(names)} names for {count} prompts; give one name per box/point or a single name")
     return names
 
+
+
+def _read_npz(path: Path, keys: Sequence[str], what: str = "prompt file") -> List[np.ndarray]:
+    """The arrays `keys` of an .npz; one line naming the file when it is truncated, corrupt or lacks one."""
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not hasattr(data, "files"):  # a bare .npy array
+            raise ValueError("one array, not an .npz archive")
+        with data:
+            return [np.asarray(data[k]) for k in keys]
+    except KeyError as e:
+        raise ValueError(f"{path} is not a {what}: it lacks {e}; save the prompts again") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # truncated: BadZipFile / EOFError
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} is not a readable {what} (truncated or corrupt: {reason[:120]}); save the prompts again") from None
+
+
+def _read_prompt_file(path: Path) -> Tuple[List[str], np.ndarray, np.ndarray]:
+    names, sums, counts = _read_npz(path, ("names", "sums", "counts"))
+    return [str(n) for n in names], np.asarray(sums, np.float32), np.asarray(counts, np.float32).reshape(-1)
 
 class PromptedDetector:
     """Prompt encoder + prompted detector artifacts behind one object; see the module docstring.
@@ -204,8 +225,8 @@ class PromptedDetector:
         if self._text_bank is None:
             self._text_bank = {}
             if self._text_bank_path is not None and self._text_bank_path.is_file():
-                data = np.load(self._text_bank_path)
-                self._text_bank = {str(n): e.astype(np.float32) for n, e in zip(data["names"], data["embeddings"])}
+                names, embeddings = _read_npz(self._text_bank_path, ("names", "embeddings"), "text bank")
+                self._text_bank = {str(n): e.astype(np.float32) for n, e in zip(names, embeddings)}
         return self._text_bank
 
     def save_prompts(self, path: Union[str, Path]) -> Path:
@@ -221,12 +242,14 @@ class PromptedDetector:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"prompt file not found: {path}")
-        data = np.load(path)
-        sums = np.asarray(data["sums"], np.float32)
+        names, sums, counts = _read_prompt_file(path)
         if sums.ndim != 2 or sums.shape[1] != self.dim:
             raise ValueError(f"{path.name} holds {sums.shape[-1]}-d prompts; these artifacts use {self.dim}-d")
-        self._names, self._sums = [str(n) for n in data["names"]], sums
-        self._counts = np.asarray(data["counts"], np.float32)
+        if not (len(names) == len(sums) == len(counts)):
+            raise ValueError(f"{path} is inconsistent ({len(names)} names, {len(sums)} prompts, {len(counts)} counts); "
+                             "save the prompts again")
+        self._names, self._sums = names, sums
+        self._counts = counts
         self._refresh()
         return self
 

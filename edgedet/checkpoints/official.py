@@ -70,6 +70,9 @@ def read_official_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, Tensor],
     obj = safe_torch_load(p)
     if not isinstance(obj, Mapping):
         raise OfficialCheckpointError(f"{p} holds a {type(obj).__name__}, not a checkpoint dict")
+    if str(obj.get("format", "")).startswith("edgedet-checkpoint"):
+        raise OfficialCheckpointError(f"{p} is an edgedet checkpoint, not an official one: use it as it is "
+                                      "(--model / --weights, or edgedet.engine.checkpoint.load_model), no conversion needed")
     args = None
     ema = obj.get("ema")
     if isinstance(ema, Mapping) and isinstance(ema.get("module"), Mapping):
