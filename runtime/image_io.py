@@ -15,6 +15,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+
 def jpeg_truncated(path: Union[str, Path]) -> bool:
     """True for a JPEG file that lacks its end-of-image marker (trailing padding ignored). Reads 2 + 64 bytes."""
     try:
@@ -27,6 +28,7 @@ def jpeg_truncated(path: Union[str, Path]) -> bool:
     except OSError:
         return False
 
+
 def read_image(path: Union[str, Path]) -> Tuple[Optional[np.ndarray], bool]:
     """-> (BGR uint8 image or None when it cannot be decoded, truncated). A truncated JPEG that still
     decodes is returned (its lower part grey) with a warning naming it, so the caller can count it."""
@@ -36,5 +38,6 @@ def read_image(path: Union[str, Path]) -> Tuple[Optional[np.ndarray], bool]:
         log.warning("%s is truncated (the JPEG ends before its last byte): processed as far as it decodes, the "
                     "rest is grey; copy the file again", path)
     return image, truncated
+
 
 __all__ = ["read_image", "jpeg_truncated"]
