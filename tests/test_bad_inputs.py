@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.atomic import atomic_copy, atomic_write_bytes
 from runtime.backends.base import ArtifactError
 from runtime.cli import main as run_main
 from runtime.detector import Detector
@@ -201,14 +200,26 @@ def test_artifact_without_sidecar_is_named_in_a_warning(tmp_path, caplog):
     assert "has no sidecar" in caplog.text and "blob.onnx" in caplog.text
 
 
-def test_a_replaced_library_keeps_the_mapped_copy_intact(tmp_path):
-    lib = tmp_path / "libx.so"
+def test_export_beside_a_running_model_never_rewrites_its_library_in_place(tmp_path, monkeypatch):
+    ov = pytest.importorskip("openvino")
+    from converters.openvino import convert
+
+    built = tmp_path / "build" / "libedgedet_ov_msda.so"
+    built.parent.mkdir()
+    built.write_bytes(b"new library")
+    onnx_path = make_blob_artifact(tmp_path / "src")
+    real_convert = ov.convert_model
+    monkeypatch.setattr(convert, "fused_extension_path", lambda: built)
+    monkeypatch.setattr(ov, "convert_model", lambda path, extension=None: real_convert(path))  # the blob has no fused op
+    out = tmp_path / "deploy" / "m.xml"
+    out.parent.mkdir()
+    lib = out.parent / "libedgedet_ov_msda.so"
     lib.write_bytes(b"old library")
-    with open(lib, "rb") as mapped:  # a running process holds the old file
-        atomic_copy(atomic_write_bytes(tmp_path / "new.so", b"new library"), lib)
-        assert mapped.read() == b"old library"
-    assert lib.read_bytes() == b"new library"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["libx.so", "new.so"]
+    manifest = dataclasses.replace(read_sidecar(onnx_path), msda="fused")
+    with open(lib, "rb") as mapped:  # a running process holds the library it loaded
+        convert.convert_openvino(onnx_path, out, "fp32", manifest)
+        assert mapped.read() == b"old library"  # copy2 in place would have rewritten the file under it
+    assert lib.read_bytes() == b"new library" and read_sidecar(out).custom_ops == {"openvino": lib.name}
 
 
 # ---------------------------------------------------------------- manifests checked when the artifact opens
@@ -226,7 +237,7 @@ def test_score_threshold_that_is_no_number_is_refused(tmp_path, value):
     path = make_blob_artifact(tmp_path)
     text = sidecar_path(path).read_text().replace('"score_threshold": 0.25', f'"score_threshold": {value}')
     sidecar_path(path).write_text(text)
-    with pytest.raises(ManifestError, match=f"malformed manifest .*blob.onnx.edgedet.json.*score_threshold") as e:
+    with pytest.raises(ManifestError, match="malformed manifest .*blob.onnx.edgedet.json.*score_threshold") as e:
         Detector(path)
     one_line(e.value)
 
@@ -409,7 +420,7 @@ def test_scalar_yaml_config_is_refused_in_one_line(tmp_path):
     assert "'h'" not in one_line(e.value)
 
 
-@pytest.mark.parametrize("frame", [np.zeros((0, 0), np.uint8), np.zeros((0, 10, 3), np.uint8), np.zeros(0, np.uint8)])
+@pytest.mark.parametrize("frame", [np.zeros((0, 0), np.uint8), np.zeros((0, 4, 1), np.uint8), np.zeros(0, np.uint8)])
 def test_empty_array_to_the_detector_is_one_line(artifact, frame):
     with Detector(artifact) as det, pytest.raises(ValueError, match="frame is empty") as e:
         det(frame)
