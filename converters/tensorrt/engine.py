@@ -19,7 +19,7 @@ from converters.formats import ExportError
 from converters.tensorrt.onnx_plugins import BuiltinPluginUnsupported, rewrite_for_tensorrt
 from converters.tensorrt.plugin import LIBRARY_NAME, library_path
 from runtime.atomic import atomic_copy, atomic_path
-from runtime.manifest import Manifest, write_sidecar
+from runtime.manifest import Manifest, read_sidecar, write_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,15 @@ def rewrite_onnx_file(onnx_path: Path, msda: str) -> Path:
             raise ExportError(str(e)) from e
         with atomic_path(onnx_path) as tmp:  # rewritten in place: never left half-written
             onnx.save(rewritten, str(tmp))
+        refresh_sidecar(onnx_path)
     return onnx_path
+
+
+def refresh_sidecar(onnx_path: Path) -> None:
+    """After an in-place rewrite: the sidecar, written last again, describes the file as it is now."""
+    manifest = read_sidecar(onnx_path)
+    if manifest is not None:
+        write_sidecar(manifest, onnx_path)
 
 
 def tensorrt_onnx(model: nn.Module, req, onnx_path: Path) -> Path:
@@ -68,6 +76,7 @@ def qdq_from_model(model: nn.Module, req, onnx_path: Path) -> Path:
         export_onnx(model, portable, req.imgsz, manifest, "grid_sample", req.dynamic_batch, req.postprocess,
                     req.top_k, req.opset, req.simplify)
         qdq_onnx_for_tensorrt(onnx_path, portable, onnx_path, batches, req.manifest.input_name)
+    refresh_sidecar(onnx_path)
     return onnx_path
 
 
