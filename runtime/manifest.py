@@ -164,7 +164,7 @@ def write_sidecar(manifest: Manifest, artifact: Union[str, Path]) -> Path:
     from runtime.atomic import atomic_write_text
 
     sizes = {f.name: f.stat().st_size for f in artifact_data_files(artifact) if f.is_file()}
-    extra = {k: v for k, v in manifest.extra.items() if k != FILES_KEY}
+    extra = {k: v for k, v in (manifest.extra if isinstance(manifest.extra, dict) else {}).items() if k != FILES_KEY}
     if sizes:
         extra[FILES_KEY] = sizes
     return atomic_write_text(sidecar_path(artifact), dataclasses.replace(manifest, extra=extra).to_json())
@@ -173,7 +173,7 @@ def write_sidecar(manifest: Manifest, artifact: Union[str, Path]) -> Path:
 def sidecar_mismatch(manifest: Manifest, artifact: Union[str, Path]) -> Optional[str]:
     """Why the sidecar does not describe the artifact's files as they are now (None when it does, or
     when it recorded no sizes: written by an earlier version or by hand)."""
-    recorded = manifest.extra.get(FILES_KEY) if isinstance(manifest.extra, dict) else None
+    recorded = getattr(manifest, "recorded_sizes", None)
     if not isinstance(recorded, dict):
         return None
     for f in artifact_data_files(artifact):
@@ -190,7 +190,12 @@ def read_sidecar(artifact: Union[str, Path]) -> Optional[Manifest]:
     for path in (sidecar_path(artifact), legacy_sidecar_path(artifact)):
         if path.is_file():
             try:
-                return Manifest.from_json(path.read_text())
+                manifest = Manifest.from_json(path.read_text())
             except (ManifestError, TypeError, UnicodeDecodeError) as e:  # TypeError: a value of the wrong kind
                 raise ManifestError(f"malformed manifest {path}: {e}; fix it or re-export the model") from None
+            # The sizes describe the files, not the model: kept off the manifest's fields (so it equals the
+            # embedded one) for `sidecar_mismatch`.
+            extra = manifest.extra if isinstance(manifest.extra, dict) else {}
+            manifest.recorded_sizes = extra.pop(FILES_KEY, None)  # type: ignore[attr-defined]
+            return manifest
     return None
