@@ -102,16 +102,20 @@ def _export_graph(graph: nn.Module, args: Tuple[Tensor, ...], input_names, outpu
     path.parent.mkdir(parents=True, exist_ok=True)
     from converters.quiet import filtered_stderr
 
+    from runtime.atomic import temp_name
+
+    raw = temp_name(path, ".onnx")  # the tracer's graph; `path` appears only once complete
     with msda_form(graph, form), torch.no_grad(), warnings.catch_warnings(), filtered_stderr():
         warnings.simplefilter("ignore")  # tracer warnings about python constants: the sizes are fixed
         try:
-            torch.onnx.export(graph, args, str(path), dynamo=False, opset_version=opset, input_names=input_names,
+            torch.onnx.export(graph, args, str(raw), dynamo=False, opset_version=opset, input_names=input_names,
                               output_names=output_names, custom_opsets={FUSED_DOMAIN: FUSED_OPSET} if form == "fused" else None,
                               dynamic_axes=dynamic_axes, do_constant_folding=True)
         except Exception as e:  # the exporter raises several error types
+            raw.unlink(missing_ok=True)
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ExportError(f"ONNX export of {path.name} failed ({first}); the model uses an op opset {opset} cannot express") from e
-    return finalize_onnx(path, manifest, simplify)
+    return finalize_onnx(path, manifest, simplify, source=raw)
 
 
 def _resolve_form(format: str, msda: Optional[str], precision: str = "fp32") -> str:
@@ -130,7 +134,10 @@ def write_prompt_bank(path: Union[str, Path], names: Sequence[str], embeddings: 
     emb = np.asarray(embeddings, np.float32)
     if emb.ndim != 2 or emb.shape[0] != len(names):
         raise ValueError(f"embeddings must be [len(names)={len(names)}, Dp], got {emb.shape}")
-    np.savez(path, names=np.asarray(list(names), dtype=str), embeddings=emb, sums=emb, counts=np.ones(len(names), np.float32))
+    from runtime.atomic import atomic_write
+
+    atomic_write(path, lambda f: np.savez(f, names=np.asarray(list(names), dtype=str), embeddings=emb, sums=emb,
+                                          counts=np.ones(len(names), np.float32)))
     return Path(path)
 
 

@@ -210,7 +210,9 @@ def verify(
             args = [torch.from_numpy(v) for v in feeds.values()]  # image first, then the valid region
             report["latency_pytorch"] = measure_latency(lambda: deploy(*args), repeats)
     path = Path(output_json) if output_json else artifact.with_name(artifact.stem + ".verify.json")
-    path.write_text(json.dumps(report, indent=2))
+    from runtime.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(report, indent=2))
     report["report_path"] = str(path)
     log.debug("%s", format_report(report))  # callers print it; once is enough
     return report

@@ -229,6 +229,8 @@ def model_config_from_dict(data: Dict[str, Any]) -> ModelConfig:
 
 
 def experiment_from_dict(data: Dict[str, Any]) -> ExperimentConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"an experiment config is a mapping of sections model, data, train; got a {type(data).__name__}")
     unknown = [k for k in data if k not in ("model", "data", "train")]
     if unknown:
         raise ConfigError(f"unknown config section '{unknown[0]}'. Valid sections: model, data, train")
@@ -259,7 +261,11 @@ def load_experiment(path: Union[str, Path]) -> ExperimentConfig:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"config file not found: {p}")
-    return experiment_from_dict(read_yaml(p) or {})
+    data = read_yaml(p) or {}
+    if not isinstance(data, dict):  # a scalar or list: its characters / items are no sections
+        raise ConfigError(f"{p} holds a YAML {type(data).__name__}, not a config: write sections "
+                          "'model:', 'data:' and 'train:' (see configs/)")
+    return experiment_from_dict(data)
 
 
 # ---------------------------------------------------------------- command-line overrides

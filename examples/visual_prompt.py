@@ -36,10 +36,14 @@ def run(args: argparse.Namespace) -> None:
     from runtime import Pipeline, ShowSink, VideoSink, open_source
     from runtime.prompted import PromptedDetector
 
+    from runtime.safety import refuse_output_over_input
+
     folder = Path(args.artifacts)
     suffix = ".engine" if args.tensorrt else ".xml" if args.openvino else ".onnx"
-    detector = PromptedDetector(folder / f"trex-prompt-encoder{suffix}", folder / f"trex-detector{suffix}",
-                                device=args.device, conf=args.conf)
+    encoder, det_path = folder / f"trex-prompt-encoder{suffix}", folder / f"trex-detector{suffix}"
+    # before anything opens: an output never replaces an input or a file of the artifacts (text bank, sidecars)
+    refuse_output_over_input([args.save_prompts, args.save], [encoder, det_path, args.image, args.video, args.load_prompts])
+    detector = PromptedDetector(encoder, det_path, device=args.device, conf=args.conf)
     if args.load_prompts:
         detector.load_prompts(args.load_prompts)
     else:

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from runtime.environment import build_has_gstreamer, opencv_info
+from runtime.image_io import read_image
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class Source:
         self.name = name
         self.dropped = 0  # frames replaced before anyone read them (live sources)
         self.skipped: List[str] = []  # inputs that could not be decoded (named in a warning, then skipped)
+        self.truncated: List[str] = []  # truncated JPEGs processed as far as they decode (named in a warning)
 
     def read(self, timeout: Optional[float] = None) -> Optional[Frame]:
         """Next frame, or None at the end of the source."""
@@ -425,10 +427,13 @@ def image_files(folder: Union[str, Path]) -> List[Path]:
 
 def images_source(paths: List[Path], name: str) -> SequentialSource:
     """Images read in order; an unreadable file is named in a warning, counted in `source.skipped`
-    and skipped, so one bad file does not end the run. A single image that cannot be read raises."""
+    and skipped, so one bad file does not end the run. A single image that cannot be read raises.
+    A truncated JPEG that still decodes is named in a warning and counted in `source.truncated`."""
     def frames() -> Iterator[np.ndarray]:
         for p in paths:
-            image = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            image, truncated = read_image(p)
+            if truncated and image is not None:
+                source.truncated.append(str(p))
             if image is None:
                 if len(paths) == 1:
                     raise RuntimeError(f"could not read image {p} (corrupt or not an image)")

@@ -49,6 +49,11 @@ class _CheckAction(argparse.Action):
         parser.exit()
 
 
+def model_inputs(args: argparse.Namespace) -> List[Any]:
+    """Every model file `run` reads (artifact, prompt encoder, saved prompts, a sources list): never an output."""
+    return [args.model, getattr(args, "prompt_encoder", None), getattr(args, "prompts", None), getattr(args, "sources", None)]
+
+
 class RunCommand:
     name = "run"
     help = "run an exported detector on a camera, video, image folder, RTSP/HTTP URL or GStreamer pipeline"
@@ -94,7 +99,7 @@ class RunCommand:
             raise ValueError("--track applies to several streams; for one source use `edgedet track --model M --source S`")
         args.source = specs[0]
         options = {"threads": args.threads} if args.threads else {}
-        check_outputs([args.save, args.json], [args.source, args.model])
+        check_outputs([args.save, args.json], [args.source, *model_inputs(args)])
         with contextlib.ExitStack() as undo:  # closes what was opened if a later step fails
             sinks: List[Any] = [ShowSink(overlay_fps=True)] if args.show else []  # first: fail before loading anything
             undo.callback(lambda: [s.close() for s in sinks])
@@ -152,6 +157,7 @@ class RunCommand:
 def format_summary(stats: dict) -> str:
     """Pipeline stats as a small table."""
     skipped = f"  skipped {stats['skipped']} unreadable" if stats.get("skipped") else ""
+    skipped += f"  {stats['truncated']} truncated (named above)" if stats.get("truncated") else ""
     lines = [f"frames {stats['frames']}  dropped {stats['dropped']}{skipped}  fps {stats['fps']:.1f}  elapsed {stats['elapsed_s']:.1f} s",
              f"{'stage':<12}{'p50 ms':>10}{'p95 ms':>10}"]
     for stage, v in stats["latency_ms"].items():

@@ -14,13 +14,23 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from runtime.backends.base import Backend, load_backend
-from runtime.manifest import MASK_FAMILIES, Manifest, ManifestError, read_sidecar, sidecar_path
+from runtime.backends.base import ArtifactError, Backend, load_backend
+from runtime.manifest import MASK_FAMILIES, Manifest, ManifestError, read_sidecar, sidecar_mismatch, sidecar_path
 from runtime.postprocess import Postprocessor, checked_dedup_iou
 from runtime.preprocess import LetterboxInfo, Preprocessor, check_valid_region, valid_region
 from runtime.types import Detections
 
 log = logging.getLogger(__name__)
+
+
+def _embedded(backend: Backend, required: bool) -> Optional[Manifest]:
+    """The manifest inside the artifact; an unreadable one matters only when there is no sidecar."""
+    try:
+        return backend.embedded_manifest()
+    except ArtifactError:
+        if required:
+            raise
+        return None
 
 
 class Detector:
@@ -42,20 +52,32 @@ class Detector:
         if not self.artifact.is_file():
             raise FileNotFoundError(f"model artifact not found: {self.artifact} (export one with `edgedet export`)")
         sidecar = manifest or read_sidecar(self.artifact)
+        if manifest is None and sidecar is not None:
+            stale = sidecar_mismatch(sidecar, self.artifact)
+            if stale:
+                raise ArtifactError(f"{self.artifact}: {stale}: truncated or corrupt, or replaced by an export that was "
+                                    "interrupted before its sidecar was written; re-export it")
         self.backend: Backend = load_backend(self.artifact, backend, sidecar, device, **backend_options)
-        self.manifest = sidecar or self.backend.embedded_manifest()
-        if self.manifest is None:
+        try:
+            embedded = _embedded(self.backend, required=sidecar is None)
+            self.manifest = sidecar or embedded
+            if self.manifest is None:
+                raise ManifestError(
+                    f"{self.artifact} carries no edgedet manifest (no {sidecar_path(self.artifact).name} beside it, none embedded); "
+                    "re-export it with `edgedet export`, or pass manifest=Manifest(...)"
+                )
+            if sidecar is None:
+                log.warning("%s has no sidecar %s (an export interrupted before writing it leaves none): using the "
+                            "manifest embedded in the model; re-export if in doubt", self.artifact.name,
+                            sidecar_path(self.artifact).name)
+            self._check_against_model(embedded if manifest is None else None)
+        except BaseException:
             self.backend.close()
-            raise ManifestError(
-                f"{self.artifact} carries no edgedet manifest (no {sidecar_path(self.artifact).name} beside it, none embedded); "
-                "re-export it with `edgedet export`, or pass manifest=Manifest(...)"
-            )
+            raise
         self.preprocessor = Preprocessor(self.manifest.preprocess)
         self.conf = float(self.manifest.outputs.score_threshold if conf is None else conf)
         self.postprocessor = Postprocessor(self.manifest.outputs, self.manifest.preprocess.size, self.manifest.class_names,
                                            self.conf, classes, dedup_iou, boxes_in_valid_region=bool(self.manifest.valid_input))
-        self._check_inputs()
-        self._check_class_count()
         spec = next(s for s in self.backend.input_specs if s.name == self.manifest.input_name)
         self.max_batch = spec.shape[0] if spec.shape and spec.shape[0] else 0  # 0 = dynamic
         # A dynamic batch may still be bounded (a TensorRT optimisation profile): preprocess and run at most that many.
@@ -70,7 +92,6 @@ class Detector:
         fed = [self.manifest.input_name] + ([self.manifest.valid_input] if self.manifest.valid_input else [])
         missing, unfed = sorted(set(fed) - names), sorted(names - set(fed))
         if missing or unfed:
-            self.backend.close()
             raise ManifestError(f"{self.artifact.name}: the manifest feeds {fed} but the graph's inputs are {sorted(names)}; "
                                 "the manifest belongs to another export: re-export the model or pass the right manifest")
         if not self.manifest.valid_input and self.manifest.family in MASK_FAMILIES and self.manifest.preprocess.resize == "letterbox":
@@ -87,18 +108,43 @@ class Detector:
             out[self.manifest.valid_input] = valid_region(infos, self.manifest.preprocess.size)
         return out
 
-    def _check_class_count(self) -> None:
-        """Raw outputs tell the class count: refuse a manifest whose names would label the wrong classes."""
+    def _check_against_model(self, embedded: Optional[Manifest]) -> None:
+        """When the artifact opens, not on the first frame: the manifest must agree with the graph it describes."""
+        names = {s.name for s in self.backend.input_specs}
+        if self.manifest.input_name not in names:
+            raise ManifestError(f"manifest input_name '{self.manifest.input_name}' is not an input of {self.artifact.name} ({sorted(names)})")
+        self._check_inputs()
+        spec = next(s for s in self.backend.input_specs if s.name == self.manifest.input_name)
+        nhwc = self.manifest.preprocess.input_format == "uint8_nhwc"
+        graph_hw = (tuple(spec.shape[1:3]) if nhwc else tuple(spec.shape[-2:])) if spec.shape and len(spec.shape) == 4 else ()
+        size = tuple(self.manifest.preprocess.size)
+        if graph_hw and all(isinstance(s, int) and s > 0 for s in graph_hw) and graph_hw != size:
+            raise ManifestError(f"the manifest of {self.artifact.name} says input {size[0]}x{size[1]} but the model takes "
+                                f"{graph_hw[0]}x{graph_hw[1]}; fix preprocess.size in the sidecar or re-export")
+        self._check_class_count(embedded)
+
+    def _check_class_count(self, embedded: Optional[Manifest]) -> None:
+        """Refuse a manifest whose names would label the wrong classes (a detection called '2'): raw outputs
+        tell the class count; otherwise the model's own record (its embedded manifest, its config) does."""
         out = self.manifest.outputs
-        shape = self.backend.output_shapes().get(out.names[0] if out.names else "", ()) if not out.postprocess else ()
         names = self.manifest.class_names
-        if not names or not shape or shape[-1] is None:
+        if not names:
             return
-        expected = len(names) + (1 if out.score_activation == "softmax" else 0)  # softmax: + no-object
-        if shape[-1] != expected:
-            self.backend.close()
-            raise ManifestError(f"{self.artifact.name} predicts {shape[-1]} scores per query but its manifest lists "
-                                f"{len(names)} class names (expected {expected}); fix class_names in the manifest or re-export")
+        fix = "fix class_names in the sidecar or re-export"
+        shape = self.backend.output_shapes().get(out.names[0] if out.names else "", ()) if not out.postprocess else ()
+        if shape and shape[-1] is not None:
+            expected = len(names) + (1 if out.score_activation == "softmax" else 0)  # softmax: + no-object
+            if shape[-1] != expected:
+                raise ManifestError(f"{self.artifact.name} predicts {shape[-1]} scores per query but its manifest lists "
+                                    f"{len(names)} class names (expected {expected}); {fix}")
+            return
+        own = len(embedded.class_names) if embedded is not None and embedded.class_names else None
+        if own is None:
+            n = self.manifest.model_config.get("num_classes") if isinstance(self.manifest.model_config, dict) else None
+            own = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+        if own is not None and own != len(names):
+            raise ManifestError(f"the manifest of {self.artifact.name} lists {len(names)} class names but the model has "
+                                f"{own} classes; {fix}")
 
     @property
     def class_names(self) -> Tuple[str, ...]:

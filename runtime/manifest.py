@@ -8,6 +8,7 @@ OpenVINO `rt_info["edgedet"]["manifest"]`) and always as a sidecar JSON next to 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -21,6 +22,10 @@ MASK_FAMILIES = ("detr", "deformable_detr", "dab_detr", "dino", "co_dino", "co_d
 
 class ManifestError(ValueError):
     """A missing or malformed manifest."""
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 @dataclass
@@ -95,11 +100,43 @@ class Manifest:
         data = dict(data)
         pre = data.pop("preprocess", {}) or {}
         out = data.pop("outputs", {}) or {}
+        for section, spec in (("preprocess", PreprocessSpec), ("outputs", OutputSpec)):
+            given = pre if section == "preprocess" else out
+            if not isinstance(given, dict):
+                raise ManifestError(f"manifest '{section}' must be an object, got {type(given).__name__}")
+            wrong = sorted(set(given) - {f.name for f in fields(spec)})
+            if wrong:
+                raise ManifestError(f"unknown manifest keys {[section + '.' + k for k in wrong]}; was it written by a newer edgedet?")
         pre = {k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()}
-        return cls(preprocess=PreprocessSpec(**pre), outputs=OutputSpec(**out), **data)
+        manifest = cls(preprocess=PreprocessSpec(**pre), outputs=OutputSpec(**out), **data)
+        manifest.validate()
+        return manifest
+
+    def validate(self) -> None:
+        """Values that would make every frame give no (or wrong) detections without a word: refused here."""
+        pre, out = self.preprocess, self.outputs
+        if not isinstance(self.class_names, list) or not all(isinstance(n, str) for n in self.class_names):
+            raise ManifestError("manifest class_names must be a list of strings")
+        size = pre.size
+        if (not isinstance(size, tuple) or len(size) != 2
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)):
+            raise ManifestError(f"manifest preprocess.size must be [H, W] positive integers, got {list(size) if isinstance(size, tuple) else size!r}")
+        for name in ("mean", "std"):
+            values = getattr(pre, name)
+            if (not isinstance(values, tuple) or len(values) != 3
+                    or not all(_is_number(v) and math.isfinite(v) for v in values)):
+                raise ManifestError(f"manifest preprocess.{name} must be 3 finite numbers, got {values!r}")
+        if any(v == 0 for v in pre.std):
+            raise ManifestError(f"manifest preprocess.std {list(pre.std)} has a 0 (division by zero); use the training std")
+        t = out.score_threshold
+        if not _is_number(t) or not math.isfinite(t) or not 0.0 <= t <= 1.0:
+            raise ManifestError(f"manifest outputs.score_threshold must be a number in [0, 1], got {t!r}")
+        if not isinstance(out.top_k, int) or isinstance(out.top_k, bool) or out.top_k <= 0:
+            raise ManifestError(f"manifest outputs.top_k must be a positive integer, got {out.top_k!r}")
 
     @classmethod
     def from_json(cls, text: str) -> "Manifest":
+        # JSON's NaN / Infinity are not numbers a manifest can hold: parsed as such, refused by validate()
         try:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as e:
@@ -122,15 +159,55 @@ def legacy_sidecar_path(artifact: Union[str, Path]) -> Path:
     return p.with_name(p.stem + SIDECAR_SUFFIX)
 
 
+FILES_KEY = "artifact_files"  # sidecar only: file name -> size in bytes when the export finished
+
+
+def artifact_data_files(artifact: Union[str, Path]) -> List[Path]:
+    """The files that hold the model itself: the artifact, and an OpenVINO graph's weights."""
+    p = Path(artifact)
+    return [p, p.with_suffix(".bin")] if p.suffix == ".xml" else [p]
+
+
 def write_sidecar(manifest: Manifest, artifact: Union[str, Path]) -> Path:
-    path = sidecar_path(artifact)
-    path.write_text(manifest.to_json())
-    return path
+    """Written atomically and after the artifact (a complete sidecar marks a finished export), with the
+    artifact's file sizes, so a model file replaced by an export interrupted before its sidecar is caught."""
+    import dataclasses
+
+    from runtime.atomic import atomic_write_text
+
+    sizes = {f.name: f.stat().st_size for f in artifact_data_files(artifact) if f.is_file()}
+    extra = {k: v for k, v in (manifest.extra if isinstance(manifest.extra, dict) else {}).items() if k != FILES_KEY}
+    if sizes:
+        extra[FILES_KEY] = sizes
+    return atomic_write_text(sidecar_path(artifact), dataclasses.replace(manifest, extra=extra).to_json())
+
+
+def sidecar_mismatch(manifest: Manifest, artifact: Union[str, Path]) -> Optional[str]:
+    """Why the sidecar does not describe the artifact's files as they are now (None when it does, or
+    when it recorded no sizes: written by an earlier version or by hand)."""
+    recorded = getattr(manifest, "recorded_sizes", None)
+    if not isinstance(recorded, dict):
+        return None
+    for f in artifact_data_files(artifact):
+        if f.name in recorded:
+            size = f.stat().st_size if f.is_file() else None
+            if size != recorded[f.name]:
+                now = "missing" if size is None else f"{size} bytes"
+                return f"{f.name} is {now} but its sidecar recorded {recorded[f.name]} bytes"
+    return None
 
 
 def read_sidecar(artifact: Union[str, Path]) -> Optional[Manifest]:
     """The artifact's sidecar manifest (its own name first, then the legacy stem name), or None."""
     for path in (sidecar_path(artifact), legacy_sidecar_path(artifact)):
         if path.is_file():
-            return Manifest.from_json(path.read_text())
+            try:
+                manifest = Manifest.from_json(path.read_text())
+            except (ManifestError, TypeError, UnicodeDecodeError) as e:  # TypeError: a value of the wrong kind
+                raise ManifestError(f"malformed manifest {path}: {e}; fix it or re-export the model") from None
+            # The sizes describe the files, not the model: kept off the manifest's fields (so it equals the
+            # embedded one) for `sidecar_mismatch`.
+            extra = manifest.extra if isinstance(manifest.extra, dict) else {}
+            manifest.recorded_sizes = extra.pop(FILES_KEY, None)  # type: ignore[attr-defined]
+            return manifest
     return None

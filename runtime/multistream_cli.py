@@ -105,6 +105,9 @@ class _MosaicVideo:
 
 def run_multistream(args: argparse.Namespace, sources: Dict[str, Any]) -> int:
     """The multi-source branch of `edgedet run` (same arguments)."""
+    from runtime.cli import check_outputs, model_inputs
+
+    check_outputs([args.save, args.json], [*sources.values(), *model_inputs(args)])  # before opening anything
     options = {"threads": args.threads} if getattr(args, "threads", 0) else {}
     names = list(sources)
     per_stream: Dict[str, list] = {n: [] for n in names}

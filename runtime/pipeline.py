@@ -333,5 +333,6 @@ class Pipeline(ThreadedStages):
             v = np.asarray(list(values), np.float64)
             if len(v):
                 latency[stage] = {"p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95)), "mean": float(v.mean())}
-        return {"frames": frames, "dropped": self.dropped, "skipped": len(getattr(self.source, "skipped", ())), "fps": frames / elapsed if elapsed > 0 else 0.0,
+        return {"frames": frames, "dropped": self.dropped, "skipped": len(getattr(self.source, "skipped", ())),
+                "truncated": len(getattr(self.source, "truncated", ())), "fps": frames / elapsed if elapsed > 0 else 0.0,
                 "elapsed_s": elapsed, "live": self.live, "latency_ms": latency}

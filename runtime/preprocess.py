@@ -127,6 +127,8 @@ def as_bgr(frame: object) -> np.ndarray:
     if frame.dtype != np.uint8:
         raise ValueError(f"frame must be uint8 BGR (as cv2.imread/VideoCapture return), got dtype {frame.dtype}; "
                          "convert with np.clip(x * 255, 0, 255).astype(np.uint8) if it is float in [0, 1]")
+    if frame.size == 0:  # before any conversion: OpenCV would fail with an assertion dump
+        raise ValueError(f"frame is empty (shape {frame.shape}): pass a decoded image [H, W, 3] uint8 BGR")
     if frame.ndim == 3 and frame.shape[2] == 1:
         frame = frame[:, :, 0]
     if frame.ndim == 2:

@@ -14,11 +14,13 @@ embeddings (images, texts), as `edgedet.nn.prompt_encoder.average_prompts` compu
 from __future__ import annotations
 
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from runtime.atomic import atomic_write
 from runtime.backends.base import Backend, load_backend
 from runtime.manifest import Manifest, ManifestError, read_sidecar
 from runtime.postprocess import Postprocessor, checked_dedup_iou
@@ -53,6 +55,26 @@ def _per_box_names(names: Names, count: int) -> List[str]:
         raise ValueError(f"got {len(names)} names for {count} prompts; give one name per box/point or a single name")
     return names
 
+
+
+def _read_npz(path: Path, keys: Sequence[str], what: str = "prompt file") -> List[np.ndarray]:
+    """The arrays `keys` of an .npz; one line naming the file when it is truncated, corrupt or lacks one."""
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not hasattr(data, "files"):  # a bare .npy array
+            raise ValueError("one array, not an .npz archive")
+        with data:
+            return [np.asarray(data[k]) for k in keys]
+    except KeyError as e:
+        raise ValueError(f"{path} is not a {what}: it lacks {e}; save the prompts again") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # truncated: BadZipFile / EOFError
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} is not a readable {what} (truncated or corrupt: {reason[:120]}); save the prompts again") from None
+
+
+def _read_prompt_file(path: Path) -> Tuple[List[str], np.ndarray, np.ndarray]:
+    names, sums, counts = _read_npz(path, ("names", "sums", "counts"))
+    return [str(n) for n in names], np.asarray(sums, np.float32), np.asarray(counts, np.float32).reshape(-1)
 
 class PromptedDetector:
     """Prompt encoder + prompted detector artifacts behind one object; see the module docstring.
@@ -204,28 +226,31 @@ class PromptedDetector:
         if self._text_bank is None:
             self._text_bank = {}
             if self._text_bank_path is not None and self._text_bank_path.is_file():
-                data = np.load(self._text_bank_path)
-                self._text_bank = {str(n): e.astype(np.float32) for n, e in zip(data["names"], data["embeddings"])}
+                names, embeddings = _read_npz(self._text_bank_path, ("names", "embeddings"), "text bank")
+                self._text_bank = {str(n): e.astype(np.float32) for n, e in zip(names, embeddings)}
         return self._text_bank
 
     def save_prompts(self, path: Union[str, Path]) -> Path:
         """Write names, embeddings [K, Dp], sums and counts to an .npz (reload with load_prompts)."""
         path = Path(path)
-        np.savez(path, names=np.asarray(self._names, dtype=str), embeddings=self._embeddings(), sums=self._sums,
-                 counts=self._counts)
-        return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+        path = path if path.suffix == ".npz" else path.with_name(path.name + ".npz")  # numpy's own naming
+        names, emb, sums, counts = np.asarray(self._names, dtype=str), self._embeddings(), self._sums, self._counts
+        atomic_write(path, lambda f: np.savez(f, names=names, embeddings=emb, sums=sums, counts=counts))
+        return path
 
     def load_prompts(self, path: Union[str, Path]) -> "PromptedDetector":
         """Replace the prompts by a file from save_prompts (or the exported text bank)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"prompt file not found: {path}")
-        data = np.load(path)
-        sums = np.asarray(data["sums"], np.float32)
+        names, sums, counts = _read_prompt_file(path)
         if sums.ndim != 2 or sums.shape[1] != self.dim:
             raise ValueError(f"{path.name} holds {sums.shape[-1]}-d prompts; these artifacts use {self.dim}-d")
-        self._names, self._sums = [str(n) for n in data["names"]], sums
-        self._counts = np.asarray(data["counts"], np.float32)
+        if not (len(names) == len(sums) == len(counts)):
+            raise ValueError(f"{path} is inconsistent ({len(names)} names, {len(sums)} prompts, {len(counts)} counts); "
+                             "save the prompts again")
+        self._names, self._sums = names, sums
+        self._counts = counts
         self._refresh()
         return self
 

@@ -1,6 +1,7 @@
 """Guards that keep a user's files safe (torch-free, so every command can use them).
 
-- `refuse_output_over_input`: an output path that is, or resolves to (through links), an input.
+- `refuse_output_over_input`: an output path that is, or resolves to (through links), an input or any
+  file of a model artifact in use (`artifact_files`).
 - `refuse_overwrite`: a file this call did not create, unless the user said it may be replaced.
 - `check_writable_folder`: a clear one-line error before slow work when a folder cannot be written.
 - `custom_op_library`: the custom-op library an artifact's manifest names, only as a bare file
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Iterable, List, Optional, Sequence, Union
 
 PathLike = Union[str, Path]
 
@@ -29,9 +30,58 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
+ARTIFACT_SUFFIXES = (".onnx", ".xml", ".engine", ".plan")
+# Custom-op libraries an export copies beside its artifact (converters' OpenVINO and TensorRT builds).
+KNOWN_LIBRARIES = ("libedgedet_ov_msda.so", "libedgedet_trt_msda.so")
+EXTENSION_ENV = "EDGEDET_OV_EXTENSION"
+
+
+def _model_files(artifact: Path) -> List[Path]:
+    """An artifact file with its sidecars and weights (.xml -> .bin)."""
+    from runtime.manifest import legacy_sidecar_path, sidecar_path
+
+    files = [artifact, sidecar_path(artifact), legacy_sidecar_path(artifact)]
+    if artifact.suffix == ".xml":
+        files.append(artifact.with_suffix(".bin"))
+    return files
+
+
+def artifact_files(artifact: PathLike) -> List[Path]:
+    """Every file a model in use reads: for an exported artifact (.onnx/.xml/.engine) itself, its sidecar
+    manifests, OpenVINO weights (.bin), TensorRT caches, the custom-op libraries beside it or named by
+    $EDGEDET_OV_EXTENSION, and what a prompted export's manifest names (text bank, text encoder, vocabulary);
+    any other path (a checkpoint, a prompt file) is just itself. Outputs must never be any of them."""
+    p = Path(artifact)
+    if p.suffix.lower() not in ARTIFACT_SUFFIXES:
+        return [p]
+    files = _model_files(p)
+    if p.suffix.lower() in (".engine", ".plan"):
+        files += [p.with_suffix(".timing.cache"), p.with_suffix(".calib.cache")]
+    named: List[str] = list(KNOWN_LIBRARIES)
+    try:
+        from runtime.manifest import read_sidecar
+
+        manifest = read_sidecar(p)
+    except (OSError, ValueError):  # a malformed manifest is reported when the model opens
+        manifest = None
+    if manifest is not None:
+        named += [str(v) for v in manifest.custom_ops.values()]
+        prompted = manifest.extra.get("prompted") if isinstance(manifest.extra, dict) else None
+        if isinstance(prompted, dict):
+            named += [str(prompted.get(k) or "") for k in ("text_bank", "text_encoder", "text_vocab")]
+    for name in named:
+        if name and Path(name).name == name:  # only bare names are ever loaded (custom_op_library)
+            files += _model_files(p.parent / name) if Path(name).suffix in ARTIFACT_SUFFIXES else [p.parent / name]
+    env = os.environ.get(EXTENSION_ENV, "")
+    if env:
+        files.append(Path(env) / KNOWN_LIBRARIES[0] if Path(env).is_dir() else Path(env))
+    return files
+
+
 def refuse_output_over_input(outputs: Iterable[Optional[PathLike]], inputs: Iterable[Optional[PathLike]],
                              what: str = "output") -> None:
-    """Raise UnsafeOutputError when any output path is (or resolves to) any input path.
+    """Raise UnsafeOutputError when any output path is (or resolves to, through links) any input path or any
+    file of a model artifact among the inputs (`artifact_files`: sidecar, weights, custom-op library...).
 
     Non-path inputs (camera indexes, URLs) and None are ignored. Call before opening anything.
     """
@@ -41,9 +91,11 @@ def refuse_output_over_input(outputs: Iterable[Optional[PathLike]], inputs: Iter
             continue
         o = Path(str(out))
         for i in ins:
-            if _same_file(o, i):
-                raise UnsafeOutputError(f"{what} {out} is the input {i}: it would be overwritten; "
-                                        "write the result to another path")
+            for f in artifact_files(i):
+                if _same_file(o, f):
+                    whose = f"the input {i}" if f == i else f"{f.name}, a file of the model {i} in use"
+                    raise UnsafeOutputError(f"{what} {out} is {whose}: it would be overwritten; "
+                                            "write the result to another path")
 
 
 def refuse_overwrite(path: PathLike, exist_ok: bool, flag: str = "--exist-ok / overwrite=True") -> None:
@@ -116,5 +168,5 @@ def custom_op_library(name: str, artifact: PathLike, extra_dirs: Sequence[PathLi
     return None
 
 
-__all__ = ["UnsafeOutputError", "refuse_output_over_input", "refuse_overwrite", "check_writable_folder",
+__all__ = ["UnsafeOutputError", "artifact_files", "refuse_output_over_input", "refuse_overwrite", "check_writable_folder",
            "check_writable_file", "custom_op_library"]

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from runtime.image_io import read_image
 from runtime.commands.common import add_model_arguments
 from runtime.datasets import Dataset, load_dataset
 from runtime.models import load_model
@@ -117,9 +118,11 @@ def val(model: Any, data: str, split: str = "val", imgsz: Optional[Sequence[int]
         matrix = np.zeros((k + 1, k + 1), np.int64)
         results, sizes = [], {}
         t0 = time.perf_counter()
-        infer_ms = []
+        infer_ms, truncated = [], []
         for s in tqdm(dataset.records, desc=f"val {split}", disable=quiet or None, unit="img"):
-            image = cv2.imread(str(s.path), cv2.IMREAD_COLOR)
+            image, cut = read_image(s.path)
+            if cut and image is not None:
+                truncated.append(str(s.path))  # scored, but named (read_image warns) and counted
             if image is None:
                 raise FileNotFoundError(f"cannot read image {s.path} of {dataset.description}: missing or corrupt; fix or remove it")
             h, w = image.shape[:2]
@@ -142,7 +145,7 @@ def val(model: Any, data: str, split: str = "val", imgsz: Optional[Sequence[int]
         "per_class": {n: {"AP": scores["ap"][i], "AP50": scores["ap50"][i], "instances": int(instances[i])}
                       for i, n in enumerate(dataset.class_names)},
         "ms_per_image": round(1e3 * elapsed / max(1, len(dataset)), 2),
-        "confusion_matrix": matrix.tolist(), "dir": str(out),
+        "confusion_matrix": matrix.tolist(), "dir": str(out), "truncated_images": truncated,
     }
     (out / "predictions.json").write_text(json.dumps(results))
     if plots:
@@ -164,6 +167,8 @@ def format_metrics(m: Dict[str, Any]) -> str:
         lines.append(f"{name[:15]:<16}{'':>8}{c['instances']:>10}{ap50}{ap}")
     lines.append(f"{m['backend']} {m['input_size'][0]}x{m['input_size'][1]} {m['preprocess']}, {m['ms_per_image']:.1f} ms/image; "
                  f"results in {m['dir']}")
+    if m.get("truncated_images"):
+        lines.append(f"{len(m['truncated_images'])} truncated images scored as far as they decode (named above)")
     return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ from converters.formats import ExportError
 from converters.onnx.msda_forms import FUSED_DOMAIN, FUSED_OPSET, msda_form, register_fused_schema
 from converters.quiet import filtered_stderr
 from edgedet.nn.padding_mask import forward_letterboxed, uses_padding_mask
+from runtime.atomic import atomic_path, temp_name
 from runtime.manifest import METADATA_KEY, Manifest, PreprocessSpec, write_sidecar
 
 log = logging.getLogger(__name__)
@@ -154,11 +155,16 @@ def embed_manifest(model_proto, manifest: Manifest) -> None:
     entry.key, entry.value = METADATA_KEY, manifest.to_json()
 
 
-def finalize_onnx(path: Path, manifest: Manifest, simplify: bool) -> Path:
-    """After torch.onnx.export: simplify, embed the manifest, check, save, and write the sidecar."""
+def finalize_onnx(path: Path, manifest: Manifest, simplify: bool, source: Optional[Path] = None) -> Path:
+    """After torch.onnx.export: simplify, embed the manifest, check, save, and write the sidecar.
+    source: the tracer's graph when it is not `path` (a temporary file, removed here)."""
     import onnx
 
-    proto = onnx.load(str(path))
+    try:
+        proto = onnx.load(str(source or path))
+    finally:
+        if source is not None:
+            Path(source).unlink(missing_ok=True)
     has_custom = any(n.domain == FUSED_DOMAIN for n in proto.graph.node)
     if has_custom:
         register_fused_schema()
@@ -166,8 +172,9 @@ def finalize_onnx(path: Path, manifest: Manifest, simplify: bool) -> Path:
         proto = _slim(proto, has_custom)
     embed_manifest(proto, manifest)
     onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
-    write_sidecar(manifest, path)
+    with atomic_path(path) as tmp:  # an interrupted save never leaves a truncated model.onnx
+        onnx.save(proto, str(tmp))
+    write_sidecar(manifest, path)  # last: marks the export finished
     return path
 
 
@@ -209,6 +216,7 @@ def export_onnx(
     axes: Optional[Dict[str, Dict[int, str]]] = None
     if dynamic_batch:
         axes = {n: {0: "batch"} for n in inputs + names}
+    raw = temp_name(output, ".onnx")  # the tracer's graph; `output` appears only once complete
     with msda_form(model, msda), torch.no_grad(), warnings.catch_warnings(), filtered_stderr():
         # Tracer warnings about python constants are expected: the input size is fixed.
         warnings.simplefilter("ignore")
@@ -216,7 +224,7 @@ def export_onnx(
             torch.onnx.export(
                 deploy,
                 args,
-                str(output),
+                str(raw),
                 dynamo=False,
                 opset_version=opset,
                 input_names=inputs,
@@ -226,11 +234,12 @@ def export_onnx(
                 do_constant_folding=True,
             )
         except Exception as e:  # the exporter raises RuntimeError/UnsupportedOperatorError/SymbolicValueError
+            raw.unlink(missing_ok=True)
             raise ExportError(
                 f"ONNX export failed: the model uses an operation that cannot be exported at opset {opset} "
                 f"({_first_line(e)}); replace that operation or register an ONNX symbolic for it"
             ) from e
-    finalize_onnx(output, manifest, simplify)
+    finalize_onnx(output, manifest, simplify, source=raw)
     # debug: intermediate graphs live in temp folders; the caller reports the artifact it made
     log.debug("wrote %s (%s, msda=%s, outputs %s)", output, "dynamic batch" if dynamic_batch else "batch 1", msda or "-", names)
     return output

@@ -16,6 +16,7 @@ import numpy as np
 
 from converters.calibration import KEEP_FLOAT_PATTERNS
 from converters.formats import ExportError
+from runtime.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -144,5 +145,6 @@ def quantize_onnx_int8(
     log.debug("INT8 (ORT QDQ): %d excluded-node inputs restored to float", restore_float_inputs(quant, excluded))
     del quant.metadata_props[:]
     quant.metadata_props.extend(proto.metadata_props)
-    onnx.save(quant, str(output))
+    with atomic_path(output) as tmp:  # an interrupted save never leaves a truncated artifact
+        onnx.save(quant, str(tmp))
     return output

@@ -9,7 +9,7 @@ keeping the MSDA sampling offsets / attention weights and the box heads in float
 from __future__ import annotations
 
 import logging
-import shutil
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -17,6 +17,7 @@ import numpy as np
 
 from converters.calibration import KEEP_FLOAT_PATTERNS
 from converters.formats import ExportError
+from runtime.atomic import atomic_copy, atomic_paths
 from runtime.manifest import Manifest, write_sidecar
 
 log = logging.getLogger(__name__)
@@ -98,11 +99,18 @@ def convert_openvino(
     if precision == "int8":
         model = _quantize_int8(model, batches or [], keep_float)
     if extension is not None:
-        shutil.copy2(extension, output_xml.parent / EXTENSION_LIBRARY)
+        # never rewritten in place: a running process that has it mapped would crash (SIGBUS)
+        atomic_copy(extension, output_xml.parent / EXTENSION_LIBRARY)
         manifest.custom_ops["openvino"] = EXTENSION_LIBRARY
     model.set_rt_info(manifest.to_json(), ["edgedet", "manifest"])
-    # save_model compresses to fp16 by default; only the fp16 precision asks for it.
-    ov.save_model(model, str(output_xml), compress_to_fp16=precision == "fp16")
+    # Weights, then the graph, then the sidecar that marks the export finished, each renamed into place
+    # complete. save_model compresses to fp16 by default; only the fp16 precision asks for it.
+    with atomic_paths([output_xml.with_suffix(".bin"), output_xml], suffixes=[".bin", ".xml"]) as (tmp_bin, tmp_xml):
+        try:
+            ov.save_model(model, str(tmp_xml), compress_to_fp16=precision == "fp16")
+            os.replace(tmp_xml.with_suffix(".bin"), tmp_bin)  # save_model names the weights after the graph
+        finally:
+            tmp_xml.with_suffix(".bin").unlink(missing_ok=True)
     write_sidecar(manifest, output_xml)
     log.debug("wrote %s (OpenVINO %s, msda=%s)", output_xml, precision, manifest.msda or "-")
     return output_xml

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 from pathlib import Path
 
 import onnx
@@ -19,7 +18,8 @@ from converters.tensorrt.builder import EngineOptions, build_engine_file, import
 from converters.formats import ExportError
 from converters.tensorrt.onnx_plugins import BuiltinPluginUnsupported, rewrite_for_tensorrt
 from converters.tensorrt.plugin import LIBRARY_NAME, library_path
-from runtime.manifest import Manifest, write_sidecar
+from runtime.atomic import atomic_copy, atomic_path
+from runtime.manifest import Manifest, read_sidecar, write_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,17 @@ def rewrite_onnx_file(onnx_path: Path, msda: str) -> Path:
             rewritten = rewrite_for_tensorrt(proto, PLUGIN_TARGETS[msda])
         except BuiltinPluginUnsupported as e:
             raise ExportError(str(e)) from e
-        onnx.save(rewritten, str(onnx_path))
+        with atomic_path(onnx_path) as tmp:  # rewritten in place: never left half-written
+            onnx.save(rewritten, str(tmp))
+        refresh_sidecar(onnx_path)
     return onnx_path
+
+
+def refresh_sidecar(onnx_path: Path) -> None:
+    """After an in-place rewrite: the sidecar, written last again, describes the file as it is now."""
+    manifest = read_sidecar(onnx_path)
+    if manifest is not None:
+        write_sidecar(manifest, onnx_path)
 
 
 def tensorrt_onnx(model: nn.Module, req, onnx_path: Path) -> Path:
@@ -67,6 +76,7 @@ def qdq_from_model(model: nn.Module, req, onnx_path: Path) -> Path:
         export_onnx(model, portable, req.imgsz, manifest, "grid_sample", req.dynamic_batch, req.postprocess,
                     req.top_k, req.opset, req.simplify)
         qdq_onnx_for_tensorrt(onnx_path, portable, onnx_path, batches, req.manifest.input_name)
+    refresh_sidecar(onnx_path)
     return onnx_path
 
 
@@ -79,7 +89,7 @@ def engine_from_onnx(onnx_path: Path, engine_path: Path, manifest: Manifest, msd
     plugin = None
     if msda == "fused":
         plugin = library_path()
-        shutil.copy2(plugin, engine_path.parent / LIBRARY_NAME)
+        atomic_copy(plugin, engine_path.parent / LIBRARY_NAME)  # never rewritten in place while mapped
         manifest = dataclasses.replace(manifest, custom_ops={**manifest.custom_ops, "tensorrt": LIBRARY_NAME})
     batches = None
     if precision == "int8" and not _has_qdq(onnx_path):

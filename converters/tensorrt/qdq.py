@@ -114,7 +114,10 @@ def qdq_onnx_for_tensorrt(
     restore_float_inputs(quant, kept + unranged)
     del quant.metadata_props[:]
     quant.metadata_props.extend(target.metadata_props)
-    onnx.save(quant, str(output))
+    from runtime.atomic import atomic_path
+
+    with atomic_path(output) as staged_out:  # often `output` is the plugin graph itself: never half-rewritten
+        onnx.save(quant, str(staged_out))
     count = sum(n.op_type == "QuantizeLinear" for n in quant.graph.node)
     log.info("TensorRT Q/DQ graph %s: %d QuantizeLinear nodes, %d quantizable nodes kept float", output, count,
              len(kept) + len(unranged))

@@ -72,6 +72,9 @@ def read_official_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, Tensor],
     obj = safe_torch_load(p)
     if not isinstance(obj, Mapping):
         raise OfficialCheckpointError(f"{p} holds a {type(obj).__name__}, not a checkpoint dict")
+    if str(obj.get("format", "")).startswith("edgedet-checkpoint"):
+        raise OfficialCheckpointError(f"{p} is an edgedet checkpoint, not an official one: use it as it is "
+                                      "(--model / --weights, or edgedet.engine.checkpoint.load_model), no conversion needed")
     args = None
     ema = obj.get("ema")
     if isinstance(ema, Mapping) and isinstance(ema.get("module"), Mapping):
@@ -354,6 +357,8 @@ def load_official(
     if family == "dfine":
         return dfine_official.load_dfine_state(state, config, updates, overrides, source)
     if family == "rtdetr":
+        if config is not None:  # the sampling method the weights cannot show: from the names, and said
+            updates = rtdetr_official.cross_attn_updates(path, config, updates)
         cfg = rtdetr_config_for_checkpoint(state, config, updates, overrides, source)
     else:
         cfg = config_for_checkpoint(family, state, args, {**_args_updates(updates, path), **dict(overrides or {})})

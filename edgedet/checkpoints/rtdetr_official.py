@@ -131,6 +131,36 @@ def resolve_config(name: str, updates: Sequence[str] = ()) -> Dict:
     return cfg
 
 
+_METHOD_KEY = "RTDETRTransformerv2.cross_attn_method"
+_DISCRETE_NAME = re.compile(r"(^|[_\-.])(dsp|discrete)([_\-.]|$)", re.IGNORECASE)
+
+
+def cross_attn_updates(path: Any, config: str, updates: Sequence[str]) -> List[str]:
+    """`updates` plus the decoder's sampling method when only the file name tells it.
+
+    The weights of the default and the discrete ("_dsp") sampling are identical in shape, so a
+    discrete checkpoint loaded as default runs, just ~1e-3 off. An explicit update wins; then a
+    `_dsp` config name; then the file (or its folder) name, e.g. `rtdetrv2_r18vd_dsp_3x_coco.pth`.
+    Whatever is used is logged, with how to change it."""
+    import logging
+    from pathlib import Path
+
+    log = logging.getLogger("edgedet.checkpoints")
+    updates = list(updates or ())
+    if any(u.split("=", 1)[0].strip() in (_METHOD_KEY, "cross_attn_method") for u in updates):
+        return updates
+    p = Path(str(path))
+    named = next((n for n in (p.stem, p.parent.name) if _DISCRETE_NAME.search(n)), None)
+    configured = RTDETR_CONFIGS.get(config, {}).get("RTDETRTransformerv2", {}).get("cross_attn_method", "default")
+    if named is not None and configured != "discrete":
+        log.warning("RT-DETRv2 decoder sampling: discrete, as the name '%s' says (config %s says default; pass the update "
+                    "%s=default to override)", named, config, _METHOD_KEY)
+        return updates + [f"{_METHOD_KEY}=discrete"]
+    log.warning("RT-DETRv2 decoder sampling: %s (from config %s; the weights cannot tell: a _dsp checkpoint needs "
+                "the update %s=discrete)", configured, config, _METHOD_KEY)
+    return updates
+
+
 def official_to_fields(cfg: Mapping) -> Dict[str, Any]:
     """Resolved official kwargs -> RTDETRConfig fields (one-line error for what we cannot build)."""
     b, e, d, p = cfg["PResNet"], cfg["HybridEncoder"], cfg["RTDETRTransformerv2"], cfg["RTDETRPostProcessor"]

@@ -34,9 +34,22 @@ def _unsafe_globals(path: Path, message: str) -> List[str]:
         names = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
     except Exception:  # legacy (non-zip) files: the unpickler's message names the first one
         pass
-    if not names:
-        names = re.findall(r"GLOBAL ([\w.]+) was not an allowed global", message)
+    if not names:  # zip: "GLOBAL x was not an allowed global"; legacy: "unsupported GLOBAL x whose module ..."
+        names = re.findall(r"GLOBAL ([\w.]+)", message)
     return [n for n in names if n not in allowed]
+
+
+def unsafe_globals_message(path: Path, error: BaseException) -> str:
+    """The one-line refusal for a pickle that needs globals beyond the allow-list, or "" when `error` is
+    not that (a broken or foreign file). Never echoes torch's advice to retry with weights_only=False."""
+    if not isinstance(error, pickle.UnpicklingError):
+        return ""
+    names = _unsafe_globals(path, str(error))
+    if not names:
+        return ""
+    return (f"refusing to load {path}: its pickle needs the global(s) {', '.join(names)}, and edgedet does not "
+            "execute arbitrary pickles (only tensors, containers and argparse.Namespace are allowed). "
+            "If you trust the file, re-save it as {'model': state_dict, 'args': dict} and load that.")
 
 
 def safe_torch_load(path: Union[str, Path]) -> Any:
@@ -51,22 +64,18 @@ def safe_torch_load(path: Union[str, Path]) -> Any:
     try:
         with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)):
             return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        names = _unsafe_globals(p, str(e))
-        if not names:  # a broken or foreign file rather than a forbidden class (never echo torch's weights_only=False advice)
-            raise ValueError(not_a_checkpoint(p)) from None
-        raise UnsafeCheckpointError(
-            f"refusing to load {p}: its pickle needs the global(s) {', '.join(names)}, and edgedet does not "
-            "execute arbitrary pickles (only tensors, containers and argparse.Namespace are allowed). "
-            "If you trust the file, re-save it as {'model': state_dict, 'args': dict} and load that."
-        ) from None
-    except Exception as e:  # torch raises RuntimeError, KeyError, EOFError... for foreign bytes
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, KeyError, EOFError... for foreign bytes
+        refusal = unsafe_globals_message(p, e)
+        if refusal:
+            raise UnsafeCheckpointError(refusal) from None
         raise ValueError(not_a_checkpoint(p, str(e))) from None
 
 
 def not_a_checkpoint(path: Path, reason: str = "") -> str:
     """The one-line answer to bytes torch cannot read (PyTorch's own text suggests weights_only=False: never that)."""
     size = path.stat().st_size if path.is_file() else 0
+    if size == 0 and path.is_file():
+        return f"{path} is empty (0 bytes): an interrupted copy or save; copy or save it again"
     if "central directory" in reason:
         # A torch.save zip ends with its directory: the file stops before the end its format needs.
         return (f"{path} is truncated: {size:,} bytes on disk, but a PyTorch checkpoint's zip archive ends with a "

@@ -73,7 +73,10 @@ class RandomResize:
         self.max_size = max_size
 
     def __call__(self, image: np.ndarray, target: Target) -> Tuple[np.ndarray, Target]:
-        return resize(image, target, random.choice(self.sizes), self.max_size)
+        # One size draws nothing: random.choice would still advance the RNG, so the validation transform
+        # (a single size) shifted the training augmentations of every later epoch (resume mismatched).
+        size = self.sizes[0] if len(self.sizes) == 1 else random.choice(self.sizes)
+        return resize(image, target, size, self.max_size)
 
     def __repr__(self) -> str:
         return f"RandomResize({self.sizes}, max_size={self.max_size})"

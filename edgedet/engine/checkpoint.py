@@ -163,10 +163,19 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}; pass the .pth written by `edgedet train` (e.g. runs/x/last.pth)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted copy or save; copy it again, "
+                              "or resume from another checkpoint of the run")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated or foreign files
+        from edgedet.checkpoints.safe_load import unsafe_globals_message
+
+        refusal = unsafe_globals_message(path, e)
+        if refusal:  # a pickle that would run code: name what it needs, not "corrupt"
+            raise CheckpointError(refusal) from None
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = reason.split(". This is an internal")[0]  # miniz's own apology adds nothing
         if "weights_only" in reason or "Weights only" in reason:  # never relay torch's "retry with weights_only=False"
             reason = "not a tensor checkpoint"
         raise CheckpointError(f"cannot read checkpoint {path} ({reason[:160]}); the file is corrupt or not an edgedet "
@@ -174,6 +183,10 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an edgedet checkpoint (no format '{FORMAT}'); "
                               "convert official weights with `edgedet convert-checkpoint`")
+    lacking = [k for k in ("model", "config") if not isinstance(ckpt.get(k), dict)]
+    if lacking:
+        raise CheckpointError(f"edgedet checkpoint {path} lacks its {' and '.join(repr(k) for k in lacking)} entry "
+                              "(written by a tool other than `edgedet train`?); re-save it with save_checkpoint or re-run training")
     return ckpt
 
 

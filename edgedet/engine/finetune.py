@@ -188,8 +188,10 @@ class LoadReport:
         """Writes load_report.txt (the text) and load_report.json (every key) into `out_dir`."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "load_report.txt").write_text(self.text() + "\n")
-        (out / "load_report.json").write_text(json.dumps({**dataclasses.asdict(self), "counts": self.counts()}, indent=1))
+        from runtime.atomic import atomic_write_text
+
+        atomic_write_text(out / "load_report.json", json.dumps({**dataclasses.asdict(self), "counts": self.counts()}, indent=1))
+        atomic_write_text(out / "load_report.txt", self.text() + "\n")
         return out / "load_report.txt"
 
 

@@ -33,6 +33,7 @@ from edgedet.engine.optim import build_optimizer, build_scheduler
 from edgedet.engine.plots import plot_curves
 
 log = logging.getLogger(__name__)
+RUN_OUTPUTS = ("last.pth", "best.pth", "metrics.jsonl", "curves.png", "load_report.txt", "load_report.json")
 PLOT_EVERY_S = 30.0  # redraw curves.png at most this often (and after the last epoch)
 
 
@@ -243,6 +244,12 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
     out_dir = Path(tc.output_dir)
     if info.is_main:  # other ranks never write
         out_dir = run_dir.prepare_run_dir(out_dir, resume=resume_ckpt is not None, exist_ok=exist_ok)
+        from runtime.safety import refuse_output_over_input
+
+        # --exist-ok into the folder of the weights being fine-tuned from would replace them with epoch 0's
+        refuse_output_over_input([out_dir / name for name in RUN_OUTPUTS],
+                                 [cfg.model.weights or None, getattr(cfg.model, "backbone_weights", "") or None],
+                                 what="train output")
         ckpt_io.remove_stale_temp_files(out_dir)
     cfg = replace(cfg, train=replace(tc, output_dir=str(out_dir)))
     tc = cfg.train
@@ -347,7 +354,11 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
             run_dir.write_metrics_row(metrics_path, row)
         if info.is_main and (last_epoch or (tc.eval_every > 0 and (epoch + 1) % tc.eval_every == 0)):
             eval_model = ema.module if ema is not None else model
-            val = evaluate(eval_model, val_ds, tc.batch_size, device, progress=progress, size_divisor=cfg.data.size_divisor)
+            rng = ckpt_io.rng_state()  # evaluation must not move training's RNG: last.pth holds it from before
+            try:
+                val = evaluate(eval_model, val_ds, tc.batch_size, device, progress=progress, size_divisor=cfg.data.size_divisor)
+            finally:
+                ckpt_io.set_rng_state(rng)
             row.update({f"val_{k}": v for k, v in val.items()})
             if last_epoch:  # the figure of what ships, beside the training-time one
                 row.update(deployed_view_row(eval_model, val_ds, cfg, val, tc.batch_size, device, progress))

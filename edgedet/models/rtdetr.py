@@ -319,8 +319,14 @@ def load_backbone_weights(backbone: PResNet, path: str) -> None:
     """Load a PResNet state_dict (the official ImageNet `*_vd_pretrained_from_paddle.pth` files), strictly."""
     from edgedet.checkpoints.safe_load import safe_torch_load
 
+    from edgedet.nn.backbone import check_shapes
+
     state = safe_torch_load(path)
     state = state.get("model", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"backbone_weights {path} hold no state_dict of tensors; pass a PResNet .pth")
+    check_shapes(backbone.state_dict(), state, f"backbone_weights {path}",
+                 "a PResNet of another depth or variant: pass the ImageNet weights of this backbone")
     result = backbone.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False)
     missing = [k for k in result.missing_keys]
     unexpected = [k for k in result.unexpected_keys if not k.endswith("num_batches_tracked")]

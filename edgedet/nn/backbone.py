@@ -140,6 +140,15 @@ for _name in _SPECS:
     BACKBONES.register(_name)(_make_resnet(_name))
 
 
+def check_shapes(own: dict, state: dict, source: str, hint: str) -> None:
+    """One line for tensors whose shape differs (torch's load_state_dict prints one line per tensor)."""
+    shape = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if shape:
+        k = shape[0]
+        raise ValueError(f"{source} does not fit: {len(shape)} tensors have another shape (e.g. {k}: file "
+                         f"{list(state[k].shape)}, model {list(own[k].shape)}); {hint}")
+
+
 def load_torchvision_weights(resnet: ResNet, path: Union[str, Path]) -> None:
     """Load an ImageNet state_dict saved by torchvision (`fc.*` ignored) from a local file."""
     p = Path(path)
@@ -147,13 +156,18 @@ def load_torchvision_weights(resnet: ResNet, path: Union[str, Path]) -> None:
         raise FileNotFoundError(
             f"backbone weights not found: {p}. Pass a local torchvision-format .pth file (nothing is downloaded)."
         )
-    state = torch.load(p, map_location="cpu", weights_only=True)
+    from edgedet.checkpoints.safe_load import safe_torch_load
+
+    state = safe_torch_load(p)  # never runs a pickle's code; one-line errors for empty, truncated, foreign files
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{p} holds no state_dict of tensors; pass a torchvision-format ImageNet ResNet .pth")
     own = resnet.state_dict()
     # fc is the ImageNet classifier; BatchNorm step counters are absent from a frozen-BN model.
     state = {k: v for k, v in state.items() if not k.startswith("fc.")
              and not (k.endswith("num_batches_tracked") and k not in own)}
+    check_shapes(own, state, f"{p}", "a ResNet of another depth or width: pass the ImageNet weights of this backbone")
     missing, unexpected = resnet.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:

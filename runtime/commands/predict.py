@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from runtime.image_io import read_image
 from runtime.capture import IMAGE_SUFFIXES, open_source
 from runtime.commands.common import add_model_arguments, expand_images, source_arg, source_kind, summarize_names
 from runtime.draw import draw
@@ -102,17 +103,21 @@ def predict(model: Any, source: Any, conf: float = 0.25, imgsz: Optional[Sequenc
     (out / "predictions.json").write_text(json.dumps(summary.pop("coco")))
     summary["dir"] = str(out)
     say(f"{summary['images']} {'images' if kind == 'images' else 'frames'}, {summary['objects']} objects, "
-        f"{summary['skipped']} skipped, {summary['ms_per_image']:.1f} ms/image; results in {out}")
+        f"{summary['skipped']} skipped, {summary['ms_per_image']:.1f} ms/image; results in {out}"
+        + (f"; {len(summary['truncated'])} truncated (processed as far as they decode): "
+           f"{', '.join(Path(p).name for p in summary['truncated'][:5])}" if summary.get("truncated") else ""))
     return summary
 
 
 def _predict_images(detector, images, others, ids, out, save, save_txt, save_conf, say) -> Dict[str, Any]:
     for p in others:
         say(f"skip {p}: not an image file ({p.suffix or 'no suffix'})")
-    skipped, coco, objects, times, seen = len(others), [], 0, [], set()
+    skipped, coco, objects, times, seen, truncated = len(others), [], 0, [], set(), []
     total = len(images)
     for n, path in enumerate(images, 1):
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # grayscale and 16-bit files come back as 8-bit BGR
+        image, cut = read_image(path)  # grayscale and 16-bit files come back as 8-bit BGR
+        if cut and image is not None:
+            truncated.append(str(path))  # named in a warning by read_image, processed as far as it decodes
         if image is None:
             say(f"skip {path}: OpenCV cannot decode it (corrupt or not an image)")
             skipped += 1
@@ -132,7 +137,8 @@ def _predict_images(detector, images, others, ids, out, save, save_txt, save_con
         say(f"image {n}/{total} {path.name} {image.shape[1]}x{image.shape[0]}: {summarize_names(dets.names)} ({times[-1]:.1f} ms)")
     if not times:
         raise FileNotFoundError(f"no readable images among {total + len(others)} files: pass images ({', '.join(sorted({'.jpg', '.png'}))}, ...)")
-    return {"images": len(times), "skipped": skipped, "objects": objects, "ms_per_image": float(np.mean(times)), "coco": coco}
+    return {"images": len(times), "skipped": skipped, "truncated": truncated, "objects": objects,
+            "ms_per_image": float(np.mean(times)), "coco": coco}
 
 
 def _predict_stream(detector, source, ids, out, save, save_txt, save_conf, max_frames, quiet) -> Dict[str, Any]:

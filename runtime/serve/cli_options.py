@@ -34,7 +34,7 @@ def make_detector(args: argparse.Namespace, options: Dict[str, Any]) -> Any:
     prompted = PromptedDetector(args.prompt_encoder, args.model, backend=args.backend, device=args.device, conf=args.conf, **options)
     if args.prompts:
         prompted.load_prompts(args.prompts)
-    return LivePromptedDetector(prompted, Path(args.prompt_dir))
+    return LivePromptedDetector(prompted, Path(args.prompt_dir), inputs=[args.model, args.prompt_encoder])
 
 
 def source_options(args: argparse.Namespace) -> Dict[str, Any]:

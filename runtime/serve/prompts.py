@@ -22,9 +22,10 @@ _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 class LivePromptedDetector:
     """Wraps a `runtime.PromptedDetector`; prompt files are kept in `prompt_dir` only."""
 
-    def __init__(self, detector: Any, prompt_dir: Path):
+    def __init__(self, detector: Any, prompt_dir: Path, inputs: Sequence[Any] = ()):
         self.detector = detector
         self.prompt_dir = Path(prompt_dir)
+        self.inputs = list(inputs)  # the artifacts in use: a prompt file never replaces one of their files
         self._lock = threading.Lock()
 
     @property
@@ -77,6 +78,9 @@ class LivePromptedDetector:
 
     def save(self, file: str, overwrite: bool = False) -> Path:
         path = self._file(file)
+        from runtime.safety import refuse_output_over_input
+
+        refuse_output_over_input([path], self.inputs, what="prompt file")
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path.name} exists; save under another name or confirm overwrite")
         self.prompt_dir.mkdir(parents=True, exist_ok=True)

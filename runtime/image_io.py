@@ -1,0 +1,43 @@
+"""Reading one image file so that a damaged one is never processed as if whole without a word.
+
+OpenCV decodes a JPEG whose body was cut short (an interrupted copy or download) as a partly grey
+image; libjpeg's only sign is a stray "Premature end of JPEG file" on stderr that names no file.
+`read_image` checks for the end-of-image marker first and names the file in a warning; callers count it.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def jpeg_truncated(path: Union[str, Path]) -> bool:
+    """True for a JPEG file that lacks its end-of-image marker (trailing padding ignored). Reads 2 + 64 bytes."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(2) != b"\xff\xd8":
+                return False
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 64))
+            return not f.read().rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
+    except OSError:
+        return False
+
+
+def read_image(path: Union[str, Path]) -> Tuple[Optional[np.ndarray], bool]:
+    """-> (BGR uint8 image or None when it cannot be decoded, truncated). A truncated JPEG that still
+    decodes is returned (its lower part grey) with a warning naming it, so the caller can count it."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # grayscale and 16-bit files come back as 8-bit BGR
+    truncated = jpeg_truncated(path)
+    if truncated and image is not None:
+        log.warning("%s is truncated (the JPEG ends before its last byte): processed as far as it decodes, the "
+                    "rest is grey; copy the file again", path)
+    return image, truncated
+
+
+__all__ = ["read_image", "jpeg_truncated"]
