@@ -26,6 +26,8 @@ TESTS="tests/test_runtime_backends.py tests/test_runtime_capture.py tests/test_r
   tests/test_runtime_detector.py tests/test_runtime_draw.py tests/test_runtime_pipeline.py
   tests/test_runtime_postprocess.py tests/test_runtime_save.py tests/test_runtime_torchfree.py
   tests/test_draw_labels.py tests/test_multistream.py tests/test_reliability_runtime.py tests/test_tensorrt_backend.py"
+# Wall-clock budgets that only a native CPU meets (qemu runs the code 10-50x slower).
+DESELECT="--deselect tests/test_multistream.py::test_dead_live_stream_does_not_stall_the_others"
 skip() { echo "arm64: skipped: $*"; exit 3; }
 log() { echo "[arm64 $(date +%H:%M:%S)] $*"; }
 SECONDS=0
@@ -126,11 +128,11 @@ if strings "$LIB" | grep -qiE "avx512|__cpu_indicator"; then echo "x86-only code
 # --- torch-free tests ---------------------------------------------------------------------------------
 log "torch-free tests under qemu ($(echo $TESTS | wc -w) files)"
 set +e
-in_root bash -c "cd /src && python -m pytest -q -p no:cacheprovider -m 'not slow' $(echo $TESTS)" > "$CACHE/arm64-pytest.log" 2>&1
+in_root bash -c "cd /src && python -m pytest -q -p no:cacheprovider -m 'not slow' $DESELECT $(echo $TESTS)" > "$CACHE/arm64-pytest.log" 2>&1
 set -e
 tail -3 "$CACHE/arm64-pytest.log"
 SUMMARY=$(tail -1 "$CACHE/arm64-pytest.log")
-count() { echo "$SUMMARY" | grep -oE "[0-9]+ $1" | awk '{s+=$1} END {print s+0}'; }
+count() { { echo "$SUMMARY" | grep -oE "[0-9]+ $1" || true; } | awk '{s+=$1} END {print s+0}'; }
 PASSED=$(count passed); FAILED=$(( $(count failed) + $(count error) ))
 [ "$PASSED" -gt 0 ] || { FAILED=$((FAILED + 1)); echo "no test ran; see $CACHE/arm64-pytest.log"; }
 
