@@ -120,7 +120,10 @@ class OpenVINOBackend(Backend):
             )
             for p in self.model.inputs
         ]
-        self._outputs = [_port_name(p) for p in self.compiled.outputs]
+        # Names from the read model, not the compiled one: the device's transformations may fuse an
+        # output's producer into an earlier node whose tensor names then join the port's (on ARM the
+        # blob graph's `scores` port also carries `present`). The compiled outputs keep the model's order.
+        self._outputs = [_port_name(p) for p in self.model.outputs]
         self._sync_request = self.compiled.create_infer_request()  # infer() never waits on an async one
         self._sync_lock = threading.Lock()  # one request: callers on several threads take turns
         self._requests = [self.compiled.create_infer_request() for _ in range(max(1, int(num_requests)))]
@@ -154,8 +157,8 @@ class OpenVINOBackend(Backend):
         return list(self._outputs)
 
     def output_shapes(self) -> Dict[str, Tuple[Optional[int], ...]]:
-        return {_port_name(p): tuple(d.get_length() if d.is_static else None for d in p.get_partial_shape())
-                for p in self.compiled.outputs}
+        return {name: tuple(d.get_length() if d.is_static else None for d in p.get_partial_shape())
+                for name, p in zip(self._outputs, self.compiled.outputs)}
 
     def embedded_manifest(self) -> Optional[Manifest]:
         if not self.model.has_rt_info([METADATA_KEY, "manifest"]):
