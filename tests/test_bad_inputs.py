@@ -339,7 +339,7 @@ def test_truncated_backbone_weights_are_refused_in_one_line(tmp_path):
     path = tmp_path / "r.pth"
     torch.save(resnet.state_dict(), path)
     path.write_bytes(path.read_bytes()[:300])
-    with pytest.raises(ValueError, match="not a PyTorch checkpoint") as e:
+    with pytest.raises(ValueError, match="is truncated: 300 bytes on disk") as e:
         load_torchvision_weights(resnet, path)
     one_line(e.value)
 

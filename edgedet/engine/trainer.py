@@ -357,11 +357,12 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
             rng = ckpt_io.rng_state()  # evaluation must not move training's RNG: last.pth holds it from before
             try:
                 val = evaluate(eval_model, val_ds, tc.batch_size, device, progress=progress, size_divisor=cfg.data.size_divisor)
+                # the figure of what ships, beside the training-time one
+                deployed = deployed_view_row(eval_model, val_ds, cfg, val, tc.batch_size, device, progress) if last_epoch else {}
             finally:
                 ckpt_io.set_rng_state(rng)
             row.update({f"val_{k}": v for k, v in val.items()})
-            if last_epoch:  # the figure of what ships, beside the training-time one
-                row.update(deployed_view_row(eval_model, val_ds, cfg, val, tc.batch_size, device, progress))
+            row.update(deployed)
         ddp.barrier()
         if info.is_main:
             log.info("epoch %d/%d: loss %.4f%s | elapsed %s, run ETA %s", epoch + 1, tc.epochs, losses.get("loss", float("nan")),
@@ -412,6 +413,9 @@ def deployed_view_row(model, val_ds, cfg, val: Dict[str, float], batch_size: int
     from edgedet.config import to_dict
     from edgedet.engine.deploy_eval import evaluate_deployed, gap_report
 
+    if not hasattr(val_ds, "records") or not hasattr(val_ds, "coco_gt"):  # a custom dataset: no image files to letterbox
+        log.debug("deployed-view evaluation skipped: %s has no image records", type(val_ds).__name__)
+        return {}
     try:
         dep = evaluate_deployed(model, val_ds, to_dict(cfg), batch_size=batch_size, device=device, progress=progress)
     except ValueError as e:  # e.g. no input size the model can take could be derived from the data
