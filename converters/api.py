@@ -99,7 +99,7 @@ def deployable(model: nn.Module) -> nn.Module:
 def make_manifest(
     model: nn.Module, backend: str, precision: str, msda: str, imgsz: Tuple[int, int], batch: int,
     postprocess: bool, top_k: int, class_names: Optional[Sequence[str]], experiment: Dict[str, Any],
-    input_format: str = "float32_nchw",
+    input_format: str = "float32_nchw", resize: str = "letterbox",
 ) -> Manifest:
     from edgedet import __version__
     from edgedet.config import to_dict
@@ -107,7 +107,7 @@ def make_manifest(
     config = getattr(model, "config", None)
     names = list(class_names if class_names is not None else (getattr(config, "class_names", None) or []))
     data = experiment.get("data") or {}
-    pre = PreprocessSpec(size=(int(imgsz[0]), int(imgsz[1])), input_format=input_format)
+    pre = PreprocessSpec(size=(int(imgsz[0]), int(imgsz[1])), input_format=input_format, resize=resize)
     if data.get("mean") and data.get("std"):
         pre = dataclasses.replace(pre, mean=tuple(data["mean"]), std=tuple(data["std"]))
     elif getattr(model, "input_mean", None) is not None:  # the family's own preprocessing (RT-DETR: /255 only)
@@ -272,6 +272,7 @@ def export(
     threshold_source: str = "given",
     training_accuracy: Optional[Dict[str, Any]] = None,
     input_format: str = "float32_nchw",
+    resize: str = "letterbox",
 ) -> Path:
     """Export a detector -> path of the written artifact (.onnx, .xml or .engine).
 
@@ -293,6 +294,9 @@ def export(
         threshold_source says in the manifest how a given threshold was chosen.
     input_format: "float32_nchw" (normalised image input) or "uint8_nhwc" (letterboxed BGR uint8 frames; the graph
         converts and normalises, so the device's CPU only resizes).
+    resize: how the runtime fits frames to `imgsz`: "letterbox" (keep the aspect, pad bottom/right; the padding is
+        masked for the mask-trained families) or "stretch" (fill the input, the official RT-DETR recipe; for frames
+        whose aspect is close to the training images', e.g. 16:9 video into a 256x448 input).
     training_accuracy: the checkpoint's validation figures for the manifest (`extra["training_accuracy"]`);
         None = read from the checkpoint when one is given.
     """
@@ -300,6 +304,8 @@ def export(
         raise ExportError(f"imgsz must be (H, W) positive integers, got {imgsz!r}")
     if top_k <= 0:
         raise ExportError(f"top_k must be positive, got {top_k}")
+    if resize not in ("letterbox", "stretch"):
+        raise ExportError(f"resize must be 'letterbox' or 'stretch', got {resize!r}")
     if input_format not in ("float32_nchw", "uint8_nhwc"):
         raise ExportError(f"input_format must be 'float32_nchw' or 'uint8_nhwc', got {input_format!r}")
     profile = _batch_profile(batch_profile)
@@ -329,7 +335,7 @@ def export(
         score_threshold, threshold_source = recommend_threshold(model, experiment, threshold_images)
     log.info("recommended score threshold %.3g: %s", score_threshold, threshold_source)
     manifest = make_manifest(model, fmt.backend, precision, form, imgsz_hw, 0 if dynamic_batch else 1,
-                             postprocess, top_k, class_names, experiment, input_format)
+                             postprocess, top_k, class_names, experiment, input_format, resize)
     manifest.outputs = dataclasses.replace(manifest.outputs, score_threshold=float(score_threshold),
                                            score_threshold_source=threshold_source)
     _record_accuracy(manifest, training_accuracy, model_or_checkpoint)

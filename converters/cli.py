@@ -37,6 +37,8 @@ class ExportCommand:
         p.add_argument("--calib-images", type=int, default=32, help="number of calibration images used")
         p.add_argument("--output", default=None, help="artifact path or folder (default: runs/export/<checkpoint folder>-<stem>/<family>-<msda>-<precision><suffix>)")
         p.add_argument("--dynamic-batch", action="store_true", help="dynamic batch dimension")
+        p.add_argument("--resize", default="letterbox", choices=["letterbox", "stretch"],
+                       help="how the runtime fits frames to the input: letterbox (keep aspect, pad; default) or stretch")
         p.add_argument("--input-format", default="float32_nchw", choices=["float32_nchw", "uint8_nhwc"],
                        help="image input: normalised float32 (default) or the letterboxed uint8 BGR frames, normalised "
                             "inside the graph (less CPU work per frame: for a Jetson)")
@@ -87,6 +89,7 @@ class ExportCommand:
             calib=args.calib, postprocess=not args.raw, top_k=args.top_k, calib_images=args.calib_images,
             dry_run=args.dry_run, score_threshold=args.score_threshold,
             batch_profile=args.batch_profile, overwrite=args.exist_ok, input_format=args.input_format,
+            resize=args.resize,
         )
         print(_describe(path))
         if args.verify:

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from converters.demo import ASSETS, DEMO_DEDUP_IOU, DEMO_IMGSZ, SCORING_FLOOR, _sha, artifact_msda, cached_artifacts, drawn_scores, \
+from converters.demo import ASSETS, DEMO_DEDUP_IOU, DEMO_IMGSZ, DEMO_RESIZE, SCORING_FLOOR, _sha, artifact_msda, cached_artifacts, drawn_scores, \
     format_summary, match_accuracy, render_demo_video, run_video
 
 log = logging.getLogger(__name__)
@@ -36,12 +36,12 @@ def export_prompted_demo_model(checkpoint: Path, out_dir: Path, format: str = "o
     from converters.api import resolve_model
     from converters.prompted import export_prompted
 
-    tag = f"{_sha(checkpoint)}-prompted-{format}-{msda or 'auto'}{'-text' if text_encoder else ''}"
+    tag = f"{_sha(checkpoint)}-prompted-{format}-{msda or 'auto'}{'-text' if text_encoder else ''}-{DEMO_RESIZE}"
 
     def build() -> Tuple[Path, Path]:
         model, experiment = resolve_model(checkpoint)
         return export_prompted(model, out_dir / "model" / tag, format=format, imgsz=DEMO_IMGSZ, msda=msda,
-                               experiment=experiment, text_encoder=text_encoder,
+                               experiment=experiment, text_encoder=text_encoder, resize=DEMO_RESIZE,
                                overwrite=True)  # the demo's own cache folder
 
     encoder, detector = cached_artifacts(out_dir / "model" / f"{tag}.json", build)

@@ -157,7 +157,7 @@ def export_prompted(model: nn.Module, output_dir: Union[str, Path], format: str 
                     msda: Optional[str] = None, top_k: int = 100, text_prompts: Optional[Sequence[str]] = None,
                     opset: int = 17, simplify: bool = True, experiment: Optional[Dict[str, Any]] = None,
                     text_encoder: bool = False, precision: str = "fp32", dry_run: bool = False,
-                    overwrite: bool = False) -> Tuple[Path, Path]:
+                    overwrite: bool = False, resize: str = "letterbox") -> Tuple[Path, Path]:
     """Write the prompt encoder and the prompted detector -> (encoder_path, detector_path).
 
     format: "onnx" | "openvino" | "tensorrt". msda: None = the format's default form. text_prompts:
@@ -166,6 +166,7 @@ def export_prompted(model: nn.Module, output_dir: Union[str, Path], format: str 
     precision: "fp32"; "fp16" for openvino (compressed weights) and tensorrt engines.
     dry_run: tensorrt only: write the two plugin ONNX graphs TensorRT would parse and return their paths.
     overwrite: replace artifacts already in `output_dir` (otherwise refused before any work).
+    resize: "letterbox" (padding masked via the valid_hw input) or "stretch", as `converters.export`.
     """
     cfg = getattr(model, "config", None)
     if getattr(cfg, "name", "") != "trex":
@@ -205,7 +206,7 @@ def export_prompted(model: nn.Module, output_dir: Union[str, Path], format: str 
             "text_vocab": TEXT_VOCAB if text_encoder else "",
             "box_format": "cxcywh normalised to the valid region (the letterboxed image); w = h = 0 is a point"}
     backend = {"openvino": "openvino", "tensorrt": "tensorrt"}.get(format, "onnxruntime")
-    base = make_manifest(model, backend, precision, form, (h, w), 1, True, top_k, [], experiment or {})
+    base = make_manifest(model, backend, precision, form, (h, w), 1, True, top_k, [], experiment or {}, resize=resize)
     base = dataclasses.replace(base, family="trex", valid_input="valid_hw")
     enc_manifest = dataclasses.replace(
         base, outputs=OutputSpec(postprocess=False, names=list(ENCODER_OUTPUTS), score_activation="sigmoid", top_k=top_k),
