@@ -151,7 +151,7 @@ def test_int8_keeps_the_fdr_heads_float_and_stays_close(tmp_path):
     assert any(fed_by_dq(n) for n in compute if n not in kept), "nothing was quantized"
     assert any("dec_bbox_head" in n.name for n in kept) and not any(fed_by_dq(n) for n in kept)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for x in calibration_batches(calib, read_sidecar(path).preprocess, limit=3):
+    for x in (b["images"] for b in calibration_batches(calib, read_sidecar(path).preprocess, limit=3)):
         got, want = session.run(None, {"images": x}), torch_outputs(model, x, False)
         assert np.isfinite(got[0]).all() and np.isfinite(got[1]).all()
         nearest = np.abs(want[1][0][:, None, :] - got[1][0][None, :, :]).max(-1).min(1)

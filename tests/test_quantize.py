@@ -56,7 +56,7 @@ def test_onnxruntime_int8_qdq(tmp_path, calib, name):
     assert read_sidecar(path).precision == "int8"
     assert {p.key for p in proto.metadata_props} == {"edgedet"}
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for x in calibration_batches(calib, read_sidecar(path).preprocess, limit=3):
+    for x in (b["images"] for b in calibration_batches(calib, read_sidecar(path).preprocess, limit=3)):
         assert_close_loosely(model, session.run(None, feeds(graph_inputs(session), x)), torch_outputs(model, x, False))
 
 
@@ -68,7 +68,7 @@ def test_onnxruntime_int8_simplified_dino_runs(tmp_path, calib):
     path = export(model, "onnx", tmp_path / "q.onnx", imgsz=HW, precision="int8", calib=calib, msda="grid_sample",
                   postprocess=False)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = next(iter(calibration_batches(calib, read_sidecar(path).preprocess, limit=1)))
+    x = calibration_batches(calib, read_sidecar(path).preprocess, limit=1)[0]["images"]
     assert_close_loosely(model, session.run(None, feeds(graph_inputs(session), x)), torch_outputs(model, x, False))
 
 
@@ -83,11 +83,11 @@ def test_openvino_int8_nncf(tmp_path, calib, name):
     assert any(op.get_type_name() == "FakeQuantize" for op in ops), "nothing was quantized"
     for op in ops:
         if op.get_type_name() == "MatMul" and is_kept(op.get_friendly_name()):
-            feeds = [op.input_value(i).get_node().get_type_name() for i in range(op.get_input_size())]
-            assert "FakeQuantize" not in feeds, f"{op.get_friendly_name()} must stay float"
+            producers = [op.input_value(i).get_node().get_type_name() for i in range(op.get_input_size())]
+            assert "FakeQuantize" not in producers, f"{op.get_friendly_name()} must stay float"
     assert read_sidecar(path).precision == "int8"
     compiled = core.compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    for x in calibration_batches(calib, read_sidecar(path).preprocess, limit=3):
+    for x in (b["images"] for b in calibration_batches(calib, read_sidecar(path).preprocess, limit=3)):
         res = compiled(feeds(graph_inputs(compiled), x))
         assert_close_loosely(model, [res[compiled.output(0)], res[compiled.output(1)]], torch_outputs(model, x, False))
 

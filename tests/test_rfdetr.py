@@ -21,6 +21,12 @@ EXPORT_TOL = 1e-3
 TOLS = {"two_stage.enc_logits_all": 5e-4, "enc_outputs.pred_logits": 5e-4}
 
 
+def whole_image(x):
+    """The exported graph's inputs for a fixture image that fills the input: RF-DETR is trained with a padding
+    mask, so its graph also takes each image's valid region (here the whole input)."""
+    return {"images": x, "valid_hw": np.array([x.shape[2:]] * x.shape[0], np.int32)}
+
+
 @pytest.fixture(scope="module")
 def fixture():
     return (json.loads((FIXTURE / "meta.json").read_text()), np.load(FIXTURE / "inputs.npz"),
@@ -209,7 +215,7 @@ def test_onnxruntime_grid_sample_reproduces_the_official_postprocess(converted, 
     assert manifest.family == "rfdetr" and manifest.outputs.score_activation == "sigmoid"
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert "GridSample" in ops and "TopK" in ops
-    labels, boxes, scores = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x})
+    labels, boxes, scores = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, whole_image(x))
     np.testing.assert_array_equal(labels[0], outputs["img1.postprocess.0.labels"])
     np.testing.assert_allclose(scores[0], outputs["img1.postprocess.0.scores"], atol=EXPORT_TOL, rtol=0)
     h, w = inputs["img1_orig_size"][0]
@@ -225,7 +231,7 @@ def test_onnxruntime_gather_form_reproduces_the_official_outputs(converted, fixt
     _, inputs, outputs, _ = fixture
     x = inputs["img0"]
     path = _export(converted, "onnx", tmp_path / "g.onnx", x, "gather")
-    logits, boxes = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x})
+    logits, boxes = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, whole_image(x))
     _close("pred_logits", logits, outputs["img0.export.pred_logits"], EXPORT_TOL)
     _close("pred_boxes", boxes, outputs["img0.export.pred_boxes"], EXPORT_TOL)
 
@@ -237,7 +243,7 @@ def _openvino_outputs(path, x, extension=None):
     if extension is not None:
         core.add_extension(str(extension))
     compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    res = compiled({"images": x})
+    res = compiled(whole_image(x))
     return core, [res[compiled.output(i)] for i in range(2)]
 
 

@@ -25,8 +25,9 @@ def _expected(det, frame, layout):
     nh, nw = det.input_size
     if det.manifest.preprocess.resize == "stretch":
         sx, sy = nw / w, nh / h
-    else:
-        sx = sy = min(nh / h, nw / w)
+    else:  # the letterbox resizes each side to whole pixels: that exact ratio maps back
+        s = min(nh / h, nw / w)
+        sx, sy = round(w * s) / w, round(h * s) / h
     if layout == "postprocessed":
         boxes, keep = ref["boxes"][0], ref["scores"][0] > 0
     else:

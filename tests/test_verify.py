@@ -54,7 +54,8 @@ def test_calibration_uses_runtime_preprocessing(images):
 
     np.testing.assert_array_equal(preprocess_bgr(frame, spec), Preprocessor(spec)(frame)[0][0])
     batches = calibration_batches(images, spec, limit=2)
-    assert len(batches) == 2 and batches[0].shape == (1, 3) + HW and batches[0].dtype == np.float32
+    assert len(batches) == 2 and set(batches[0]) == {"images"}  # a PreprocessSpec: the one image input
+    assert batches[0]["images"].shape == (1, 3) + HW and batches[0]["images"].dtype == np.float32
 
 
 def test_match_stats():
