@@ -14,6 +14,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Un
 
 import yaml
 
+from runtime.annotations.common import read_yaml  # one YAML reader: one-line errors naming file and line
+
 T = TypeVar("T")
 _SCI_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
@@ -243,18 +245,6 @@ def experiment_from_dict(data: Dict[str, Any]) -> ExperimentConfig:
 
 def save_yaml(cfg: Any, path: Union[str, Path]) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-def read_yaml(path: Union[str, Path]) -> Any:
-    """yaml.safe_load of a file; a syntax error becomes one line naming the file, line and problem."""
-    p = Path(path)
-    try:
-        return yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ValueError(f"{p} is not valid YAML ({problem} at{where or ' an unknown place'}); fix the file") from None
 
 
 def load_experiment(path: Union[str, Path]) -> ExperimentConfig:
