@@ -39,7 +39,7 @@ from converters.api import make_manifest
 from converters.formats import ExportError, validate_request
 from converters.onnx.export import finalize_onnx, topk_detections
 from converters.onnx.msda_forms import FUSED_DOMAIN, FUSED_OPSET, form_available, msda_form
-from edgedet.nn.padding_mask import padding_mask
+from edgedet.nn.padding_mask import as_trained
 from runtime.manifest import Manifest, OutputSpec
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,8 @@ class PromptEncoderGraph(nn.Module):
         self.model = model
 
     def forward(self, images: Tensor, prompt_boxes: Tensor, prompt_box_mask: Tensor, valid_hw: Tensor):
-        mask = padding_mask(valid_hw, images.shape[-2], images.shape[-1])
-        return self.model.encode_visual_prompts(images.masked_fill(mask[:, None], 0.0), prompt_boxes, prompt_box_mask, mask)
+        images, mask = as_trained(images, valid_hw)
+        return self.model.encode_visual_prompts(images, prompt_boxes, prompt_box_mask, mask)
 
 
 class PromptedDetectorGraph(nn.Module):
@@ -80,8 +80,7 @@ class PromptedDetectorGraph(nn.Module):
         self.model, self.top_k = model, top_k
 
     def forward(self, images: Tensor, prompt_embeddings: Tensor, prompt_mask: Tensor, valid_hw: Tensor):
-        mask = padding_mask(valid_hw, images.shape[-2], images.shape[-1])
-        out = self.model(images.masked_fill(mask[:, None], 0.0), mask, prompts=prompt_embeddings, prompt_mask=prompt_mask)
+        out = self.model(*as_trained(images, valid_hw), prompts=prompt_embeddings, prompt_mask=prompt_mask)
         return topk_detections(out["pred_logits"], out["pred_boxes"], valid_hw, "sigmoid", self.top_k)
 
 

@@ -18,12 +18,17 @@ def padding_mask(valid_hw: Tensor, height: int, width: int) -> Tensor:
     return rows | cols
 
 
-def forward_letterboxed(model: torch.nn.Module, images: Tensor, valid_hw: Tensor):
-    """The model on letterboxed images whose valid regions are `valid_hw` [B, 2], exactly as in training:
-    the padding is set to 0 (the collate's padding; the letterbox colour only normalises to ~0) and the
-    mask rebuilt from the regions. Boxes come out normalised to each valid region."""
+def as_trained(images: Tensor, valid_hw: Tensor):
+    """Letterboxed images and their valid regions [B, 2] -> (images, mask) exactly as a training batch has them:
+    the padding set to 0 (the collate's padding; the letterbox colour only normalises to ~0), the mask rebuilt."""
     mask = padding_mask(valid_hw, images.shape[-2], images.shape[-1])
-    return model(images.masked_fill(mask[:, None], 0.0), mask)
+    return images.masked_fill(mask[:, None], 0.0), mask
+
+
+def forward_letterboxed(model: torch.nn.Module, images: Tensor, valid_hw: Tensor):
+    """The model on letterboxed images whose valid regions are `valid_hw` [B, 2], exactly as in training.
+    Boxes come out normalised to each valid region."""
+    return model(*as_trained(images, valid_hw))
 
 
 def uses_padding_mask(model: torch.nn.Module) -> bool:
@@ -34,4 +39,4 @@ def uses_padding_mask(model: torch.nn.Module) -> bool:
     return isinstance(model, DetectorBase) and not model.pads_as_content
 
 
-__all__ = ["padding_mask", "forward_letterboxed", "uses_padding_mask"]
+__all__ = ["padding_mask", "as_trained", "forward_letterboxed", "uses_padding_mask"]

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from edgedet.nn.deformable_transformer import get_valid_ratios
 from edgedet.nn.mlp import MLP
 from edgedet.nn.ms_deform_attn import MSDeformAttn
 
@@ -174,7 +175,7 @@ class RFDETRTransformer(nn.Module):
         refs = head if refpoint.shape[1] == ts_len else torch.cat([head, refpoint[:, ts_len:]], 1)
         tgt = query_feat.unsqueeze(0).expand(b, -1, -1)
         if masks is not None:
-            ratios = torch.stack([self._valid_ratio(m) for m in masks], 1)  # B, L, 2 (w, h)
+            ratios = torch.stack([get_valid_ratios(m) for m in masks], 1)  # B, L, 2 (w, h)
             refs_in = refs[:, :, None] * torch.cat([ratios, ratios], -1)[:, None]
         else:
             refs_in = refs[:, :, None]
@@ -188,11 +189,6 @@ class RFDETRTransformer(nn.Module):
                 record[f"decoder.layers.{i}.output"] = tgt
             hs.append(self.decoder.norm(tgt))
         return {"hs": torch.stack(hs), "refs": refs, "boxes_ts": boxes_ts, "memory_ts": memory_ts, "enc_logits": enc_logits}
-
-    @staticmethod
-    def _valid_ratio(mask: Tensor) -> Tensor:
-        _, h, w = mask.shape
-        return torch.stack([(~mask[:, 0, :]).sum(1).float() / w, (~mask[:, :, 0]).sum(1).float() / h], -1)
 
 
 __all__ = ["RFDETRTransformer", "sine_embed", "apply_box_delta", "encoder_proposals"]
