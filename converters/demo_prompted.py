@@ -23,11 +23,13 @@ import numpy as np
 from converters.demo import ASSETS, DEMO_DEDUP_IOU, DEMO_IMGSZ, DEMO_RESIZE, SCORING_FLOOR, _sha, artifact_msda, cached_artifacts, drawn_scores, \
     format_summary, match_accuracy, render_demo_video, run_video
 
+from runtime.prompted import PROMPTED_CONF
+
 log = logging.getLogger(__name__)
 
 PROMPTED_CHECKPOINT = ASSETS / "prompted_detector.pth"
 MATCH_IOU = 0.5  # a prompt box stands for the ground-truth object it overlaps this much
-PROMPTED_DRAW_CONF = 0.4  # drawing threshold of the prompted demo: most duplicates of the embedded model score below it
+PROMPTED_DRAW_CONF = PROMPTED_CONF  # drawing threshold of the prompted demo: most duplicates of the embedded model score below it
 
 
 def export_prompted_demo_model(checkpoint: Path, out_dir: Path, format: str = "openvino", msda: Optional[str] = None,
@@ -217,9 +219,11 @@ def run_prompted_from_args(args: argparse.Namespace) -> int:
         from runtime.prompted import PromptedDetector
         from runtime.serve import LivePromptedDetector
 
-        detector = PromptedDetector(summary["prompt_encoder"], summary["artifact"], conf=args.conf, dedup_iou=DEMO_DEDUP_IOU)
+        # the live view draws as the demo did: its threshold (not the manifest's fallback) and one box per object
+        conf = PROMPTED_DRAW_CONF if args.conf is None else args.conf
+        detector = PromptedDetector(summary["prompt_encoder"], summary["artifact"], conf=conf, dedup_iou=DEMO_DEDUP_IOU)
         detector.load_prompts(summary["prompts_file"])
-        live = LivePromptedDetector(detector, Path(output) / "prompts")
+        live = LivePromptedDetector(detector, Path(output) / "prompts", merge_iou=DEMO_DEDUP_IOU)
         serve_demo(detector, Path(output) / "shapes.mp4", args, prompts=live)
     return 0
 
