@@ -96,8 +96,10 @@ class FrameStore:
         """Release pins left idle past pin_idle_s and those of viewers whose stream is gone for gone_s."""
         now = time.monotonic()
         with self._lock:
+            # a viewer whose stream ended (the page closed) loses its pin after gone_s; API clients that never
+            # streamed keep theirs until the idle timeout
             stale = [v for v, (_, touched) in self._pins.items()
-                     if now - touched > self.pin_idle_s or (not self._streams.get(v) and now - self._left.get(v, touched) > self.gone_s)]
+                     if now - touched > self.pin_idle_s or (v in self._left and now - self._left[v] > self.gone_s)]
             for v in stale:
                 del self._pins[v]
             for v in [v for v, t in self._left.items() if now - t > self.gone_s and not self._streams.get(v)]:
