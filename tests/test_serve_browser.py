@@ -142,7 +142,7 @@ def test_a_box_drawn_on_the_page_becomes_a_prompt(browser, tmp_path, prompted_de
         _wait(healthy, timeout=60)
         browser.get(f"{base}/?token=t0k3n")
         _wait(lambda: not browser.find_element("id", "prompt-card").get_attribute("class").count("hidden"))
-        assert json.loads(urllib.request.urlopen(base + "/api/detections").read())["detections"] == []  # no prompt yet
+        assert json.loads(urllib.request.urlopen(base + "/api/detections?token=t0k3n").read())["detections"] == []  # no prompt yet
         browser.find_element("id", "freeze").click()
         index = int(_wait(lambda: browser.find_element("id", "frame-index").text.strip("-")))
         # the largest object of the frozen frame, from the renderer's ground truth; squares last, since the
@@ -167,7 +167,7 @@ def test_a_box_drawn_on_the_page_becomes_a_prompt(browser, tmp_path, prompted_de
         # later frames: detections named "my shape" on objects of the boxed class
         seen, hits, deadline = set(), 0, time.time() + 30
         while (len(seen) < 12) and time.time() < deadline:
-            record = json.loads(urllib.request.urlopen(base + "/api/detections").read())
+            record = json.loads(urllib.request.urlopen(base + "/api/detections?token=t0k3n").read())
             frame = record["frame"]
             if frame is None or frame <= index or frame in seen:
                 time.sleep(0.05)
