@@ -145,13 +145,23 @@ def test_the_token_comes_from_a_file_or_the_environment(tmp_path, monkeypatch):
         server.close()
 
 
-def test_run_command_reads_the_token_options():
+def test_run_command_reads_the_token_options(tmp_path):
     import argparse
 
     from runtime.serve.cli_options import add_serve_arguments, server_options
 
     parser = argparse.ArgumentParser()
     add_serve_arguments(parser)
-    args = parser.parse_args(["--serve", "8080", "--token-file", "t.txt", "--allow-host", "cam.lan", "--max-viewers", "3"])
-    assert server_options(args) == {"token": None, "token_file": "t.txt", "allowed_hosts": ("cam.lan",)}
+    (tmp_path / "t.txt").write_text("tok\n")
+    args = parser.parse_args(["--serve", "8080", "--token-file", str(tmp_path / "t.txt"), "--allow-host", "cam.lan", "--max-viewers", "3"])
+    assert server_options(args) == {"token": None, "token_file": str(tmp_path / "t.txt"), "allowed_hosts": ("cam.lan",)}
     assert args.max_viewers == 3
+
+
+def test_a_bad_token_option_fails_before_anything_loads(tmp_path, capsys):
+    from runtime.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--model", str(tmp_path / "absent.onnx"), "--serve", "8080", "--token-file", str(tmp_path / "nope")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "cannot read the token file" in err and "nope" in err and "Traceback" not in err

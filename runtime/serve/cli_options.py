@@ -23,12 +23,26 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loop", action="store_true", help="play a video file as a live camera, looping (demos, kiosks)")
 
 
+def _checked(kind: str):
+    """argparse type: a bad token or unreadable token file fails at once, before any model loads."""
+    def check(text: str) -> str:
+        from runtime.serve.access import resolve_token
+
+        try:
+            resolve_token(**{kind: text}, env={})
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return text
+
+    return check
+
+
 def add_token_arguments(parser: argparse.ArgumentParser) -> None:
     """--token / --token-file / --allow-host, shared by run, track and demo."""
-    parser.add_argument("--token", default=None,
+    parser.add_argument("--token", default=None, type=_checked("token"),
                         help="with --serve: the view's token (shows in `ps`: prefer --token-file or $EDGEDET_SERVE_TOKEN; "
                              "default: a random one, printed in the URL)")
-    parser.add_argument("--token-file", default=None, metavar="FILE", help="with --serve: read the token from this file")
+    parser.add_argument("--token-file", default=None, metavar="FILE", type=_checked("token_file"), help="with --serve: read the token from this file")
     parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                         help="with --serve: a host name browsers may use for this machine besides its addresses and "
                              "hostname (e.g. jetson.example.lan); other names are refused (DNS rebinding)")
