@@ -90,8 +90,8 @@ class PromptRoutes:
         if held is not None:
             return held
         if viewer is not None:
-            raise ValueError(f"the frozen frame {index} was released (idle {self.store.pin_idle_s:.0f} s, the page left, "
-                             "or it went back to live); freeze a frame again")
+            raise ValueError(f"the frozen frame {index} was released (left untouched {self.store.pin_idle_s:.0f} s, the page "
+                             "closed, or back to live); freeze a frame again")
         raise ValueError(f"frame {index} is no longer held (the live view keeps {self.store.ring_frames} recent frames); "
                          "freeze one first (POST /api/freeze with a viewer id pins it)")
 
