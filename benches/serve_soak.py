@@ -93,14 +93,16 @@ def window_p95(samples: List[Tuple[float, float]], start_s: float, end_s: float)
     return float(np.percentile(lat, 95)) if lat else float("nan")
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--reconnect-every", type=float, default=60.0, help="seconds a visit of the browser and readers lasts")
     ap.add_argument("--sample-every", type=float, default=5.0)
     ap.add_argument("--write-timeout", type=float, default=10.0, help="the server's write timeout (s)")
+    ap.add_argument("--model", default=None, help="artifact to run (default: the embedded demo detector, exported)")
+    ap.add_argument("--video", default=None, help="video to loop (default: the demo's rendered video)")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench_serve_soak"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.minutes <= 0:
         ap.error("--minutes must be positive")
 
@@ -112,8 +114,8 @@ def main() -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    artifact = export_demo_model(DEMO_CHECKPOINT, out, "openvino")
-    video, _ = render_demo_video(out, 150)
+    artifact = Path(args.model) if args.model else export_demo_model(DEMO_CHECKPOINT, out, "openvino")
+    video = Path(args.video) if args.video else render_demo_video(out, 150)[0]
     detector = Detector(artifact, threads=1)
     token = secrets.token_urlsafe(16)
     server = LiveServer(port=0, token=token, write_timeout=args.write_timeout).start()
