@@ -281,3 +281,21 @@ def test_the_live_prompted_view_uses_the_prompted_demos_threshold(monkeypatch, t
     assert live.merge_iou == 0.7
     make_detector(parser.parse_args(["--model", "d.onnx", "--prompt-encoder", "e.onnx", "--conf", "0.3"]), {})
     assert made["conf"] == 0.3
+
+
+def test_the_prompted_demos_live_view_draws_as_the_demo(monkeypatch, tmp_path):
+    import runtime.prompted as prompted_module
+    from converters.demo_prompted import PROMPTED_DRAW_CONF, live_prompted_detector
+
+    made = {}
+
+    class Recorder(FakePrompted):
+        def __init__(self, encoder, detector, **kwargs):
+            super().__init__()
+            made.update(kwargs)
+
+    monkeypatch.setattr(prompted_module, "PromptedDetector", Recorder)
+    summary = {"prompt_encoder": "e.xml", "artifact": "d.xml", "prompts_file": tmp_path / "p.npz"}
+    (tmp_path / "p.npz").write_bytes(b"")
+    live = live_prompted_detector(summary, None, tmp_path)
+    assert made["conf"] == PROMPTED_DRAW_CONF == 0.4 and made["dedup_iou"] == 0.7 and live.merge_iou == 0.7
