@@ -299,3 +299,18 @@ def test_the_prompted_demos_live_view_draws_as_the_demo(monkeypatch, tmp_path):
     (tmp_path / "p.npz").write_bytes(b"")
     live = live_prompted_detector(summary, None, tmp_path)
     assert made["conf"] == PROMPTED_DRAW_CONF == 0.4 and made["dedup_iou"] == 0.7 and live.merge_iou == 0.7
+
+
+def test_tracks_seen_stays_exact_with_bounded_memory(monkeypatch):
+    import dataclasses
+
+    import runtime.serve.server as server_module
+
+    monkeypatch.setattr(server_module, "TRACKS_KEPT", 400)
+    server = LiveServer(port=0)  # the sink side only
+    base = _result(0)
+    for start in range(0, 2000, 50):
+        ids = np.arange(start, start + 50)
+        det = Detections(np.tile([[10, 10, 40, 30]], (50, 1)), np.full(50, 0.9), np.zeros(50), ("red",), (96, 128), track_ids=ids)
+        server(dataclasses.replace(base, detections=det))
+    assert len(server._tracks) <= 450 and len(server._tracks) + server._tracks_forgotten == 2000

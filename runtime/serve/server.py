@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 64 * 1024
 BOUNDARY = "edgedetframe"
+TRACKS_KEPT = 20000  # track ids remembered to count "tracks seen" (a day of tracking stays bounded)
 
 
 class ServeError(RuntimeError):
@@ -109,7 +110,8 @@ class LiveServer(PromptRoutes):
                                 pin_idle_s=pin_idle_s, gone_s=gone_s)
         self.jpeg = SharedJpeg(jpeg_quality)
         self._counts: Counter = Counter()
-        self._tracks: set = set()
+        self._tracks: set = set()  # recent track ids (bounded), for "tracks seen"
+        self._tracks_forgotten = 0
         self._published = 0
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._new_frame: Optional[asyncio.Event] = None
@@ -131,6 +133,11 @@ class LiveServer(PromptRoutes):
         self._counts = counts
         if ids is not None:
             self._tracks.update(int(i) for i in np.asarray(ids).ravel() if int(i) >= 0)
+            if len(self._tracks) > TRACKS_KEPT:  # trackers number tracks upwards: old ids never come back
+                floor = max(self._tracks) - TRACKS_KEPT // 2
+                old = {i for i in self._tracks if i < floor}
+                self._tracks_forgotten += len(old)
+                self._tracks -= old
         loop = self._loop
         if loop is not None and self._new_frame is not None and not loop.is_closed():
             try:
@@ -328,7 +335,7 @@ class LiveServer(PromptRoutes):
 
     async def _stats(self, request):
         stats = self.stats_fn() if self.stats_fn is not None else {}
-        counts, tracks = dict(self._counts), len(self._tracks)
+        counts, tracks = dict(self._counts), len(self._tracks) + self._tracks_forgotten
         return self._json({"fps": stats.get("fps", 0.0), "frames": stats.get("frames", self._published),
                            "dropped": stats.get("dropped", 0), "latency_ms": stats.get("latency_ms", {}),
                            "counts": counts, "tracks_seen": tracks, "clients": self.clients, "max_viewers": self.max_viewers,
