@@ -7,6 +7,7 @@ let token = params.get("token") || "";  // the page's cookie carries it too; kep
 const viewer = "v" + Math.random().toString(36).slice(2, 12) + Date.now().toString(36);
 let frozen = null; // {index, width, height, image}
 let drag = null;   // {x0, y0, x1, y1} in frame pixels
+let streaming = false; // the stream is showing frames (else the status line says why not)
 
 function setStatus(text, ok) { const s = $("status"); s.textContent = text; s.className = "status " + (ok ? "ok" : "bad"); }
 function msg(text) { $("prompt-msg").textContent = text || ""; }
@@ -23,9 +24,9 @@ function connectStream() {
       const s = await getJSON("/api/stats");
       if (s.clients >= s.max_viewers) why = `the live view has ${s.clients} viewers, its limit; retrying…`;
     } catch (e) { /* getJSON showed why */ }
-    setStatus(why, false); setTimeout(connectStream, 2000);
+    streaming = false; setStatus(why, false); setTimeout(connectStream, 2000);
   };
-  img.onload = () => setStatus("live", true);
+  img.onload = () => { streaming = true; setStatus("live", true); };
   img.src = "/stream.mjpg?viewer=" + viewer + authQuery() + "&t=" + Date.now();
 }
 
@@ -57,7 +58,7 @@ async function pollStats() {
       li.firstChild.textContent = name; li.lastChild.textContent = n; ul.appendChild(li);
     }
     if (s.prompts !== null) renderPrompts(s.prompts);
-    if (!frozen) setStatus("live", true);
+    if (!frozen && streaming) setStatus("live", true);
   } catch (e) {
     setStatus(/token/.test(e.message) ? "this view needs its token: open the start-up URL, or type the token above"
                                       : "server unreachable", false);
