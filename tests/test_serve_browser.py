@@ -228,7 +228,7 @@ def test_a_frozen_frame_waits_for_the_user_and_errors_show_by_the_button(browser
         assert live.detector.added and live.detector.added[0][0] == (120, 160, 3) and server.store.pins == 0
         # an error (the pin released behind the page's back) shows right under the button, in view
         browser.find_element("id", "freeze").click()
-        _wait(lambda: server.store.pins == 1)
+        _wait(lambda: server.store.pins == 1 and "hidden" not in canvas.get_attribute("class"))  # the page shows it
         server.store.release(browser.execute_script("return viewer"))
         drag_box()
         browser.find_element("id", "add-prompt").click()
