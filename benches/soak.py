@@ -29,6 +29,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benches"))
+
+from _machine import cpu_model, load_summary  # noqa: E402
 
 from runtime import CallbackSink, Detector, JsonLinesSink, Pipeline, draw, open_source  # noqa: E402
 
@@ -80,6 +83,7 @@ def soak(detector: Detector, video: Path, minutes: float, rss_every_s: float = 5
     latencies: List[Tuple[float, float]] = []  # (seconds since start, detector ms: preprocess + inference + postprocess)
     e2e: List[Tuple[float, float]] = []  # (seconds since start, capture -> sinks ms, queueing included)
     rss: List[Tuple[float, float]] = []
+    load: List[float] = []  # the machine's 1-minute load average, sampled with the RSS
     t0 = time.perf_counter()
     state = {"next_rss": 0.0, "next_print": 0.0}
 
@@ -90,6 +94,7 @@ def soak(detector: Detector, video: Path, minutes: float, rss_every_s: float = 5
         draw(result.frame.image, result.detections)  # a copy is drawn, as the video/show sinks do
         if now >= state["next_rss"]:
             rss.append((now, rss_mb()))
+            load.append(os.getloadavg()[0])
             state["next_rss"] = now + rss_every_s
         if progress and now >= state["next_print"]:
             state["next_print"] = now + 10.0
@@ -123,7 +128,7 @@ def soak(detector: Detector, video: Path, minutes: float, rss_every_s: float = 5
         "p95_drift_pct": round(drift, 2), "p50_ms": round(float(np.median([ms for _, ms in latencies])), 2),
         "e2e_p95_first_ms": round(e2e_first, 2), "e2e_p95_last_ms": round(e2e_last, 2),
         "rss_ok": growth < RSS_TARGET_PCT, "latency_ok": abs(drift) <= P95_TARGET_PCT,
-        "dropped": pipeline.stats()["dropped"],
+        "dropped": pipeline.stats()["dropped"], **load_summary(load),
     }
 
 
@@ -139,6 +144,10 @@ def format_table(r: dict) -> str:
         ("end-to-end", f"p95 first {r['e2e_p95_first_ms']} ms, last {r['e2e_p95_last_ms']} ms (capture -> sinks, "
                        "includes waiting in the queues: a file source runs ahead of the detector)"),
     ]
+    if "load_mean" in r:
+        rows.append(("machine", f"{r.get('cpu', '?')} [{r.get('cpu_flags', '')}], {r.get('cpus', '?')} CPUs; load average "
+                                f"{r['load_start']} at the start, mean {r['load_mean']}, max {r['load_max']} "
+                                "(figures from a loaded machine are not an idle one's)"))
     return "\n".join(f"{k:<12} {v}" for k, v in rows)
 
 
@@ -164,7 +173,7 @@ def main(argv=None) -> int:
         print(f"soak: {detector} on {video.name} (looping) for {args.minutes} min", file=sys.stderr)
         result = soak(detector, video, args.minutes, progress=not args.no_progress)
         detector.close()
-    result.update({"model": str(artifact.name), "video": str(video.name), "threads": args.threads})
+    result.update({"model": str(artifact.name), "video": str(video.name), "threads": args.threads, **cpu_model()})
     print(format_table(result))
     print(json.dumps(result))
     return 0 if result["rss_ok"] and result["latency_ok"] else 1

@@ -328,7 +328,9 @@ class _DemoCommand:
                             help="afterwards, keep playing the video in a loop with a live view in the browser "
                                  "(with --prompt: draw new prompts on the page); Ctrl-C stops")
         parser.add_argument("--host", default=None, help="with --serve: bind this address beyond loopback (a warning)")
-        parser.add_argument("--token", default=None, help="with --serve: the page's token (default random, printed)")
+        from runtime.serve.cli_options import add_token_arguments
+
+        add_token_arguments(parser)
         add_prompt_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -357,9 +359,10 @@ def serve_demo(detector, video: Path, args: argparse.Namespace, prompts=None) ->
     from runtime import Pipeline
     from runtime.capture import PacedVideoSource
     from runtime.serve import LiveServer, parse_serve_address
+    from runtime.serve.cli_options import server_options
 
     bind, port, remote = parse_serve_address(args.serve, args.host)
-    server = LiveServer(bind, port, token=args.token, allow_remote=remote, prompts=prompts).start()
+    server = LiveServer(bind, port, allow_remote=remote, prompts=prompts, **server_options(args)).start()
     pipe = Pipeline(PacedVideoSource(video, loop=True), prompts or detector, sinks=[server])
     server.stats_fn = pipe.stats
     print(f"live view: {server.url}  (the demo video loops; Ctrl-C stops)", flush=True)

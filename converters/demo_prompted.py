@@ -23,11 +23,13 @@ import numpy as np
 from converters.demo import ASSETS, DEMO_DEDUP_IOU, DEMO_IMGSZ, DEMO_RESIZE, SCORING_FLOOR, _sha, artifact_msda, cached_artifacts, drawn_scores, \
     format_summary, match_accuracy, render_demo_video, run_video
 
+from runtime.prompted import PROMPTED_CONF
+
 log = logging.getLogger(__name__)
 
 PROMPTED_CHECKPOINT = ASSETS / "prompted_detector.pth"
 MATCH_IOU = 0.5  # a prompt box stands for the ground-truth object it overlaps this much
-PROMPTED_DRAW_CONF = 0.4  # drawing threshold of the prompted demo: most duplicates of the embedded model score below it
+PROMPTED_DRAW_CONF = PROMPTED_CONF  # drawing threshold of the prompted demo: most duplicates of the embedded model score below it
 
 
 def export_prompted_demo_model(checkpoint: Path, out_dir: Path, format: str = "openvino", msda: Optional[str] = None,
@@ -214,14 +216,22 @@ def run_prompted_from_args(args: argparse.Namespace) -> int:
     print(format_prompted_summary(summary))
     if serve:  # the same artifacts and prompts, live; new prompts are drawn on the page
         from converters.demo import serve_demo
-        from runtime.prompted import PromptedDetector
-        from runtime.serve import LivePromptedDetector
 
-        detector = PromptedDetector(summary["prompt_encoder"], summary["artifact"], conf=args.conf, dedup_iou=DEMO_DEDUP_IOU)
-        detector.load_prompts(summary["prompts_file"])
-        live = LivePromptedDetector(detector, Path(output) / "prompts")
-        serve_demo(detector, Path(output) / "shapes.mp4", args, prompts=live)
+        live = live_prompted_detector(summary, args.conf, Path(output))
+        serve_demo(live.detector, Path(output) / "shapes.mp4", args, prompts=live)
     return 0
+
+
+def live_prompted_detector(summary: Dict[str, Any], conf: Optional[float], output: Path) -> Any:
+    """The demo's detector and prompts for the live view, drawn as the demo drew them: its threshold (not the
+    manifest's fallback), near-copies dropped, and boxes of two prompts on one object shown once."""
+    from runtime.prompted import PromptedDetector
+    from runtime.serve import LivePromptedDetector
+
+    detector = PromptedDetector(summary["prompt_encoder"], summary["artifact"], dedup_iou=DEMO_DEDUP_IOU,
+                                conf=PROMPTED_DRAW_CONF if conf is None else conf)
+    detector.load_prompts(summary["prompts_file"])
+    return LivePromptedDetector(detector, output / "prompts", merge_iou=DEMO_DEDUP_IOU)
 
 
 __all__ = ["run_prompted_demo", "export_prompted_demo_model", "parse_boxes", "default_prompt_boxes", "prompt_classes",

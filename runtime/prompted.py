@@ -29,6 +29,11 @@ from runtime.types import Detections
 
 Names = Union[str, Sequence[str], None]
 
+# Prompted artifacts store no tuned threshold (scores depend on the prompts); the prompted demo and the
+# live prompted view draw at this one, with near-copies of a box (IoU >= PROMPTED_DEDUP_IOU) dropped.
+PROMPTED_CONF = 0.4
+PROMPTED_DEDUP_IOU = 0.7
+
 
 def _load(artifact: Union[str, Path], role: str, backend: str, device: str, options: Dict[str, Any]) -> Tuple[Backend, Manifest]:
     path = Path(artifact)

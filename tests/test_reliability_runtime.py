@@ -220,6 +220,7 @@ def test_soak_bench_reports_rss_and_latency_drift(tmp_path, artifact, capsys):
     result = json.loads(lines[-1])
     assert result["frames"] > 5  # the video looped
     assert result["rss_baseline_mb"] > 0 and result["p95_first_ms"] > 0 and result["window_s"] > 0
+    assert result["load_mean"] >= 0 and result["cpu"]  # figures come with the machine and its load
     assert code == (0 if result["rss_ok"] and result["latency_ok"] else 1)
     assert any(line.startswith("RSS") for line in lines) and any(line.startswith("latency p95") for line in lines)
     samples = [(0.5, 10.0), (1.0, 20.0), (5.0, 99.0)]

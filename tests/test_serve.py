@@ -116,7 +116,8 @@ def test_endpoints_stream_and_stats(live):
     status, jpeg, headers = _get(base + "/api/snapshot")
     assert status == 200 and jpeg[:2] == b"\xff\xd8" and int(headers["X-Frame-Index"]) >= 0
     assert json.loads(_get(base + "/api/prompts")[1]) == {"prompts": None}
-    assert _get(base + "/api/prompts", data=b"{}", method="POST")[0] == 404  # no prompted detector in this run
+    assert _get(base + "/api/prompts", data=b"{}", method="POST")[0] == 401  # changes need the token, first
+    assert _get(base + "/api/prompts", data=b"{}", method="POST", headers={"X-Edgedet-Token": server.token})[0] == 404  # no prompted detector
 
 
 def test_a_stalled_browser_never_blocks_the_pipeline(tmp_path):
@@ -151,7 +152,8 @@ def test_prompt_endpoints_need_the_token_and_bounded_bodies(tmp_path):
         deadline = time.time() + 10
         while json.loads(_get(base + "/healthz")[1])["frames"] < 2 and time.time() < deadline:
             time.sleep(0.05)
-        frame = int(_get(base + "/api/snapshot")[2]["X-Frame-Index"])
+        assert _get(base + "/api/snapshot")[0] == 401  # a token given on purpose: the whole view is private
+        frame = int(_get(base + "/api/snapshot", headers={"X-Edgedet-Token": "secret"})[2]["X-Frame-Index"])
         body = json.dumps({"frame": frame, "box": [10, 10, 40, 30], "name": "red thing"}).encode()
         assert _get(base + "/api/prompts", data=body, method="POST")[0] == 401
         assert _get(base + "/api/prompts", data=body, method="POST", headers={"X-Edgedet-Token": "wrong"})[0] == 401
@@ -170,7 +172,7 @@ def test_prompt_endpoints_need_the_token_and_bounded_bodies(tmp_path):
         assert _get(base + "/api/prompts/save", data=b'{"file": "shelf"}', method="POST", headers=ok)[0] == 200
         assert (tmp_path / "prompts" / "shelf.npz").is_file()
         assert _get(base + "/api/prompts/save", data=b'{"file": "shelf"}', method="POST", headers=ok)[0] == 400  # no overwrite
-        assert json.loads(_get(base + "/api/prompts/files")[1]) == {"files": ["shelf"]}
+        assert json.loads(_get(base + "/api/prompts/files", headers=ok)[1]) == {"files": ["shelf"]}
         assert json.loads(_get(base + "/api/prompts/red%20thing", method="DELETE", headers=ok)[1])["prompts"] == []
         assert _get(base + "/api/prompts/load", data=b'{"file": "shelf"}', method="POST", headers=ok)[0] == 200
     finally:

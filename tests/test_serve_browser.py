@@ -142,7 +142,7 @@ def test_a_box_drawn_on_the_page_becomes_a_prompt(browser, tmp_path, prompted_de
         _wait(healthy, timeout=60)
         browser.get(f"{base}/?token=t0k3n")
         _wait(lambda: not browser.find_element("id", "prompt-card").get_attribute("class").count("hidden"))
-        assert json.loads(urllib.request.urlopen(base + "/api/detections").read())["detections"] == []  # no prompt yet
+        assert json.loads(urllib.request.urlopen(base + "/api/detections?token=t0k3n").read())["detections"] == []  # no prompt yet
         browser.find_element("id", "freeze").click()
         index = int(_wait(lambda: browser.find_element("id", "frame-index").text.strip("-")))
         # the largest object of the frozen frame, from the renderer's ground truth; squares last, since the
@@ -167,7 +167,7 @@ def test_a_box_drawn_on_the_page_becomes_a_prompt(browser, tmp_path, prompted_de
         # later frames: detections named "my shape" on objects of the boxed class
         seen, hits, deadline = set(), 0, time.time() + 30
         while (len(seen) < 12) and time.time() < deadline:
-            record = json.loads(urllib.request.urlopen(base + "/api/detections").read())
+            record = json.loads(urllib.request.urlopen(base + "/api/detections?token=t0k3n").read())
             frame = record["frame"]
             if frame is None or frame <= index or frame in seen:
                 time.sleep(0.05)
@@ -190,3 +190,54 @@ def test_a_box_drawn_on_the_page_becomes_a_prompt(browser, tmp_path, prompted_de
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_a_frozen_frame_waits_for_the_user_and_errors_show_by_the_button(browser, tmp_path):
+    """A private view (token given): the page works from the start-up URL alone (its cookie carries the token
+    to the scripts, stream and API); a frozen frame outlives the ring of recent frames; its detections are the
+    panel's; an error appears next to "Add prompt", above the fold at 1280x900."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    from runtime.serve import LivePromptedDetector
+    from test_serve import FakePrompted
+
+    live = LivePromptedDetector(FakePrompted(), tmp_path / "prompts")
+    server = LiveServer(port=0, prompts=live, token="t0k", ring_bytes=1).start()  # the ring holds 1 frame
+    pipe = Pipeline(LiveIteratorSource(_camera()), live, sinks=[server])
+    server.stats_fn = pipe.stats
+    pipe.start()
+    try:
+        browser.set_window_size(1280, 900)
+        browser.get(server.url)
+        _wait(lambda: browser.execute_script(STREAM_PIXELS))
+        _wait(lambda: "hidden" not in browser.find_element("id", "prompt-card").get_attribute("class"))
+        browser.find_element("id", "freeze").click()
+        index = int(_wait(lambda: browser.find_element("id", "frame-index").text.strip("-")))
+        _wait(lambda: browser.find_element("id", "detections").text.startswith(f"frame {index} (frozen)"))
+        _wait(lambda: pipe.stats()["frames"] > index + 20)  # long gone from the ring: only the pin holds it
+        canvas = browser.find_element("id", "overlay")
+
+        def drag_box():
+            ActionChains(browser).move_to_element_with_offset(canvas, -60, -40).click_and_hold() \
+                .move_to_element_with_offset(canvas, -20, -10).move_to_element_with_offset(canvas, 10, 10).release().perform()
+
+        drag_box()
+        browser.find_element("id", "prompt-name").send_keys("my shape")
+        browser.find_element("id", "add-prompt").click()
+        _wait(lambda: "my shape" in browser.find_element("id", "prompt-list").text)
+        assert live.detector.added and live.detector.added[0][0] == (120, 160, 3) and server.store.pins == 0
+        # an error (the pin released behind the page's back) shows right under the button, in view
+        browser.find_element("id", "freeze").click()
+        _wait(lambda: server.store.pins == 1 and "hidden" not in canvas.get_attribute("class"))  # the page shows it
+        server.store.release(browser.execute_script("return viewer"))
+        drag_box()
+        browser.find_element("id", "add-prompt").click()
+        message = browser.find_element("id", "prompt-msg")
+        _wait(lambda: "freeze a frame again" in message.text)
+        box = browser.execute_script(
+            "const m = arguments[0].getBoundingClientRect(), b = arguments[1].getBoundingClientRect();"
+            "return [m.top, m.bottom, b.bottom, window.innerHeight];", message, browser.find_element("id", "add-prompt"))
+        assert box[1] <= box[3] and 0 <= box[0] - box[2] < 40, box
+        _screenshot(browser, tmp_path, "serve_prompt_error.png")
+    finally:
+        pipe.close()

@@ -22,6 +22,7 @@ from runtime.capture import open_source
 from runtime.commands.common import add_model_arguments, source_arg
 from runtime.models import load_model
 from runtime.paths import next_run_dir
+from runtime.serve.cli_options import add_token_arguments, server_options
 from runtime.track import ByteTracker, LineCounter, PolygonZone, Trails, TrackerConfig, draw_line, draw_tracks, draw_zone
 
 
@@ -30,7 +31,7 @@ def track(model: Any, source: Any, conf: float = 0.1, imgsz: Optional[Sequence[i
           tracker: Optional[TrackerConfig] = None, save: bool = True, show: bool = False, project: str = "runs",
           classes=None, backend: str = "auto", device: str = "CPU", max_frames: int = 0, quiet: bool = False,
           serve: Optional[str] = None, host: Optional[str] = None, token: Optional[str] = None,
-          **options: Any) -> Dict[str, Any]:
+          token_file: Optional[str] = None, allowed_hosts: Sequence[str] = (), **options: Any) -> Dict[str, Any]:
     """Track objects through `source`; returns {"dir", "frames", "tracks", "line": {...}, "zone": {...}, "fps"}.
 
     conf: detector floor (low, so ByteTrack's second stage sees weak detections); line: x0, y0, x1, y1
@@ -53,7 +54,7 @@ def track(model: Any, source: Any, conf: float = 0.1, imgsz: Optional[Sequence[i
             from runtime.serve import LiveServer, parse_serve_address
 
             bind, port, remote = parse_serve_address(serve, host)
-            server = LiveServer(bind, port, token=token, allow_remote=remote,
+            server = LiveServer(bind, port, token=token, token_file=token_file, allowed_hosts=tuple(allowed_hosts), allow_remote=remote,
                                 stats=lambda: {"frames": frames, "fps": frames / max(time.perf_counter() - t0, 1e-9)}).start()
             print(f"live view: {server.url}", flush=True)
         from runtime.pipeline import Result, StopPipeline
@@ -146,14 +147,14 @@ class TrackCommand:
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
         parser.add_argument("--serve", default=None, metavar="[HOST:]PORT", help="live view in the browser on 127.0.0.1:PORT")
         parser.add_argument("--host", default=None, help="with --serve: bind this address (beyond loopback: a warning)")
-        parser.add_argument("--token", default=None, help="with --serve: the page token (default random, printed)")
+        add_token_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         cfg = TrackerConfig(high_thresh=args.track_high, low_thresh=args.conf, new_track_thresh=args.track_new,
                             track_buffer=args.track_buffer, per_class=args.per_class)
         track(args.model, args.source, args.conf, args.imgsz, args.line, args.zone, args.anchor, cfg, not args.nosave,
               args.show, args.project, args.classes, args.backend, args.device, args.max_frames, args.quiet,
-              serve=args.serve, host=args.host, token=args.token)
+              serve=args.serve, host=args.host, **server_options(args))
         return 0
 
 

@@ -13,13 +13,45 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                              "--prompt-encoder) on 127.0.0.1:PORT")
     parser.add_argument("--host", default=None,
                         help="with --serve: bind this address instead of 127.0.0.1 (e.g. 0.0.0.0 to watch a headless "
-                             "Jetson from a laptop); prints a warning, prompt changes still need the token")
-    parser.add_argument("--token", default=None, help="with --serve: the token prompt changes need (default: a random one, printed)")
+                             "Jetson from a laptop); prints a warning; every page and endpoint then needs the token")
+    add_token_arguments(parser)
+    parser.add_argument("--max-viewers", type=int, default=8, help="with --serve: at most this many browsers watch at once (default 8)")
     parser.add_argument("--prompt-encoder", default=None, metavar="ARTIFACT",
                         help="run --model as a prompted detector with this prompt encoder (export_prompted's two artifacts)")
     parser.add_argument("--prompts", default=None, metavar="FILE.npz", help="prompted detector: start with these saved prompts")
     parser.add_argument("--prompt-dir", default="runs/prompts", help="prompted detector: where the page saves prompt files")
     parser.add_argument("--loop", action="store_true", help="play a video file as a live camera, looping (demos, kiosks)")
+
+
+def _checked(kind: str):
+    """argparse type: a bad token or unreadable token file fails at once, before any model loads."""
+    def check(text: str) -> str:
+        from runtime.serve.access import resolve_token
+
+        try:
+            resolve_token(**{kind: text}, env={})
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return text
+
+    return check
+
+
+def add_token_arguments(parser: argparse.ArgumentParser) -> None:
+    """--token / --token-file / --allow-host, shared by run, track and demo."""
+    parser.add_argument("--token", default=None, type=_checked("token"),
+                        help="with --serve: the view's token (shows in `ps`: prefer --token-file or $EDGEDET_SERVE_TOKEN; "
+                             "default: a random one, printed in the URL)")
+    parser.add_argument("--token-file", default=None, metavar="FILE", type=_checked("token_file"), help="with --serve: read the token from this file")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="with --serve: a host name browsers may use for this machine besides its addresses and "
+                             "hostname (e.g. jetson.example.lan); other names are refused (DNS rebinding)")
+
+
+def server_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """LiveServer keyword arguments from the token options."""
+    return {"token": args.token, "token_file": getattr(args, "token_file", None),
+            "allowed_hosts": tuple(getattr(args, "allow_host", None) or ())}
 
 
 def make_detector(args: argparse.Namespace, options: Dict[str, Any]) -> Any:
@@ -31,10 +63,18 @@ def make_detector(args: argparse.Namespace, options: Dict[str, Any]) -> Any:
     from runtime.prompted import PromptedDetector
     from runtime.serve.prompts import LivePromptedDetector
 
-    prompted = PromptedDetector(args.prompt_encoder, args.model, backend=args.backend, device=args.device, conf=args.conf, **options)
+    from runtime.prompted import PROMPTED_CONF, PROMPTED_DEDUP_IOU
+
+    # Prompted artifacts carry no tuned threshold (scores depend on the prompts): the prompted demo's.
+    conf = PROMPTED_CONF if args.conf is None else args.conf
+    prompted = PromptedDetector(args.prompt_encoder, args.model, backend=args.backend, device=args.device, conf=conf,
+                                dedup_iou=PROMPTED_DEDUP_IOU, **options)
     if args.prompts:
         prompted.load_prompts(args.prompts)
-    return LivePromptedDetector(prompted, Path(args.prompt_dir), inputs=[args.model, args.prompt_encoder])
+    if args.conf is None:
+        print(f"prompted detector: drawing threshold {conf} (--conf to change)", file=sys.stderr)
+    return LivePromptedDetector(prompted, Path(args.prompt_dir), inputs=[args.model, args.prompt_encoder],
+                                merge_iou=PROMPTED_DEDUP_IOU)
 
 
 def source_options(args: argparse.Namespace) -> Dict[str, Any]:
@@ -47,17 +87,18 @@ def source_options(args: argparse.Namespace) -> Dict[str, Any]:
 def start_server(args: argparse.Namespace, detector: Any) -> Optional[Any]:
     """The LiveServer sink when --serve is given (started, URL printed), else None."""
     if not args.serve:
-        if args.host:
-            raise ValueError("--host only applies with --serve PORT")
+        if args.host or args.token or args.token_file:
+            raise ValueError("--host, --token and --token-file only apply with --serve PORT")
         return None
     from runtime.serve.prompts import LivePromptedDetector
     from runtime.serve.server import LiveServer, parse_serve_address
 
     host, port, remote = parse_serve_address(args.serve, args.host)
     prompts = detector if isinstance(detector, LivePromptedDetector) else None
-    server = LiveServer(host, port, token=args.token, allow_remote=remote, prompts=prompts).start()
+    server = LiveServer(host, port, allow_remote=remote, prompts=prompts, max_viewers=args.max_viewers,
+                        **server_options(args)).start()
     if remote:
-        print(f"WARNING: the live view is reachable from other machines on {host}:{server.port}; anyone on the "
-              "network can watch the stream (prompt changes need the token)", file=sys.stderr)
+        print(f"WARNING: the live view is reachable from other machines on {host}:{server.port}; the page, stream and "
+              "API need the token in the URL below (share it only with those who may watch)", file=sys.stderr)
     print(f"live view: {server.url}", file=sys.stderr, flush=True)
     return server

@@ -9,23 +9,52 @@ from __future__ import annotations
 
 import re
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
+from runtime.track.bytetrack import iou_matrix
 from runtime.types import Detections
 
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
-class LivePromptedDetector:
-    """Wraps a `runtime.PromptedDetector`; prompt files are kept in `prompt_dir` only."""
+def merge_overlapping(det: Detections, iou: float) -> Detections:
+    """One box per object: a box overlapping a higher-scoring one by >= `iou` joins it, whatever its name,
+    and the kept box is labelled with every name of its group, best first ("my shape / triangle").
+    Two prompts standing for one class (a user names again what is already prompted) then show as one box."""
+    if len(det) < 2:
+        return det
+    order = np.argsort(-det.scores, kind="stable")
+    overlap = iou_matrix(det.boxes_xyxy, det.boxes_xyxy) >= iou
+    names, taken = det.names, np.zeros(len(det), bool)
+    class_names, keep, labels = list(det.class_names), [], []
+    for i in order:
+        if taken[i]:
+            continue
+        group = [j for j in order if not taken[j] and overlap[i, j]]
+        taken[group] = True
+        label = " / ".join(dict.fromkeys(names[j] for j in group))
+        if label not in class_names:
+            class_names.append(label)
+        keep.append(i)
+        labels.append(class_names.index(label))
+    index = np.asarray(keep, np.int64)
+    merged = det.select(index)
+    return replace(merged, labels=np.asarray(labels, np.int64), class_names=tuple(class_names))
 
-    def __init__(self, detector: Any, prompt_dir: Path, inputs: Sequence[Any] = ()):
+
+class LivePromptedDetector:
+    """Wraps a `runtime.PromptedDetector`; prompt files are kept in `prompt_dir` only.
+    merge_iou: boxes overlapping this much are one object, shown once with all their names (None = off)."""
+
+    def __init__(self, detector: Any, prompt_dir: Path, inputs: Sequence[Any] = (), merge_iou: Optional[float] = None):
         self.detector = detector
         self.prompt_dir = Path(prompt_dir)
         self.inputs = list(inputs)  # the artifacts in use: a prompt file never replaces one of their files
+        self.merge_iou = merge_iou
         self._lock = threading.Lock()
 
     @property
@@ -40,7 +69,8 @@ class LivePromptedDetector:
         with self._lock:
             if not self.detector.prompt_names:
                 return Detections.empty((), frame_bgr.shape[:2])
-            return self.detector(frame_bgr)
+            det = self.detector(frame_bgr)
+        return det if self.merge_iou is None else merge_overlapping(det, self.merge_iou)
 
     def add(self, image: np.ndarray, box: Optional[Sequence[float]] = None, point: Optional[Sequence[float]] = None,
             name: str = "") -> None:

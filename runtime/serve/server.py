@@ -8,40 +8,46 @@ or vanished browser only delays itself. The pipeline's sink call is O(1) (it swa
 frames are drawn and JPEG-encoded lazily, once per new frame that a browser actually asks for,
 and each browser always gets the newest frame (never a growing queue).
 
-Endpoints: `/` the page (static files in the package, no CDN); `/stream.mjpg` the annotated
-MJPEG stream; `/api/snapshot` one raw frame (header `X-Frame-Index`) to draw prompts on;
-`/api/detections` the last frame's detections; `/api/stats` FPS, per-stage latency, dropped
-frames, counts per class and tracks; `/healthz`. With a prompted detector: `GET/POST
-/api/prompts`, `DELETE /api/prompts/{name}`, `POST /api/prompts/save|load`, `GET
-/api/prompts/files`; every prompt-changing call needs the token printed at start-up (header
-`X-Edgedet-Token` or `?token=`).
+Endpoints: `/` the page (static files in the package, no CDN); `/stream.mjpg?viewer=ID` the
+annotated MJPEG stream; `/api/snapshot` the newest raw frame (header `X-Frame-Index`);
+`/api/detections?viewer=ID` the detections of the frame that viewer sees; `/api/stats` FPS,
+per-stage latency, dropped frames, counts per class and tracks; `/healthz`. With a prompted
+detector: `POST /api/freeze` pins the newest frame for one viewer (returned as JPEG) until its
+prompt is added or `POST /api/release`; `GET/POST /api/prompts`, `DELETE /api/prompts/{name}`,
+`POST /api/prompts/save|load`, `GET /api/prompts/files`.
 
-Security: binds 127.0.0.1 unless `allow_remote=True` (the CLI's explicit `--host`, with a
-warning); request bodies are limited to 64 KiB; prompt files stay inside one folder.
+Security (runtime.serve.access): binds 127.0.0.1 unless `allow_remote=True` (the CLI's explicit
+`--host`, with a warning); beyond loopback, or when a token is given, every endpoint but
+`/healthz` needs the token; Host/Origin are checked on every request; request bodies are limited
+to 64 KiB; prompt files stay inside one folder. Bounded: at most `max_viewers` streams, a stream
+whose browser stops reading for `write_timeout` s is closed, one JPEG encode per frame for all.
 """
 from __future__ import annotations
 
 import asyncio
+import html
 import ipaddress
 import json
 import logging
 import secrets
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-import cv2
 import numpy as np
 
-from runtime.draw import draw
+from runtime.serve.access import AccessGuard, resolve_token
+from runtime.serve.frames import RING_BYTES, FrameStore, SharedJpeg
+from runtime.serve.prompt_routes import PromptRoutes
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 64 * 1024
 BOUNDARY = "edgedetframe"
+TRACKS_KEPT = 20000  # track ids remembered to count "tracks seen" (a day of tracking stays bounded)
 
 
 class ServeError(RuntimeError):
@@ -74,31 +80,38 @@ def parse_serve_address(text: str, host: Optional[str] = None):
     return bind, int(port_text), False
 
 
-class LiveServer:
+class LiveServer(PromptRoutes):
     """The web view as a pipeline sink. prompts: a `runtime.serve.LivePromptedDetector` to edit
-    from the page (None: view only). stats: a callable returning the pipeline's stats dict."""
+    from the page (None: view only). stats: a callable returning the pipeline's stats dict.
+    token: None reads --token-file / $EDGEDET_SERVE_TOKEN (runtime.serve.access), else a random one."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, token: Optional[str] = None, allow_remote: bool = False,
                  prompts: Any = None, stats: Optional[Callable[[], Dict[str, Any]]] = None, jpeg_quality: int = 80,
-                 max_fps: float = 30.0, frame_history: int = 64, title: str = "edgedet"):
+                 max_fps: float = 30.0, ring_bytes: int = RING_BYTES, title: str = "edgedet", token_file: Optional[str] = None,
+                 max_viewers: int = 8, write_timeout: float = 10.0, pin_idle_s: float = 300.0, gone_s: float = 10.0,
+                 allowed_hosts: tuple = ()):
         try:
             import aiohttp  # noqa: F401
         except ImportError as e:
             raise ServeError("the live web view needs aiohttp: pip install 'edgedet[serve]' (or pip install aiohttp)") from e
         if not allow_remote and not is_loopback(host):
             raise ServeError(f"refusing to bind {host}: not a loopback address (pass allow_remote=True / --host {host} on purpose)")
+        if int(max_viewers) < 1:
+            raise ValueError(f"max_viewers must be at least 1, got {max_viewers}")
         self.host, self.port, self.allow_remote = host, int(port), allow_remote
-        self.token = token or secrets.token_urlsafe(16)
+        given, self.token_source = resolve_token(token, token_file)
+        self.token = given or secrets.token_urlsafe(16)
+        # beyond loopback, or with a token chosen on purpose, the whole view is private
+        self.guard = AccessGuard(self.token, host, require_token=bool(given) or not is_loopback(host), allowed_hosts=allowed_hosts)
         self.prompts, self.stats_fn, self.title = prompts, stats, title
-        self.jpeg_quality, self.min_interval = int(jpeg_quality), 1.0 / max(1e-3, float(max_fps))
-        self._lock = threading.Lock()
-        self._latest: Any = None  # the newest Result
-        self._version = 0
-        self._frames: "OrderedDict[int, np.ndarray]" = OrderedDict()  # frame index -> raw image, for prompts
-        self._history = int(frame_history)
-        self._jpeg_cache: Dict[str, tuple] = {}
+        self.min_interval = 1.0 / max(1e-3, float(max_fps))
+        self.max_viewers, self.write_timeout = int(max_viewers), float(write_timeout)
+        self.store = FrameStore(keep_recent=prompts is not None, ring_bytes=ring_bytes, max_pins=self.max_viewers,
+                                pin_idle_s=pin_idle_s, gone_s=gone_s)
+        self.jpeg = SharedJpeg(jpeg_quality)
         self._counts: Counter = Counter()
-        self._tracks: set = set()
+        self._tracks: set = set()  # recent track ids (bounded), for "tracks seen"
+        self._tracks_forgotten = 0
         self._published = 0
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._new_frame: Optional[asyncio.Event] = None
@@ -107,22 +120,24 @@ class LiveServer:
         self._start_error: Optional[BaseException] = None
         self._runner: Any = None
         self._closing = False
-        self.clients = 0
+        self.clients = 0  # open streams
+        self.closed_slow = 0  # streams closed because their browser stopped reading
 
     # -- the sink side (pipeline thread) ------------------------------------------------------
     def __call__(self, result: Any) -> None:
         """Pipeline sink: keep a reference to the newest result (O(1)); wake the browsers."""
-        with self._lock:
-            self._latest = result
-            self._version += 1
-            self._published += 1
-            self._frames[result.frame.index] = result.frame.image
-            while len(self._frames) > self._history:
-                self._frames.popitem(last=False)
-            self._counts = Counter(result.detections.names)
-            ids = getattr(result.detections, "track_ids", None)
-            if ids is not None:
-                self._tracks.update(int(i) for i in np.asarray(ids).ravel() if int(i) >= 0)
+        self.store.publish(result)
+        self._published += 1
+        counts = Counter(result.detections.names)
+        ids = getattr(result.detections, "track_ids", None)
+        self._counts = counts
+        if ids is not None:
+            self._tracks.update(int(i) for i in np.asarray(ids).ravel() if int(i) >= 0)
+            if len(self._tracks) > TRACKS_KEPT:  # trackers number tracks upwards: old ids never come back
+                floor = max(self._tracks) - TRACKS_KEPT // 2
+                old = {i for i in self._tracks if i < floor}
+                self._tracks_forgotten += len(old)
+                self._tracks -= old
         loop = self._loop
         if loop is not None and self._new_frame is not None and not loop.is_closed():
             try:
@@ -175,7 +190,7 @@ class LiveServer:
         from aiohttp import web
 
         self._new_frame = asyncio.Event()
-        app = web.Application(client_max_size=MAX_BODY)
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._guard_middleware()])
         r = app.router
         r.add_get("/", self._index)
         r.add_static("/static/", STATIC)
@@ -184,12 +199,7 @@ class LiveServer:
         r.add_get("/api/detections", self._detections)
         r.add_get("/api/stats", self._stats)
         r.add_get("/healthz", self._health)
-        r.add_get("/api/prompts", self._prompt_list)
-        r.add_post("/api/prompts", self._prompt_add)
-        r.add_delete("/api/prompts/{name}", self._prompt_remove)
-        r.add_post("/api/prompts/save", self._prompt_save)
-        r.add_post("/api/prompts/load", self._prompt_load)
-        r.add_get("/api/prompts/files", self._prompt_files)
+        self.add_prompt_routes(r)
         # shutdown_timeout: at close, open streams get 1 s to end (they end at once on _closing).
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -197,6 +207,14 @@ class LiveServer:
         await site.start()
         if self.port == 0:  # an OS-chosen port: read it back
             self.port = self._runner.addresses[0][1]
+        self.guard.cookie = f"edgedet_token_{self.port}"  # cookies ignore ports: one name per server
+        self._housekeeping()
+
+    def _housekeeping(self) -> None:
+        """Every second on the loop: release pins that timed out or whose viewer left."""
+        self.store.expire()
+        if not self._closing and self._loop is not None:
+            self._loop.call_later(1.0, self._housekeeping)
 
     def close(self) -> None:
         """Stop serving (browsers see the stream end); safe to call twice."""
@@ -215,32 +233,36 @@ class LiveServer:
 
         return web.json_response(data, status=status, dumps=lambda o: json.dumps(o, default=float))
 
-    def _authorised(self, request) -> bool:
-        given = request.headers.get("X-Edgedet-Token") or request.query.get("token") or ""
-        return secrets.compare_digest(given, self.token)
+    def _guard_middleware(self):
+        from aiohttp import web
 
-    def _encode(self, kind: str) -> Optional[tuple]:
-        """(version, frame index, JPEG bytes) of the newest frame, annotated or raw; cached per version."""
-        with self._lock:
-            result, version = self._latest, self._version
-        if result is None:
-            return None
-        cached = self._jpeg_cache.get(kind)
-        if cached and cached[0] == version:
-            return cached
-        image = draw(result.frame.image, result.detections) if kind == "annotated" else result.frame.image
-        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
-        if not ok:
-            return None
-        entry = (version, result.frame.index, buf.tobytes())
-        self._jpeg_cache[kind] = entry
-        return entry
+        @web.middleware
+        async def guard(request, handler):
+            needs_token = request.method not in ("GET", "HEAD") or request.path == "/api/prompts/files"
+            refused = self.guard.refuse(request, needs_token, token_free=request.path == "/healthz")
+            if refused is None:
+                return await handler(request)
+            status, reason = refused
+            if request.path == "/":
+                return web.Response(status=status, content_type="text/html", text=_REFUSED_PAGE.format(reason=html.escape(reason)))
+            return self._json({"error": reason}, status=status)
+
+        return guard
+
+    @staticmethod
+    def _viewer(request, data: Optional[Dict[str, Any]] = None) -> Optional[str]:
+        viewer = str((data or {}).get("viewer") or request.query.get("viewer") or "")
+        return viewer if viewer and len(viewer) <= 64 and viewer.replace("-", "").replace("_", "").isalnum() else None
 
     # -- handlers ---------------------------------------------------------------------------------
     async def _index(self, request):
         from aiohttp import web
 
-        return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+        resp = web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+        if request.query.get("token") and self.guard.token_ok(request.query["token"]):
+            # the start-up URL's token, kept by the browser for the stream and the API (never readable by scripts)
+            resp.set_cookie(self.guard.cookie, self.token, httponly=True, samesite="Strict", path="/")
+        return resp
 
     async def _health(self, request):
         return self._json({"ok": True, "frames": self._published, "clients": self.clients, "prompted": self.prompts is not None})
@@ -248,118 +270,77 @@ class LiveServer:
     async def _stream(self, request):
         from aiohttp import web
 
+        if self.clients >= self.max_viewers:
+            return self._json({"error": f"the live view already has {self.clients} viewers, its limit (max_viewers / "
+                                        "--max-viewers); close another page or try again later"}, status=503)
+        viewer = self._viewer(request) or f"anonymous-{id(request)}"
         resp = web.StreamResponse(headers={"Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}",
                                            "Cache-Control": "no-store"})
-        await resp.prepare(request)
-        loop = asyncio.get_running_loop()
-        last, self.clients = -1, self.clients + 1
+        self.clients += 1
+        self.store.stream_opened(viewer)
+        last = -1
         try:
+            await resp.prepare(request)
             while not self._closing:
                 event = self._new_frame
-                if self._version == last:
+                if self.store.version == last:
                     try:
                         await asyncio.wait_for(event.wait(), timeout=1.0)
                     except asyncio.TimeoutError:
                         continue
                 t0 = time.perf_counter()
-                entry = await loop.run_in_executor(None, self._encode, "annotated")
-                if entry is None or entry[0] == last:
+                result, version = self.store.newest()
+                jpeg = await self.jpeg.get("annotated", version, result) if result is not None else None
+                if jpeg is None:
                     await asyncio.sleep(0.01)
                     continue
-                last = entry[0]
-                head = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(entry[2])}\r\nX-Frame-Index: {entry[1]}\r\n\r\n"
-                await resp.write(head.encode() + entry[2] + b"\r\n")  # waits for this browser only
+                last = version
+                head = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n"
+                        f"X-Frame-Index: {result.frame.index}\r\n\r\n")
+                try:  # waits for this browser only, and not for ever
+                    await asyncio.wait_for(resp.write(head.encode() + jpeg + b"\r\n"), timeout=self.write_timeout)
+                except asyncio.TimeoutError:
+                    self.closed_slow += 1
+                    log.info("live view: a viewer read nothing for %.0f s; its stream was closed", self.write_timeout)
+                    if request.transport is not None:
+                        request.transport.abort()
+                    break
+                self.store.shown(viewer, result)
                 await asyncio.sleep(max(0.0, self.min_interval - (time.perf_counter() - t0)))
-        except (ConnectionResetError, asyncio.CancelledError):
+        except (ConnectionError, asyncio.CancelledError):  # the browser left: nothing to report
             pass
         finally:
             self.clients -= 1
+            self.store.stream_closed(viewer)
         return resp
 
     async def _snapshot(self, request):
         from aiohttp import web
 
-        entry = await asyncio.get_running_loop().run_in_executor(None, self._encode, "raw")
-        if entry is None:
+        result, version = self.store.newest()
+        jpeg = await self.jpeg.get("raw", version, result) if result is not None else None
+        if jpeg is None:
             return self._json({"error": "no frame yet"}, status=503)
-        return web.Response(body=entry[2], content_type="image/jpeg",
-                            headers={"X-Frame-Index": str(entry[1]), "Cache-Control": "no-store"})
+        return web.Response(body=jpeg, content_type="image/jpeg",
+                            headers={"X-Frame-Index": str(result.frame.index), "Cache-Control": "no-store"})
 
     async def _detections(self, request):
-        with self._lock:
-            result = self._latest
+        result = self.store.on_screen(self._viewer(request))
         if result is None:
             return self._json({"frame": None, "detections": []})
-        record = {"frame": result.frame.index, "timestamp": result.frame.timestamp, "latency_ms": result.latency_ms}
+        record = {"frame": result.frame.index, "timestamp": result.frame.timestamp, "latency_ms": result.latency_ms,
+                  "frozen": result is self.store.pinned(self._viewer(request), touch=False)}
         record.update(result.detections.to_dict())
         return self._json(record)
 
     async def _stats(self, request):
         stats = self.stats_fn() if self.stats_fn is not None else {}
-        with self._lock:
-            counts, tracks = dict(self._counts), len(self._tracks)
+        counts, tracks = dict(self._counts), len(self._tracks) + self._tracks_forgotten
         return self._json({"fps": stats.get("fps", 0.0), "frames": stats.get("frames", self._published),
                            "dropped": stats.get("dropped", 0), "latency_ms": stats.get("latency_ms", {}),
-                           "counts": counts, "tracks_seen": tracks, "clients": self.clients,
+                           "counts": counts, "tracks_seen": tracks, "clients": self.clients, "max_viewers": self.max_viewers,
                            "prompts": list(self.prompts.names) if self.prompts is not None else None})
 
-    def _need_prompts(self, request):
-        if self.prompts is None:
-            return self._json({"error": "this run has no prompted detector (edgedet run --prompt-encoder ...)"}, status=404)
-        if not self._authorised(request):
-            return self._json({"error": "missing or wrong token: open the URL printed at start-up (…/?token=...)"}, status=401)
-        return None
 
-    async def _body(self, request) -> Dict[str, Any]:
-        try:
-            data = await request.json()
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ValueError(f"the request body must be JSON ({e})") from e
-        if not isinstance(data, dict):
-            raise ValueError("the request body must be a JSON object")
-        return data
-
-    async def _prompt_call(self, request, fn: Callable[[Dict[str, Any]], Any]):
-        refused = self._need_prompts(request)
-        if refused is not None:
-            return refused
-        try:
-            data = await self._body(request) if request.can_read_body else {}
-            out = await asyncio.get_running_loop().run_in_executor(None, fn, data)
-        except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:
-            return self._json({"error": str(e).strip("'\"")}, status=400)
-        return self._json({"prompts": list(self.prompts.names), **(out or {})})
-
-    async def _prompt_list(self, request):
-        if self.prompts is None:
-            return self._json({"prompts": None})
-        return self._json({"prompts": list(self.prompts.names)})
-
-    async def _prompt_add(self, request):
-        def add(data: Dict[str, Any]):
-            name = str(data.get("name", "")).strip()
-            index = data.get("frame")
-            with self._lock:
-                image = self._frames.get(int(index)) if index is not None else None
-            if image is None:
-                raise ValueError(f"frame {index} is no longer held (the last {self._history} are); take a new snapshot")
-            self.prompts.add(image, box=data.get("box"), point=data.get("point"), name=name)
-            return {"added": name, "frame": int(index)}
-
-        return await self._prompt_call(request, add)
-
-    async def _prompt_remove(self, request):
-        name = request.match_info["name"]
-        return await self._prompt_call(request, lambda _: {"removed": self.prompts.remove(name)})
-
-    async def _prompt_save(self, request):
-        return await self._prompt_call(request, lambda d: {"saved": str(self.prompts.save(str(d.get("file", "")),
-                                                                                           bool(d.get("overwrite"))))})
-
-    async def _prompt_load(self, request):
-        return await self._prompt_call(request, lambda d: {"loaded": str(self.prompts.load(str(d.get("file", ""))))})
-
-    async def _prompt_files(self, request):
-        if self.prompts is None:
-            return self._json({"files": []})
-        return self._json({"files": self.prompts.files()})
+_REFUSED_PAGE = """<!doctype html><meta charset="utf-8"><title>edgedet live: refused</title>
+<body style="font:15px system-ui;margin:2em"><h1>edgedet live</h1><p>{reason}</p></body>"""

@@ -2,23 +2,42 @@
 "use strict";
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-let token = params.get("token") || "";
+let token = params.get("token") || "";  // the page's cookie carries it too; kept for the header and the stream URL
+// this page's id: the server pins one frozen frame per viewer and shows each viewer its own frame's detections
+const viewer = "v" + Math.random().toString(36).slice(2, 12) + Date.now().toString(36);
 let frozen = null; // {index, width, height, image}
 let drag = null;   // {x0, y0, x1, y1} in frame pixels
+let streaming = false; // the stream is showing frames (else the status line says why not)
 
 function setStatus(text, ok) { const s = $("status"); s.textContent = text; s.className = "status " + (ok ? "ok" : "bad"); }
 function msg(text) { $("prompt-msg").textContent = text || ""; }
 
 // -- the stream: reconnect when it drops ---------------------------------------------------------
+function authQuery() { const t = currentToken(); return t ? "&token=" + encodeURIComponent(t) : ""; }
+function currentToken() { return token || $("token").value.trim(); }
+
 function connectStream() {
   const img = $("stream");
-  img.onerror = () => { setStatus("stream lost, reconnecting…", false); setTimeout(connectStream, 1000); };
-  img.onload = () => setStatus("live", true);
-  img.src = "/stream.mjpg?t=" + Date.now();
+  img.onerror = async () => {
+    let why = "stream lost, reconnecting…";
+    try {  // a full view answers 503: say so instead of retrying silently
+      const s = await getJSON("/api/stats");
+      if (s.clients >= s.max_viewers) why = `the live view has ${s.clients} viewers, its limit; retrying…`;
+    } catch (e) { /* getJSON showed why */ }
+    streaming = false; setStatus(why, false); setTimeout(connectStream, 2000);
+  };
+  img.onload = () => { streaming = true; setStatus("live", true); };
+  img.src = "/stream.mjpg?viewer=" + viewer + authQuery() + "&t=" + Date.now();
 }
 
 // -- polling ------------------------------------------------------------------------------------------
-async function getJSON(url) { const r = await fetch(url, {cache: "no-store"}); return r.json(); }
+async function getJSON(url) {
+  const r = await fetch(url, {cache: "no-store", headers: {"X-Edgedet-Token": currentToken()}});
+  if (r.status === 401) $("token-row").classList.remove("hidden");
+  const data = await r.json();
+  if (!r.ok) throw new Error(data.error || r.statusText);
+  return data;
+}
 
 async function pollStats() {
   try {
@@ -39,15 +58,18 @@ async function pollStats() {
       li.firstChild.textContent = name; li.lastChild.textContent = n; ul.appendChild(li);
     }
     if (s.prompts !== null) renderPrompts(s.prompts);
-    if (!frozen) setStatus("live", true);
-  } catch (e) { setStatus("server unreachable", false); }
+    if (!frozen && streaming) setStatus("live", true);
+  } catch (e) {
+    setStatus(/token/.test(e.message) ? "this view needs its token: open the start-up URL, or type the token above"
+                                      : "server unreachable", false);
+  }
 }
 
 async function pollDetections() {
   try {
-    const d = await getJSON("/api/detections");
+    const d = await getJSON("/api/detections?viewer=" + viewer);  // the frame this page shows (frozen or streamed)
     const lines = (d.detections || []).map((o) => `${o.name} ${o.score.toFixed(2)}  [${o.box_xyxy.map((v) => v.toFixed(0)).join(", ")}]`);
-    $("detections").textContent = `frame ${d.frame}\n` + (lines.join("\n") || "(none)");
+    $("detections").textContent = `frame ${d.frame}${d.frozen ? " (frozen)" : ""}\n` + (lines.join("\n") || "(none)");
   } catch (e) { /* the stats poll reports the connection */ }
 }
 
@@ -66,7 +88,7 @@ function renderPrompts(names) {
 }
 
 async function call(method, url, body) {
-  const headers = {"X-Edgedet-Token": token || $("token").value.trim()};
+  const headers = {"X-Edgedet-Token": currentToken()};
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const r = await fetch(url, {method, headers, body: body === undefined ? undefined : JSON.stringify(body)});
   const data = await r.json();
@@ -77,8 +99,12 @@ async function call(method, url, body) {
 }
 
 async function freeze() {
-  const r = await fetch("/api/snapshot", {cache: "no-store"});
-  if (!r.ok) { msg("no frame yet"); return; }
+  // the server pins this frame for this page until the prompt is added or "Back to live"
+  const r = await fetch("/api/freeze", {method: "POST", cache: "no-store",
+    headers: {"X-Edgedet-Token": currentToken(), "Content-Type": "application/json"}, body: JSON.stringify({viewer})});
+  if (r.status === 401) $("token-row").classList.remove("hidden");
+  if (!r.ok) { let e = r.statusText; try { e = (await r.json()).error || e; } catch (x) { /* not JSON */ } msg(e); return; }
+  msg("");
   const index = parseInt(r.headers.get("X-Frame-Index"), 10);
   const blob = await r.blob();
   const image = await createImageBitmap(blob);
@@ -88,10 +114,11 @@ async function freeze() {
   $("frame-index").textContent = index; $("frozen-note").classList.remove("hidden");
   $("freeze").classList.add("hidden"); $("resume").classList.remove("hidden");
   setStatus("frozen (frame " + index + ")", true);
-  redraw();
+  redraw(); pollDetections();
 }
 
-function resume() {
+function resume(release = true) {
+  if (frozen && release) call("POST", "/api/release", {viewer}).catch(() => {});
   frozen = null; drag = null;
   $("overlay").classList.add("hidden"); $("frozen-note").classList.add("hidden");
   $("freeze").classList.remove("hidden"); $("resume").classList.add("hidden");
@@ -124,9 +151,9 @@ async function addPrompt() {
   const name = $("prompt-name").value.trim();
   if (!name) { msg("give the prompt a name"); return; }
   const x0 = Math.min(drag.x0, drag.x1), x1 = Math.max(drag.x0, drag.x1), y0 = Math.min(drag.y0, drag.y1), y1 = Math.max(drag.y0, drag.y1);
-  const body = {frame: frozen.index, name};
+  const body = {frame: frozen.index, name, viewer};
   if (x1 - x0 < 3 && y1 - y0 < 3) body.point = [x0, y0]; else body.box = [x0, y0, x1, y1];
-  try { await call("POST", "/api/prompts", body); msg("added " + name); resume(); } catch (e) { msg(e.message); }
+  try { await call("POST", "/api/prompts", body); msg("added " + name); resume(false); } catch (e) { msg(e.message); }
 }
 
 async function removePrompt(name) { try { await call("DELETE", "/api/prompts/" + encodeURIComponent(name)); msg("removed " + name); } catch (e) { msg(e.message); } }
@@ -139,6 +166,8 @@ window.addEventListener("DOMContentLoaded", () => {
   c.addEventListener("mousedown", onDown); c.addEventListener("mousemove", onMove); window.addEventListener("mouseup", onUp);
   $("freeze").onclick = freeze; $("resume").onclick = resume; $("add-prompt").onclick = addPrompt;
   $("save-prompts").onclick = savePrompts; $("load-prompts").onclick = loadPrompts;
+  $("token").onchange = () => connectStream();
+  window.addEventListener("pagehide", () => { if (frozen) navigator.sendBeacon("/api/release", JSON.stringify({viewer})); });
   pollStats(); pollDetections();
   setInterval(pollStats, 500); setInterval(pollDetections, 500);
 });
