@@ -46,7 +46,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from browser_helpers import chromium_driver
-    from converters.demo import DEMO_CHECKPOINT, export_demo_model, render_demo_video
+    from converters.demo import DEMO_CHECKPOINT, export_demo_model
+    from converters.demo_video import render_demo_video
     from runtime import Detector, Pipeline
     from runtime.capture import PacedVideoSource
     from runtime.serve import LiveServer

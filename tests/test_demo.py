@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from converters.demo import DEMO_CHECKPOINT, drawn_scores, match_accuracy, run_demo
+from converters.demo import DEMO_CHECKPOINT, run_demo
+from converters.demo_video import drawn_scores, match_accuracy
 from runtime import Detections
 
 
