@@ -25,7 +25,7 @@ from edgedet.config import ConfigError
 from edgedet.models.base import DetectorBase
 from edgedet.models.realtime_detr_config import RealTimeDETRConfig
 from edgedet.models.rtdetr import INPUT_MEAN, INPUT_STD
-from edgedet.nn.denoising import build_cdn_queries, split_dn
+from edgedet.nn.denoising import build_cdn_queries, prepend_denoising, split_dn
 from edgedet.nn.dfine_decoder import FDRDecoder
 from edgedet.nn.dfine_encoder import ConvNorm, DFineHybridEncoder, VGGBlock
 from edgedet.nn.hgnetv2 import HGNETV2_ARCHS, HGNETV2_STRIDES, HGNetv2
@@ -182,11 +182,7 @@ class DFineTransformer(nn.Module):
         content, ref_unact, enc_logits = self.select_queries(memory, shapes, record)
         enc_boxes = torch.sigmoid(ref_unact) if self.training else None
         ref_unact = ref_unact.detach()
-        attn_mask = None
-        if dn is not None:
-            content = torch.cat([dn.query_label, content], 1)
-            ref_unact = torch.cat([dn.query_bbox_unsig, ref_unact], 1)
-            attn_mask = dn.attn_mask
+        content, ref_unact, attn_mask = prepend_denoising(dn, content, ref_unact)
         if record is not None:
             record.update({"decoder.init_content": content, "decoder.init_ref_points_unact": ref_unact})
         b = memory.shape[0]

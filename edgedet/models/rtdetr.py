@@ -25,7 +25,7 @@ from edgedet.config import ConfigError
 from edgedet.models.base import DetectorBase
 from edgedet.models.realtime_detr_config import RealTimeDETRConfig
 from edgedet.nn.box_ops import box_cxcywh_to_xyxy
-from edgedet.nn.denoising import build_cdn_queries, split_dn
+from edgedet.nn.denoising import build_cdn_queries, prepend_denoising, split_dn
 from edgedet.nn.hybrid_encoder import HybridEncoder
 from edgedet.nn.mlp import MLP
 from edgedet.nn.presnet import PRESNET_DEPTHS, PResNet
@@ -185,11 +185,7 @@ class RTDETRTransformerV2(nn.Module):
         else:
             content = topk_memory.detach()
         ref_unact = topk_coords.detach()
-        attn_mask = None
-        if dn is not None:
-            content = torch.cat([dn.query_label, content], 1)
-            ref_unact = torch.cat([dn.query_bbox_unsig, ref_unact], 1)
-            attn_mask = dn.attn_mask
+        content, ref_unact, attn_mask = prepend_denoising(dn, content, ref_unact)
         boxes, logits = self.decoder(content, ref_unact, memory, shapes, self.dec_bbox_head, self.dec_score_head,
                                      self.query_pos_head, attn_mask=attn_mask)
         return {"boxes": boxes, "logits": logits, "enc_logits": enc_logits, "enc_topk_index": topk_index,
