@@ -107,7 +107,8 @@ def main(argv=None) -> int:
         ap.error("--minutes must be positive")
 
     from browser_helpers import BrowserUnavailable, chromium_driver
-    from converters.demo import DEMO_CHECKPOINT, export_demo_model, render_demo_video
+    from converters.demo import DEMO_CHECKPOINT, export_demo_model
+    from converters.demo_video import render_demo_video
     from runtime import Detector, Pipeline
     from runtime.capture import PacedVideoSource
     from runtime.serve import LiveServer

@@ -66,7 +66,8 @@ def looping_frames(video: Path) -> Iterator[np.ndarray]:
 
 def demo_artifact(work: Path, fmt: str) -> Tuple[Path, Path]:
     """The embedded demo detector exported to `fmt`, and the demo's moving-shapes video."""
-    from converters.demo import DEMO_CHECKPOINT, export_demo_model, render_demo_video
+    from converters.demo import DEMO_CHECKPOINT, export_demo_model
+    from converters.demo_video import render_demo_video
 
     artifact = export_demo_model(DEMO_CHECKPOINT, work, fmt)
     video, _ = render_demo_video(work, 150)

@@ -20,8 +20,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from converters.demo import ASSETS, DEMO_DEDUP_IOU, DEMO_IMGSZ, DEMO_RESIZE, SCORING_FLOOR, _sha, artifact_msda, cached_artifacts, drawn_scores, \
-    format_summary, match_accuracy, render_demo_video, run_video
+from converters.demo_video import ASSETS, DEMO_DEDUP_IOU, DEMO_IMGSZ, DEMO_RESIZE, SCORING_FLOOR, artifact_msda, \
+    cached_artifacts, drawn_scores, file_digest, format_summary, match_accuracy, render_demo_video, run_video, serve_demo
 
 from runtime.prompted import PROMPTED_CONF
 
@@ -38,7 +38,7 @@ def export_prompted_demo_model(checkpoint: Path, out_dir: Path, format: str = "o
     from converters.api import resolve_model
     from converters.prompted import export_prompted
 
-    tag = f"{_sha(checkpoint)}-prompted-{format}-{msda or 'auto'}{'-text' if text_encoder else ''}-{DEMO_RESIZE}"
+    tag = f"{file_digest(checkpoint)}-prompted-{format}-{msda or 'auto'}{'-text' if text_encoder else ''}-{DEMO_RESIZE}"
 
     def build() -> Tuple[Path, Path]:
         model, experiment = resolve_model(checkpoint)
@@ -215,8 +215,6 @@ def run_prompted_from_args(args: argparse.Namespace) -> int:
                                 args.boxes, args.names, args.text, args.conf, args.show)
     print(format_prompted_summary(summary))
     if serve:  # the same artifacts and prompts, live; new prompts are drawn on the page
-        from converters.demo import serve_demo
-
         live = live_prompted_detector(summary, args.conf, Path(output))
         serve_demo(live.detector, Path(output) / "shapes.mp4", args, prompts=live)
     return 0

@@ -220,8 +220,8 @@ def from_dict(cls: Type[T], data: Dict[str, Any], where: str = "") -> T:
 
 
 def model_config_from_dict(data: Dict[str, Any]) -> ModelConfig:
-    """Pick the family's config class from `data['name']` through the model registry."""
-    import edgedet.models  # noqa: F401  (registers the families; `import edgedet` no longer does)
+    """Pick the family's config class from `data['name']` through the model registry (which imports
+    edgedet.models, registering every family, on its first lookup)."""
     from edgedet.registry import MODELS
 
     if "name" not in data:

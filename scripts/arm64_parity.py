@@ -43,7 +43,8 @@ def export(out: Path) -> None:
     import cv2
 
     from converters.api import export as export_artifact
-    from converters.demo import DEMO_CHECKPOINT, render_world_clip
+    from converters.demo import DEMO_CHECKPOINT
+    from converters.demo_video import render_world_clip
     from runtime.manifest import read_sidecar
     from runtime.preprocess import Preprocessor
 

@@ -9,7 +9,8 @@ import pytest
 
 from edgedet.config import DataConfig
 from edgedet.data import build_dataset, generate_synthetic, render_synthetic_video
-from edgedet.data.synthetic import SHAPES, render_scene, shape_sprite
+from edgedet.data.shape_drawing import SHAPES, shape_sprite
+from edgedet.data.synthetic import render_scene
 
 
 def test_synthetic_boxes_are_exact():

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from edgedet.cli import main as cli_main
 from edgedet.models import create_model
 from edgedet.nn.dfine_decoder import distance2bbox, weighting_function, weighting_function_constant
 from edgedet.nn.dfine_encoder import VGGBlock
+from realtime_detr_checks import check_fusion_is_exact, check_train_cli_uses_the_family_normalisation, train_a_few_steps
 
 TINY = dict(num_classes=3, encoder_hidden_dim=32, encoder_nhead=2, encoder_dim_feedforward=64, hidden_dim=32,
             feat_channels=[32, 32], nheads=4, dim_feedforward=64, dec_layers=3, num_queries=20, num_points=[3, 2],
@@ -44,17 +44,7 @@ def test_distance2bbox_zero_distances_give_the_reference_box():
 def test_vggblock_and_model_deploy_fusion_are_exact():
     torch.manual_seed(0)
     block = VGGBlock(6, 6, act="silu")
-    for m in block.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_()
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.normal_()
-    block.eval()
-    x = torch.randn(2, 6, 7, 5)
-    with torch.no_grad():
-        ref = block(x)
-        block.deploy()
-        torch.testing.assert_close(block(x), ref, atol=1e-5, rtol=1e-5)
+    check_fusion_is_exact(block, "deploy", (2, 6, 7, 5))
     assert not hasattr(block, "conv1") and hasattr(block, "conv")
 
     model = tiny().eval()
@@ -71,34 +61,13 @@ def test_vggblock_and_model_deploy_fusion_are_exact():
 
 def test_training_step_with_denoising_and_all_loss_terms():
     torch.manual_seed(0)
-    model = tiny().train()
-    crit = model.build_criterion()
-    images = torch.rand(2, 3, 64, 64)
-    targets = [{"labels": torch.tensor([0, 2]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.4]])},
-               {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.3]])}]
-    opt = torch.optim.AdamW(model.parameters(), 1e-3)
-    totals = []
-    for _ in range(6):
-        torch.manual_seed(1)  # the same denoising noise every step, so the loss must fall
-        out = model(images, None, targets)
-        losses = crit(out, targets)
-        total = crit.total_loss(losses)
-        opt.zero_grad()
-        total.backward()
-        opt.step()
-        totals.append(float(total.detach()))
+    crit, out, losses = train_a_few_steps(tiny().train())
     assert out["dn_meta"]["num_dn_group"] == 10 and out["dn_outputs"][0]["pred_logits"].shape == (2, 40, 3)
     for key in ("loss_vfl", "loss_bbox", "loss_giou", "loss_fgl", "loss_ddf", "loss_fgl_0", "loss_ddf_0", "loss_vfl_pre",
                 "loss_vfl_enc", "loss_bbox_enc", "loss_vfl_dn_0", "loss_fgl_dn_2", "loss_ddf_dn_1", "loss_giou_dn_pre"):
         assert key in losses and torch.isfinite(losses[key]), key
     assert float(losses["loss_ddf"].detach()) == 0.0 and float(losses["loss_ddf_0"].detach()) > 0  # the last layer is its own teacher
     assert crit.weight_dict["loss_fgl_dn_0"] == 0.15 and crit.weight_dict["loss_ddf_1"] == 1.5
-    assert totals[-1] < totals[0]
-    assert model.decoder.denoising_class_embed.weight.grad is not None
-    model.eval()
-    with torch.no_grad():
-        out = model(images)
-    assert set(out) == {"pred_logits", "pred_boxes"} and out["pred_logits"].shape == (2, 20, 3)
 
 
 def test_fgl_targets_interpolate_between_neighbouring_bins():
@@ -130,18 +99,5 @@ def test_config_errors():
 
 
 def test_edgedet_train_cli_trains_dfine_with_its_own_normalisation(tmp_path):
-    from edgedet.engine.checkpoint import load_checkpoint
-
-    data = tmp_path / "data.yaml"
-    data.write_text("data:\n  format: synthetic\n  root: syn\n  synthetic_train_images: 4\n  synthetic_val_images: 2\n"
-                    "  synthetic_image_size: 64\n  scales: [64]\n  val_size: 64\n")
-    out = tmp_path / "run"
     sets = [f"model.{k}={json.dumps(v).replace(' ', '')}" for k, v in TINY.items() if k != "num_classes"]
-    argv = ["train", "--model", "dfine", "--data", str(data), "--epochs", "1", "--batch-size", "2", "--output", str(out),
-            "--no-progress"] + [a for s in sets for a in ("--set", s)]
-    assert cli_main(argv) == 0
-    ckpt = load_checkpoint(out / "last.pth")
-    assert ckpt["config"]["model"]["name"] == "dfine"
-    assert ckpt["config"]["data"]["mean"] == [0.0, 0.0, 0.0] and ckpt["config"]["data"]["std"] == [1.0, 1.0, 1.0]
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert np.isfinite(rows[-1]["train_loss"])
+    check_train_cli_uses_the_family_normalisation(tmp_path, "dfine", sets)

@@ -2,9 +2,7 @@
 output by output, in eval and in deploy mode; the config/update machinery and its errors."""
 from __future__ import annotations
 
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,20 +13,17 @@ from edgedet.checkpoints.dfine_official import (
     resolve_official_config,
 )
 from edgedet.engine.postprocess import to_detections
+from reference_fixtures import REFERENCE, assert_matches_reference, check_recorded_intermediates, read_reference, \
+    run_recording
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "reference" / "dfine"
-if not FIXTURE.exists():
-    FIXTURE = Path("/work/shared/fixtures/reference/dfine")
+FIXTURE = REFERENCE / "dfine"
 pytestmark = pytest.mark.skipif(not (FIXTURE / "checkpoint.pth").exists(), reason="D-FINE reference fixture not available")
 TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
 def fixture():
-    import json
-
-    meta = json.loads((FIXTURE / "meta.json").read_text())
-    return (meta, np.load(FIXTURE / "inputs.npz"), np.load(FIXTURE / "outputs.npz"), np.load(FIXTURE / "intermediates.npz"))
+    return read_reference(FIXTURE)
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +33,7 @@ def model(fixture):
 
 
 def _close(name, got, ref, tol=TOL):
-    got = got.detach().numpy() if isinstance(got, torch.Tensor) else np.asarray(got)
-    assert got.shape == ref.shape, f"{name}: shape {got.shape} != reference {ref.shape}"
-    if ref.dtype.kind in "iub":
-        np.testing.assert_array_equal(got, ref, err_msg=name)
-    else:
-        err = float(np.abs(got.astype(np.float64) - ref).max())
-        assert err <= tol, f"{name}: max |diff| {err:.3g} > {tol}"
+    assert_matches_reference(name, got, ref, tol)
 
 
 def _postprocess(out, orig_target_sizes):
@@ -56,19 +45,10 @@ def _postprocess(out, orig_target_sizes):
 @pytest.mark.parametrize("img", ["img0", "img1"])
 def test_eval_outputs_and_intermediates(model, fixture, img):
     _, inputs, outputs, inter = fixture
-    record = {}
-    with torch.no_grad():
-        out = model(torch.from_numpy(inputs[img]), record=record)
+    out, record = run_recording(model, inputs[img])
     _close(f"{img}.pred_logits", out["pred_logits"], outputs[f"{img}.pred_logits"])
     _close(f"{img}.pred_boxes", out["pred_boxes"], outputs[f"{img}.pred_boxes"])
-    checked = 0
-    for key in inter.files:
-        if key.startswith(img + "."):
-            name = key[len(img) + 1:]
-            assert name in record, f"intermediate {name} is not recorded by the model"
-            _close(key, record[name], inter[key])
-            checked += 1
-    assert checked == 30
+    assert check_recorded_intermediates(record, inter, img, TOL) == 30
     # official postprocessor: top-Q over all query x class sigmoid scores, xyxy pixels, COCO remap (+1 here)
     det = _postprocess(out, inputs[f"{img}_orig_target_sizes"])
     _close("labels", det.labels + 1, outputs[f"{img}.postprocessor.0.labels"])

@@ -23,7 +23,7 @@ from edgedet.checkpoints import (
     read_official_checkpoint,
     safe_torch_load,
 )
-from edgedet.checkpoints.official import group_keys
+from edgedet.checkpoints.official_state_dict import group_keys
 from edgedet.cli import main as cli_main
 from edgedet.engine.checkpoint import load_checkpoint, load_model
 

@@ -4,7 +4,6 @@ and fine-tuning to another class count."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +11,10 @@ import torch
 
 from edgedet.checkpoints import OfficialCheckpointError, load_official
 from edgedet.models.rfdetr import RFDETR_CONFIGS, official_postprocess, rfdetr_config
+from reference_fixtures import REFERENCE, assert_matches_reference, check_recorded_intermediates, read_reference, \
+    run_recording
 
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "reference" / "rfdetr"
+FIXTURE = REFERENCE / "rfdetr"
 needs_fixture = pytest.mark.skipif(not (FIXTURE / "checkpoint.pth").is_file(), reason="RF-DETR fixture not available")
 TOL = 1e-4
 EXPORT_TOL = 1e-3
@@ -29,8 +30,7 @@ def whole_image(x):
 
 @pytest.fixture(scope="module")
 def fixture():
-    return (json.loads((FIXTURE / "meta.json").read_text()), np.load(FIXTURE / "inputs.npz"),
-            np.load(FIXTURE / "outputs.npz"), np.load(FIXTURE / "intermediates.npz"))
+    return read_reference(FIXTURE)
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +39,7 @@ def model():
 
 
 def _close(name, got, ref, tol=TOL):
-    got = got.detach().numpy() if isinstance(got, torch.Tensor) else np.asarray(got)
-    assert got.shape == ref.shape, f"{name}: shape {got.shape} != reference {ref.shape}"
-    if ref.dtype.kind in "iub":
-        np.testing.assert_array_equal(got, ref, err_msg=name)
-    else:
-        err = float(np.abs(got.astype(np.float64) - ref).max())
-        assert err <= tol, f"{name}: max |diff| {err:.3g} > {tol}"
+    assert_matches_reference(name, got, ref, tol)
 
 
 @needs_fixture
@@ -62,23 +56,15 @@ def test_config_comes_from_the_checkpoint_args(model, fixture):
 @pytest.mark.parametrize("img", ["img0", "img1"])
 def test_eval_outputs_intermediates_and_postprocess(model, fixture, img):
     _, inputs, outputs, inter = fixture
-    record = {}
-    with torch.no_grad():
-        out = model(torch.from_numpy(inputs[img]), record=record)
+    out, record = run_recording(model, inputs[img])
     _close("pred_logits", out["pred_logits"], outputs[f"{img}.pred_logits"])
     _close("pred_boxes", out["pred_boxes"], outputs[f"{img}.pred_boxes"])
     _close("aux_outputs.0.pred_logits", out["aux_outputs"][0]["pred_logits"], outputs[f"{img}.aux_outputs.0.pred_logits"])
     _close("aux_outputs.0.pred_boxes", out["aux_outputs"][0]["pred_boxes"], outputs[f"{img}.aux_outputs.0.pred_boxes"])
     _close("enc_outputs.pred_logits", out["enc_outputs"]["pred_logits"], outputs[f"{img}.enc_outputs.pred_logits"], 5e-4)
     _close("enc_outputs.pred_boxes", out["enc_outputs"]["pred_boxes"], outputs[f"{img}.enc_outputs.pred_boxes"])
-    checked = 0
-    for key in inter.files:
-        name = key[len(img) + 1:]
-        if not key.startswith(img + ".") or ".sampling_locations" in name or ".attention_weights" in name:
-            continue  # the MSDA internals are covered by test_msda_inputs below
-        assert name in record, f"intermediate {name} is not recorded by the model"
-        _close(key, record[name], inter[key], TOLS.get(name, TOL))
-        checked += 1
+    # the MSDA internals are covered by test_msda_inputs below
+    checked = check_recorded_intermediates(record, inter, img, TOL, (".sampling_locations", ".attention_weights"), TOLS)
     assert checked == (13 if img == "img0" else 14)
     # the official PostProcess: height-first orig_size, stable sort over queries x 91 columns, clamped pixels
     det = official_postprocess(out, torch.from_numpy(inputs[f"{img}_orig_size"]), model.config.num_select)[0]

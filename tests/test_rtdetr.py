@@ -7,7 +7,6 @@ reproduce every output, postprocessor output and intermediate ≤ 1e-4, in eval 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +19,9 @@ from edgedet.cli import main as cli_main
 from edgedet.models.rtdetr import official_postprocess
 from edgedet.nn.hybrid_encoder import RepVggBlock, sincos_position_embedding_2d
 from edgedet.nn.rtdetr_decoder import generate_anchors
+from realtime_detr_checks import check_fusion_is_exact, check_train_cli_uses_the_family_normalisation, train_a_few_steps
+from reference_fixtures import REFERENCE
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "reference"
 ATOL = 1e-4
 
 
@@ -146,19 +146,7 @@ def test_convert_checkpoint_cli_with_config_and_updates(tmp_path, capsys):
 
 def test_repvgg_fusion_is_exact():
     torch.manual_seed(0)
-    block = RepVggBlock(8, 8, act="silu")
-    for norm in (block.conv1.norm, block.conv2.norm):
-        norm.running_mean.normal_()
-        norm.running_var.uniform_(0.5, 1.5)
-        norm.weight.data.normal_()
-        norm.bias.data.normal_()
-    block.eval()
-    x = torch.randn(2, 8, 9, 7)
-    with torch.no_grad():
-        ref = block(x)
-        block.convert_to_deploy()
-        fused = block(x)
-    torch.testing.assert_close(fused, ref, atol=1e-5, rtol=1e-5)
+    check_fusion_is_exact(RepVggBlock(8, 8, act="silu"), "convert_to_deploy", (2, 8, 9, 7))
 
 
 def test_position_embedding_and_anchors_follow_the_official_layout():
@@ -176,32 +164,11 @@ def test_position_embedding_and_anchors_follow_the_official_layout():
 
 def test_training_step_with_denoising_and_all_loss_terms():
     torch.manual_seed(0)
-    model = tiny().train()
-    crit = model.build_criterion()
-    images = torch.rand(2, 3, 64, 64)
-    targets = [{"labels": torch.tensor([0, 2]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.4]])},
-               {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.3]])}]
-    opt = torch.optim.AdamW(model.parameters(), 1e-3)
-    totals = []
-    for _ in range(6):
-        torch.manual_seed(1)  # the same denoising noise every step, so the loss must fall
-        out = model(images, None, targets)
-        losses = crit(out, targets)
-        total = crit.total_loss(losses)
-        opt.zero_grad()
-        total.backward()
-        opt.step()
-        totals.append(float(total.detach()))
+    crit, out, losses = train_a_few_steps(tiny().train())
     assert out["dn_meta"]["num_dn_group"] == 10 and out["dn_outputs"]["pred_logits"].shape == (2, 40, 3)
     for key in ("loss_vfl", "loss_bbox", "loss_giou", "loss_vfl_0", "loss_vfl_enc", "loss_vfl_dn", "loss_giou_dn_0"):
         assert key in losses and torch.isfinite(losses[key])
     assert crit.weight_dict["loss_vfl_dn_0"] == 1.0 and crit.weight_dict["loss_bbox_enc"] == 5.0
-    assert totals[-1] < totals[0]
-    assert model.decoder.denoising_class_embed.weight.grad is not None
-    model.eval()
-    with torch.no_grad():
-        out = model(images)
-    assert set(out) == {"pred_logits", "pred_boxes"} and out["pred_logits"].shape == (2, 20, 3)
 
 
 def test_training_variants_agnostic_selection_learned_content_fixed_anchors():
@@ -254,23 +221,10 @@ def test_config_errors():
 
 
 def test_edgedet_train_cli_trains_rtdetr_with_its_own_normalisation(tmp_path):
-    from edgedet.engine.checkpoint import load_checkpoint
-
-    data = tmp_path / "data.yaml"
-    data.write_text("data:\n  format: synthetic\n  root: syn\n  synthetic_train_images: 4\n  synthetic_val_images: 2\n"
-                    "  synthetic_image_size: 64\n  scales: [64]\n  val_size: 64\n")
-    out = tmp_path / "run"
     sets = ["model.encoder_hidden_dim=32", "model.hidden_dim=32", "model.nheads=4", "model.encoder_nhead=2",
             "model.encoder_dim_feedforward=64", "model.dim_feedforward=64", "model.dec_layers=2", "model.num_queries=10",
             "model.num_points=[2,2,1]", "model.num_denoising=10", "model.backbone_frozen_bn=false"]
-    argv = ["train", "--model", "rtdetr", "--data", str(data), "--epochs", "1", "--batch-size", "2", "--output", str(out),
-            "--no-progress"] + [a for s in sets for a in ("--set", s)]
-    assert cli_main(argv) == 0
-    ckpt = load_checkpoint(out / "last.pth")
-    assert ckpt["config"]["model"]["name"] == "rtdetr"
-    assert ckpt["config"]["data"]["mean"] == [0.0, 0.0, 0.0] and ckpt["config"]["data"]["std"] == [1.0, 1.0, 1.0]
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert np.isfinite(rows[-1]["train_loss"])
+    check_train_cli_uses_the_family_normalisation(tmp_path, "rtdetr", sets)
 
 
 def test_box_head_on_selected_tokens_matches_the_official_order():

@@ -112,7 +112,7 @@ def _iou(a, b):
 
 @pytest.fixture(scope="module")
 def prompted_demo(tmp_path_factory):
-    from converters.demo import render_demo_video
+    from converters.demo_video import render_demo_video
     from converters.demo_prompted import PROMPTED_CHECKPOINT, export_prompted_demo_model
 
     out = tmp_path_factory.mktemp("serve_prompt")

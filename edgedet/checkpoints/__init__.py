@@ -11,9 +11,9 @@ from edgedet.checkpoints.official import (
     convert_official,
     detect_family,
     load_official,
-    load_official_state_dict,
     read_official_checkpoint,
 )
+from edgedet.checkpoints.official_state_dict import load_official_state_dict
 from edgedet.checkpoints.official_spec import OfficialCheckpointError, family_names
 from edgedet.checkpoints.released_configs import MissingConfigError, fitting_configs
 from edgedet.checkpoints.safe_load import UnsafeCheckpointError, safe_torch_load

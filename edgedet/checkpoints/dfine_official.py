@@ -280,7 +280,7 @@ def load_dfine_official(path: Union[str, Path], config: str, updates: Sequence[s
 def load_dfine_state(state: Mapping[str, Tensor], config: str, updates: Sequence[str] = (),
                      overrides: Optional[Mapping[str, Any]] = None, source: str = "checkpoint"):
     """`load_dfine_official` on a state_dict already read (official key names); eval mode."""
-    from edgedet.checkpoints.official import load_official_state_dict
+    from edgedet.checkpoints.official_state_dict import load_official_state_dict
     from edgedet.models import create_model_from_config
     from edgedet.models.dfine import DFINEConfig
 

@@ -196,7 +196,7 @@ def prepare_rfdetr_state(state: Dict[str, Tensor], source: str) -> Dict[str, Ten
 def load_rfdetr_official(path: Union[str, Path], config: Optional[str] = None,
                          overrides: Optional[Mapping[str, Any]] = None) -> nn.Module:
     """Build the rfdetr model for an official RF-DETR checkpoint and load every tensor; eval mode."""
-    from edgedet.checkpoints.official import load_official_state_dict
+    from edgedet.checkpoints.official_state_dict import load_official_state_dict
     from edgedet.models import create_model_from_config
 
     state, args = read_rfdetr_checkpoint(path)

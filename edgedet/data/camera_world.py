@@ -1,4 +1,4 @@
-"""A rendered world that looks like a camera's: the shapes of `synthetic.py` seen through a moving,
+"""A rendered world that looks like a camera's: the shapes of `shape_drawing.py` seen through a moving,
 imperfect camera, with exact ground truth.
 
 What makes it camera-like: the background texture pans (the camera drifts), the light changes over
@@ -20,7 +20,7 @@ from typing import Dict, List, Tuple
 import cv2
 import numpy as np
 
-from edgedet.data.synthetic import SHAPES, _check_num_classes, render_background, shape_sprite
+from edgedet.data.shape_drawing import SHAPES, check_num_classes, render_background, shape_sprite
 
 VISIBLE_ALPHA = 0.3  # a pixel belongs to an object's box when this much of it shows
 MIN_VISIBLE = 0.3  # objects showing less than this share of themselves are `ignore` regions
@@ -85,7 +85,7 @@ class CameraWorld:
 
     def __init__(self, rng: np.random.Generator, height: int, width: int, num_classes: int = 3, num_objects: int = 4,
                  enter_leave: bool = True, all_inside_first: bool = True):
-        _check_num_classes(num_classes)
+        check_num_classes(num_classes)
         self.rng, self.height, self.width = rng, height, width
         self.num_classes, self.enter_leave = num_classes, enter_leave
         self.margin = int(0.1 * max(height, width))  # how far the camera drifts

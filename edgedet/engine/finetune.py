@@ -63,7 +63,8 @@ def read_weights(path: Union[str, Path], config: Optional[str] = None, updates: 
 
     config, updates: --config NAME / --update KEY=VALUE for official weights whose files carry no
     config (RT-DETRv2, D-FINE, DEIM); refused for any other file."""
-    from edgedet.checkpoints.official import _alias_groups, load_official
+    from edgedet.checkpoints.official import load_official
+    from edgedet.checkpoints.official_state_dict import alias_groups
     from edgedet.checkpoints.safe_load import safe_torch_load
     from edgedet.data.coco_names import official_class_names
     from edgedet.engine.checkpoint import FORMAT, checkpoint_config
@@ -93,7 +94,7 @@ def read_weights(path: Union[str, Path], config: Optional[str] = None, updates: 
     cfg = model.config
     # Official COCO builds: COCO names in the family's row order (91 category ids, or 80 contiguous).
     return PretrainedWeights(p, "official", state, cfg, official_class_names(cfg.name, cfg.num_classes),
-                             _alias_groups(state))
+                             alias_groups(state))
 
 
 def weights_family(path: Union[str, Path]) -> str:
@@ -171,7 +172,7 @@ class LoadReport:
         return {k: len(getattr(self, k)) for k in ("loaded", "kept_rows", "reinitialised", "unused", "missing")}
 
     def text(self) -> str:
-        from edgedet.checkpoints.official import group_keys
+        from edgedet.checkpoints.official_state_dict import group_keys
 
         c = self.counts()
         lines = [f"weights {self.source} ({self.kind}): {c['loaded']} tensors loaded, {c['kept_rows']} class tensors "
@@ -221,7 +222,7 @@ def _load_imagenet(model: nn.Module, weights: PretrainedWeights, report: LoadRep
 
 def load_pretrained(model: nn.Module, weights: PretrainedWeights, keep_classes: Sequence[Union[str, int]] = ()) -> LoadReport:
     """Copy `weights` into `model` (built for the dataset's classes) and say what happened."""
-    from edgedet.checkpoints.official import group_keys
+    from edgedet.checkpoints.official_state_dict import group_keys
 
     cfg = model.config
     report = LoadReport(str(weights.path), weights.kind, cfg.num_classes)

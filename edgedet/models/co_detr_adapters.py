@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from edgedet.nn.box_ops import inverse_sigmoid
 from edgedet.nn.co_heads.positive_queries import QueryGroup, group_attention_mask
 from edgedet.nn.deformable_transformer import flatten_levels
-from edgedet.nn.denoising import build_cdn_queries, split_dn
+from edgedet.nn.denoising import build_cdn_queries, prepend_denoising, split_dn
 from edgedet.registry import Registry
 
 CO_ADAPTERS = Registry("Co-DETR base family")
@@ -97,11 +97,7 @@ class DINOAdapter:
         sel = t.select_queries(enc.memory, enc.mask_flat, enc.spatial_shapes)
         refpoints = sel["refpoints_unsig"].detach()
         tgt = t.tgt_embed.weight[None].expand(batch, -1, -1) if t.tgt_embed is not None else sel["tokens"].detach()
-        base_mask = None
-        if dn is not None:
-            refpoints = torch.cat([dn.query_bbox_unsig, refpoints], 1)
-            tgt = torch.cat([dn.query_label, tgt], 1)
-            base_mask = dn.attn_mask
+        tgt, refpoints, base_mask = prepend_denoising(dn, tgt, refpoints)
         base, sizes = tgt.shape[1], [g.content.shape[1] for g in groups]
         attn_mask = base_mask
         if groups:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from edgedet.config import ModelConfig
 from edgedet.losses import HungarianMatcher, SetCriterion
 from edgedet.models.base import DetectorBase
+from edgedet.models.set_loss_config import FocalSetLossConfig
 from edgedet.nn.backbone import Backbone
 from edgedet.nn.box_ops import inverse_sigmoid
 from edgedet.nn.dab_transformer import ANCHOR_LOGIT_EPS, DABTransformer
@@ -30,8 +31,9 @@ from edgedet.registry import MODELS
 
 
 @dataclass
-class DABDETRConfig(ModelConfig):
-    """Defaults follow the official DAB-DETR R50 recipe (main.py defaults)."""
+class DABDETRConfig(FocalSetLossConfig, ModelConfig):
+    """Defaults follow the official DAB-DETR R50 recipe (main.py defaults); loss weights and matching costs
+    in `FocalSetLossConfig`."""
 
     name: str = "dab_detr"
     num_classes: int = 91
@@ -54,14 +56,6 @@ class DABDETRConfig(ModelConfig):
     random_refpoints_xy: bool = False  # initialise anchor centres uniformly in [0, 1]
     modulate_hw_attn: bool = True
     keep_query_pos: bool = False
-    # Loss weights and matching costs.
-    cls_loss_coef: float = 1.0
-    bbox_loss_coef: float = 5.0
-    giou_loss_coef: float = 2.0
-    set_cost_class: float = 2.0
-    set_cost_bbox: float = 5.0
-    set_cost_giou: float = 2.0
-    focal_alpha: float = 0.25
 
 
 class DABDETR(DetectorBase):

@@ -21,10 +21,11 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from edgedet.config import ConfigError, ModelConfig
+from edgedet.config import ConfigError
 from edgedet.models.base import DetectorBase
+from edgedet.models.realtime_detr_config import RealTimeDETRConfig
 from edgedet.models.rtdetr import INPUT_MEAN, INPUT_STD
-from edgedet.nn.denoising import build_cdn_queries, split_dn
+from edgedet.nn.denoising import build_cdn_queries, prepend_denoising, split_dn
 from edgedet.nn.dfine_decoder import FDRDecoder
 from edgedet.nn.dfine_encoder import ConvNorm, DFineHybridEncoder, VGGBlock
 from edgedet.nn.hgnetv2 import HGNETV2_ARCHS, HGNETV2_STRIDES, HGNetv2
@@ -34,64 +35,36 @@ from edgedet.registry import MODELS
 
 
 @dataclass
-class DFINEConfig(ModelConfig):
-    """Defaults: the official `dfine_hgnetv2_n_coco.yml` (D-FINE-N) with 80 classes."""
+class DFINEConfig(RealTimeDETRConfig):
+    """Defaults: the official `dfine_hgnetv2_n_coco.yml` (D-FINE-N) with 80 classes; the fields shared with
+    RT-DETRv2 are in `RealTimeDETRConfig`."""
 
     name: str = "dfine"
-    num_classes: int = 80
     backbone: str = "B0"  # HGNetv2 variant B0..B6
-    backbone_frozen_bn: bool = False
     backbone_use_lab: bool = True
     backbone_return_idx: List[int] = field(default_factory=lambda: [2, 3])
-    backbone_freeze_at: int = -1
     backbone_freeze_stem_only: bool = True
     # Hybrid encoder
     encoder_hidden_dim: int = 128
-    encoder_nhead: int = 8
     encoder_dim_feedforward: int = 512
-    encoder_dropout: float = 0.0
-    encoder_act: str = "gelu"
     use_encoder_idx: List[int] = field(default_factory=lambda: [1])
-    num_encoder_layers: int = 1
-    pe_temperature: float = 10000.0
     expansion: float = 0.34
     depth_mult: float = 0.5
     # Decoder
     hidden_dim: int = 128
     feat_channels: List[int] = field(default_factory=lambda: [128, 128])
     num_levels: int = 2
-    num_queries: int = 300
-    nheads: int = 8
-    dec_layers: int = 3
     dim_feedforward: int = 512
-    dropout: float = 0.0
-    activation: str = "relu"  # decoder FFN and LQE; DEIM: silu
-    mlp_act: str = "relu"  # query_pos / enc / pre / FDR box heads; DEIM: silu
+    mlp_act: str = "relu"  # query_pos / enc / pre / FDR box heads; DEIM: silu (and `activation`, decoder FFN and LQE)
     num_points: List[int] = field(default_factory=lambda: [6, 6])
-    eval_idx: int = -1
-    cross_attn_method: str = "default"  # default (bilinear) | discrete (nearest pixel, RT-DETRv2's rule)
     reg_max: int = 32
     reg_scale: float = 4.0
-    learn_query_content: bool = False
-    anchor_eps: float = 0.01
-    # Contrastive denoising (training only)
-    num_denoising: int = 100
-    label_noise_ratio: float = 0.5
-    box_noise_scale: float = 1.0
-    # Loss (official DFINECriterion weights) and matcher costs
+    # Loss (official DFINECriterion weights)
     loss_vfl: float = 1.0
     loss_bbox: float = 5.0
     loss_giou: float = 2.0
     loss_fgl: float = 0.15
     loss_ddf: float = 1.5
-    vfl_alpha: float = 0.75
-    vfl_gamma: float = 2.0
-    set_cost_class: float = 2.0
-    set_cost_bbox: float = 5.0
-    set_cost_giou: float = 2.0
-    focal_alpha: float = 0.25
-    num_top_queries: int = 300
-    msda_impl: str = "auto"  # any name in edgedet.registry.MSDA_IMPLS; auto: cuda for CUDA tensors when built, else pytorch
 
 
 def _check_config(cfg: DFINEConfig) -> None:
@@ -209,11 +182,7 @@ class DFineTransformer(nn.Module):
         content, ref_unact, enc_logits = self.select_queries(memory, shapes, record)
         enc_boxes = torch.sigmoid(ref_unact) if self.training else None
         ref_unact = ref_unact.detach()
-        attn_mask = None
-        if dn is not None:
-            content = torch.cat([dn.query_label, content], 1)
-            ref_unact = torch.cat([dn.query_bbox_unsig, ref_unact], 1)
-            attn_mask = dn.attn_mask
+        content, ref_unact, attn_mask = prepend_denoising(dn, content, ref_unact)
         if record is not None:
             record.update({"decoder.init_content": content, "decoder.init_ref_points_unact": ref_unact})
         b = memory.shape[0]

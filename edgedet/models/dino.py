@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from edgedet.config import ConfigError, ModelConfig
 from edgedet.models.base import DetectorBase
+from edgedet.models.set_loss_config import FocalSetLossConfig
 from edgedet.nn.backbone import Backbone
 from edgedet.nn.denoising import build_cdn_queries, build_label_encoder, split_dn
 from edgedet.nn.dino_transformer import DINOTransformer
@@ -36,7 +37,7 @@ TWO_STAGE_TYPES = ("standard",)
 
 
 @dataclass
-class DINOConfig(ModelConfig):
+class DINOConfig(FocalSetLossConfig, ModelConfig):
     """Defaults follow the official config/DINO/DINO_4scale.py (R50, 12-epoch recipe)."""
 
     name: str = "dino"
@@ -70,15 +71,8 @@ class DINOConfig(ModelConfig):
     dn_labelbook_size: Optional[int] = None  # rows of label_enc minus one; None = num_classes
     # Fields that follow the class count: fine-tuning to another class count resets them to None.
     class_count_fields: ClassVar[Tuple[str, ...]] = ("dn_labelbook_size",)
-    # Loss weights and matching costs.
-    cls_loss_coef: float = 1.0
-    bbox_loss_coef: float = 5.0
-    giou_loss_coef: float = 2.0
+    # Loss weight of the encoder's (two-stage) proposals; the others and the matching costs: FocalSetLossConfig.
     interm_loss_coef: float = 1.0
-    set_cost_class: float = 2.0
-    set_cost_bbox: float = 5.0
-    set_cost_giou: float = 2.0
-    focal_alpha: float = 0.25
     msda_impl: str = "auto"  # any name in edgedet.registry.MSDA_IMPLS; auto: cuda for CUDA tensors when built
 
 

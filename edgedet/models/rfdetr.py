@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from edgedet.config import ConfigError, ModelConfig
 from edgedet.models.base import DetectorBase
+from edgedet.models.set_loss_config import FocalSetLossConfig
 from edgedet.nn.box_ops import box_cxcywh_to_xyxy
 from edgedet.nn.dinov2 import WindowedDinov2, vit_layer_id
 from edgedet.nn.mlp import MLP
@@ -41,7 +42,7 @@ ENCODERS = {"dinov2_windowed_small": (384, 12, 6), "dinov2_windowed_base": (768,
 
 
 @dataclass
-class RFDETRConfig(ModelConfig):
+class RFDETRConfig(FocalSetLossConfig, ModelConfig):
     """Defaults: the released RF-DETR-N (RFDETRNanoConfig) with its 91 COCO columns."""
 
     name: str = "rfdetr"
@@ -71,14 +72,7 @@ class RFDETRConfig(ModelConfig):
     bbox_reparam: bool = True
     lite_refpoint_refine: bool = True
     aux_loss: bool = True
-    # Loss (official SetCriterion with IoU-aware BCE) and matcher costs
-    cls_loss_coef: float = 1.0
-    bbox_loss_coef: float = 5.0
-    giou_loss_coef: float = 2.0
-    set_cost_class: float = 2.0
-    set_cost_bbox: float = 5.0
-    set_cost_giou: float = 2.0
-    focal_alpha: float = 0.25
+    # loss weights and matcher costs (of the official SetCriterion with IoU-aware BCE): FocalSetLossConfig
     # optimiser recipe of the official training (used by `param_groups`)
     lr_vit_layer_decay: float = 0.8
     lr_component_decay: float = 0.7

@@ -21,10 +21,11 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from edgedet.config import ConfigError, ModelConfig
+from edgedet.config import ConfigError
 from edgedet.models.base import DetectorBase
+from edgedet.models.realtime_detr_config import RealTimeDETRConfig
 from edgedet.nn.box_ops import box_cxcywh_to_xyxy
-from edgedet.nn.denoising import build_cdn_queries, split_dn
+from edgedet.nn.denoising import build_cdn_queries, prepend_denoising, split_dn
 from edgedet.nn.hybrid_encoder import HybridEncoder
 from edgedet.nn.mlp import MLP
 from edgedet.nn.presnet import PRESNET_DEPTHS, PResNet
@@ -50,61 +51,34 @@ MSCOCO_CATEGORY_IDS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18
 
 
 @dataclass
-class RTDETRConfig(ModelConfig):
-    """RT-DETRv2; defaults = rtdetrv2_r18vd_120e_coco (80 classes, 640x640)."""
+class RTDETRConfig(RealTimeDETRConfig):
+    """RT-DETRv2; defaults = rtdetrv2_r18vd_120e_coco (80 classes, 640x640); the fields shared with D-FINE
+    are in `RealTimeDETRConfig`."""
 
     name: str = "rtdetr"
-    num_classes: int = 80
     backbone: str = "presnet18"  # presnet18/34/50/101 (variant below, "vd"); resnet18/... = variant "b"
     backbone_variant: str = "d"
     backbone_return_idx: List[int] = field(default_factory=lambda: [1, 2, 3])
-    backbone_freeze_at: int = -1
-    backbone_frozen_bn: bool = False  # the official freeze_norm
     backbone_act: str = "relu"
     # HybridEncoder
     encoder_hidden_dim: int = 256
     feat_strides: List[int] = field(default_factory=lambda: [8, 16, 32])
-    encoder_nhead: int = 8
     encoder_dim_feedforward: int = 1024
-    encoder_dropout: float = 0.0
-    encoder_act: str = "gelu"
     use_encoder_idx: List[int] = field(default_factory=lambda: [2])
-    num_encoder_layers: int = 1
-    pe_temperature: float = 10000.0
     expansion: float = 0.5
     depth_mult: float = 1.0
     fusion_act: str = "silu"
     # RTDETRTransformerv2
     hidden_dim: int = 256
-    num_queries: int = 300
     num_levels: int = 3
     num_points: List[int] = field(default_factory=lambda: [4, 4, 4])
-    nheads: int = 8
-    dec_layers: int = 3
     dim_feedforward: int = 1024
-    dropout: float = 0.0
-    activation: str = "relu"
-    num_denoising: int = 100
-    label_noise_ratio: float = 0.5
-    box_noise_scale: float = 1.0
-    learn_query_content: bool = False
-    eval_idx: int = -1
-    anchor_eps: float = 0.01
-    cross_attn_method: str = "default"  # default (bilinear) | discrete (nearest pixel)
     query_select_method: str = "default"
     eval_spatial_size: Optional[List[int]] = None  # [H, W]: anchors become (checkpointed) buffers
-    # Postprocessor and loss (RTDETRCriterionv2 defaults of the released configs).
-    num_top_queries: int = 300
+    # Loss weights (RTDETRCriterionv2 defaults of the released configs).
     vfl_loss_coef: float = 1.0
     bbox_loss_coef: float = 5.0
     giou_loss_coef: float = 2.0
-    vfl_alpha: float = 0.75
-    vfl_gamma: float = 2.0
-    set_cost_class: float = 2.0
-    set_cost_bbox: float = 5.0
-    set_cost_giou: float = 2.0
-    focal_alpha: float = 0.25  # matcher
-    msda_impl: str = "auto"  # any name in edgedet.registry.MSDA_IMPLS; auto: cuda for CUDA tensors when built, else pytorch
 
 
 def backbone_depth_and_variant(cfg: RTDETRConfig) -> Tuple[int, str]:
@@ -211,11 +185,7 @@ class RTDETRTransformerV2(nn.Module):
         else:
             content = topk_memory.detach()
         ref_unact = topk_coords.detach()
-        attn_mask = None
-        if dn is not None:
-            content = torch.cat([dn.query_label, content], 1)
-            ref_unact = torch.cat([dn.query_bbox_unsig, ref_unact], 1)
-            attn_mask = dn.attn_mask
+        content, ref_unact, attn_mask = prepend_denoising(dn, content, ref_unact)
         boxes, logits = self.decoder(content, ref_unact, memory, shapes, self.dec_bbox_head, self.dec_score_head,
                                      self.query_pos_head, attn_mask=attn_mask)
         return {"boxes": boxes, "logits": logits, "enc_logits": enc_logits, "enc_topk_index": topk_index,

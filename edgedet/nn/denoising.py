@@ -22,7 +22,7 @@ would leak ground truth); denoising queries may look at the matching queries.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +47,16 @@ class DenoisingQueries:
     query_bbox_unsig: Tensor
     attn_mask: Tensor
     dn_meta: Dict[str, int]
+
+
+def prepend_denoising(dn: Optional[DenoisingQueries], content: Tensor,
+                      refpoints_unsig: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """The decoder's queries with the denoising groups in front, and the mask that keeps the groups from
+    seeing each other and the matching queries: (content, refpoints_unsig, attn_mask); unchanged and no
+    mask without denoising."""
+    if dn is None:
+        return content, refpoints_unsig, None
+    return torch.cat([dn.query_label, content], 1), torch.cat([dn.query_bbox_unsig, refpoints_unsig], 1), dn.attn_mask
 
 
 def build_label_encoder(labelbook_size: int, hidden_dim: int) -> nn.Embedding:

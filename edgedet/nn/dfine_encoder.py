@@ -1,5 +1,5 @@
-"""D-FINE's hybrid encoder: one transformer layer on the coarsest level(s) (RT-DETR's AIFI, shared
-with `edgedet.nn.hybrid_encoder`), then a top-down / bottom-up fusion with RepNCSPELAN4 blocks and
+"""D-FINE's hybrid encoder: RT-DETR's (`edgedet.nn.hybrid_encoder`: one transformer layer on the
+coarsest level(s), then top-down / bottom-up fusion) with D-FINE's fusion blocks: RepNCSPELAN4, and
 SCDown (1x1 then depthwise stride-2) downsampling.
 
 Module and parameter names follow Peterande/D-FINE `src/zoo/dfine/hybrid_encoder.py`
@@ -10,14 +10,13 @@ sub-modules (the state_dict changes accordingly).
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import List, Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgedet.nn.hybrid_encoder import AIFIEncoder, AIFILayer, fuse_conv_bn, sincos_position_embedding_2d
+from edgedet.nn.hybrid_encoder import HybridEncoder, fuse_conv_bn
 from edgedet.nn.presnet import activation
 
 
@@ -124,53 +123,16 @@ class SCDown(nn.Module):
         return self.cv2(self.cv1(x))
 
 
-class DFineHybridEncoder(nn.Module):
-    """forward(feats: list of [B, C_l, H_l, W_l], fine to coarse) -> list of [B, hidden, H_l, W_l]."""
+class DFineHybridEncoder(HybridEncoder):
+    """RT-DETR's hybrid encoder (same AIFI, same top-down / bottom-up order) with D-FINE's fusion blocks:
+    RepNCSPELAN4 in place of CSPRepLayer, SCDown for the stride-2 downsampling.
+    forward(feats: list of [B, C_l, H_l, W_l], fine to coarse) -> list of [B, hidden, H_l, W_l]."""
 
-    def __init__(self, in_channels: Sequence[int], feat_strides: Sequence[int], hidden_dim: int = 256, nhead: int = 8,
-                 dim_feedforward: int = 1024, dropout: float = 0.0, enc_act: str = "gelu",
-                 use_encoder_idx: Sequence[int] = (2,), num_encoder_layers: int = 1, pe_temperature: float = 10000.0,
-                 expansion: float = 1.0, depth_mult: float = 1.0, act: str = "silu"):
-        super().__init__()
-        self.in_channels, self.feat_strides = list(in_channels), list(feat_strides)
-        self.hidden_dim, self.use_encoder_idx = hidden_dim, list(use_encoder_idx)
-        self.num_encoder_layers, self.pe_temperature = num_encoder_layers, pe_temperature
-        self.input_proj = nn.ModuleList(
-            nn.Sequential(OrderedDict([("conv", nn.Conv2d(c, hidden_dim, 1, bias=False)), ("norm", nn.BatchNorm2d(hidden_dim))]))
-            for c in in_channels
-        )
-        layer = AIFILayer(hidden_dim, nhead, dim_feedforward, dropout, enc_act)
-        self.encoder = nn.ModuleList(AIFIEncoder(layer, num_encoder_layers) for _ in self.use_encoder_idx)
-        n_levels = len(in_channels)
+    xavier_input_proj = False
+
+    def fusion_blocks(self, n: int, hidden_dim: int, expansion: float, depth_mult: float, act: str):
         branch, depth = round(expansion * hidden_dim // 2), round(3 * depth_mult)
-        self.lateral_convs = nn.ModuleList(ConvNorm(hidden_dim, hidden_dim, 1) for _ in range(n_levels - 1))
-        self.fpn_blocks = nn.ModuleList(
-            RepNCSPELAN4(hidden_dim * 2, hidden_dim, hidden_dim * 2, branch, depth, act=act) for _ in range(n_levels - 1)
-        )
-        self.downsample_convs = nn.ModuleList(nn.Sequential(SCDown(hidden_dim, hidden_dim, 3, 2)) for _ in range(n_levels - 1))
-        self.pan_blocks = nn.ModuleList(
-            RepNCSPELAN4(hidden_dim * 2, hidden_dim, hidden_dim * 2, branch, depth, act=act) for _ in range(n_levels - 1)
-        )
-
-    def forward(self, feats: List[Tensor]) -> List[Tensor]:
-        if len(feats) != len(self.in_channels):
-            raise ValueError(f"the encoder expects {len(self.in_channels)} feature maps, got {len(feats)}")
-        proj = [p(f) for p, f in zip(self.input_proj, feats)]
-        if self.num_encoder_layers > 0:
-            for enc, idx in zip(self.encoder, self.use_encoder_idx):
-                b, c, h, w = proj[idx].shape
-                src = proj[idx].flatten(2).permute(0, 2, 1)
-                pos = sincos_position_embedding_2d(w, h, self.hidden_dim, self.pe_temperature).to(src)
-                proj[idx] = enc(src, pos).permute(0, 2, 1).reshape(b, c, h, w).contiguous()
-        n = len(self.in_channels)
-        inner = [proj[-1]]  # top-down
-        for i, idx in enumerate(range(n - 1, 0, -1)):
-            high = self.lateral_convs[i](inner[0])
-            inner[0] = high
-            up = F.interpolate(high, scale_factor=2.0, mode="nearest")
-            inner.insert(0, self.fpn_blocks[i](torch.cat([up, proj[idx - 1]], dim=1)))
-        outs = [inner[0]]  # bottom-up
-        for i in range(n - 1):
-            down = self.downsample_convs[i](outs[-1])
-            outs.append(self.pan_blocks[i](torch.cat([down, inner[i + 1]], dim=1)))
-        return outs
+        return (nn.ModuleList(ConvNorm(hidden_dim, hidden_dim, 1) for _ in range(n)),
+                nn.ModuleList(RepNCSPELAN4(hidden_dim * 2, hidden_dim, hidden_dim * 2, branch, depth, act=act) for _ in range(n)),
+                nn.ModuleList(nn.Sequential(SCDown(hidden_dim, hidden_dim, 3, 2)) for _ in range(n)),
+                nn.ModuleList(RepNCSPELAN4(hidden_dim * 2, hidden_dim, hidden_dim * 2, branch, depth, act=act) for _ in range(n)))

@@ -28,7 +28,7 @@ from edgedet.nn.deformable_transformer import (
     encoder_output_proposals,
     flatten_levels,
 )
-from edgedet.nn.denoising import DenoisingQueries
+from edgedet.nn.denoising import DenoisingQueries, prepend_denoising
 from edgedet.nn.mlp import MLP
 from edgedet.nn.ms_deform_attn import MSDeformAttn
 from edgedet.nn.position_encoding import sine_embed_boxes
@@ -178,11 +178,7 @@ class DINOTransformer(nn.Module):
             tgt = self.tgt_embed.weight[None].expand(batch, -1, -1)
         else:
             tgt = sel["tokens"].detach()
-        attn_mask = None
-        if dn is not None:
-            refpoints = torch.cat([dn.query_bbox_unsig, refpoints], 1)
-            tgt = torch.cat([dn.query_label, tgt], 1)
-            attn_mask = dn.attn_mask
+        tgt, refpoints, attn_mask = prepend_denoising(dn, tgt, refpoints)
 
         hs, boxes = self.decoder(tgt, refpoints, memory, mask_flat, spatial_shapes, level_start_index, valid_ratios,
                                  attn_mask)

@@ -142,17 +142,24 @@ class AIFIEncoder(nn.Module):
 
 
 class HybridEncoder(nn.Module):
-    """forward(feats: per level [B, C_l, H_l, W_l], strides `feat_strides`) -> per level [B, D, H_l, W_l]."""
+    """forward(feats: per level [B, C_l, H_l, W_l], strides `feat_strides`) -> per level [B, D, H_l, W_l].
+
+    AIFI (one transformer layer) on the `use_encoder_idx` levels, then top-down and bottom-up fusion
+    (CCFM). The fusion blocks come from `fusion_blocks`: D-FINE's encoder (`edgedet.nn.dfine_encoder`)
+    is this encoder with its own blocks."""
+
+    xavier_input_proj = True  # RT-DETR's input projections start xavier-uniform; D-FINE keeps torch's default
 
     def __init__(self, in_channels: Sequence[int] = (512, 1024, 2048), feat_strides: Sequence[int] = (8, 16, 32),
                  hidden_dim: int = 256, nhead: int = 8, dim_feedforward: int = 1024, dropout: float = 0.0,
                  enc_act: str = "gelu", use_encoder_idx: Sequence[int] = (2,), num_encoder_layers: int = 1,
                  pe_temperature: float = 10000.0, expansion: float = 1.0, depth_mult: float = 1.0, act: str = "silu"):
         super().__init__()
+        name = type(self).__name__
         if len(in_channels) != len(feat_strides):
-            raise ValueError(f"HybridEncoder: {len(in_channels)} in_channels but {len(feat_strides)} feat_strides")
+            raise ValueError(f"{name}: {len(in_channels)} in_channels but {len(feat_strides)} feat_strides")
         if any(not 0 <= i < len(in_channels) for i in use_encoder_idx):
-            raise ValueError(f"HybridEncoder use_encoder_idx {list(use_encoder_idx)} must index the {len(in_channels)} levels")
+            raise ValueError(f"{name} use_encoder_idx {list(use_encoder_idx)} must index the {len(in_channels)} levels")
         self.in_channels = list(in_channels)
         self.feat_strides = list(feat_strides)
         self.hidden_dim = hidden_dim
@@ -165,18 +172,24 @@ class HybridEncoder(nn.Module):
             for c in in_channels)
         layer = AIFILayer(hidden_dim, nhead, dim_feedforward, dropout, enc_act)
         self.encoder = nn.ModuleList(AIFIEncoder(layer, num_encoder_layers) for _ in self.use_encoder_idx)
-        n = len(in_channels)
+        self.lateral_convs, self.fpn_blocks, self.downsample_convs, self.pan_blocks = self.fusion_blocks(
+            len(in_channels) - 1, hidden_dim, expansion, depth_mult, act)
+        if self.xavier_input_proj:
+            for proj in self.input_proj:
+                nn.init.xavier_uniform_(proj.conv.weight)
+
+    def fusion_blocks(self, n: int, hidden_dim: int, expansion: float, depth_mult: float, act: str):
+        """-> (lateral convs, top-down blocks, downsampling convs, bottom-up blocks): n ModuleLists each,
+        built in this order (parameter initialisation draws from the RNG in it)."""
         blocks = round(3 * depth_mult)
-        self.lateral_convs = nn.ModuleList(ConvNormLayer(hidden_dim, hidden_dim, 1, 1, act=act) for _ in range(n - 1))
-        self.fpn_blocks = nn.ModuleList(CSPRepLayer(2 * hidden_dim, hidden_dim, blocks, expansion, act=act) for _ in range(n - 1))
-        self.downsample_convs = nn.ModuleList(ConvNormLayer(hidden_dim, hidden_dim, 3, 2, act=act) for _ in range(n - 1))
-        self.pan_blocks = nn.ModuleList(CSPRepLayer(2 * hidden_dim, hidden_dim, blocks, expansion, act=act) for _ in range(n - 1))
-        for proj in self.input_proj:
-            nn.init.xavier_uniform_(proj.conv.weight)
+        return (nn.ModuleList(ConvNormLayer(hidden_dim, hidden_dim, 1, 1, act=act) for _ in range(n)),
+                nn.ModuleList(CSPRepLayer(2 * hidden_dim, hidden_dim, blocks, expansion, act=act) for _ in range(n)),
+                nn.ModuleList(ConvNormLayer(hidden_dim, hidden_dim, 3, 2, act=act) for _ in range(n)),
+                nn.ModuleList(CSPRepLayer(2 * hidden_dim, hidden_dim, blocks, expansion, act=act) for _ in range(n)))
 
     def forward(self, feats: List[Tensor]) -> List[Tensor]:
         if len(feats) != len(self.in_channels):
-            raise ValueError(f"HybridEncoder expects {len(self.in_channels)} feature maps, got {len(feats)}")
+            raise ValueError(f"{type(self).__name__} expects {len(self.in_channels)} feature maps, got {len(feats)}")
         proj = [p(f) for p, f in zip(self.input_proj, feats)]
         if self.num_encoder_layers > 0:
             for enc, idx in zip(self.encoder, self.use_encoder_idx):

@@ -24,6 +24,7 @@ from edgedet.nn.denoising import (
     cdn_attention_mask,
     noise_boxes_cxcywh,
     num_dn_groups,
+    prepend_denoising,
 )
 from edgedet.nn.box_ops import inverse_sigmoid
 from edgedet.nn.dino_transformer import DINOTransformer
@@ -75,11 +76,7 @@ class TRexTransformer(DINOTransformer):
         batch = mem.memory.shape[0]
         refpoints = refpoints_unsig.detach()
         tgt = self.tgt_embed.weight[None].expand(batch, -1, -1) if self.tgt_embed is not None else tokens.detach()
-        attn_mask = None
-        if dn is not None:
-            refpoints = torch.cat([dn.query_bbox_unsig, refpoints], 1)
-            tgt = torch.cat([dn.query_label, tgt], 1)
-            attn_mask = dn.attn_mask
+        tgt, refpoints, attn_mask = prepend_denoising(dn, tgt, refpoints)
         hs, boxes = self.decoder(tgt, refpoints, mem.memory, mem.padding_mask, mem.spatial_shapes,
                                  mem.level_start_index, mem.valid_ratios, attn_mask)
         return {"hs": hs, "boxes": boxes, "interm_logits": score_fn(tokens), "interm_boxes": refpoints_unsig.sigmoid(),
