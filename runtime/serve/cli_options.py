@@ -27,11 +27,13 @@ def make_detector(args: argparse.Namespace, options: Dict[str, Any]) -> Any:
     if not args.prompt_encoder:
         from runtime.detector import Detector
 
-        return Detector(args.model, backend=args.backend, device=args.device, conf=args.conf, classes=args.classes, **options)
+        return Detector(args.model, backend=args.backend, device=args.device, conf=args.conf, classes=args.classes,
+                        dedup_iou=getattr(args, "dedup_iou", None), **options)
     from runtime.prompted import PromptedDetector
     from runtime.serve.prompts import LivePromptedDetector
 
-    prompted = PromptedDetector(args.prompt_encoder, args.model, backend=args.backend, device=args.device, conf=args.conf, **options)
+    prompted = PromptedDetector(args.prompt_encoder, args.model, backend=args.backend, device=args.device, conf=args.conf,
+                                dedup_iou=getattr(args, "dedup_iou", None), **options)
     if args.prompts:
         prompted.load_prompts(args.prompts)
     return LivePromptedDetector(prompted, Path(args.prompt_dir), inputs=[args.model, args.prompt_encoder])
