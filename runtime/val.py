@@ -118,9 +118,9 @@ def val(model: Any, data: str, split: str = "val", imgsz: Optional[Sequence[int]
                           dedup_iou=dedup_iou, **options)
     try:
         threshold = float(detector.conf)
-        say_defaults(detector, quiet)
-        lower_score_floor(detector, score_floor)
         dataset = dataset.aligned_to(detector.class_names)
+        say_defaults(detector, quiet)  # once the data is known to fit: an error stays one line
+        lower_score_floor(detector, score_floor)
         out = next_run_dir(project, "val")
         k = len(dataset.class_names)
         matrix = np.zeros((k + 1, k + 1), np.int64)

@@ -90,9 +90,9 @@ def predict(model: Any, source: Any, conf: Optional[float] = None, imgsz: Option
                                     f"{'/'.join(IMAGE_SUFFIXES)}; pass images, a video or a camera")
     detector = load_model(model, imgsz=imgsz, conf=conf, classes=classes, backend=backend, device=device,
                           dedup_iou=dedup_iou, **options)
-    say_defaults(detector, quiet)
     try:
         ids = _Ids(data, split, detector.class_names)
+        say_defaults(detector, quiet)  # once the data is known to fit: an error stays one line
         out = next_run_dir(project, "predict")
         if save_txt:
             (out / "labels").mkdir()
