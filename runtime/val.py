@@ -188,7 +188,8 @@ class ValCommand:
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_model_arguments(parser, conf_help="score threshold of the confusion matrix (default: the manifest's recommended "
                                               f"one, printed); mAP is scored over every detection >= {SCORE_FLOOR}")
-        parser.add_argument("--data", required=True, help="COCO instances JSON, VOC or YOLO folder, YOLO data.yaml, or the data YAML edgedet train takes")
+        parser.add_argument("--data", required=True, help="COCO instances JSON, VOC or YOLO folder, YOLO data.yaml, the data YAML "
+                            "edgedet train takes, or 'synthetic' (its generated shapes; needs the training extra)")
         parser.add_argument("--split", default="val", help="split to score (default val)")
         parser.add_argument("--no-plots", action="store_true", help="skip pr_curve.png and confusion_matrix.png")
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
