@@ -168,6 +168,15 @@ def check_outputs(fmt: ExportFormat, output: Path, dry_run: bool, overwrite: boo
     check_writable_folder(output.parent, what="export folder")
 
 
+def check_engine_builder(fmt: ExportFormat, dry_run: bool) -> None:
+    """A TensorRT engine build on a machine without TensorRT fails here, before the model loads (not after the
+    threshold search and the ONNX export); a dry run needs no TensorRT."""
+    if fmt.name == "tensorrt" and not dry_run:
+        from converters.tensorrt.builder import import_tensorrt
+
+        import_tensorrt()
+
+
 def _resolve_default_msda(fmt: ExportFormat, msda: Optional[str], form: str) -> str:
     """An unrequested 'fused' default falls back to an exportable form when the extension is unbuilt."""
     if msda is not None or form != "fused" or fmt.name != "openvino":
@@ -314,6 +323,7 @@ def export(
     from converters.formats import get_format
 
     fmt0 = get_format(format)  # fail on a misspelt format before loading anything
+    check_engine_builder(fmt0, dry_run)
     if output is not None and not (Path(output).is_dir() or str(output).endswith(("/", "\\"))):
         check_outputs(fmt0, Path(output), dry_run, overwrite, [model_or_checkpoint])  # before loading the model
     model, found = resolve_model(model_or_checkpoint)

@@ -71,7 +71,9 @@ class ExportCommand:
         from converters.api import export, resolve_model
         from converters.formats import get_format
 
-        get_format(args.format)  # a misspelt format fails before a model is loaded
+        from converters.api import check_engine_builder
+
+        check_engine_builder(get_format(args.format), args.dry_run)  # a misspelt format, no TensorRT: before any work
         _check_paths_before_export(args)
 
         from runtime.safety import refuse_output_over_input
@@ -94,7 +96,7 @@ class ExportCommand:
             batch_profile=args.batch_profile, overwrite=args.exist_ok, input_format=args.input_format,
             resize=args.resize,
         )
-        print(_describe(path))
+        print(_describe(path, dry_run=args.dry_run and get_format(args.format).name == "tensorrt"))
         if args.verify:
             from converters.export_defaults import default_verify_images
             from converters.verify import format_report, verdict, verify
@@ -133,14 +135,20 @@ def _verify_dataset(data, experiment):
     return build_dataset(_data_config(data, experiment), "val")
 
 
-def _describe(path) -> str:
+def _describe(path, dry_run: bool = False) -> str:
     """One line on what was written: the artifact and the manifest facts a user acts on."""
     from runtime.manifest import read_sidecar
 
     man = read_sidecar(path)
-    if man is None:  # a dry run writes the ONNX the engine would be built from
+    if man is None:
         return f"exported {path}"
     h, w = man.preprocess.size
+    if dry_run:  # its sidecar says onnxruntime, but the TensorRT plugin nodes in it run nowhere else
+        fused = man.msda == "fused"
+        return (f"TensorRT dry run: wrote {path}, the ONNX to build the {man.precision} engine from on the device "
+                f"(msda {man.msda or '-'}{': TensorRT plugin nodes, not runnable in ONNX Runtime' if fused else ''}; "
+                f"input {h}x{w}, score threshold {man.outputs.score_threshold:.3g}); build it there with trtexec "
+                "or `edgedet export --format tensorrt` without --dry-run")
     calib = man.extra.get("calibration") if isinstance(man.extra, dict) else None
     calibrated = ""
     if calib:
