@@ -1,7 +1,9 @@
 """`--save PATH`: the kind of output follows the path, as users expect from Ultralytics-style tools.
 
     pred.jpg / pred.png ...  -> one annotated image (a source of one image)
-    out/  (or an existing folder, or a name without suffix) -> one annotated image per input frame
+    out/  (or an existing folder, or a name without suffix) -> one annotated image per input frame, named after
+                             its input file; an existing file there is never overwritten
+    (folders in the path that do not exist yet are created)
     out.mp4 / out.avi ...    -> a video; every frame letterboxed to the first frame's size
 """
 from __future__ import annotations
@@ -85,6 +87,8 @@ def open_save_sink(path: Union[str, Path], source_spec: Any = None, fps: float =
     """The sink `--save path` asks for. source_spec (what --source named) gives output file names for a
     folder of images and guards the inputs: a folder sink never writes into the folder it reads."""
     kind = save_kind(path)
+    if kind != "folder":  # a folder that does not exist yet is created, as for folder output
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     src = Path(source_spec) if isinstance(source_spec, (str, Path)) and Path(str(source_spec)).exists() else None
     if kind == "image":
         if src is not None and src.is_dir():
