@@ -83,6 +83,9 @@ def resolve_model(source: ModelSource, config: Optional[str] = None,
 
         log.warning("'%s' is a model name, not a checkpoint: exporting a randomly initialised model", source)
         return create_model(str(source)).eval(), {}
+    if path.suffix.lower() in (".pth", ".pt", ".ckpt") or len(path.parts) > 1:
+        raise ExportError(f"checkpoint not found: {source} (train one with `edgedet train`, or pass a model name: "
+                          f"{', '.join(list_models())})")
     raise ExportError(f"'{source}' is neither a checkpoint file nor a model name; models: {', '.join(list_models())}")
 
 
@@ -324,6 +327,10 @@ def export(
 
     fmt0 = get_format(format)  # fail on a misspelt format before loading anything
     check_engine_builder(fmt0, dry_run)
+    if isinstance(calib, (str, Path)) and precision == "int8":  # a wrong calibration path fails now, not after the export
+        from converters.calibration import image_paths
+
+        image_paths(calib)
     if output is not None and not (Path(output).is_dir() or str(output).endswith(("/", "\\"))):
         check_outputs(fmt0, Path(output), dry_run, overwrite, [model_or_checkpoint])  # before loading the model
     model, found = resolve_model(model_or_checkpoint)
