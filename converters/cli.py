@@ -62,6 +62,18 @@ class ExportCommand:
         p.add_argument("--quiet", action="store_true", help="only the final lines: what was exported and the verify verdict")
 
     def run(self, args: argparse.Namespace) -> int:
+        if not getattr(args, "quiet", False):
+            return self._run(args)
+        root = logging.getLogger()
+        level = root.level
+        if level < logging.WARNING and not getattr(args, "verbose", False):
+            root.setLevel(logging.WARNING)  # --quiet: warnings, then the final lines only
+        try:
+            return self._run(args)
+        finally:
+            root.setLevel(level)
+
+    def _run(self, args: argparse.Namespace) -> int:
         if args.list_formats:
             for row in list_formats():
                 print(json.dumps(row))

@@ -58,3 +58,18 @@ def test_synthetic_without_the_training_extra_is_one_line(monkeypatch, tmp_path,
     assert main(["val", "--model", str(model), "--data", "synthetic", "--project", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install 'edgedet[train]'" in err
+
+
+def test_a_dataset_line_is_logged_once_per_process(tmp_path, caplog):
+    """One export reads the val split three times (threshold, calibration, verify): `data ...: N images` once."""
+    import logging
+
+    from edgedet.config import DataConfig
+    from edgedet.data import build_dataset
+
+    cfg = DataConfig(format="synthetic", root=str(tmp_path / "syn"), synthetic_val_images=3, synthetic_image_size=64)
+    with caplog.at_level(logging.INFO, logger="edgedet.data.builder"):
+        for _ in range(3):
+            build_dataset(cfg, "val")
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO and r.getMessage().startswith("data synthetic:val")]
+    assert lines == ["data synthetic:val: 3 images, " + lines[0].split(", ", 1)[1]]
