@@ -50,6 +50,9 @@ class ExportCommand:
         p.add_argument("--score-threshold", type=float, default=None,
                        help="recommended minimum score stored in the manifest (default: best F1 on the checkpoint's "
                             "validation data, else 0.25); `edgedet run` and the examples use it when given no --conf")
+        p.add_argument("--dedup-iou", type=float, default=None, metavar="IOU",
+                       help="recommended duplicate filter stored in the manifest (class-wise NMS IoU, e.g. 0.7 for a "
+                            "model that repeats boxes); predict/run/track use it when given no --dedup-iou")
         p.add_argument("--verify", action="store_true", help="compare the artifact with PyTorch afterwards")
         p.add_argument("--images", default=None, help="images for --verify (default: --calib, else the checkpoint's "
                        "validation images, else rendered frames)")
@@ -104,7 +107,7 @@ class ExportCommand:
             model, experiment=experiment, training_accuracy=training_accuracy(args.model), format=args.format, output=output, precision=args.precision,
             imgsz=tuple(args.imgsz) if args.imgsz else None, dynamic_batch=args.dynamic_batch, msda=args.msda,
             calib=calib, postprocess=not args.raw, top_k=args.top_k, calib_images=args.calib_images,
-            dry_run=args.dry_run, score_threshold=args.score_threshold,
+            dry_run=args.dry_run, score_threshold=args.score_threshold, dedup_iou=args.dedup_iou,
             batch_profile=args.batch_profile, overwrite=args.exist_ok, input_format=args.input_format,
             resize=args.resize,
         )

@@ -140,3 +140,21 @@ def test_manifest_dedup_iou_round_trips_and_is_omitted_when_unset(tmp_path):
     bad["outputs"]["dedup_iou"] = 1.5
     with pytest.raises(ManifestError, match="dedup_iou"):
         Manifest.from_dict(bad)
+
+
+def test_export_stores_a_recommended_dedup_iou_the_runtime_uses(tmp_path):
+    from converters import export
+    from converters.formats import ExportError
+    from export_helpers import build_tiny
+    from runtime import Detector
+    from runtime.manifest import read_sidecar
+
+    path = export(build_tiny("tiny_msda"), "onnx", tmp_path / "m.onnx", imgsz=(64, 96), msda="grid_sample",
+                  simplify=False, score_threshold=0.3, dedup_iou=0.7)
+    assert read_sidecar(path).outputs.dedup_iou == 0.7
+    with Detector(path) as det:
+        assert det.postprocessor.dedup_iou == 0.7 and "duplicate filter IoU 0.7 (the manifest's" in det.defaults_note
+    with Detector(path, dedup_iou=0) as det:
+        assert det.postprocessor.dedup_iou is None
+    with pytest.raises(ExportError, match="dedup_iou must be in"):
+        export(build_tiny("tiny_msda"), "onnx", tmp_path / "n.onnx", imgsz=(64, 96), dedup_iou=1.5)

@@ -108,19 +108,24 @@ def test_convert_and_run_bad_paths_are_one_line(tmp_path):
     assert "checkpoint not found: runs/dd/last.pth" in p.stderr
 
 
-def test_readme_export_snippet_fails_before_any_work_with_one_message(tmp_path):
-    """README's `export("runs/dd/last.pth", ..., calib="path/to/images")` names what is missing at once."""
+def test_readme_export_snippet_fails_before_any_work_with_one_message(tmp_path, monkeypatch):
+    """README's `export("runs/dd/last.pth", ..., calib="path/to/images")` names what is missing at once: the
+    checkpoint, then (given one) the calibration folder, before the threshold search and the export."""
     from converters import export
     from converters.formats import ExportError
+    from export_helpers import build_tiny
+    import converters.export_defaults
 
-    import cv2
-    import numpy as np
-
-    with pytest.raises(ExportError, match="calibration source path/to/images is neither"):  # before any model work
-        export("runs/dd/last.pth", format="openvino", precision="int8", msda="fused", calib="path/to/images")
-    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(ExportError, match="checkpoint not found: runs/dd/last.pth"):
-        export("runs/dd/last.pth", format="openvino", precision="int8", msda="fused", calib=str(tmp_path))
+        export("runs/dd/last.pth", format="openvino", precision="int8", msda="fused", calib="path/to/images")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the export started before the calibration path was checked")
+
+    monkeypatch.setattr(converters.export_defaults, "recommend_threshold", no_work)
+    with pytest.raises(ExportError, match="calibration source path/to/images is neither"):
+        export(build_tiny("tiny_msda"), format="onnx", output=tmp_path / "q.onnx", precision="int8",
+               msda="grid_sample", calib="path/to/images", imgsz=(64, 96))
 
 
 @pytest.mark.slow  # exports the embedded prompted detector (~1 min on a busy machine)
