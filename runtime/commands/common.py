@@ -78,7 +78,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, conf_help: str = CONF_H
 
 def say_defaults(detector: Any, quiet: bool = False) -> None:
     """Print once which score threshold and duplicate filter are in use and where they came from (stderr)."""
-    note = getattr(detector, "defaults_note", None)
+    note = getattr(detector, "defaults_note", None) or getattr(getattr(detector, "detector", None), "defaults_note", None)
+    # (the live view's re-promptable detector wraps the PromptedDetector that knows it)
     if note and not quiet:
         print(note, file=sys.stderr, flush=True)
 
