@@ -95,6 +95,7 @@ setup(
         "edgedet.plugins": [
             "checkpoint_detector=edgedet.predictor:CheckpointDetector",
             "export_matrix=converters.benchmark:export_matrix",
+            "synthetic_data=edgedet.data.builder:synthetic_annotations",
         ],
     },
 )

@@ -83,6 +83,9 @@ def resolve_model(source: ModelSource, config: Optional[str] = None,
 
         log.warning("'%s' is a model name, not a checkpoint: exporting a randomly initialised model", source)
         return create_model(str(source)).eval(), {}
+    if path.suffix.lower() in (".pth", ".pt", ".ckpt") or len(path.parts) > 1:
+        raise ExportError(f"checkpoint not found: {source} is neither a checkpoint file nor a model name; models: "
+                          f"{', '.join(list_models())} (train one with `edgedet train`)")
     raise ExportError(f"'{source}' is neither a checkpoint file nor a model name; models: {', '.join(list_models())}")
 
 
@@ -166,6 +169,15 @@ def check_outputs(fmt: ExportFormat, output: Path, dry_run: bool, overwrite: boo
     for f in files:
         refuse_overwrite(f, overwrite, flag="--exist-ok (overwrite=True)")
     check_writable_folder(output.parent, what="export folder")
+
+
+def check_engine_builder(fmt: ExportFormat, dry_run: bool) -> None:
+    """A TensorRT engine build on a machine without TensorRT fails here, before the model loads (not after the
+    threshold search and the ONNX export); a dry run needs no TensorRT."""
+    if fmt.name == "tensorrt" and not dry_run:
+        from converters.tensorrt.builder import import_tensorrt
+
+        import_tensorrt()
 
 
 def _resolve_default_msda(fmt: ExportFormat, msda: Optional[str], form: str) -> str:
@@ -269,6 +281,7 @@ def export(
     overwrite: bool = False,
     score_threshold: Optional[float] = None,
     threshold_images: int = 32,
+    dedup_iou: Optional[float] = None,
     threshold_source: str = "given",
     training_accuracy: Optional[Dict[str, Any]] = None,
     input_format: str = "float32_nchw",
@@ -289,6 +302,8 @@ def export(
     batch_profile: (min, opt, max) batch of a dynamic-batch TensorRT engine's optimisation profile;
         default (1, 8, 8): TensorRT tunes its kernels for the opt batch, so set it to your stream count.
     overwrite: replace existing files at the output path (otherwise refused before any work).
+    dedup_iou: the manifest's recommended duplicate filter (class-wise NMS IoU, `outputs.dedup_iou`; None = none),
+        which the runtime's commands use when given no --dedup-iou.
     score_threshold: the manifest's recommended minimum score; None = best F1 on up to `threshold_images`
         images of the checkpoint's validation split, or 0.25 when no validation data is readable (logged);
         threshold_source says in the manifest how a given threshold was chosen.
@@ -311,15 +326,22 @@ def export(
     profile = _batch_profile(batch_profile)
     if score_threshold is not None and not 0.0 <= score_threshold <= 1.0:
         raise ExportError(f"score_threshold must be in [0, 1], got {score_threshold}")
+    if dedup_iou is not None and not 0.0 < dedup_iou <= 1.0:
+        raise ExportError(f"dedup_iou must be in (0, 1] (0.7 drops only near-copies of one object), got {dedup_iou}")
     from converters.formats import get_format
 
     fmt0 = get_format(format)  # fail on a misspelt format before loading anything
+    check_engine_builder(fmt0, dry_run)
     if output is not None and not (Path(output).is_dir() or str(output).endswith(("/", "\\"))):
         check_outputs(fmt0, Path(output), dry_run, overwrite, [model_or_checkpoint])  # before loading the model
     model, found = resolve_model(model_or_checkpoint)
     model = deployable(model)
     experiment = experiment or found
     fmt, form = validate_request(format, precision, msda, has_msda(model), calib is not None)
+    if isinstance(calib, (str, Path)) and precision == "int8":  # a wrong calibration path fails now, not after the export
+        from converters.calibration import image_paths
+
+        image_paths(calib)
     form = _resolve_default_msda(fmt, msda, form)
     family = getattr(getattr(model, "config", None), "name", "") or ""
     from converters.export_defaults import default_imgsz, recommend_threshold
@@ -337,7 +359,7 @@ def export(
     manifest = make_manifest(model, fmt.backend, precision, form, imgsz_hw, 0 if dynamic_batch else 1,
                              postprocess, top_k, class_names, experiment, input_format, resize)
     manifest.outputs = dataclasses.replace(manifest.outputs, score_threshold=float(score_threshold),
-                                           score_threshold_source=threshold_source)
+                                           score_threshold_source=threshold_source, dedup_iou=dedup_iou)
     _record_accuracy(manifest, training_accuracy, model_or_checkpoint)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     req = ExportRequest(fmt, out_path, precision, form, imgsz_hw,

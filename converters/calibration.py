@@ -93,8 +93,13 @@ def calibration_batches(source: Any, manifest: Union[Manifest, PreprocessSpec], 
         arrays = [np.ascontiguousarray(source[i : i + 1], dtype=np.float32) for i in range(min(len(source), limit))]
         # preprocessed arrays carry no letterbox: the whole input is image
         return [_feeds(manifest, x, np.array([spec.size], np.int32)) for x in arrays]
-    paths = evenly_spaced(image_paths(source), limit)
-    log.info("calibrating on %d images", len(paths))
+    available = image_paths(source)
+    paths = evenly_spaced(available, limit)
+    more = len(available) - len(paths)
+    log.info("calibrating on %d of %d images%s", len(paths), len(available),
+             f" ({more} more available: --calib-images {len(available)} uses them all)" if more else "")
+    # recorded in the manifest: `edgedet export` says it in its last line, and the artifact keeps it
+    manifest.extra["calibration"] = {"images": len(paths), "available": len(available)}
     pre = Preprocessor(spec)
     out = []
     for p in paths:

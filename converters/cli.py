@@ -33,7 +33,8 @@ class ExportCommand:
                        help="network input size (default: the checkpoint's training scale, printed; 640 640 without one)")
         p.add_argument("--msda", default=None, help=f"deformable-attention export form: {', '.join(MSDA_FORMS)} "
                        "(default: the format's own)")
-        p.add_argument("--calib", default=None, help="folder of calibration images (needed for int8)")
+        p.add_argument("--calib", default=None, help="folder of calibration images (needed for int8), or 'synthetic' "
+                       "(the generated shapes `edgedet train --data synthetic` uses)")
         p.add_argument("--calib-images", type=int, default=32, help="number of calibration images used")
         p.add_argument("--output", default=None, help="artifact path or folder (default: runs/export/<checkpoint folder>-<stem>/<family>-<msda>-<precision><suffix>)")
         p.add_argument("--dynamic-batch", action="store_true", help="dynamic batch dimension")
@@ -49,6 +50,9 @@ class ExportCommand:
         p.add_argument("--score-threshold", type=float, default=None,
                        help="recommended minimum score stored in the manifest (default: best F1 on the checkpoint's "
                             "validation data, else 0.25); `edgedet run` and the examples use it when given no --conf")
+        p.add_argument("--dedup-iou", type=float, default=None, metavar="IOU",
+                       help="recommended duplicate filter stored in the manifest (class-wise NMS IoU, e.g. 0.7 for a "
+                            "model that repeats boxes); predict/run/track use it when given no --dedup-iou")
         p.add_argument("--verify", action="store_true", help="compare the artifact with PyTorch afterwards")
         p.add_argument("--images", default=None, help="images for --verify (default: --calib, else the checkpoint's "
                        "validation images, else rendered frames)")
@@ -58,8 +62,21 @@ class ExportCommand:
                        help="tensorrt: write only the ONNX the engine would be built from (no TensorRT needed)")
         p.add_argument("--exist-ok", action="store_true", help="replace existing files at --output (refused otherwise)")
         p.add_argument("--list-formats", action="store_true", help="print the format table and exit")
+        p.add_argument("--quiet", action="store_true", help="only the final lines: what was exported and the verify verdict")
 
     def run(self, args: argparse.Namespace) -> int:
+        if not getattr(args, "quiet", False):
+            return self._run(args)
+        root = logging.getLogger()
+        level = root.level
+        if level < logging.WARNING and not getattr(args, "verbose", False):
+            root.setLevel(logging.WARNING)  # --quiet: warnings, then the final lines only
+        try:
+            return self._run(args)
+        finally:
+            root.setLevel(level)
+
+    def _run(self, args: argparse.Namespace) -> int:
         if args.list_formats:
             for row in list_formats():
                 print(json.dumps(row))
@@ -69,13 +86,16 @@ class ExportCommand:
         from converters.api import export, resolve_model
         from converters.formats import get_format
 
-        get_format(args.format)  # a misspelt format fails before a model is loaded
+        from converters.api import check_engine_builder
+
+        check_engine_builder(get_format(args.format), args.dry_run)  # a misspelt format, no TensorRT: before any work
         _check_paths_before_export(args)
 
         from runtime.safety import refuse_output_over_input
 
         refuse_output_over_input([args.output], [args.model], what="--output")
         model, experiment = resolve_model(args.model, args.config, args.updates)  # once: --verify compares against it
+        calib = _calib_source(args.calib, experiment)
         output = args.output
         if output is None:  # the checkpoint, not the deployable module, names the default folder
             from converters.export_defaults import default_output_dir
@@ -86,60 +106,72 @@ class ExportCommand:
         path = export(
             model, experiment=experiment, training_accuracy=training_accuracy(args.model), format=args.format, output=output, precision=args.precision,
             imgsz=tuple(args.imgsz) if args.imgsz else None, dynamic_batch=args.dynamic_batch, msda=args.msda,
-            calib=args.calib, postprocess=not args.raw, top_k=args.top_k, calib_images=args.calib_images,
-            dry_run=args.dry_run, score_threshold=args.score_threshold,
+            calib=calib, postprocess=not args.raw, top_k=args.top_k, calib_images=args.calib_images,
+            dry_run=args.dry_run, score_threshold=args.score_threshold, dedup_iou=args.dedup_iou,
             batch_profile=args.batch_profile, overwrite=args.exist_ok, input_format=args.input_format,
             resize=args.resize,
         )
-        print(_describe(path))
+        print(_describe(path, dry_run=args.dry_run and get_format(args.format).name == "tensorrt"))
         if args.verify:
             from converters.export_defaults import default_verify_images
-            from converters.verify import format_report, verify
+            from converters.verify import format_report, verdict, verify
 
-            images, what = (args.images, args.images) if args.images else default_verify_images(args.calib, experiment)
+            images, what = (args.images, args.images) if args.images else default_verify_images(calib, experiment)
             log.info("verifying on %s", what)
             report = verify(path, model, images, eval_dataset=_verify_dataset(args.data, experiment))
-            print(format_report(report))
-            if "map_delta" in report:
-                print(map_verdict(report))
+            if not args.quiet:
+                print(format_report(report))
+            print(verdict(report))
         return 0
 
 
-MAP_TOLERANCE = {"fp32": 0.005, "fp16": 0.01, "bf16": 0.01, "int8": 0.02}  # |engine - PyTorch| mAP for PASS
+def _data_config(data, experiment):
+    """`--data`/`--calib` given as 'synthetic' or a data YAML -> the DataConfig `edgedet train` would build."""
+    from edgedet.commands._data_arg import parse_data_arg
+    from edgedet.config import DataConfig, from_dict
+
+    base = from_dict(DataConfig, experiment["data"], "data") if isinstance((experiment or {}).get("data"), dict) else None
+    return parse_data_arg(data, base, allow_sections=True)
 
 
-def map_verdict(report) -> str:
-    """PASS / WARN (up to twice the tolerance) / FAIL of the engine's mAP against PyTorch's on the same inputs."""
-    tol = MAP_TOLERANCE.get(report.get("precision", "fp32"), 0.02)
-    delta = float(report["map_delta"])
-    verdict = "PASS" if abs(delta) <= tol else "WARN" if abs(delta) <= 2 * tol else "FAIL"
-    return (f"{verdict}: engine mAP {report['map_artifact']:.4f} vs checkpoint {report['map_pytorch']:.4f} "
-            f"({delta:+.4f}; {report.get('precision', 'fp32')} tolerance {tol}) on {report['eval_images']} images, both "
-            "through the deployed preprocessing")
+def _calib_source(calib, experiment):
+    """--calib: a folder or image as given; 'synthetic' (as `train --data synthetic`): its generated val images."""
+    if calib == "synthetic":
+        return _data_config("synthetic", experiment)
+    return calib
 
 
 def _verify_dataset(data, experiment):
     """The val split of `--data` (same loader as `edgedet train`), or None."""
     if not data:
         return None
-    from edgedet.commands._data_arg import parse_data_arg
-    from edgedet.config import DataConfig, from_dict
     from edgedet.data import build_dataset
 
-    base = from_dict(DataConfig, experiment["data"], "data") if isinstance((experiment or {}).get("data"), dict) else None
-    return build_dataset(parse_data_arg(data, base, allow_sections=True), "val")
+    return build_dataset(_data_config(data, experiment), "val")
 
 
-def _describe(path) -> str:
+def _describe(path, dry_run: bool = False) -> str:
     """One line on what was written: the artifact and the manifest facts a user acts on."""
     from runtime.manifest import read_sidecar
 
     man = read_sidecar(path)
-    if man is None:  # a dry run writes the ONNX the engine would be built from
+    if man is None:
         return f"exported {path}"
     h, w = man.preprocess.size
+    if dry_run:  # its sidecar says onnxruntime, but the TensorRT plugin nodes in it run nowhere else
+        fused = man.msda == "fused"
+        return (f"TensorRT dry run: wrote {path}, the ONNX to build the {man.precision} engine from on the device "
+                f"(msda {man.msda or '-'}{': TensorRT plugin nodes, not runnable in ONNX Runtime' if fused else ''}; "
+                f"input {h}x{w}, score threshold {man.outputs.score_threshold:.3g}); build it there with trtexec "
+                "or `edgedet export --format tensorrt` without --dry-run")
+    calib = man.extra.get("calibration") if isinstance(man.extra, dict) else None
+    calibrated = ""
+    if calib:
+        more = int(calib["available"]) - int(calib["images"])
+        calibrated = (f"; calibrated on {calib['images']} of {calib['available']} images"
+                      + (f" ({more} more available: --calib-images {calib['available']})" if more > 0 else ""))
     return (f"exported {path} ({man.backend} {man.precision}, msda {man.msda or '-'}, input {h}x{w}, "
-            f"score threshold {man.outputs.score_threshold:.3g})")
+            f"score threshold {man.outputs.score_threshold:.3g}{calibrated})")
 
 
 def _check_paths_before_export(args: argparse.Namespace) -> None:
@@ -151,7 +183,7 @@ def _check_paths_before_export(args: argparse.Namespace) -> None:
     from converters.calibration import image_paths
 
     for flag, value in (("--calib", args.calib), ("--images", args.images if args.verify else None)):
-        if value is not None:
+        if value is not None and not (flag == "--calib" and value == "synthetic"):
             try:
                 image_paths(value)
             except ValueError as e:

@@ -53,13 +53,29 @@ def filtered_stderr(drop: Sequence[str] = TORCH_EXPORT_NOISE) -> Iterator[None]:
             sys.stderr.flush()
 
 
-def quiet_nncf() -> None:
-    """NNCF logs ~100 INFO lines per INT8 model (ignored nodes, quantizer choices): warnings only, unless -v."""
+@contextlib.contextmanager
+def quiet_nncf() -> Iterator[None]:
+    """Inside the block, NNCF is quiet unless -v: its ~100 INFO lines per INT8 model (ignored nodes, quantizer
+    choices) become warnings only, and its progress bars ("Statistics collection", "Applying Fast Bias
+    correction", drawn by rich on the console whatever the log level) are not drawn."""
     if verbose():
+        yield
         return
     import nncf
+    from nncf.common.logging.track_progress import track
 
     nncf.set_log_level(logging.WARNING)
+    original = track.__init__
+
+    def silent_init(self, *args, **kwargs):  # every NNCF bar is a `track`; `disable` is its own switch
+        kwargs["disable"] = True
+        original(self, *args, **kwargs)
+
+    track.__init__ = silent_init
+    try:
+        yield
+    finally:
+        track.__init__ = original
 
 
 __all__ = ["filtered_stderr", "quiet_nncf", "verbose"]

@@ -218,6 +218,54 @@ def verify(
     return report
 
 
+# Engine vs PyTorch on the same inputs, per precision: (largest score difference, largest box difference in
+# pixels, least top-K agreement) for PASS; WARN up to the second row; FAIL beyond. INT8 is judged by mAP only:
+# its top-K agreement is no measure of accuracy (0.53 on a healthy INT8 model that lost 0.002 mAP).
+PARITY_LIMITS = {"fp32": ((1e-3, 1.0, 0.99), (1e-2, 4.0, 0.95)),
+                 "fp16": ((0.02, 2.0, 0.95), (0.05, 6.0, 0.85)),
+                 "bf16": ((0.03, 3.0, 0.93), (0.08, 8.0, 0.8))}
+MAP_TOLERANCE = {"fp32": 0.005, "fp16": 0.01, "bf16": 0.01, "int8": 0.02}  # |engine - PyTorch| mAP for PASS
+_RANK = {"PASS": 0, "WARN": 1, "FAIL": 2}
+
+
+def map_verdict(report: Dict[str, Any]) -> str:
+    """PASS / WARN (up to twice the tolerance) / FAIL of the engine's mAP against PyTorch's on the same inputs."""
+    tol = MAP_TOLERANCE.get(report.get("precision", "fp32"), 0.02)
+    delta = float(report["map_delta"])
+    verdict = "PASS" if abs(delta) <= tol else "WARN" if abs(delta) <= 2 * tol else "FAIL"
+    return (f"{verdict}: engine mAP {report['map_artifact']:.4f} vs checkpoint {report['map_pytorch']:.4f} "
+            f"({delta:+.4f}; {report.get('precision', 'fp32')} tolerance {tol}) on {report['eval_images']} images, both "
+            "through the deployed preprocessing")
+
+
+def parity_verdict(report: Dict[str, Any]) -> str:
+    """PASS / WARN / FAIL of the engine's outputs against PyTorch's, with the limits used; INT8: not judged here."""
+    precision = report.get("precision", "fp32")
+    score, box, match = report["score_max_abs_diff"], report["box_max_abs_diff_px"], report["topk_match"]
+    measured = f"score diff {score:.2g}, box diff {box:.2g} px, top-K agreement {match:.3f}"
+    if precision not in PARITY_LIMITS:
+        return (f"WARN: {precision} not judged by output parity ({measured}; INT8 moves low scores by design): "
+                "add --data DATA for the mAP delta against the checkpoint")
+    for verdict, (s_max, b_max, m_min) in zip(("PASS", "WARN"), PARITY_LIMITS[precision]):
+        if score <= s_max and box <= b_max and match >= m_min:
+            return f"{verdict}: {measured} ({precision} {verdict} limits: score <= {s_max:g}, box <= {b_max:g} px, agreement >= {m_min:g})"
+    s_max, b_max, m_min = PARITY_LIMITS[precision][1]
+    return f"FAIL: {measured} (beyond the {precision} WARN limits: score <= {s_max:g}, box <= {b_max:g} px, agreement >= {m_min:g})"
+
+
+def verdict(report: Dict[str, Any]) -> str:
+    """The engine's verdict line: `<engine>: PASS|WARN|FAIL ...`, the worse of output parity and (when a data set
+    was scored) the mAP delta, each with its thresholds. INT8 without a data set is a WARN saying what to add."""
+    lines = [parity_verdict(report)]
+    if "map_delta" in report:
+        lines.append(map_verdict(report))
+        if report.get("precision") not in PARITY_LIMITS:  # INT8: the mAP decides
+            lines = lines[1:]
+    worst = max((line.split(":", 1)[0] for line in lines), key=_RANK.__getitem__)
+    engine = f"{report.get('backend', '?')} {report.get('precision', '?')}" + (f" msda {report['msda']}" if report.get("msda") else "")
+    return f"verdict {engine}: {worst}\n" + "\n".join(f"  {line}" for line in lines)
+
+
 def format_report(report: Dict[str, Any]) -> str:
     """Two-column plain-text table of a verify report (nested dicts flattened)."""
     rows = []

@@ -18,6 +18,7 @@ import torch
 
 from edgedet.data.export_size import FALLBACK_IMGSZ, default_imgsz
 from edgedet.nn.padding_mask import forward_letterboxed, uses_padding_mask
+from runtime.defaults import defaults_note, resolve_conf, resolve_dedup_iou
 from runtime.manifest import Manifest, OutputSpec, PreprocessSpec
 from runtime.postprocess import Postprocessor
 from runtime.preprocess import Preprocessor, valid_region
@@ -65,16 +66,19 @@ class TorchDetector:
     """A PyTorch detector fed exactly as its export at `manifest.preprocess.size` would be (letterbox, and the
     padding mask rebuilt from the valid region for mask-trained families), decoded by the runtime."""
 
-    def __init__(self, model: torch.nn.Module, manifest: Manifest, conf: float = 0.25,
-                 classes: Optional[Iterable[int]] = None, device: str = "cpu", artifact: Union[str, Path, None] = None):
+    def __init__(self, model: torch.nn.Module, manifest: Manifest, conf: Optional[float] = None,
+                 classes: Optional[Iterable[int]] = None, device: str = "cpu", artifact: Union[str, Path, None] = None,
+                 dedup_iou: Optional[float] = None):
         self.artifact = Path(artifact or type(model).__name__)
         self.model, self.manifest = model, manifest
         self.device = torch.device(device)
         self.model.to(self.device)
-        self.conf = float(conf)
+        self.conf = resolve_conf(conf, manifest)  # None: the manifest's (a checkpoint's: the documented fallback)
+        self.defaults_note = defaults_note(conf, dedup_iou, manifest)
         self.preprocessor = Preprocessor(self.manifest.preprocess)
         self.postprocessor = Postprocessor(self.manifest.outputs, self.manifest.preprocess.size,
-                                           self.manifest.class_names, conf, classes,
+                                           self.manifest.class_names, self.conf, classes,
+                                           resolve_dedup_iou(dedup_iou, manifest),
                                            boxes_in_valid_region=bool(self.manifest.valid_input))
         self.max_batch = 0
         self.backend_name = "pytorch"
@@ -127,8 +131,9 @@ class CheckpointDetector(TorchDetector):
     """path: checkpoint; imgsz (H, W): the export input to reproduce (default: the size `edgedet export` picks
     for this checkpoint, from its training data)."""
 
-    def __init__(self, path: Union[str, Path], imgsz: Optional[Sequence[int]] = None, conf: float = 0.25,
-                 classes: Optional[Iterable[int]] = None, device: str = "cpu", top_k: int = 100):
+    def __init__(self, path: Union[str, Path], imgsz: Optional[Sequence[int]] = None, conf: Optional[float] = None,
+                 classes: Optional[Iterable[int]] = None, device: str = "cpu", top_k: int = 100,
+                 dedup_iou: Optional[float] = None):
         model, experiment = load_checkpoint_model(path)
         if imgsz is None:
             imgsz, why = default_imgsz(experiment)
@@ -137,7 +142,7 @@ class CheckpointDetector(TorchDetector):
         from edgedet.data.padding import check_input_size
 
         check_input_size(model, imgsz)  # RT-DETR / D-FINE: sides divisible by 32, as an export would need
-        super().__init__(model, checkpoint_manifest(model, experiment, imgsz, top_k), conf, classes, device, path)
+        super().__init__(model, checkpoint_manifest(model, experiment, imgsz, top_k), conf, classes, device, path, dedup_iou)
 
 
 __all__ = ["CheckpointDetector", "TorchDetector", "checkpoint_manifest", "load_checkpoint_model", "DEFAULT_IMGSZ"]

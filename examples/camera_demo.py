@@ -7,6 +7,7 @@
 Press q or Esc in the window to quit.
 """
 import argparse
+from pathlib import Path
 
 from runtime import Detector, Pipeline, ShowSink, VideoSink, open_source
 
@@ -30,4 +31,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (OSError, ValueError, RuntimeError, ImportError) as e:  # bad input, a missing file or extra: one line
+        raise SystemExit(f"{Path(__file__).name}: error: {e}") from None

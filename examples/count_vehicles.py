@@ -19,7 +19,8 @@ import numpy as np
 from runtime import contact_sheet, open_source
 from runtime.models import load_model
 from runtime.paths import next_run_dir
-from runtime.track import ByteTracker, LineCounter, PolygonZone, Trails, draw_line, draw_tracks, draw_zone
+from runtime.commands.common import lower_score_floor
+from runtime.track import ByteTracker, LineCounter, PolygonZone, Trails, draw_line, draw_tracks, draw_zone, tracker_config
 from runtime.types import Detections
 
 VIDEO = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "car-detection.mp4"
@@ -73,9 +74,17 @@ def main() -> None:
     parser.add_argument("--project", default="runs", help="results go to PROJECT/count_vehicles/N")
     args = parser.parse_args()
 
+    if args.source == str(VIDEO) and not VIDEO.is_file():
+        raise FileNotFoundError(f"the default road video {VIDEO} is not here (it comes with the shared data); "
+                                "pass --source VIDEO_FILE or a camera index")
     source = open_source(args.source)
-    detector = load_model(args.model, conf=0.1, classes=args.classes) if args.model else MotionDetector()
-    tracker, trails = ByteTracker(), Trails(length=40)
+    if args.model:  # the model's recommended threshold starts tracks, as in `edgedet track`
+        detector = load_model(args.model, classes=args.classes)
+        tracker = ByteTracker(tracker_config(detector.conf))
+        lower_score_floor(detector, tracker.config.low_thresh)
+    else:
+        detector, tracker = MotionDetector(), ByteTracker()
+    trails = Trails(length=40)
     out = next_run_dir(args.project, "count_vehicles")
     writer, line, zone, sheet = None, None, None, []
     for frame in source:
@@ -109,4 +118,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (OSError, ValueError, RuntimeError, ImportError) as e:  # bad input, a missing file or extra: one line
+        raise SystemExit(f"{Path(__file__).name}: error: {e}") from None

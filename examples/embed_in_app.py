@@ -8,6 +8,7 @@ The pipeline runs capture, inference and the callback in their own threads; the 
 only reads the running totals.
 """
 import argparse
+from pathlib import Path
 import threading
 from collections import Counter
 
@@ -47,4 +48,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (OSError, ValueError, RuntimeError, ImportError) as e:  # bad input, a missing file or extra: one line
+        raise SystemExit(f"{Path(__file__).name}: error: {e}") from None

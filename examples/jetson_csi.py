@@ -6,6 +6,7 @@ Needs JetPack's OpenCV, which is built with GStreamer (pip's opencv wheels are n
 virtualenv with --system-site-packages so `import cv2` finds it.
 """
 import argparse
+from pathlib import Path
 
 from runtime import Detector, JsonLinesSink, Pipeline, ShowSink, jetson_csi_pipeline, open_source
 
@@ -34,4 +35,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (OSError, ValueError, RuntimeError, ImportError) as e:  # bad input, a missing file or extra: one line
+        raise SystemExit(f"{Path(__file__).name}: error: {e}") from None

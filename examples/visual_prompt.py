@@ -47,9 +47,9 @@ def run(args: argparse.Namespace) -> None:
     if args.load_prompts:
         detector.load_prompts(args.load_prompts)
     else:
-        image = cv2.imread(args.image)
+        image = cv2.imread(args.image) if args.image and Path(args.image).is_file() else None
         if image is None:
-            raise SystemExit(f"cannot read the example image {args.image}")
+            raise FileNotFoundError(f"cannot read the example image {args.image}: give --image with the boxes drawn on it")
         boxes = [[float(v) for v in b.split(",")] for b in args.box]
         points = [[float(v) for v in p.split(",")] for p in args.point]
         detector.set_prompts(image, boxes=boxes or None, points=points or None, names=args.name, texts=args.text)
@@ -97,4 +97,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (OSError, ValueError, RuntimeError, ImportError) as e:  # bad input, a missing file or extra: one line
+        raise SystemExit(f"{Path(__file__).name}: error: {e}") from None

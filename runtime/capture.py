@@ -33,11 +33,13 @@ CAPTURE_APIS = {"any": cv2.CAP_ANY, "v4l2": cv2.CAP_V4L2, "gstreamer": cv2.CAP_G
 
 @dataclass
 class Frame:
-    """One captured image: BGR uint8 [H, W, 3], its index in the source, capture time (perf_counter s)."""
+    """One captured image: BGR uint8 [H, W, 3], its index in the source, capture time (perf_counter s), and
+    the file it was read from when the source is a folder or list of images (outputs are named after it)."""
 
     image: np.ndarray
     index: int
     timestamp: float
+    file: Optional[str] = None
 
 
 class EndOfStream(Exception):
@@ -98,7 +100,10 @@ class SequentialSource(Source):
             image = next(self._images, None)
             if image is None:
                 return None
-            frame = Frame(image, self._index, time.perf_counter())
+            file = None
+            if isinstance(image, tuple):  # (image, file name): a folder's images keep their names
+                image, file = image
+            frame = Frame(image, self._index, time.perf_counter(), file)
             self._index += 1
             return frame
 
@@ -440,7 +445,7 @@ def images_source(paths: List[Path], name: str) -> SequentialSource:
                 log.warning("skipping %s: cannot be decoded (corrupt or not an image)", p)
                 source.skipped.append(str(p))
                 continue
-            yield image
+            yield image, p.name
 
     source = SequentialSource(name, frames())
     return source

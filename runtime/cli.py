@@ -12,13 +12,13 @@ import argparse
 import contextlib
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any, List, Optional
 
 from runtime.capture import CaptureSource, open_source
+from runtime.commands.common import add_threshold_arguments, say_defaults
 from runtime.pipeline import Pipeline
-from runtime.safety import check_writable_file, refuse_output_over_input
+from runtime.run_loop import check_outputs, drive, model_inputs
 from runtime.serve.cli_options import add_serve_arguments, make_detector, source_options, start_server
 from runtime.sinks import JsonLinesSink, ShowSink
 
@@ -26,14 +26,6 @@ from runtime.sinks import JsonLinesSink, ShowSink
 def _source_arg(text: str) -> Any:
     # An existing file named like a camera index ("2024") is a file.
     return int(text) if text.strip().isdigit() and not Path(text).exists() else text
-
-
-def check_outputs(outputs: List[Optional[str]], inputs: List[Any]) -> None:
-    """Before opening anything: no output over an input (through links), every output writable."""
-    refuse_output_over_input(outputs, inputs, what="output")
-    for out in outputs:
-        if out:
-            check_writable_file(out)
 
 
 class _CheckAction(argparse.Action):
@@ -47,11 +39,6 @@ class _CheckAction(argparse.Action):
 
         print(environment_report())
         parser.exit()
-
-
-def model_inputs(args: argparse.Namespace) -> List[Any]:
-    """Every model file `run` reads (artifact, prompt encoder, saved prompts, a sources list): never an output."""
-    return [args.model, getattr(args, "prompt_encoder", None), getattr(args, "prompts", None), getattr(args, "sources", None)]
 
 
 class RunCommand:
@@ -74,8 +61,7 @@ class RunCommand:
                             help="several streams: how long a partial batch waits for the other streams (default 5)")
         parser.add_argument("--backend", default="auto", help="auto (by file suffix), onnxruntime, openvino or tensorrt")
         parser.add_argument("--device", default="CPU", help="CPU, cuda, cuda:N, tensorrt (onnxruntime); CPU, GPU, NPU (openvino)")
-        parser.add_argument("--conf", type=float, default=None,
-                            help="minimum score (default: the threshold recommended in the artifact's manifest, printed)")
+        add_threshold_arguments(parser)
         parser.add_argument("--classes", type=int, nargs="+", default=None, help="keep only these class ids")
         parser.add_argument("--threads", type=int, default=0, help="engine CPU threads (0 = engine default)")
         parser.add_argument("--show", action="store_true", help="show a window ('q' or Esc quits)")
@@ -127,31 +113,16 @@ class RunCommand:
 
                 print(opencv_summary(), file=sys.stderr)
             print(f"{detector} <- {source}", file=sys.stderr)
+            say_defaults(detector)
         pipeline = Pipeline(source, detector, sinks=sinks, queue_size=args.queue_size)
         if server is not None:
             server.stats_fn = pipeline.stats
-        interrupted = False
-        last = 0.0
-        try:
-            for n, result in enumerate(pipeline, 1):
-                now = time.perf_counter()
-                if not args.quiet and now - last > 0.5:
-                    last = now
-                    s = pipeline.stats()
-                    e2e = s["latency_ms"].get("end_to_end", {}).get("p50", 0.0)
-                    print(f"\r{n} frames | {s['fps']:.1f} FPS | latency p50 {e2e:.1f} ms | {len(result.detections)} objects   ",
-                          end="", file=sys.stderr, flush=True)
-                if args.max_frames and n >= args.max_frames:
-                    break
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            pipeline.close()
-            detector.close()
-        if not args.quiet:
-            print(file=sys.stderr)
-        print(format_summary(pipeline.stats()) + ("\n(interrupted)" if interrupted else ""))
-        return 130 if interrupted else 0
+        def progress(n: int, result: Any) -> str:
+            s = pipeline.stats()
+            e2e = s["latency_ms"].get("end_to_end", {}).get("p50", 0.0)
+            return f"{n} frames | {s['fps']:.1f} FPS | latency p50 {e2e:.1f} ms | {len(result.detections)} objects"
+
+        return drive(pipeline, detector, progress, format_summary, args.max_frames, args.quiet)
 
 
 def format_summary(stats: dict) -> str:

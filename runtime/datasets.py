@@ -75,8 +75,21 @@ def _spec_of(path: Path) -> DataSpec:
     raise DatasetError(f"cannot read a dataset from {path.name}: pass a COCO .json, a data .yaml, or a VOC/YOLO folder")
 
 
+def synthetic_split(split: str) -> Path:
+    """`--data synthetic`: the training stack renders the split (cached) -> its COCO JSON. The runtime itself
+    stays torch-free: the renderer comes through the `synthetic_data` plug-in of the training extra."""
+    from runtime.models import plugin
+
+    render = plugin("synthetic_data", "--data synthetic renders its images with the training extra "
+                    "(or pass a dataset on disk: a COCO JSON, a VOC or YOLO folder, a data YAML)", "train")
+    return Path(render(split))
+
+
 def load_dataset(data: Union[str, Path], split: str = "val") -> Dataset:
-    """Read `split` of the dataset `data` names (see the module docstring for what it may be)."""
+    """Read `split` of the dataset `data` names (see the module docstring for what it may be; also
+    'synthetic', the generated shapes `edgedet train --data synthetic` uses, splits train and val)."""
+    if str(data) == "synthetic" and not Path("synthetic").exists():
+        data = synthetic_split(split)
     path = Path(data).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"dataset not found: {data} (a COCO JSON, a VOC or YOLO folder, or a data YAML)")
@@ -86,7 +99,8 @@ def load_dataset(data: Union[str, Path], split: str = "val") -> Dataset:
     else:
         spec = _spec_of(path)
         if spec.format == "synthetic":
-            raise DatasetError("the runtime scores datasets on disk (coco, voc, yolo); for 'synthetic' use `edgedet eval` or write it out")
+            raise DatasetError(f"{path}: format 'synthetic' in a data YAML is for `edgedet train`/`eval`; pass --data synthetic "
+                               "for the default synthetic split, or a dataset on disk (coco, voc, yolo)")
         records, names, ids = read_split(spec, split)
         description = f"{spec.format.upper()} {spec.root} split '{split}'"
     if not records:

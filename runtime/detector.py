@@ -15,6 +15,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from runtime.backends.base import ArtifactError, Backend, load_backend
+from runtime.defaults import DEDUP_OFF, defaults_note, resolve_conf, resolve_dedup_iou
 from runtime.manifest import MASK_FAMILIES, Manifest, ManifestError, read_sidecar, sidecar_mismatch, sidecar_path
 from runtime.postprocess import Postprocessor, checked_dedup_iou
 from runtime.preprocess import LetterboxInfo, Preprocessor, check_valid_region, valid_region
@@ -41,13 +42,15 @@ class Detector:
     conf: minimum score kept; None = the manifest's recommended threshold (chosen at export on validation
     data, `manifest.outputs.score_threshold`); classes: label ids kept (None = all). manifest: overrides the one
     stored with the artifact. dedup_iou: drop a box overlapping a higher-scoring one of its class by more
-    than this (class-wise NMS; None = off, the DETR way). backend_options: passed to the backend (threads, ...).
+    than this (class-wise NMS); None = the manifest's recommendation (`outputs.dedup_iou`, absent = off, the
+    DETR way), 0 = off. backend_options: passed to the backend (threads, ...).
     """
 
     def __init__(self, artifact: Union[str, Path], backend: str = "auto", device: str = "CPU", conf: Optional[float] = None,
                  classes: Optional[Iterable[int]] = None, manifest: Optional[Manifest] = None,
                  dedup_iou: Optional[float] = None, **backend_options: Any):
-        checked_dedup_iou(dedup_iou)  # before the backend opens: a bad value leaves nothing open
+        if dedup_iou is not None and dedup_iou != DEDUP_OFF:
+            checked_dedup_iou(dedup_iou)  # before the backend opens: a bad value leaves nothing open
         self.artifact = Path(artifact)
         if not self.artifact.is_file():
             raise FileNotFoundError(f"model artifact not found: {self.artifact} (export one with `edgedet export`)")
@@ -75,9 +78,11 @@ class Detector:
             self.backend.close()
             raise
         self.preprocessor = Preprocessor(self.manifest.preprocess)
-        self.conf = float(self.manifest.outputs.score_threshold if conf is None else conf)
+        self.conf = resolve_conf(conf, self.manifest)
+        self.defaults_note = defaults_note(conf, dedup_iou, self.manifest)  # what a command prints once
         self.postprocessor = Postprocessor(self.manifest.outputs, self.manifest.preprocess.size, self.manifest.class_names,
-                                           self.conf, classes, dedup_iou, boxes_in_valid_region=bool(self.manifest.valid_input))
+                                           self.conf, classes, resolve_dedup_iou(dedup_iou, self.manifest),
+                                           boxes_in_valid_region=bool(self.manifest.valid_input))
         spec = next(s for s in self.backend.input_specs if s.name == self.manifest.input_name)
         self.max_batch = spec.shape[0] if spec.shape and spec.shape[0] else 0  # 0 = dynamic
         # A dynamic batch may still be bounded (a TensorRT optimisation profile): preprocess and run at most that many.

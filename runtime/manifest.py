@@ -56,6 +56,9 @@ class OutputSpec:
     # the runtime uses it when the user gives no threshold. score_threshold_source says how it was chosen.
     score_threshold: float = 0.25
     score_threshold_source: str = "fallback"
+    # Recommended duplicate filter (class-wise NMS IoU, see Detections.suppress_duplicates); None = off.
+    # Written only when set, so artifacts without one stay readable by older runtimes.
+    dedup_iou: Optional[float] = None
 
 
 @dataclass
@@ -82,7 +85,10 @@ class Manifest:
     format_version: int = MANIFEST_VERSION
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        data = asdict(self)
+        if data["outputs"].get("dedup_iou") is None:
+            data["outputs"].pop("dedup_iou", None)
+        return json.dumps(data, indent=2)
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "Manifest":
@@ -131,6 +137,9 @@ class Manifest:
         t = out.score_threshold
         if not _is_number(t) or not math.isfinite(t) or not 0.0 <= t <= 1.0:
             raise ManifestError(f"manifest outputs.score_threshold must be a number in [0, 1], got {t!r}")
+        d = out.dedup_iou
+        if d is not None and (not _is_number(d) or not 0.0 < d <= 1.0):
+            raise ManifestError(f"manifest outputs.dedup_iou must be a number in (0, 1] or absent, got {d!r}")
         if not isinstance(out.top_k, int) or isinstance(out.top_k, bool) or out.top_k <= 0:
             raise ManifestError(f"manifest outputs.top_k must be a positive integer, got {out.top_k!r}")
 

@@ -14,13 +14,14 @@ import argparse
 import contextlib
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import cv2
 
+from runtime.commands.common import say_defaults
 from runtime.detector import Detector
+from runtime.run_loop import check_outputs, drive, model_inputs
 from runtime.mosaic import MosaicSink
 from runtime.multistream import MultiStreamPipeline, format_multistream_summary
 from runtime.sinks import JsonLinesSink, ShowSink, VideoSink
@@ -105,8 +106,6 @@ class _MosaicVideo:
 
 def run_multistream(args: argparse.Namespace, sources: Dict[str, Any]) -> int:
     """The multi-source branch of `edgedet run` (same arguments)."""
-    from runtime.cli import check_outputs, model_inputs
-
     check_outputs([args.save, args.json], [*sources.values(), *model_inputs(args)])  # before opening anything
     options = {"threads": args.threads} if getattr(args, "threads", 0) else {}
     names = list(sources)
@@ -116,7 +115,8 @@ def run_multistream(args: argparse.Namespace, sources: Dict[str, Any]) -> int:
         if args.show:
             shared.append(MosaicSink(names, _Window(), min_interval_s=1 / 30))
             undo.callback(shared[-1].close)
-        detector = Detector(args.model, backend=args.backend, device=args.device, conf=args.conf, classes=args.classes, **options)
+        detector = Detector(args.model, backend=args.backend, device=args.device, conf=args.conf, classes=args.classes,
+                            dedup_iou=getattr(args, "dedup_iou", None), **options)
         undo.callback(detector.close)
         if args.save:
             save = Path(args.save)
@@ -135,31 +135,22 @@ def run_multistream(args: argparse.Namespace, sources: Dict[str, Any]) -> int:
             shared.append(JsonLinesSink(args.json))
         step = None
         if getattr(args, "track", False):
+            from runtime.commands.common import lower_score_floor
             from runtime.multistream import per_stream as one_per_stream
-            from runtime.track import ByteTracker
+            from runtime.track import ByteTracker, tracker_config
 
-            step = one_per_stream(ByteTracker)
+            tracker = tracker_config(detector.conf)  # the thresholds `edgedet track` derives
+            lower_score_floor(detector, tracker.low_thresh)
+            step = one_per_stream(lambda: ByteTracker(tracker))
         pipe = MultiStreamPipeline(sources, detector, sinks=per_stream, shared_sinks=shared, step=step,
                                    max_batch=args.batch, max_wait_ms=args.max_wait_ms, live=args.live or None)
         undo.pop_all()
     if not args.quiet:
         print(f"{detector} <- {len(names)} streams: {', '.join(names)}", file=sys.stderr)
-    interrupted, last = False, 0.0
-    try:
-        for n, _ in enumerate(pipe, 1):
-            now = time.perf_counter()
-            if not args.quiet and now - last > 0.5:
-                last = now
-                s = pipe.stats()
-                print(f"\r{n} frames | {s['fps']:.1f} FPS total | mean batch {s['batch_mean']:.2f}   ", end="", file=sys.stderr, flush=True)
-            if args.max_frames and n >= args.max_frames:
-                break
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        pipe.close()
-        detector.close()
-    if not args.quiet:
-        print(file=sys.stderr)
-    print(format_multistream_summary(pipe.stats()) + ("\n(interrupted)" if interrupted else ""))
-    return 130 if interrupted else 0
+        say_defaults(detector)
+
+    def progress(n: int, result: Any) -> str:
+        s = pipe.stats()
+        return f"{n} frames | {s['fps']:.1f} FPS total | mean batch {s['batch_mean']:.2f}"
+
+    return drive(pipe, detector, progress, format_multistream_summary, args.max_frames, args.quiet)

@@ -23,6 +23,7 @@ import numpy as np
 from runtime.atomic import atomic_write
 from runtime.backends.base import Backend, load_backend
 from runtime.manifest import Manifest, ManifestError, read_sidecar
+from runtime.defaults import DEDUP_OFF, defaults_note, resolve_conf, resolve_dedup_iou
 from runtime.postprocess import Postprocessor, checked_dedup_iou
 from runtime.preprocess import LetterboxInfo, Preprocessor, valid_region
 from runtime.types import Detections
@@ -85,13 +86,14 @@ class PromptedDetector:
     """Prompt encoder + prompted detector artifacts behind one object; see the module docstring.
 
     backend/device/backend_options as `runtime.Detector`; conf: minimum score kept (None = the detector manifest's recommended threshold);
-    dedup_iou: drop near-copies of a box of the same prompt, as `runtime.Detector`'s (None = off). Artifacts of any
+    dedup_iou: drop near-copies of a box of the same prompt, as `runtime.Detector`'s (None = the manifest's, 0 = off). Artifacts of any
     exported format: .onnx (ONNX Runtime), .xml (OpenVINO), .engine (TensorRT, with its sidecar manifest).
     """
 
     def __init__(self, encoder_artifact: Union[str, Path], detector_artifact: Union[str, Path], backend: str = "auto",
                  device: str = "CPU", conf: Optional[float] = None, dedup_iou: Optional[float] = None, **backend_options: Any):
-        self.dedup_iou = checked_dedup_iou(dedup_iou)  # before any backend opens
+        if dedup_iou is not None and dedup_iou != DEDUP_OFF:
+            checked_dedup_iou(dedup_iou)  # before any backend opens
         self.encoder, self.encoder_manifest = _load(encoder_artifact, "prompt_encoder", backend, device, backend_options)
         self.detector, self.manifest = _load(detector_artifact, "detector", backend, device, backend_options)
         info = self.manifest.extra["prompted"]
@@ -109,7 +111,9 @@ class PromptedDetector:
         self._backend, self._device, self._options = backend, device, backend_options
         self.preprocessor = Preprocessor(self.manifest.preprocess)
         self.encoder_preprocessor = Preprocessor(self.encoder_manifest.preprocess)
-        self.conf = float(self.manifest.outputs.score_threshold if conf is None else conf)
+        self.conf = resolve_conf(conf, self.manifest)
+        self.dedup_iou = resolve_dedup_iou(dedup_iou, self.manifest)
+        self.defaults_note = defaults_note(conf, dedup_iou, self.manifest)
         self.clear_prompts()
 
     # ---------------------------------------------------------------- prompts

@@ -1,7 +1,9 @@
 """`--save PATH`: the kind of output follows the path, as users expect from Ultralytics-style tools.
 
     pred.jpg / pred.png ...  -> one annotated image (a source of one image)
-    out/  (or an existing folder, or a name without suffix) -> one annotated image per input frame
+    out/  (or an existing folder, or a name without suffix) -> one annotated image per input frame, named after
+                             its input file; an existing file there is never overwritten
+    (folders in the path that do not exist yet are created)
     out.mp4 / out.avi ...    -> a video; every frame letterboxed to the first frame's size
 """
 from __future__ import annotations
@@ -39,20 +41,32 @@ class ImageSink:
 
 
 class ImageFolderSink:
-    """One annotated image per frame in `folder`, named after the input file when known, else frame_000123.jpg."""
+    """One annotated image per frame in `folder` (created if missing), named after the input file when known,
+    else frame_000123.jpg. Never writes over a file already there: refused before the first frame when the
+    names are known, else at the frame that would."""
 
     def __init__(self, folder: Union[str, Path], names: Optional[Sequence[str]] = None, suffix: str = ".jpg"):
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
         self.names, self.suffix, self.frames = list(names or []), suffix, 0
+        for name in self.names:
+            _refuse_existing(self.folder / name)
+        self.folder.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, result: Result) -> None:
         i = result.frame.index
-        name = self.names[i] if i < len(self.names) else f"frame_{i:06d}{self.suffix}"
+        file = getattr(result.frame, "file", None)
+        name = file or (self.names[i] if i < len(self.names) else f"frame_{i:06d}{self.suffix}")
         path = self.folder / name
+        if file is None or name not in self.names:  # names known up front were checked already
+            _refuse_existing(path)
         if not cv2.imwrite(str(path), draw(result.frame.image, result.detections)):
             raise RuntimeError(f"OpenCV could not write {path}")
         self.frames += 1
+
+
+def _refuse_existing(path: Path) -> None:
+    if path.exists():
+        raise FileExistsError(f"--save would overwrite {path}; choose an empty or new --save folder, or remove that file")
 
 
 def save_kind(path: Union[str, Path]) -> str:
@@ -73,6 +87,8 @@ def open_save_sink(path: Union[str, Path], source_spec: Any = None, fps: float =
     """The sink `--save path` asks for. source_spec (what --source named) gives output file names for a
     folder of images and guards the inputs: a folder sink never writes into the folder it reads."""
     kind = save_kind(path)
+    if kind != "folder":  # a folder that does not exist yet is created, as for folder output
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     src = Path(source_spec) if isinstance(source_spec, (str, Path)) and Path(str(source_spec)).exists() else None
     if kind == "image":
         if src is not None and src.is_dir():

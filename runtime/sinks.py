@@ -107,7 +107,7 @@ class VideoSink:
 
 
 class JsonLinesSink:
-    """One JSON object per frame: {["stream": name,] "frame": index, "timestamp": s, "latency_ms", "image_size", "detections", "timings_ms"}."""
+    """One JSON object per frame: {["stream": name,] ["file": image file name,] "frame": index, "timestamp": s, "latency_ms", "image_size", "detections", "timings_ms"}."""
 
     def __init__(self, path: Union[str, Path]):
         self.path = Path(path)
@@ -117,6 +117,9 @@ class JsonLinesSink:
 
     def __call__(self, result: Result) -> None:
         record = {"frame": result.frame.index, "timestamp": round(result.frame.timestamp, 6), "latency_ms": round(result.latency_ms, 3)}
+        file = getattr(result.frame, "file", None)  # a folder of images: each line names its file
+        if file:
+            record = {"file": file, **record}
         stream = getattr(result, "stream", None)  # multi-stream results name their source
         if stream:
             record = {"stream": stream, **record}

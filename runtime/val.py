@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime.image_io import read_image
-from runtime.commands.common import add_model_arguments
+from runtime.commands.common import add_model_arguments, lower_score_floor, say_defaults
 from runtime.datasets import Dataset, load_dataset
 from runtime.models import load_model
 from runtime.paths import next_run_dir
@@ -32,7 +32,7 @@ from runtime.types import Detections
 log = logging.getLogger(__name__)
 
 SCORE_FLOOR = 0.001  # mAP integrates over scores: keep nearly every detection
-CONFUSION_CONF, CONFUSION_IOU = 0.25, 0.5
+CONFUSION_CONF, CONFUSION_IOU = 0.25, 0.5  # the matrix's threshold when the model has no manifest's to use
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -43,10 +43,11 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-9)
 
 
-def confusion_update(matrix: np.ndarray, dets: Detections, gt_boxes: np.ndarray, gt_labels: np.ndarray) -> None:
-    """Add one image: detections >= CONFUSION_CONF matched to ground truth at IoU >= 0.5, best score first."""
+def confusion_update(matrix: np.ndarray, dets: Detections, gt_boxes: np.ndarray, gt_labels: np.ndarray,
+                     conf: float = CONFUSION_CONF) -> None:
+    """Add one image: detections >= conf matched to ground truth at IoU >= 0.5, best score first."""
     bg = matrix.shape[0] - 1
-    keep = dets.scores >= CONFUSION_CONF
+    keep = dets.scores >= conf
     boxes, labels = dets.boxes_xyxy[keep], dets.labels[keep]
     order = np.argsort(-dets.scores[keep], kind="stable")
     matched_gt = np.zeros(len(gt_labels), bool)
@@ -102,17 +103,24 @@ def coco_evaluate(dataset: Dataset, sizes: Dict[int, tuple], results: List[dict]
     return {"stats": [float(v) for v in ev.stats], "ap": ap, "ap50": ap50, "precision50": prec[0]}
 
 
-def val(model: Any, data: str, split: str = "val", imgsz: Optional[Sequence[int]] = None, conf: float = SCORE_FLOOR,
+def val(model: Any, data: str, split: str = "val", imgsz: Optional[Sequence[int]] = None, conf: Optional[float] = None,
         project: str = "runs", plots: bool = True, backend: str = "auto", device: str = "CPU",
-        classes: Optional[Sequence[int]] = None, quiet: bool = False, **options: Any) -> Dict[str, Any]:
+        classes: Optional[Sequence[int]] = None, quiet: bool = False, dedup_iou: Optional[float] = None,
+        score_floor: float = SCORE_FLOOR, **options: Any) -> Dict[str, Any]:
     """Score `model` (artifact path, checkpoint path or a loaded Detector) on `split` of `data`.
 
+    mAP integrates over every detection scoring >= score_floor; conf (None = the manifest's recommended
+    threshold, as `predict` draws) is the threshold of the confusion matrix, where a detection counts as made.
     Returns (and writes to runs/val/N/metrics.json) mAP, mAP50, mAP75, per-class AP, counts and paths.
     """
     dataset = load_dataset(data, split)
-    detector = load_model(model, imgsz=imgsz, conf=conf, classes=classes, backend=backend, device=device, **options)
+    detector = load_model(model, imgsz=imgsz, conf=conf, classes=classes, backend=backend, device=device,
+                          dedup_iou=dedup_iou, **options)
     try:
+        threshold = float(detector.conf)
         dataset = dataset.aligned_to(detector.class_names)
+        say_defaults(detector, quiet)  # once the data is known to fit: an error stays one line
+        lower_score_floor(detector, score_floor)
         out = next_run_dir(project, "val")
         k = len(dataset.class_names)
         matrix = np.zeros((k + 1, k + 1), np.int64)
@@ -130,7 +138,7 @@ def val(model: Any, data: str, split: str = "val", imgsz: Optional[Sequence[int]
             dets = detector(image)
             infer_ms.append(sum(dets.timings_ms.values()))
             results += dets.to_coco(s.image_id, dataset.category_ids)
-            confusion_update(matrix, dets, s.boxes_xyxy, s.labels)
+            confusion_update(matrix, dets, s.boxes_xyxy, s.labels, threshold)
         elapsed = time.perf_counter() - t0
         scores = coco_evaluate(dataset, sizes, results)
     finally:
@@ -145,7 +153,7 @@ def val(model: Any, data: str, split: str = "val", imgsz: Optional[Sequence[int]
         "per_class": {n: {"AP": scores["ap"][i], "AP50": scores["ap50"][i], "instances": int(instances[i])}
                       for i, n in enumerate(dataset.class_names)},
         "ms_per_image": round(1e3 * elapsed / max(1, len(dataset)), 2),
-        "confusion_matrix": matrix.tolist(), "dir": str(out), "truncated_images": truncated,
+        "confusion_matrix": matrix.tolist(), "confusion_conf": threshold, "dir": str(out), "truncated_images": truncated,
     }
     (out / "predictions.json").write_text(json.dumps(results))
     if plots:
@@ -153,7 +161,8 @@ def val(model: Any, data: str, split: str = "val", imgsz: Optional[Sequence[int]
 
         cv2.imwrite(str(out / "pr_curve.png"), pr_curve_image(np.linspace(0, 1, 101), scores["precision50"], dataset.class_names,
                                                               scores["ap50"], f"Precision-recall at IoU 0.5 ({split})"))
-        cv2.imwrite(str(out / "confusion_matrix.png"), confusion_matrix_image(matrix, dataset.class_names))
+        cv2.imwrite(str(out / "confusion_matrix.png"),
+                    confusion_matrix_image(matrix, dataset.class_names, f"Confusion matrix (score >= {threshold:.3g})"))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
@@ -177,15 +186,17 @@ class ValCommand:
     help = "COCO metrics of an exported engine or a checkpoint on a labelled dataset (COCO, VOC, YOLO)"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_model_arguments(parser, conf=SCORE_FLOOR)
-        parser.add_argument("--data", required=True, help="COCO instances JSON, VOC or YOLO folder, YOLO data.yaml, or the data YAML edgedet train takes")
+        add_model_arguments(parser, conf_help="score threshold of the confusion matrix (default: the manifest's recommended "
+                                              f"one, printed); mAP is scored over every detection >= {SCORE_FLOOR}")
+        parser.add_argument("--data", required=True, help="COCO instances JSON, VOC or YOLO folder, YOLO data.yaml, the data YAML "
+                            "edgedet train takes, or 'synthetic' (its generated shapes; needs the training extra)")
         parser.add_argument("--split", default="val", help="split to score (default val)")
         parser.add_argument("--no-plots", action="store_true", help="skip pr_curve.png and confusion_matrix.png")
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def run(self, args: argparse.Namespace) -> int:
         m = val(args.model, args.data, args.split, args.imgsz, args.conf, args.project, not args.no_plots, args.backend,
-                args.device, args.classes, quiet=args.quiet)
+                args.device, args.classes, quiet=args.quiet, dedup_iou=args.dedup_iou)
         print(format_metrics(m))
         return 0
 

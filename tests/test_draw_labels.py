@@ -36,3 +36,24 @@ def test_draw_prompts_is_dashed_and_named():
     changed = (top_edge != 100).any(axis=1)
     assert 0.3 < changed.mean() < 0.9  # dashes: some of the edge drawn, not all
     assert (out[80:100, 20:100] != 100).any()  # the "prompt: cup" label below the box
+
+
+def test_drawing_scales_with_the_image_so_boxes_on_a_large_photo_are_visible():
+    """6000x4000: lines ~16 px and labels ~80 px tall (2 px and ~12 px were invisible once the photo is viewed
+    whole); a 640x480 frame keeps the 2 px lines. Labels of overlapping boxes still do not overlap."""
+    from runtime.draw import draw_style
+
+    assert draw_style(480, 640)[:2] == (2, 0.5)
+    photo = np.zeros((4000, 6000, 3), np.uint8)
+    boxes = [[500, 600, 1800, 2000], [520, 620, 1820, 2010], [3000, 1000, 4200, 2500]]
+    dets = Detections(np.asarray(boxes, np.float32), np.asarray([0.9, 0.6, 0.8], np.float32), np.zeros(3, np.int64),
+                      ("thing",), (4000, 6000))
+    out = draw(photo, dets)
+    left_edge = (out[1200, 3000 - 40:3000 + 40] != 0).any(axis=1)  # the third box's left side, mid-height
+    assert left_edge.sum() >= 12
+    bars = (out[:, 3000:3400] != 0).all(axis=2).sum(axis=1) > 300  # the filled label bar above the third box
+    assert 60 <= bars[:1000].sum() <= 200
+    # the two overlapping boxes' labels: two separate bars in the columns they share
+    rows = np.where((out[:, 560:900] != 0).all(axis=2).sum(axis=1) > 300)[0]
+    groups = np.split(rows, np.where(np.diff(rows) > 1)[0] + 1)
+    assert len([g for g in groups if len(g) > 40]) == 2

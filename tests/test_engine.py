@@ -234,3 +234,23 @@ def test_amp_bfloat16_training_runs_on_cpu(tmp_path):
     last = train(_cfg(tmp_path, epochs=1, max_iters_per_epoch=1, amp=True, eval_every=0), progress=False, datasets=_datasets())
     row = read_metrics(last.parent / "metrics.jsonl")[0]
     assert np.isfinite(row["train_loss"]) and row["iters"] == 1
+
+
+def test_the_progress_bar_and_the_summary_count_epochs_the_same_way(tmp_path, monkeypatch, caplog):
+    """Both say 'epoch 1/2' for the first epoch (the bar said 'epoch 0' while the summary said 'epoch 1/2')."""
+    import logging
+
+    import edgedet.engine.trainer as trainer
+
+    bars = []
+    real_tqdm = trainer.tqdm
+
+    def recording_tqdm(*args, **kwargs):
+        bars.append(kwargs.get("desc"))
+        return real_tqdm(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "tqdm", recording_tqdm)
+    with caplog.at_level(logging.INFO, logger="edgedet.engine.trainer"):
+        train(_cfg(tmp_path, eval_every=0), progress=True, datasets=_datasets())
+    assert bars == ["epoch 1/2", "epoch 2/2"]
+    assert "epoch 1/2: loss" in caplog.text and "epoch 2/2: loss" in caplog.text

@@ -247,12 +247,7 @@ def describe_chain(chain: List[Edge]) -> str:
 
 # Circles known and owned elsewhere, by the module pair that closes them. Each entry must still be found
 # (a stale one fails below), so the list only shrinks.
-KNOWN_CIRCLES = {
-    # `run` with several sources hands over to multistream_cli, which borrows cli's output checks: the checks
-    # belong in a module of their own (runtime/cli.py and runtime/multistream_cli.py are being reworked on the
-    # defaults branch of issue 27; cut it there).
-    frozenset({"runtime.cli", "runtime.multistream_cli"}),
-}
+KNOWN_CIRCLES: set = set()  # circles allowed for now (none); the stale-entry check keeps this list shrinking
 
 
 @pytest.fixture(scope="module")

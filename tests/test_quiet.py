@@ -37,3 +37,18 @@ def test_the_fused_export_prints_no_shape_inference_warning(capfd, tmp_path):
     export_onnx(TinyMSDADetector(), tmp_path / "m.onnx", (64, 64), Manifest(msda="fused"), "fused", simplify=False)
     err = capfd.readouterr().err
     assert "shape inference" not in err and "tmp" not in err, err
+
+
+def test_nncf_progress_bars_are_not_drawn_unless_verbose(capfd):
+    """NNCF draws rich progress bars ("Statistics collection ━━━ 100%") whatever its log level: quiet_nncf turns
+    them off for the block, and only for it."""
+    from nncf.common.logging.track_progress import track
+
+    from converters.quiet import quiet_nncf
+
+    with quiet_nncf():
+        bar = track(range(3), description="Statistics collection")
+        assert list(bar) == [0, 1, 2]
+        assert bar.progress.disable
+    assert "Statistics collection" not in capfd.readouterr().out + capfd.readouterr().err
+    assert not track(range(3), description="after").progress.disable  # restored

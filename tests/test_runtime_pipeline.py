@@ -15,6 +15,7 @@ import pytest
 from runtime import CallbackSink, Detections, Detector, JsonLinesSink, Pipeline, StopPipeline, VideoSink, open_source
 from runtime.capture import LiveIteratorSource
 from runtime.testing import make_blob_artifact
+from interruptible import popen_interruptible
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,7 +132,7 @@ def test_ctrl_c_stops_cleanly():
             left = [t.name for t in threading.enumerate() if t.name.startswith("edgedet-")]
             print("interrupted", pipe.stats()["frames"] > 0, left, flush=True)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    proc = popen_interruptible([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)

@@ -15,6 +15,7 @@ from runtime import Detections, Detector, Pipeline, StopPipeline
 from runtime.capture import LiveIteratorSource
 from runtime.manifest import read_sidecar, write_sidecar
 from runtime.testing import make_blob_artifact
+from interruptible import popen_interruptible
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -246,7 +247,7 @@ def test_ctrl_c_stops_an_overlapped_pipeline_cleanly(tmp_path):
             left = [t.name for t in threading.enumerate() if t.name.startswith("edgedet-")]
             print("interrupted", pipe.stats()["frames"] > 0, left, flush=True)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    proc = popen_interruptible([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready True"
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)

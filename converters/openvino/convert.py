@@ -57,16 +57,17 @@ def _quantize_int8(model, batches: Sequence[np.ndarray], keep_float: Sequence[st
         raise ExportError("OpenVINO INT8 needs at least one calibration image")
     from converters.quiet import quiet_nncf
 
-    quiet_nncf()
     ignored = nncf.IgnoredScope(patterns=[f".*{p}.*" for p in keep_float], validate=False)
-    log.info("INT8 (NNCF): calibrating on %d images, keeping %s in float", len(batches), ", ".join(keep_float))
-    return nncf.quantize(
-        model,
-        nncf.Dataset(list(batches)),
-        subset_size=len(batches),
-        model_type=nncf.ModelType.TRANSFORMER,
-        ignored_scope=ignored,
-    )
+    # the image count was said with the calibration line; the layers kept in float are detail
+    log.debug("INT8 (NNCF): calibrating on %d images, keeping %s in float", len(batches), ", ".join(keep_float))
+    with quiet_nncf():
+        return nncf.quantize(
+            model,
+            nncf.Dataset(list(batches)),
+            subset_size=len(batches),
+            model_type=nncf.ModelType.TRANSFORMER,
+            ignored_scope=ignored,
+        )
 
 
 def convert_openvino(

@@ -65,6 +65,12 @@ class _Stopwatch:
         return self.budget_s > 0 and self.elapsed() >= self.budget_s
 
 
+def epoch_label(epoch: int, epochs: int) -> str:
+    """How every line a user reads names an epoch (bar, summary, errors): 1-based, of the total. `epoch` is the
+    0-based index stored in checkpoints and metrics.jsonl."""
+    return f"epoch {epoch + 1}/{epochs}"
+
+
 def train_one_epoch(model: nn.Module, criterion: nn.Module, loader, optimizer, scheduler, device: torch.device,
                     cfg: ExperimentConfig, epoch: int, ema: Optional[ModelEMA] = None, scaler=None,
                     clock: Optional[_Stopwatch] = None, progress: bool = True,
@@ -79,7 +85,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader, optimizer, s
     sums: Dict[str, float] = defaultdict(float)
     amp_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
     stopped, it = False, 0
-    bar = tqdm(total=n_iters, desc=f"epoch {epoch}", leave=False, disable=not progress)
+    bar = tqdm(total=n_iters, desc=epoch_label(epoch, tc.epochs), leave=False, disable=not progress)
     for it, (images, mask, targets) in enumerate(loader, start=1):
         images = images.to(device, non_blocking=True)
         mask = mask.to(device, non_blocking=True) if mask is not None else None
@@ -89,7 +95,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader, optimizer, s
         losses = criterion(outputs, targets)  # losses in float32, outside autocast
         total = criterion.total_loss(losses)
         if not math.isfinite(total.item()):
-            raise RuntimeError(f"loss is {total.item()} at epoch {epoch} iteration {it}; "
+            raise RuntimeError(f"loss is {total.item()} at {epoch_label(epoch, tc.epochs)} iteration {it}; "
                                "lower train.lr or raise train.clip_max_norm and restart")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -313,7 +319,7 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
             tc = cfg.train
         best = _best_so_far(resume_ckpt, out_dir / "best.pth")
         restore_rng(resume_ckpt, info.rank, info.world_size)
-        log.info("resumed from %s at epoch %d", resume, start_epoch)
+        log.info("resumed from %s after %s", resume, epoch_label(start_epoch - 1, tc.epochs))
     train_model = ddp.wrap_model(model, info, device)
 
     metrics_path, last_path, best_path = out_dir / "metrics.jsonl", out_dir / "last.pth", out_dir / "best.pth"
@@ -365,7 +371,7 @@ def train(cfg: ExperimentConfig, resume: Optional[str] = None, overrides: Sequen
             row.update(deployed)
         ddp.barrier()
         if info.is_main:
-            log.info("epoch %d/%d: loss %.4f%s | elapsed %s, run ETA %s", epoch + 1, tc.epochs, losses.get("loss", float("nan")),
+            log.info("%s: loss %.4f%s | elapsed %s, run ETA %s", epoch_label(epoch, tc.epochs), losses.get("loss", float("nan")),
                      f", mAP {row['val_mAP']:.4f}, mAP50 {row['val_mAP50']:.4f}" if "val_mAP" in row else "",
                      _duration(clock.elapsed()), run_eta(0) if done_before and not last_epoch else "0m00s")
             if epoch == start_epoch and not last_epoch and not tc.fit_to_budget:

@@ -201,7 +201,8 @@ class BenchmarkCommand:
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--model", required=True, nargs="+", help="a .pth checkpoint, or exported artifacts (no torch needed)")
-        parser.add_argument("--data", default=None, help="labelled dataset for mAP (and INT8 calibration from its train split)")
+        parser.add_argument("--data", default=None, help="labelled dataset for mAP (and INT8 calibration from its train split), or 'synthetic' "
+                                 "(the generated shapes `edgedet train --data synthetic` uses; needs the training extra)")
         parser.add_argument("--split", default="val", help="split of --data to score (default val)")
         parser.add_argument("--imgsz", type=int, nargs=2, metavar=("H", "W"), default=None, help="export input size (default 640 640)")
         parser.add_argument("--quick", action="store_true", help="ONNX and OpenVINO FP32 only, fewer timing runs")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import sys
 from pathlib import Path
 from typing import Any, List, Tuple, Union
 
@@ -53,15 +54,43 @@ def source_arg(text: str) -> Any:
     return int(text) if text.strip().isdigit() else text
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, conf: float = 0.25) -> None:
+CONF_HELP = "minimum score drawn and written (default: the threshold the model's manifest recommends; printed)"
+DEDUP_HELP = ("drop a box overlapping a higher-scoring box of its class by more than this IoU (0.7 drops near-copies "
+              "of one object; 0 = off; default: the manifest's recommendation, else off)")
+
+
+def add_threshold_arguments(parser: argparse.ArgumentParser, conf_help: str = CONF_HELP) -> None:
+    """--conf and --dedup-iou: the same names and defaults on every command that draws or writes detections."""
+    parser.add_argument("--conf", type=float, default=None, help=conf_help)
+    parser.add_argument("--dedup-iou", type=float, default=None, metavar="IOU", help=DEDUP_HELP)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, conf_help: str = CONF_HELP) -> None:
     parser.add_argument("--model", required=True, help="exported artifact (.onnx, .xml, .engine) or a .pth checkpoint (needs torch)")
     parser.add_argument("--imgsz", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="checkpoints only: score with the letterbox input an export at H W declares (default: the size `edgedet export` picks for the checkpoint, printed)")
-    parser.add_argument("--conf", type=float, default=conf, help=f"minimum score (default {conf})")
+    add_threshold_arguments(parser, conf_help)
     parser.add_argument("--classes", type=int, nargs="+", default=None, help="keep only these class ids")
     parser.add_argument("--backend", default="auto", help="auto (by file suffix), onnxruntime, openvino or tensorrt")
     parser.add_argument("--device", default="CPU", help="CPU, cuda, cuda:N (onnxruntime); CPU, GPU, NPU (openvino)")
     parser.add_argument("--project", default="runs", help="results go to a fresh PROJECT/<task>/N folder (default runs)")
+
+
+def say_defaults(detector: Any, quiet: bool = False) -> None:
+    """Print once which score threshold and duplicate filter are in use and where they came from (stderr)."""
+    note = getattr(detector, "defaults_note", None) or getattr(getattr(detector, "detector", None), "defaults_note", None)
+    # (the live view's re-promptable detector wraps the PromptedDetector that knows it)
+    if note and not quiet:
+        print(note, file=sys.stderr, flush=True)
+
+
+def lower_score_floor(detector: Any, floor: float) -> None:
+    """Keep detections down to `floor` (below the threshold in use) for a command that needs weak ones too:
+    ByteTrack's second stage, mAP. The threshold itself (`detector.conf`, printed) is unchanged."""
+    post = getattr(detector, "postprocessor", None)
+    if post is None:
+        raise TypeError(f"{type(detector).__name__} has no postprocessor whose score floor could be lowered; pass a runtime Detector")
+    post.conf = min(float(floor), float(detector.conf))
 
 
 def summarize_names(names: List[str]) -> str:

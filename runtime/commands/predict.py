@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from runtime.image_io import read_image
 from runtime.capture import IMAGE_SUFFIXES, open_source
-from runtime.commands.common import add_model_arguments, expand_images, source_arg, source_kind, summarize_names
+from runtime.commands.common import add_model_arguments, expand_images, say_defaults, source_arg, source_kind, summarize_names
 from runtime.draw import draw
 from runtime.models import load_model
 from runtime.paths import next_run_dir
@@ -71,12 +71,13 @@ class _Ids:
         return self.by_name[name]
 
 
-def predict(model: Any, source: Any, conf: float = 0.25, imgsz: Optional[Sequence[int]] = None, data: Optional[str] = None,
+def predict(model: Any, source: Any, conf: Optional[float] = None, imgsz: Optional[Sequence[int]] = None, data: Optional[str] = None,
             split: str = "val", save_txt: bool = False, save_conf: bool = False, save: bool = True, project: str = "runs",
             classes: Optional[Iterable[int]] = None, backend: str = "auto", device: str = "CPU", max_frames: int = 0,
-            quiet: bool = False, **options: Any) -> Dict[str, Any]:
+            quiet: bool = False, dedup_iou: Optional[float] = None, **options: Any) -> Dict[str, Any]:
     """Run `model` on `source`; returns {"dir", "images", "skipped", "objects", "ms_per_image", "files"}.
 
+    conf / dedup_iou: None = the manifest's recommendation (as `run` and `track`), printed once.
     model: artifact or checkpoint path (or a loaded Detector). source: image, folder, glob, video,
     camera index, URL. data/split: a labelled dataset whose image and category ids the COCO file uses.
     """
@@ -87,9 +88,11 @@ def predict(model: Any, source: Any, conf: float = 0.25, imgsz: Optional[Sequenc
         if not images:
             raise FileNotFoundError(f"no images in {source}: {len(others)} files, none of them "
                                     f"{'/'.join(IMAGE_SUFFIXES)}; pass images, a video or a camera")
-    detector = load_model(model, imgsz=imgsz, conf=conf, classes=classes, backend=backend, device=device, **options)
+    detector = load_model(model, imgsz=imgsz, conf=conf, classes=classes, backend=backend, device=device,
+                          dedup_iou=dedup_iou, **options)
     try:
         ids = _Ids(data, split, detector.class_names)
+        say_defaults(detector, quiet)  # once the data is known to fit: an error stays one line
         out = next_run_dir(project, "predict")
         if save_txt:
             (out / "labels").mkdir()
@@ -192,7 +195,8 @@ class PredictCommand:
 
     def run(self, args: argparse.Namespace) -> int:
         predict(args.model, args.source, args.conf, args.imgsz, args.data, args.split, args.save_txt, args.save_conf,
-                not args.nosave, args.project, args.classes, args.backend, args.device, args.max_frames, args.quiet)
+                not args.nosave, args.project, args.classes, args.backend, args.device, args.max_frames, args.quiet,
+                dedup_iou=args.dedup_iou)
         return 0
 
 

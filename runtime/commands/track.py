@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
@@ -19,34 +20,48 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime.capture import open_source
-from runtime.commands.common import add_model_arguments, source_arg
+from runtime.commands.common import add_model_arguments, lower_score_floor, say_defaults, source_arg
 from runtime.models import load_model
 from runtime.paths import next_run_dir
 from runtime.serve.cli_options import add_token_arguments, server_options
-from runtime.track import ByteTracker, LineCounter, PolygonZone, Trails, TrackerConfig, draw_line, draw_tracks, draw_zone
+from runtime.track import ByteTracker, LineCounter, PolygonZone, Trails, TrackerConfig, draw_line, draw_tracks, draw_zone, tracker_config
 
 
-def track(model: Any, source: Any, conf: float = 0.1, imgsz: Optional[Sequence[int]] = None,
+def track(model: Any, source: Any, conf: Optional[float] = None, imgsz: Optional[Sequence[int]] = None,
           line: Optional[Sequence[float]] = None, zone: Optional[Sequence[Sequence[float]]] = None, anchor: str = "bottom_center",
           tracker: Optional[TrackerConfig] = None, save: bool = True, show: bool = False, project: str = "runs",
           classes=None, backend: str = "auto", device: str = "CPU", max_frames: int = 0, quiet: bool = False,
           serve: Optional[str] = None, host: Optional[str] = None, token: Optional[str] = None,
-          token_file: Optional[str] = None, allowed_hosts: Sequence[str] = (), **options: Any) -> Dict[str, Any]:
+          token_file: Optional[str] = None, allowed_hosts: Sequence[str] = (), dedup_iou: Optional[float] = None,
+          tracker_options: Optional[Dict[str, Any]] = None, **options: Any) -> Dict[str, Any]:
     """Track objects through `source`; returns {"dir", "frames", "tracks", "line": {...}, "zone": {...}, "fps"}.
 
-    conf: detector floor (low, so ByteTrack's second stage sees weak detections); line: x0, y0, x1, y1
-    in frame pixels; zone: polygon points [(x, y), ...]. tracker: ByteTrack thresholds.
+    conf: the score threshold (None = the manifest's recommendation, as `predict` and `run`): detections at or
+    above it start and continue tracks; ByteTrack's second stage also sees weaker ones down to the tracker's
+    low threshold. line: x0, y0, x1, y1 in frame pixels; zone: polygon points [(x, y), ...].
+    tracker: ByteTrack thresholds (None = derived from the score threshold, `tracker_config`).
     serve: "[HOST:]PORT" of a live view in the browser (runtime.serve; `host` binds beyond loopback).
     """
     if line is not None and len(line) != 4:
         raise ValueError(f"line needs 4 numbers x0 y0 x1 y1, got {len(line)}")
     counter = LineCounter(line[:2], line[2:], anchor) if line is not None else None
     region = PolygonZone(zone, anchor) if zone is not None else None
-    detector = load_model(model, imgsz=imgsz, conf=conf, classes=classes, backend=backend, device=device, **options)
-    src = open_source(source)
+    detector = load_model(model, imgsz=imgsz, conf=conf, classes=classes, backend=backend, device=device,
+                          dedup_iou=dedup_iou, **options)
+    try:
+        tracker = tracker or tracker_config(detector.conf, **(tracker_options or {}))
+        say_defaults(detector, quiet)
+        if not quiet:
+            print(f"tracker: tracks start at score {tracker.new_track_thresh:.3g}, continue at {tracker.high_thresh:.3g} "
+                  f"(second stage down to {tracker.low_thresh:.3g})", file=sys.stderr, flush=True)
+        lower_score_floor(detector, tracker.low_thresh)  # the second stage needs the weak detections too
+        src = open_source(source)
+    except BaseException:
+        detector.close()
+        raise
     out = next_run_dir(project, "track")
     stem = Path(str(source)).stem if not str(source).isdigit() else f"camera{source}"
-    bt, trails = ByteTracker(tracker or TrackerConfig()), Trails()
+    bt, trails = ByteTracker(tracker), Trails()
     writer = show_sink = server = None
     frames, ids, t0 = 0, set(), time.perf_counter()
     try:
@@ -131,14 +146,16 @@ class TrackCommand:
     help = "track objects (ByteTrack) through a video, camera or stream; count line crossings and zone visits"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_model_arguments(parser, conf=0.1)
+        add_model_arguments(parser)
         parser.add_argument("--source", required=True, type=source_arg, help="video file, camera index, URL or image folder")
         parser.add_argument("--line", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), default=None,
                             help="count crossings of this segment (frame pixels)")
         parser.add_argument("--zone", type=_point, nargs="+", metavar="X,Y", default=None, help="polygon zone to count objects in")
         parser.add_argument("--anchor", default="bottom_center", choices=["bottom_center", "center"], help="box point used for counting")
-        parser.add_argument("--track-high", type=float, default=0.5, help="ByteTrack first-stage score (default 0.5)")
-        parser.add_argument("--track-new", type=float, default=0.6, help="score that starts a new track (default 0.6)")
+        parser.add_argument("--track-high", type=float, default=None, help="ByteTrack first-stage score (default: the score threshold)")
+        parser.add_argument("--track-new", type=float, default=None, help="score that starts a new track (default: the score threshold)")
+        parser.add_argument("--track-low", type=float, default=None,
+                            help="ByteTrack second-stage floor: weaker detections that continue a track (default: 0.1, at most the threshold)")
         parser.add_argument("--track-buffer", type=int, default=30, help="frames a lost track is remembered (default 30)")
         parser.add_argument("--per-class", action="store_true", help="only same-class detections continue a track")
         parser.add_argument("--show", action="store_true", help="show a window ('q' or Esc quits)")
@@ -150,11 +167,12 @@ class TrackCommand:
         add_token_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        cfg = TrackerConfig(high_thresh=args.track_high, low_thresh=args.conf, new_track_thresh=args.track_new,
-                            track_buffer=args.track_buffer, per_class=args.per_class)
-        track(args.model, args.source, args.conf, args.imgsz, args.line, args.zone, args.anchor, cfg, not args.nosave,
+        track(args.model, args.source, args.conf, args.imgsz, args.line, args.zone, args.anchor, None, not args.nosave,
               args.show, args.project, args.classes, args.backend, args.device, args.max_frames, args.quiet,
-              serve=args.serve, host=args.host, **server_options(args))
+              serve=args.serve, host=args.host, dedup_iou=args.dedup_iou,
+              tracker_options=dict(high=args.track_high, new=args.track_new, low=args.track_low,
+                                   track_buffer=args.track_buffer, per_class=args.per_class),
+              **server_options(args))
         return 0
 
 

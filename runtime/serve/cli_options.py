@@ -59,7 +59,8 @@ def make_detector(args: argparse.Namespace, options: Dict[str, Any]) -> Any:
     if not args.prompt_encoder:
         from runtime.detector import Detector
 
-        return Detector(args.model, backend=args.backend, device=args.device, conf=args.conf, classes=args.classes, **options)
+        return Detector(args.model, backend=args.backend, device=args.device, conf=args.conf, classes=args.classes,
+                        dedup_iou=getattr(args, "dedup_iou", None), **options)
     from runtime.prompted import PromptedDetector
     from runtime.serve.prompts import LivePromptedDetector
 
@@ -67,8 +68,9 @@ def make_detector(args: argparse.Namespace, options: Dict[str, Any]) -> Any:
 
     # Prompted artifacts carry no tuned threshold (scores depend on the prompts): the prompted demo's.
     conf = PROMPTED_CONF if args.conf is None else args.conf
+    dedup_iou = getattr(args, "dedup_iou", None)
     prompted = PromptedDetector(args.prompt_encoder, args.model, backend=args.backend, device=args.device, conf=conf,
-                                dedup_iou=PROMPTED_DEDUP_IOU, **options)
+                                dedup_iou=PROMPTED_DEDUP_IOU if dedup_iou is None else dedup_iou, **options)
     if args.prompts:
         prompted.load_prompts(args.prompts)
     if args.conf is None:

@@ -4,8 +4,8 @@
     tracker = ByteTracker()
     tracked = tracker.update(detector(frame))      # Detections with track_ids
 """
-from runtime.track.bytetrack import ByteTracker, TrackerConfig, linear_assignment
+from runtime.track.bytetrack import ByteTracker, TrackerConfig, linear_assignment, tracker_config
 from runtime.track.zones import LineCounter, PolygonZone, Trails, anchors, draw_line, draw_tracks, draw_zone
 
 __all__ = ["ByteTracker", "TrackerConfig", "LineCounter", "PolygonZone", "Trails", "anchors", "draw_tracks", "draw_line",
-           "draw_zone", "linear_assignment"]
+           "draw_zone", "linear_assignment", "tracker_config"]

@@ -86,6 +86,18 @@ class _Track:
         self.last_frame, self.lost = frame, False
 
 
+def tracker_config(threshold: float, high: Optional[float] = None, new: Optional[float] = None,
+                   low: Optional[float] = None, **rest) -> TrackerConfig:
+    """ByteTrack thresholds derived from the score threshold in use: a detection that `predict` draws starts
+    (and continues) a track; the second stage looks down to a tenth, capped at the threshold itself."""
+    high = threshold if high is None else high
+    cfg = TrackerConfig(high_thresh=high, new_track_thresh=high if new is None else new,
+                        low_thresh=min(0.1, high) if low is None else low, **rest)
+    if not cfg.low_thresh <= cfg.high_thresh:
+        raise ValueError(f"--track-low {cfg.low_thresh} is above the first-stage threshold {cfg.high_thresh}; lower it")
+    return cfg
+
+
 class ByteTracker:
     """tracker.update(detections) -> the same frame's tracked Detections, each with a stable track_id.
 
@@ -163,4 +175,4 @@ class ByteTracker:
         return replace(picked, track_ids=np.array([t.id for t, _ in out_index], np.int64))
 
 
-__all__ = ["ByteTracker", "TrackerConfig", "linear_assignment", "iou_matrix"]
+__all__ = ["ByteTracker", "TrackerConfig", "tracker_config", "linear_assignment", "iou_matrix"]

@@ -12,7 +12,7 @@ from typing import Deque, Dict, List, Sequence, Tuple
 import cv2
 import numpy as np
 
-from runtime.draw import class_color
+from runtime.draw import class_color, draw, draw_style
 from runtime.types import Detections
 
 Point = Tuple[float, float]
@@ -125,30 +125,26 @@ class Trails:
 
 
 def draw_tracks(frame: np.ndarray, dets: Detections, trails: "Trails" = None, copy: bool = True) -> np.ndarray:
-    """Boxes coloured by track id, labelled '#id name score', with each track's trail."""
-    out = frame.copy() if copy else frame
-    ids = dets.track_ids if dets.track_ids is not None else np.full(len(dets), -1)
-    for box, tid, name, score in zip(dets.boxes_xyxy, ids.tolist(), dets.names, dets.scores.tolist()):
-        color = class_color(tid if tid >= 0 else 0)
-        x0, y0, x1, y1 = (int(round(float(v))) for v in box)
-        cv2.rectangle(out, (x0, y0), (x1, y1), color, 2)
-        text = f"#{tid} {name} {score:.2f}"
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
-        ty = max(th + base, y0 - 2)
-        cv2.rectangle(out, (x0, ty - th - base), (x0 + tw, ty + base // 2), color, -1)
-        cv2.putText(out, text, (x0, ty - base // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
-        if trails is not None and tid in trails.points and len(trails.points[tid]) > 1:
-            cv2.polylines(out, [np.array(trails.points[tid], np.int32)], False, color, 2, cv2.LINE_AA)
+    """Boxes coloured by track id, labelled '#id name score' (placed as `runtime.draw.draw` places labels:
+    never over each other), with each track's trail; line widths scale with the frame."""
+    out = draw(frame, dets, copy=copy, color_by_track=True)
+    if trails is not None:
+        line = draw_style(*out.shape[:2])[0]
+        ids = dets.track_ids if dets.track_ids is not None else np.full(len(dets), -1)
+        for tid in ids.tolist():
+            if tid in trails.points and len(trails.points[tid]) > 1:
+                cv2.polylines(out, [np.array(trails.points[tid], np.int32)], False, class_color(tid), line, cv2.LINE_AA)
     return out
 
 
 def draw_line(frame: np.ndarray, line: LineCounter, color=(0, 255, 255)) -> np.ndarray:
     p0, p1 = tuple(int(v) for v in line.start), tuple(int(v) for v in line.end)
-    cv2.line(frame, p0, p1, color, 2, cv2.LINE_AA)
+    width, scale, stroke = draw_style(*frame.shape[:2])
+    cv2.line(frame, p0, p1, color, width, cv2.LINE_AA)
     text = f"in {line.in_count}  out {line.out_count}"
-    org = (min(p0[0], p1[0]) + 5, max(20, min(p0[1], p1[1]) - 8))
-    cv2.putText(frame, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 4, cv2.LINE_AA)
-    cv2.putText(frame, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.7, color, 2, cv2.LINE_AA)
+    org = (min(p0[0], p1[0]) + 5, max(int(40 * scale), min(p0[1], p1[1]) - 8))
+    cv2.putText(frame, text, org, cv2.FONT_HERSHEY_SIMPLEX, 1.4 * scale, (0, 0, 0), 2 * (stroke + 1), cv2.LINE_AA)
+    cv2.putText(frame, text, org, cv2.FONT_HERSHEY_SIMPLEX, 1.4 * scale, color, stroke + 1, cv2.LINE_AA)
     return frame
 
 
@@ -157,11 +153,13 @@ def draw_zone(frame: np.ndarray, zone: PolygonZone, color=(255, 128, 0), alpha: 
     overlay = frame.copy()
     cv2.fillPoly(overlay, [poly], color)
     cv2.addWeighted(overlay, alpha, frame, 1 - alpha, 0, dst=frame)
-    cv2.polylines(frame, [poly], True, color, 2, cv2.LINE_AA)
+    width, scale, stroke = draw_style(*frame.shape[:2])
+    cv2.polylines(frame, [poly], True, color, width, cv2.LINE_AA)
     x, y = poly.min(0)
     text = f"in zone {zone.current_count} (total {zone.total_count})"
-    cv2.putText(frame, text, (int(x) + 5, int(y) + 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 4, cv2.LINE_AA)
-    cv2.putText(frame, text, (int(x) + 5, int(y) + 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
+    org = (int(x) + 5, int(y) + int(44 * scale))
+    cv2.putText(frame, text, org, cv2.FONT_HERSHEY_SIMPLEX, 1.2 * scale, (0, 0, 0), 2 * (stroke + 1), cv2.LINE_AA)
+    cv2.putText(frame, text, org, cv2.FONT_HERSHEY_SIMPLEX, 1.2 * scale, (255, 255, 255), stroke + 1, cv2.LINE_AA)
     return frame
 
 
