@@ -27,6 +27,9 @@ SERVE = ["aiohttp>=3.9"]
 # motmetrics: IDF1 / MOTA of the tracker tests.
 # vermin: the static Python 3.8 check of the torch-free packages (JetPack 5).
 TEST = ["pytest>=7.4", "selenium>=4.15", "motmetrics>=1.4", "vermin>=1.6"]
+# The docs site (mkdocs.yml): `mkdocs build --strict` in scripts/test.sh. Pinned: a strict build fails on
+# any new warning, and MkDocs 2 / a new Material change what warns.
+DOCS = ["mkdocs==1.6.1", "mkdocs-material==9.8.2", "mkdocstrings==1.0.8", "mkdocstrings-python==2.0.11"]
 
 
 def cuda_extension_build():
@@ -77,6 +80,7 @@ setup(
         "prompt": PROMPT,
         "serve": SERVE,
         "test": TEST,
+        "docs": DOCS,
         "all": TRAIN + CONVERT + SERVE + TEST,
     },
     entry_points={
