@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,29 +50,37 @@ def _env(work: Path) -> dict:
     return env
 
 
-def _run(snippet: Snippet, work: Path, env: dict) -> None:
+def _run(snippet: Snippet, work: Path, env: dict) -> bool:
+    """Run one block -> False when it needs `../shared` and that is absent (no later block reads its outputs)."""
     code = snippet.prepared()
-    if "../shared" in code and not SHARED.is_dir():
-        pytest.skip(f"{snippet.where} reads ../shared, which is not present")
+    if "../shared" in code and not SHARED.is_dir() and snippet.mode != "file":
+        return False
     if snippet.mode == "file":
         (work / snippet.argument).parent.mkdir(parents=True, exist_ok=True)
         (work / snippet.argument).write_text(code, encoding="utf-8")
-        return
+        return True
     argv = ["bash", "-e", "-o", "pipefail", "-c", code] if snippet.language == "bash" else [sys.executable, "-c", code]
+    start = time.monotonic()
     proc = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S)
+    print(f"{snippet.where}: {time.monotonic() - start:.1f} s")  # shown with -s: where the page's time goes
     if proc.returncode != 0:
         tail = (proc.stdout[-3000:] + "\n" + proc.stderr[-3000:]).strip()
         raise AssertionError(f"{snippet.where} ({snippet.language}) exited {proc.returncode}:\n{code}\n--- output ---\n{tail}")
+    return True
 
 
 def _run_page(page: str, tmp_path: Path, modes) -> int:
     work = _workdir(tmp_path)
     env = _env(work)
-    ran = 0
+    ran, without_shared = 0, []
     for snippet in checked_snippets(page):
         if snippet.mode in modes:
-            _run(snippet, work, env)
-            ran += snippet.mode != "file"
+            if _run(snippet, work, env):
+                ran += snippet.mode != "file"
+            else:
+                without_shared.append(snippet.where)
+    if without_shared and not ran:
+        pytest.skip(f"{', '.join(without_shared)} read ../shared, which is not present")
     return ran
 
 

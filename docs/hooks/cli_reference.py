@@ -14,7 +14,7 @@ from typing import List, Tuple
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PAGE = "reference/cli.md"
-HELP_COLUMNS = "100"  # argparse wraps to $COLUMNS: fixed, so the page does not depend on the builder's terminal
+HELP_COLUMNS = "80"  # argparse wraps to $COLUMNS: fixed, so the page does not depend on the builder's terminal
 
 
 def _import_repo_packages() -> None:
@@ -67,7 +67,7 @@ def render() -> str:
         "# CLI reference",
         "",
         "Generated when the site is built, from the same argparse definitions the commands use:",
-        "each section is exactly what `--help` prints (at 100 columns). Commands are quiet by",
+        "each section is exactly what `--help` prints (at 80 columns). Commands are quiet by",
         "default; `edgedet -v COMMAND ...` shows every log line and full tracebacks.",
         "",
     ]
