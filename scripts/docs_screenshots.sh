@@ -19,3 +19,4 @@ shot() {  # URL path, output file
 shot "" docs/images/site-home.png
 shot "reference/cli/" docs/images/site-cli.png
 shot "deploy/" docs/images/site-deploy.png
+shot "reference/runtime/" docs/images/site-api.png
