@@ -130,3 +130,16 @@ def test_task_pages_exist_and_are_in_the_nav():
     for page in TASK_PAGES:
         assert (DOCS / page).is_file(), page
         assert f": {page}" in nav, f"{page} is not in mkdocs.yml's nav"
+
+
+def test_readme_is_short_and_its_links_resolve():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 200, "README.md is the front page: keep it under 200 lines, move the rest into docs/"
+    import re
+
+    links = re.findall(r"\]\((docs/[^)#]+)", text)
+    assert len(links) >= 10
+    for link in links:
+        assert (REPO / link).is_file(), f"README links to a missing {link}"
+    for command in ("bash scripts/setup.sh && edgedet demo", "bash scripts/test.sh"):
+        assert f"```bash\n{command}\n```" in text, f"README lost its command {command!r}"
