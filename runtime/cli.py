@@ -139,11 +139,17 @@ def format_summary(stats: dict) -> str:
 RUN_COMMAND = RunCommand()
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """Console script `edgedet-run`."""
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `edgedet-run` (also what the docs' CLI reference prints)."""
     parser = argparse.ArgumentParser(prog="edgedet-run", description=RUN_COMMAND.help)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     RUN_COMMAND.add_arguments(parser)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Console script `edgedet-run`."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:

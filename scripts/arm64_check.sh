@@ -8,7 +8,7 @@
 #     compares its aarch64 outputs with x86's (scores <= 1e-4) under two qemu CPU models: `max,sve=off`
 #     (qemu's default with FP16/BF16 arithmetic but, like a Jetson Orin's Cortex-A78AE, no SVE) and
 #     `cortex-a72` (no FP16). Plain `max` adds 512-bit SVE, on which OpenVINO's CPU plugin (all layers
-#     f32) differs from x86 by up to 0.7 in score: EDGEDET_ARM64_CPUS="max" shows it (README, aarch64 row).
+#     f32) differs from x86 by up to 0.7 in score: EDGEDET_ARM64_CPUS="max" shows it (docs/jetson.md, aarch64 row).
 # Last line: `arm64: N passed, M failed` (tests + parity checks) and the parity figures.
 # Exit status: 0 all passed, 1 something failed, 3 this machine cannot run it (the reason on one line).
 set -euo pipefail

@@ -38,6 +38,19 @@ if ! /usr/bin/python3 -c "import cv2, gi; gi.require_version('Gst', '1.0')" >/de
     echo "WARNING: GStreamer / Debian's python3-opencv missing (apt-get install $GST_PACKAGES); the GStreamer capture tests will be skipped" >&2
   fi
 fi
+# The docs site (mkdocs.yml): the [docs] extra's pinned tools, then a strict build (a broken link, a missing
+# page or an API name that does not resolve fails). tests/ runs the pages' code blocks and checks the CLI reference.
+docs_build() {
+  if ! python3 -c "import mkdocs, material, mkdocstrings_handlers.python" >/dev/null 2>&1; then
+    python3 -m pip install -q --disable-pip-version-check -e ".[docs]" || return $?
+  fi
+  local site rc=0
+  site=$(mktemp -d)
+  NO_MKDOCS_2_WARNING=1 python3 -m mkdocs build --strict --quiet --site-dir "$site" || rc=$?
+  rm -rf "$site"
+  return "$rc"
+}
+step "docs site (mkdocs build --strict)" docs_build
 step "fast test suite (pytest -m 'not slow')" python3 -m pytest -q -m "not slow" tests
 # The runtime in a venv holding only the base install (no torch), on the oldest Python found (3.8 = JetPack 5's).
 step "runtime base install (scripts/check_runtime_base_install.sh)" bash scripts/check_runtime_base_install.sh

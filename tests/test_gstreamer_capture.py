@@ -2,7 +2,7 @@
 
 A venv made by Debian's `/usr/bin/python3 -m venv --system-site-packages` sees Debian's
 `python3-opencv` (built with GStreamer) and `python3-gi`, as a Jetson's venv sees JetPack's. The
-README's Jetson steps install edgedet into it (`requirements/jetson.txt`, then `--no-deps -e .`);
+docs/jetson.md's steps install edgedet into it (`requirements/jetson.txt`, then `--no-deps -e .`);
 built once (then cached), then `edgedet-run` and the runtime API read `videotestsrc` and
 `filesrc ! decodebin` pipelines in it, and `jetson_csi_pipeline()` is checked element by element
 against the GStreamer registry with the Jetson-only elements swapped for stand-ins.
@@ -54,7 +54,7 @@ def _venv_key() -> str:
 
 @pytest.fixture(scope="session")
 def jetson_venv() -> Path:
-    """The venv after README's Jetson install steps, over the system's GStreamer OpenCV: its python.
+    """The venv after the Jetson install steps of docs/jetson.md, over the system's GStreamer OpenCV: its python.
 
     Built once, then kept in ~/.cache/edgedet (EDGEDET_CACHE) under a key of what it was built from.
     """
