@@ -9,6 +9,7 @@ Press q or Esc in the window to quit.
 import argparse
 
 from runtime import Detector, Pipeline, ShowSink, VideoSink, open_source
+from runtime.safety import refuse_output_over_input
 
 
 def main() -> None:
@@ -19,6 +20,10 @@ def main() -> None:
     parser.add_argument("--conf", type=float, default=None, help="minimum score (default: the manifest's recommended one)")
     parser.add_argument("--save", default=None, help="write an annotated video instead of showing a window")
     args = parser.parse_args()
+    try:  # never over the model's own files (sidecar, .bin, custom-op library) or the input, even through links
+        refuse_output_over_input([args.save], [args.model, args.source], what="--save")
+    except ValueError as e:
+        parser.error(str(e))
 
     detector = Detector(args.model, device=args.device, conf=args.conf)
     source = open_source(args.source)

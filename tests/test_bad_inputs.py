@@ -529,3 +529,21 @@ def test_discrete_method_from_a_dsp_config_name_is_said_on_load(caplog):
         assert cross_attn_updates("w/best.pth", "rtdetrv2_r18vd_dsp", []) == []
     assert "sampling: discrete (from config rtdetrv2_r18vd_dsp" in caplog.text
     assert resolve_config("rtdetrv2_r18vd_dsp", [])["RTDETRTransformerv2"]["cross_attn_method"] == "discrete"
+
+
+@pytest.mark.parametrize("script, flag", [("camera_demo.py", "--save"), ("jetson_csi.py", "--json")])
+def test_example_outputs_over_the_models_sidecar_are_refused(tmp_path, artifact, capsys, monkeypatch, script, flag):
+    import sys
+
+    from script_loader import load_script
+
+    link = tmp_path / "out.jsonl"
+    link.symlink_to(sidecar_path(artifact))
+    before = sha(sidecar_path(artifact))
+    module = load_script(Path(__file__).resolve().parents[1] / "examples" / script, script[:-3])
+    monkeypatch.setattr(module, "Detector", lambda *a, **k: pytest.fail("the model opened before the outputs were checked"))
+    monkeypatch.setattr(sys, "argv", [script, "--model", str(artifact), flag, str(link)])
+    with pytest.raises(SystemExit) as e:
+        module.main()
+    assert e.value.code == 2 and "a file of the model" in one_line(capsys.readouterr().err.strip().splitlines()[-1])
+    assert sha(sidecar_path(artifact)) == before
