@@ -547,3 +547,18 @@ def test_example_outputs_over_the_models_sidecar_are_refused(tmp_path, artifact,
         module.main()
     assert e.value.code == 2 and "a file of the model" in one_line(capsys.readouterr().err.strip().splitlines()[-1])
     assert sha(sidecar_path(artifact)) == before
+
+
+def test_missing_relative_coco_annotation_names_both_places_looked(tmp_path, monkeypatch):
+    from edgedet.config import DataConfig
+    from edgedet.data import build_dataset
+
+    root = tmp_path / "coco"
+    root.mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = DataConfig(format="coco", root=str(root), train_ann="coco/annotations/instances_train.json")
+    with pytest.raises(FileNotFoundError) as e:
+        build_dataset(cfg, "train")
+    err = one_line(e.value)
+    assert f"is neither {tmp_path / 'coco/annotations/instances_train.json'} (from the current folder)" in err
+    assert f"nor {root / 'coco/annotations/instances_train.json'} (under data.root); fix data.train_ann" in err
