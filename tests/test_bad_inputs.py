@@ -562,3 +562,24 @@ def test_missing_relative_coco_annotation_names_both_places_looked(tmp_path, mon
     err = one_line(e.value)
     assert f"is neither {tmp_path / 'coco/annotations/instances_train.json'} (from the current folder)" in err
     assert f"nor {root / 'coco/annotations/instances_train.json'} (under data.root); fix data.train_ann" in err
+
+
+def test_visual_prompt_example_refuses_saving_prompts_over_the_text_bank_in_one_line(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from script_loader import load_script
+
+    detector = make_blob_artifact(tmp_path / "art", name="trex-detector")
+    write_sidecar(dataclasses.replace(read_sidecar(detector), extra={"prompted": {"text_bank": "text_prompts.npz"}}), detector)
+    bank = tmp_path / "art" / "text_prompts.npz"
+    np.savez(bank, names=np.array(["a"]), embeddings=np.ones((1, 4), np.float32))
+    link = tmp_path / "mine.npz"
+    link.symlink_to(bank)
+    before = sha(bank)
+    module = load_script(Path(__file__).resolve().parents[1] / "examples" / "visual_prompt.py", "visual_prompt")
+    monkeypatch.setattr(sys, "argv", ["visual_prompt.py", "run", "--artifacts", str(tmp_path / "art"),
+                                      "--load-prompts", str(tmp_path / "old.npz"), "--save-prompts", str(link)])
+    with pytest.raises(SystemExit) as e:
+        module.main()
+    assert e.value.code == 2 and "text_prompts.npz" in one_line(capsys.readouterr().err.strip())
+    assert sha(bank) == before
