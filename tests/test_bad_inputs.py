@@ -583,3 +583,15 @@ def test_visual_prompt_example_refuses_saving_prompts_over_the_text_bank_in_one_
         module.main()
     assert e.value.code == 2 and "text_prompts.npz" in one_line(capsys.readouterr().err.strip())
     assert sha(bank) == before
+
+
+def test_eval_json_through_a_link_to_the_checkpoint_is_refused_before_loading(tmp_path, capsys):
+    from edgedet.cli import main
+
+    ckpt = tmp_path / "best.pth"
+    ckpt.write_bytes(b"the user's weights")
+    link = tmp_path / "metrics.json"
+    link.symlink_to(ckpt)
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", "synthetic", "--json", str(link)]) == 2
+    assert f"is the input {ckpt}" in one_line(capsys.readouterr().err.strip())
+    assert ckpt.read_bytes() == b"the user's weights"
