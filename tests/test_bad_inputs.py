@@ -595,3 +595,15 @@ def test_eval_json_through_a_link_to_the_checkpoint_is_refused_before_loading(tm
     assert main(["eval", "--checkpoint", str(ckpt), "--data", "synthetic", "--json", str(link)]) == 2
     assert f"is the input {ckpt}" in one_line(capsys.readouterr().err.strip())
     assert ckpt.read_bytes() == b"the user's weights"
+
+
+@pytest.mark.parametrize("command", ["export", "predict"])
+def test_edgedet_checkpoint_without_config_is_named_by_export_and_predict(tmp_path, capsys, command):
+    from edgedet.cli import main
+
+    path = tmp_path / "best.pth"
+    torch.save({"format": "edgedet-checkpoint-v1", "model": {"w": torch.zeros(1)}}, path)
+    tail = ["--output", str(tmp_path / "x.onnx")] if command == "export" else ["--source", str(_images(tmp_path / "in"))]
+    assert main([command, "--model", str(path), *tail]) == 2
+    err = one_line(capsys.readouterr().err.strip().splitlines()[-1])
+    assert "lacks its 'config' entry" in err and "not an official one" not in err  # was: "use it as it is"
