@@ -607,3 +607,15 @@ def test_edgedet_checkpoint_without_config_is_named_by_export_and_predict(tmp_pa
     assert main([command, "--model", str(path), *tail]) == 2
     err = one_line(capsys.readouterr().err.strip().splitlines()[-1])
     assert "lacks its 'config' entry" in err and "not an official one" not in err  # was: "use it as it is"
+
+
+def test_outputs_over_tensorrt_caches_and_plugin_library_are_refused(tmp_path):
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"plan")
+    for name in ("m.timing.cache", "m.calib.cache", "libedgedet_trt_msda.so", "m.engine.edgedet.json"):
+        (tmp_path / name).write_bytes(b"x")
+        link = tmp_path / f"link-{name}"
+        link.symlink_to(tmp_path / name)
+        for out in (tmp_path / name, link):
+            with pytest.raises(UnsafeOutputError, match="a file of the model"):
+                refuse_output_over_input([out], [engine])
