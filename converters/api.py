@@ -61,10 +61,12 @@ def resolve_model(source: ModelSource, config: Optional[str] = None,
         return source.eval(), {}
     path = Path(source)
     if path.is_file():
-        from edgedet.engine.checkpoint import CheckpointError, load_checkpoint, load_model
+        from edgedet.engine.checkpoint import CheckpointError, IncompleteCheckpointError, load_checkpoint, load_model
 
         try:
             ckpt = load_checkpoint(path)
+        except IncompleteCheckpointError:  # ours, but lacking its config: say so, not "use it as it is"
+            raise
         except CheckpointError:  # not written by `edgedet train`: an official checkpoint
             from edgedet.checkpoints import load_official
             from edgedet.checkpoints.released_configs import MissingConfigError

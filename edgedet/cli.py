@@ -106,7 +106,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         # Bad input: one line that says what to do, not a traceback (use -v for one).
         if args.verbose:
             raise
-        print(f"edgedet {args.command}: error: {e}", file=sys.stderr)
+        from runtime.paths import folder_error_line
+
+        print(f"edgedet {args.command}: error: {folder_error_line(e) if isinstance(e, OSError) else e}", file=sys.stderr)
         return 2
 
 

@@ -31,10 +31,12 @@ DEFAULT_IMGSZ = FALLBACK_IMGSZ  # `edgedet export`'s input when the checkpoint c
 
 def load_checkpoint_model(path: Union[str, Path]) -> Tuple[torch.nn.Module, dict]:
     """Our checkpoint or an official one -> (deployable model in eval mode, experiment config dict or {})."""
-    from edgedet.engine.checkpoint import CheckpointError, load_checkpoint, load_model
+    from edgedet.engine.checkpoint import CheckpointError, IncompleteCheckpointError, load_checkpoint, load_model
 
     try:
         ckpt = load_checkpoint(path)
+    except IncompleteCheckpointError:  # ours, lacking an entry: its own message, not the official loader's
+        raise
     except CheckpointError:
         from edgedet.checkpoints import load_official
 

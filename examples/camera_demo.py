@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from runtime import Detector, Pipeline, ShowSink, VideoSink, open_source
+from runtime.safety import refuse_output_over_input
 
 
 def main() -> None:
@@ -20,6 +21,10 @@ def main() -> None:
     parser.add_argument("--conf", type=float, default=None, help="minimum score (default: the manifest's recommended one)")
     parser.add_argument("--save", default=None, help="write an annotated video instead of showing a window")
     args = parser.parse_args()
+    try:  # never over the model's own files (sidecar, .bin, custom-op library) or the input, even through links
+        refuse_output_over_input([args.save], [args.model, args.source], what="--save")
+    except ValueError as e:
+        parser.error(str(e))
 
     detector = Detector(args.model, device=args.device, conf=args.conf)
     source = open_source(args.source)

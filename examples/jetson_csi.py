@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from runtime import Detector, JsonLinesSink, Pipeline, ShowSink, jetson_csi_pipeline, open_source
+from runtime.safety import refuse_output_over_input
 
 
 def main() -> None:
@@ -22,6 +23,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="cuda for .onnx/.engine on the Jetson GPU, CPU otherwise")
     parser.add_argument("--json", default=None, help="log detections as JSON lines instead of showing a window")
     args = parser.parse_args()
+    try:  # never over the model's own files (sidecar, .bin, custom-op library) or the input, even through links
+        refuse_output_over_input([args.json], [args.model], what="--json")
+    except ValueError as e:
+        parser.error(str(e))
 
     gst = jetson_csi_pipeline(sensor_id=args.sensor_id, width=args.width, height=args.height, fps=args.fps, flip=args.flip)
     detector = Detector(args.model, device=args.device)

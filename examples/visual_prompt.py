@@ -93,7 +93,10 @@ def main() -> None:
     r.add_argument("--save-prompts", help="store the encoded prompts (.npz)")
     r.add_argument("--load-prompts", help="reuse prompts stored with --save-prompts")
     args = parser.parse_args()
-    export(args) if args.command == "export" else run(args)
+    try:
+        export(args) if args.command == "export" else run(args)
+    except (OSError, ValueError) as e:  # bad input (an output over a model file, a cut prompt file): one line
+        parser.exit(2, f"{parser.prog} {args.command}: error: {e}\n")
 
 
 if __name__ == "__main__":

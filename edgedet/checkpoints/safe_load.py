@@ -49,7 +49,8 @@ def unsafe_globals_message(path: Path, error: BaseException) -> str:
         return ""
     return (f"refusing to load {path}: its pickle needs the global(s) {', '.join(names)}, and edgedet does not "
             "execute arbitrary pickles (only tensors, containers and argparse.Namespace are allowed). "
-            "If you trust the file, re-save it as {'model': state_dict, 'args': dict} and load that.")
+            "If you trust the file, re-save only its tensors (a state dict of tensors, with plain dicts, lists, "
+            "numbers and strings around them) and load that.")
 
 
 def safe_torch_load(path: Union[str, Path]) -> Any:

@@ -33,6 +33,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used here; the message says what to do."""
 
 
+class IncompleteCheckpointError(CheckpointError):
+    """An edgedet checkpoint (its format says so) that lacks an entry: never to be retried as an official one."""
+
+
 # ---------------------------------------------------------------- RNG state
 
 
@@ -185,7 +189,7 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
                               "convert official weights with `edgedet convert-checkpoint`")
     lacking = [k for k in ("model", "config") if not isinstance(ckpt.get(k), dict)]
     if lacking:
-        raise CheckpointError(f"edgedet checkpoint {path} lacks its {' and '.join(repr(k) for k in lacking)} entry "
+        raise IncompleteCheckpointError(f"edgedet checkpoint {path} lacks its {' and '.join(repr(k) for k in lacking)} entry "
                               "(written by a tool other than `edgedet train`?); re-save it with save_checkpoint or re-run training")
     return ckpt
 
@@ -230,5 +234,5 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu", prefer_
     return model.to(device).eval()
 
 
-__all__ = ["FORMAT", "CheckpointError", "save_checkpoint", "save_best", "atomic_torch_save", "remove_stale_temp_files", "load_checkpoint", "load_model", "checkpoint_config",
+__all__ = ["FORMAT", "CheckpointError", "IncompleteCheckpointError", "save_checkpoint", "save_best", "atomic_torch_save", "remove_stale_temp_files", "load_checkpoint", "load_model", "checkpoint_config",
            "load_state_checked", "check_same_model", "rng_state", "set_rng_state", "unwrap"]

@@ -112,7 +112,11 @@ def read_coco_split(spec: Any, split: str) -> Parsed:
                                 if split in ("train", "val", "test") else
                                 f"COCO datasets have the splits train, val and test (data.<split>_ann), not '{split}'")
     root = _root(spec)
-    return read_coco(root, resolve_path(ann, root), spec.skip_corrupt, split_dir)
+    path = resolve_path(ann, root)
+    if not path.is_file() and not Path(ann).expanduser().is_absolute():  # name both places looked, not root/ann alone
+        raise FileNotFoundError(f"COCO annotation file not found: data.{split}_ann '{ann}' is neither {Path(ann).absolute()} "
+                                f"(from the current folder) nor {path} (under data.root); fix data.{split}_ann")
+    return read_coco(root, path, spec.skip_corrupt, split_dir)
 
 
 def read_voc_split(spec: Any, split: str) -> Parsed:
