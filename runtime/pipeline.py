@@ -32,7 +32,7 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequenc
 import numpy as np
 
 from runtime.capture import Frame, Source, open_source
-from runtime.overlap import OverlappedDetect, is_staged
+from runtime.overlap import OverlappedDetect, get_unless_stopped, is_staged
 from runtime.types import Detections
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,24 @@ class ThreadedStages:
             if callable(close):
                 close()
 
+    def run(self, duration_s: float = 0.0) -> Dict[str, Any]:
+        """Process every source to its end (or for `duration_s` seconds when > 0, or until a sink raises
+        StopPipeline / Ctrl-C); returns `stats()`."""
+        self.start()
+        end = time.perf_counter() + duration_s if duration_s else None
+        try:
+            # Not Thread.join: a Ctrl-C that interrupts join() leaves that thread looking alive forever (CPython < 3.13).
+            while not self._sinks_done.wait(timeout=0.05) and not self._stop.is_set():
+                if end is not None and time.perf_counter() >= end:
+                    break
+        finally:
+            self.close()
+        self._raise_error()
+        return self.stats()
+
+    def stats(self) -> Dict[str, Any]:
+        raise NotImplementedError
+
     def start(self) -> Any:
         raise NotImplementedError
 
@@ -209,12 +227,7 @@ class Pipeline(ThreadedStages):
         return self
 
     def _get(self, q: "queue.Queue[Any]") -> Any:
-        while not self._stop.is_set():
-            try:
-                return q.get(timeout=0.05)
-            except queue.Empty:
-                continue
-        return _END
+        return get_unless_stopped(q, self._stop, _END)
 
     def _capture_loop(self) -> None:
         try:
@@ -292,18 +305,6 @@ class Pipeline(ThreadedStages):
         self._latency[stage].append(float(ms))
 
     # -- public --------------------------------------------------------------------------
-    def run(self) -> Dict[str, Any]:
-        """Process the whole source (or until a sink raises StopPipeline / Ctrl-C); returns `stats()`."""
-        self.start()
-        try:
-            # Not Thread.join: a Ctrl-C that interrupts join() leaves that thread looking alive forever (CPython < 3.13).
-            while not self._sinks_done.wait(timeout=0.1) and not self._stop.is_set():
-                pass
-        finally:
-            self.close()
-        self._raise_error()
-        return self.stats()
-
     def close(self) -> None:
         """Stop and join every thread, close the source and the sinks; safe to call twice."""
         if not self._stop_threads():
