@@ -28,8 +28,12 @@ def region(node: str) -> str:
         if part == "attention":
             return "vit: attention core (QK^T, softmax, AV)"
         return {"mlp": "vit: MLP"}.get(part, "vit: norms + layer scale")
-    if "backbone.0/encoder" in node or "/backbone" in node and "projector" not in node:
+    if "backbone.0/encoder" in node:
         return "vit: residual adds, windowing reshapes, output norm"
+    if "projector" not in node:  # other families (D-FINE, RT-DETR): their own parts by module path
+        for part, name in (("/backbone", "backbone (CNN)"), ("/encoder", "hybrid encoder"), ("/decoder", "decoder")):
+            if part in node:
+                return name
     if "projector" in node:
         return "projector (C2f)"
     if "/transformer/decoder" in node or "/transformer/layers" in node or "cross_attn" in node:

@@ -64,6 +64,7 @@ from _ov_profile import format_profiles, profile, profile_json  # noqa: E402
 BCCD = REPO.parent / "shared" / "data" / "bccd" / "JPEGImages"
 # models with the full engine set (torch, official-style export on ORT / OpenVINO, ours fused FP32/FP16/INT8)
 REALTIME_MODELS = ("rtdetrv2-r18", "dfine-n", "dfine-s", "rfdetr-n")
+DETECTION_OUTPUTS = ("labels", "boxes", "scores")  # the exported graphs' outputs (postprocess in graph), DeployModel's order
 RFDETR_SIZE = 384  # RF-DETR-N's native resolution
 ALL_MODELS = REALTIME_MODELS + ("dino-r50-4scale", "dino-r18-edge")
 log = logging.getLogger("realtime")
@@ -113,7 +114,7 @@ def params_m(model: torch.nn.Module) -> float:
 
 
 class Engine:
-    def __init__(self, name: str, model: str, run: Callable[[Dict[str, np.ndarray]], List[np.ndarray]], params: float,
+    def __init__(self, name: str, model: str, run: Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]], params: float,
                  xml: Optional[Path] = None, extension: bool = False):
         self.name, self.model, self.run, self.params = name, model, run, params
         self.xml, self.extension = xml, extension  # an OpenVINO engine's IR, for the per-node profile
@@ -133,7 +134,8 @@ def ov_runner(xml: Path, threads: int, extension: bool) -> Callable:
                                                     "INFERENCE_NUM_THREADS": threads})
     request = compiled.create_infer_request()
     names = {n for i in compiled.inputs for n in i.get_names()}
-    return lambda feeds: [np.asarray(v) for v in request.infer({k: v for k, v in feeds.items() if k in names}).values()]
+    # outputs by name: graph forms may order them differently
+    return lambda feeds: {o.get_any_name(): np.asarray(v) for o, v in request.infer({k: v for k, v in feeds.items() if k in names}).items()}
 
 
 def ort_runner(path: Path, threads: int) -> Callable:
@@ -142,17 +144,18 @@ def ort_runner(path: Path, threads: int) -> Callable:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    names = {i.name for i in sess.get_inputs()}
-    return lambda feeds: sess.run(None, {k: v for k, v in feeds.items() if k in names})
+    names, outputs = {i.name for i in sess.get_inputs()}, [o.name for o in sess.get_outputs()]
+    return lambda feeds: dict(zip(outputs, sess.run(None, {k: v for k, v in feeds.items() if k in names})))
 
 
 def torch_runner(model: torch.nn.Module, top_k: int) -> Callable:
     deploy = DeployModel(model, postprocess=True, top_k=top_k).eval()
 
-    def run(feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
+    def run(feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         valid = feeds.get("valid_hw") if deploy.takes_valid_region else None
         with torch.no_grad():
-            return [o.numpy() for o in deploy(torch.from_numpy(feeds["images"]), None if valid is None else torch.from_numpy(valid))]
+            outputs = deploy(torch.from_numpy(feeds["images"]), None if valid is None else torch.from_numpy(valid))
+        return dict(zip(DETECTION_OUTPUTS, (o.numpy() for o in outputs)))
 
     return run
 
@@ -244,7 +247,7 @@ def agreement(engines: List[Engine], frames: List[np.ndarray], model: str = "rtd
         return out
 
     def topk(run: Callable) -> List[Dict[str, np.ndarray]]:
-        return [dict(zip(("labels", "boxes", "scores"), (o[0] for o in run(f)))) for f in frames]
+        return [{k: v[0] for k, v in run(f).items() if k in DETECTION_OUTPUTS} for f in frames]
 
     frames = by["fused-fp32"].frames or frames
     ref = topk(by["fused-fp32"].run)
