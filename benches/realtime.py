@@ -23,6 +23,11 @@ same backend, INT8 vs FP32 with the INT8 top-K agreement (`converters.verify.top
 detections matched by label and IoU >= 0.9 against fused FP32 on BCCD images). Models are randomly
 initialised unless `--rtdetr-checkpoint` is given (agreement on a random model is only indicative).
 
+With `--profile MODELS` (default rfdetr-n) every OpenVINO engine of those models is also profiled per node
+(OpenVINO PERF_COUNT) and the node times are grouped by region (ViT q/k/v/out projections, attention core,
+MLP, windowing reshapes, projector, two-stage selection, decoder, ...): a table per model and
+`profile_ms_by_region` in the JSON.
+
     python benches/realtime.py --quick     # 5 rounds, 8 calibration images, no DINO-R50 eager
     python benches/realtime.py             # 20 rounds, 32 calibration images
 
@@ -32,13 +37,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+from dataclasses import replace
 import json
 import logging
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -48,13 +54,17 @@ sys.path.insert(0, str(REPO))
 
 from converters.api import deployable, make_manifest  # noqa: E402
 from converters.calibration import calibration_batches, image_paths  # noqa: E402
-from converters.onnx.export import DeployModel, export_onnx  # noqa: E402
+from converters.onnx.export import VALID_INPUT_NAME, DeployModel, export_onnx  # noqa: E402
 from converters.openvino.convert import convert_openvino, fused_extension_available  # noqa: E402
 from converters.verify import topk_agreement  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _ov_profile import format_profiles, profile, profile_json  # noqa: E402
 
 BCCD = REPO.parent / "shared" / "data" / "bccd" / "JPEGImages"
 # models with the full engine set (torch, official-style export on ORT / OpenVINO, ours fused FP32/FP16/INT8)
 REALTIME_MODELS = ("rtdetrv2-r18", "dfine-n", "dfine-s", "rfdetr-n")
+DETECTION_OUTPUTS = ("labels", "boxes", "scores")  # the exported graphs' outputs (postprocess in graph), DeployModel's order
 RFDETR_SIZE = 384  # RF-DETR-N's native resolution
 ALL_MODELS = REALTIME_MODELS + ("dino-r50-4scale", "dino-r18-edge")
 log = logging.getLogger("realtime")
@@ -104,10 +114,12 @@ def params_m(model: torch.nn.Module) -> float:
 
 
 class Engine:
-    def __init__(self, name: str, model: str, run: Callable[[np.ndarray], List[np.ndarray]], params: float):
+    def __init__(self, name: str, model: str, run: Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]], params: float,
+                 xml: Optional[Path] = None, extension: bool = False):
         self.name, self.model, self.run, self.params = name, model, run, params
+        self.xml, self.extension = xml, extension  # an OpenVINO engine's IR, for the per-node profile
         self.times: List[float] = []
-        self.frames: List[np.ndarray] = []  # own input frames when the model runs at another size
+        self.frames: List[Dict[str, np.ndarray]] = []  # own feeds (input name -> array) when the model runs at another size
 
 
 def ov_runner(xml: Path, threads: int, extension: bool) -> Callable:
@@ -121,7 +133,9 @@ def ov_runner(xml: Path, threads: int, extension: bool) -> Callable:
     compiled = core.compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
                                                     "INFERENCE_NUM_THREADS": threads})
     request = compiled.create_infer_request()
-    return lambda x: [np.asarray(v) for v in request.infer({"images": x}).values()]
+    names = {n for i in compiled.inputs for n in i.get_names()}
+    # outputs by name: graph forms may order them differently
+    return lambda feeds: {o.get_any_name(): np.asarray(v) for o, v in request.infer({k: v for k, v in feeds.items() if k in names}).items()}
 
 
 def ort_runner(path: Path, threads: int) -> Callable:
@@ -130,15 +144,18 @@ def ort_runner(path: Path, threads: int) -> Callable:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return lambda x: sess.run(None, {"images": x})
+    names, outputs = {i.name for i in sess.get_inputs()}, [o.name for o in sess.get_outputs()]
+    return lambda feeds: dict(zip(outputs, sess.run(None, {k: v for k, v in feeds.items() if k in names})))
 
 
 def torch_runner(model: torch.nn.Module, top_k: int) -> Callable:
     deploy = DeployModel(model, postprocess=True, top_k=top_k).eval()
 
-    def run(x: np.ndarray) -> List[np.ndarray]:
+    def run(feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        valid = feeds.get("valid_hw") if deploy.takes_valid_region else None
         with torch.no_grad():
-            return [o.numpy() for o in deploy(torch.from_numpy(x))]
+            outputs = deploy(torch.from_numpy(feeds["images"]), None if valid is None else torch.from_numpy(valid))
+        return dict(zip(DETECTION_OUTPUTS, (o.numpy() for o in outputs)))
 
     return run
 
@@ -172,18 +189,20 @@ def realtime_engines(args, tmp: Path, name: str, model: torch.nn.Module, size: i
                                                                     "grid_sample", top_k=args.top_k, simplify=False))
     engines.append(Engine("official-ort", name, ort_runner(grid, args.threads), p))
     ov_grid = timed(f"{name} openvino grid_sample", lambda: convert_openvino(grid, tmp / f"{name}_grid.xml", "fp32", manifest))
-    engines.append(Engine("official-ov", name, ov_runner(ov_grid, args.threads, False), p))
+    engines.append(Engine("official-ov", name, ov_runner(ov_grid, args.threads, False), p, ov_grid))
     if not fused_extension_available():
         log.warning("OpenVINO MSDA extension not built (scripts/build_ov_extension.sh): fused rows skipped")
         return engines
     fused_manifest = make_manifest(model, "openvino", "fp32", "fused", hw, 1, True, args.top_k, None, {})
+    if DeployModel(model).takes_valid_region:  # what export_onnx adds: calibrate on the deployed feeds
+        fused_manifest = replace(fused_manifest, valid_input=VALID_INPUT_NAME)
     fused = timed(f"{name} export fused", lambda: export_onnx(model, tmp / f"{name}_fused.onnx", hw, fused_manifest,
                                                                "fused", top_k=args.top_k, simplify=False))
-    calib = calibration_batches(image_paths(BCCD)[: args.calib_images], manifest.preprocess, args.calib_images)
+    calib = calibration_batches(image_paths(BCCD)[: args.calib_images], fused_manifest, args.calib_images)
     for precision in ("fp32", "fp16", "int8"):
         xml = timed(f"{name} openvino fused {precision}", lambda: convert_openvino(
             fused, tmp / f"{name}_fused_{precision}.xml", precision, fused_manifest, calib if precision == "int8" else None))
-        engines.append(Engine(f"fused-{precision}", name, ov_runner(xml, args.threads, True), p))
+        engines.append(Engine(f"fused-{precision}", name, ov_runner(xml, args.threads, True), p, xml, True))
     return engines
 
 
@@ -198,10 +217,10 @@ def build_engines(args, tmp: Path, frames: List[np.ndarray]) -> List[Engine]:
             engines += realtime_engines(args, tmp, f"dfine-{size}", deployable(dfine(size)))
     if "rfdetr-n" in wanted:
         rf = realtime_engines(args, tmp, "rfdetr-n", deployable(rfdetr_nano()), RFDETR_SIZE)
-        from runtime.manifest import PreprocessSpec
+        from runtime.manifest import Manifest, PreprocessSpec
 
         spec = PreprocessSpec(size=(RFDETR_SIZE, RFDETR_SIZE))  # ImageNet mean / std, the family's preprocessing
-        own = [b.astype(np.float32) for b in calibration_batches(image_paths(BCCD)[-4:], spec, 4)]
+        own = calibration_batches(image_paths(BCCD)[-4:], Manifest(preprocess=spec, valid_input=VALID_INPUT_NAME), 4)
         for e in rf:
             e.frames = own
         engines += rf
@@ -228,13 +247,26 @@ def agreement(engines: List[Engine], frames: List[np.ndarray], model: str = "rtd
         return out
 
     def topk(run: Callable) -> List[Dict[str, np.ndarray]]:
-        return [dict(zip(("labels", "boxes", "scores"), (o[0] for o in run(f)))) for f in frames]
+        return [{k: v[0] for k, v in run(f).items() if k in DETECTION_OUTPUTS} for f in frames]
 
     frames = by["fused-fp32"].frames or frames
     ref = topk(by["fused-fp32"].run)
     for name in ("fused-fp16", "fused-int8", "official-ort", "official-ov", "torch"):
         if name in by:
             out[name] = topk_agreement(ref, topk(by[name].run))
+    return out
+
+
+def node_profiles(engines: List[Engine], frames: List[np.ndarray], args) -> Dict[str, Dict[str, Dict]]:
+    """Per-node OpenVINO profiles of the `--profile` models' OpenVINO engines, on their own first frame."""
+    from converters.openvino.convert import fused_extension_path
+
+    wanted = {m for m in args.profile.split(",") if m}
+    out: Dict[str, Dict[str, Dict]] = {}
+    for e in engines:
+        if e.model in wanted and e.xml is not None:
+            ext = str(fused_extension_path()) if e.extension else ""
+            out.setdefault(e.model, {})[e.name] = profile(e.xml, (e.frames or frames)[0], args.threads, ext)
     return out
 
 
@@ -247,6 +279,8 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=300)
     ap.add_argument("--calib-images", type=int, default=0, help="INT8 calibration images (default 32, --quick 8)")
     ap.add_argument("--rtdetr-checkpoint", default="", help="an edgedet rtdetr checkpoint (default: random init)")
+    ap.add_argument("--profile", default="rfdetr-n", help="comma-separated models whose OpenVINO engines get a per-node "
+                    "profile (PERF_COUNT) grouped by region ('' = none)")
     ap.add_argument("--models", default=",".join(ALL_MODELS), help=f"comma-separated subset of {', '.join(ALL_MODELS)}")
     args = ap.parse_args()
     unknown = set(args.models.split(",")) - set(ALL_MODELS)
@@ -264,7 +298,7 @@ def main() -> None:
         from runtime.manifest import PreprocessSpec
 
         spec = PreprocessSpec(size=(args.imgsz, args.imgsz), mean=INPUT_MEAN, std=INPUT_STD)
-        frames = [b.astype(np.float32) for b in batches(paths[-4:], spec, 4)]
+        frames = batches(paths[-4:], spec, 4)  # feed dicts {"images": x} (these graphs take no valid region)
         engines = build_engines(args, Path(tmp), frames)
         for e in engines:  # warm-up
             e.run((e.frames or frames)[0])
@@ -276,6 +310,7 @@ def main() -> None:
                 e.run(x)
                 e.times.append((time.perf_counter() - t0) * 1e3)
         agree = {m: agreement(engines, frames, m) for m in REALTIME_MODELS if any(e.model == m for e in engines)}
+        profiles = node_profiles(engines, frames, args)
     rows = []
     for e in engines:
         t = np.asarray(e.times)
@@ -300,7 +335,10 @@ def main() -> None:
         print(f"{m} ratios (x faster):", ", ".join(f"{k} {v}" for k, v in r.items()))
     for m, a in agree.items():
         print(f"{m} top-K agreement with fused FP32:", ", ".join(f"{k} {v:.3f}" for k, v in a.items()))
-    print(json.dumps({"bench": "realtime", "imgsz": args.imgsz, "rfdetr_imgsz": RFDETR_SIZE, "threads": args.threads, "rounds": args.rounds,
+    for m, prof in profiles.items():
+        print(f"\n{m} per-node OpenVINO profile (PERF_COUNT, ms per run summed over nodes, {args.threads} threads):")
+        print("\n".join(format_profiles(prof)))
+    print(json.dumps({"bench": "realtime", "profile_ms_by_region": {m: profile_json(p) for m, p in profiles.items()}, "imgsz": args.imgsz, "rfdetr_imgsz": RFDETR_SIZE, "threads": args.threads, "rounds": args.rounds,
                       "top_k": args.top_k, "trained": bool(args.rtdetr_checkpoint), "rows": rows, "ratios": ratios,
                       "agreement_vs_fused_fp32": agree}))
 

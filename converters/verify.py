@@ -41,6 +41,8 @@ def iou_matrix(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
 def match_stats(ref: Dict[str, np.ndarray], art: Dict[str, np.ndarray]) -> Dict[str, float]:
     """Top-K lists of one image (labels [K], boxes [K, 4] xyxy, scores [K]) -> agreement figures."""
     iou = iou_matrix(ref["boxes"], art["boxes"])
+    # Equal boxes are the same detection even when degenerate (zero area, e.g. clipped to the image edge: IoU 0/0).
+    iou = np.where((ref["boxes"][:, None, :] == art["boxes"][None, :, :]).all(-1), 1.0, iou)
     same = ref["labels"][:, None] == art["labels"][None, :]
     iou = np.where(same, iou, 0.0)
     best = iou.argmax(1) if iou.size else np.zeros(0, int)

@@ -328,19 +328,6 @@ class MultiStreamPipeline(ThreadedStages):
                 return
 
     # -- public --------------------------------------------------------------------------
-    def run(self, duration_s: float = 0.0) -> Dict[str, Any]:
-        """Process every stream to its end (or `duration_s` seconds, a sink's StopPipeline, Ctrl-C) -> `stats()`."""
-        self.start()
-        end = time.perf_counter() + duration_s if duration_s else None
-        try:
-            while not self._sinks_done.wait(timeout=0.05) and not self._stop.is_set():
-                if end is not None and time.perf_counter() >= end:
-                    break
-        finally:
-            self.close()
-        self._raise_error()
-        return self.stats()
-
     def close(self) -> None:
         """Stop and join every thread, then close sources and sinks; safe to call twice."""
         if not self._stop_threads():

@@ -33,6 +33,24 @@ Take = Callable[[], Optional[Tuple[List[Any], List[Any]]]]
 Deliver = Callable[[List[Any], List[Any], Dict[str, float]], bool]
 
 
+def get_unless_stopped(q: "queue.Queue[Any]", stop: threading.Event, end: Any) -> Any:
+    """The next item of `q`, or `end` once `stop` is set (polled every 0.05 s while waiting)."""
+    while not stop.is_set():
+        try:
+            return q.get(timeout=0.05)
+        except queue.Empty:
+            continue
+    return end
+
+
+def acquire_unless_stopped(semaphore: threading.Semaphore, stop: threading.Event) -> bool:
+    """Acquire `semaphore`; False once `stop` is set first."""
+    while not stop.is_set():
+        if semaphore.acquire(timeout=0.05):
+            return True
+    return False
+
+
 def is_staged(detector: Any) -> bool:
     """Has the stages, and a call is exactly them: a subclass that changes `__call__` or `batch` (adds a step
     after detection, say) is run whole, so what it adds is not skipped."""
@@ -61,18 +79,10 @@ class OverlappedDetect:
                 ("postprocess", lambda: self._collect_loop(deliver, on_end))]
 
     def _acquire(self, semaphore: threading.Semaphore) -> bool:
-        while not self._stop.is_set():
-            if semaphore.acquire(timeout=0.05):
-                return True
-        return False
+        return acquire_unless_stopped(semaphore, self._stop)
 
     def _get(self, q: "queue.Queue[Any]") -> Any:
-        while not self._stop.is_set():
-            try:
-                return q.get(timeout=0.05)
-            except queue.Empty:
-                continue
-        return _END
+        return get_unless_stopped(q, self._stop, _END)
 
     def _prepare_loop(self, take: Take) -> None:
         det = self.detector

@@ -31,8 +31,9 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequenc
 
 import numpy as np
 
+from runtime import opencv_threads
 from runtime.capture import Frame, Source, open_source
-from runtime.overlap import OverlappedDetect, is_staged
+from runtime.overlap import OverlappedDetect, get_unless_stopped, is_staged
 from runtime.types import Detections
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,9 @@ class ThreadedStages:
     close their own sources after `_stop_threads()`; `_wake()` rouses loops waiting on a condition.
     """
 
-    def _init_stages(self, queue_size: int) -> None:
+    def _init_stages(self, queue_size: int, opencv_threads: Optional[int] = 1) -> None:
+        self._opencv_threads = opencv_threads  # OpenCV's pool size while the stages run (runtime.opencv_threads)
+        self._opencv_held = False
         self._results: "queue.Queue[Any]" = queue.Queue(maxsize=max(1, int(queue_size)))
         self._stop = threading.Event()
         self._sinks_done = threading.Event()
@@ -76,6 +79,7 @@ class ThreadedStages:
         """loops: (name, callable) in pipeline order; the last one is the sink stage."""
         if self._threads:
             raise RuntimeError(f"{type(self).__name__} already started; create a new one to run again")
+        self._opencv_held = opencv_threads.hold(self._opencv_threads)
         for i, (name, loop) in enumerate(loops):
             t = threading.Thread(target=self._guard, args=(loop, i == len(loops) - 1), name=f"edgedet-{name}", daemon=True)
             self._threads.append(t)
@@ -149,6 +153,9 @@ class ThreadedStages:
                 t.join(timeout=5.0)
                 if t.is_alive():
                     log.warning("pipeline thread %s did not stop within 5 s", t.name)
+        if self._opencv_held:
+            opencv_threads.release()
+            self._opencv_held = False
         return True
 
     @staticmethod
@@ -157,6 +164,24 @@ class ThreadedStages:
             close = getattr(sink, "close", None)
             if callable(close):
                 close()
+
+    def run(self, duration_s: float = 0.0) -> Dict[str, Any]:
+        """Process every source to its end (or for `duration_s` seconds when > 0, or until a sink raises
+        StopPipeline / Ctrl-C); returns `stats()`."""
+        self.start()
+        end = time.perf_counter() + duration_s if duration_s else None
+        try:
+            # Not Thread.join: a Ctrl-C that interrupts join() leaves that thread looking alive forever (CPython < 3.13).
+            while not self._sinks_done.wait(timeout=0.05) and not self._stop.is_set():
+                if end is not None and time.perf_counter() >= end:
+                    break
+        finally:
+            self.close()
+        self._raise_error()
+        return self.stats()
+
+    def stats(self) -> Dict[str, Any]:
+        raise NotImplementedError
 
     def start(self) -> Any:
         raise NotImplementedError
@@ -177,11 +202,13 @@ class Pipeline(ThreadedStages):
     sinks: callables taking a Result (a `close()` method, if any, is called at the end; the
     pipeline owns them). queue_size: depth of the queues between stages for file sources.
     overlap: split a staged detector over preprocess / engine / postprocess threads (False: one
-    detect thread calls `detector(image)`, as for a plain callable).
+    detect thread calls `detector(image)`, as for a plain callable). opencv_threads: OpenCV's worker
+    threads while the pipeline runs (default 1: the stages are the parallelism, and OpenCV's idle
+    workers busy-wait on the engine's cores; None leaves OpenCV's setting alone); restored at close().
     """
 
     def __init__(self, source: Any, detector: Callable[[np.ndarray], Detections], sinks: Sequence[Callable[[Result], Any]] = (),
-                 queue_size: int = 4, history: int = 2000, overlap: bool = True):
+                 queue_size: int = 4, history: int = 2000, overlap: bool = True, opencv_threads: Optional[int] = 1):
         self.source = source if isinstance(source, Source) else open_source(source)
         self.detector = detector
         self.sinks = list(sinks)
@@ -189,7 +216,7 @@ class Pipeline(ThreadedStages):
         depth = 1 if self.live else max(1, int(queue_size))
         self._q_in: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
         self._q_out: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
-        self._init_stages(queue_size)
+        self._init_stages(queue_size, opencv_threads)
         # A frame is taken for preprocessing only when the engine has taken the one before (a live frame stays in the
         # newest-frame slot until then, so the freshest one is processed).
         self._overlapped = OverlappedDetect(detector, self._stop, room=depth) if overlap and is_staged(detector) else None
@@ -209,12 +236,7 @@ class Pipeline(ThreadedStages):
         return self
 
     def _get(self, q: "queue.Queue[Any]") -> Any:
-        while not self._stop.is_set():
-            try:
-                return q.get(timeout=0.05)
-            except queue.Empty:
-                continue
-        return _END
+        return get_unless_stopped(q, self._stop, _END)
 
     def _capture_loop(self) -> None:
         try:
@@ -292,18 +314,6 @@ class Pipeline(ThreadedStages):
         self._latency[stage].append(float(ms))
 
     # -- public --------------------------------------------------------------------------
-    def run(self) -> Dict[str, Any]:
-        """Process the whole source (or until a sink raises StopPipeline / Ctrl-C); returns `stats()`."""
-        self.start()
-        try:
-            # Not Thread.join: a Ctrl-C that interrupts join() leaves that thread looking alive forever (CPython < 3.13).
-            while not self._sinks_done.wait(timeout=0.1) and not self._stop.is_set():
-                pass
-        finally:
-            self.close()
-        self._raise_error()
-        return self.stats()
-
     def close(self) -> None:
         """Stop and join every thread, close the source and the sinks; safe to call twice."""
         if not self._stop_threads():

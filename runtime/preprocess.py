@@ -171,6 +171,7 @@ class Preprocessor:
         self._luts = [np.ascontiguousarray(table[:, j]) for j in range(3)]
         pad = np.broadcast_to(np.asarray(spec.pad_value, np.int64), (3,))
         self._pad_bgr = tuple(int(v) for v in pad[frame_of_net])
+        self._pad_net = [float(self._luts[j][self._pad_bgr[j]]) for j in self._order]  # the band's value per network channel
 
     def __call__(self, frames: Union[np.ndarray, Sequence[np.ndarray]]) -> Tuple[np.ndarray, List[LetterboxInfo]]:
         """frames: one [H, W, 3] BGR uint8 image or a list -> (x [B, 3, H, W] float32, or [B, H, W, 3] uint8 BGR
@@ -185,33 +186,42 @@ class Preprocessor:
         x = np.empty((len(frames), 3, th, tw), np.float32)
         infos = []
         for i, frame in enumerate(frames):
-            canvas, info = self.resize(as_bgr(frame))
-            planes = cv2.split(canvas)
-            for k, j in enumerate(self._order):  # table lookup straight into the output plane: no HWC->CHW copy
-                cv2.LUT(planes[j], self._luts[j], dst=x[i, k])
+            image, info = self._fit(as_bgr(frame))
+            nh, nw = image.shape[:2]
+            planes = cv2.split(image)
+            for k, j in enumerate(self._order):
+                # Table lookup of the image part only, straight into the output plane (no HWC->CHW copy);
+                # the letterbox band is one constant per channel, filled without a lookup.
+                cv2.LUT(planes[j], self._luts[j], dst=x[i, k, :nh, :nw])
+                x[i, k, nh:] = self._pad_net[k]
+                x[i, k, :nh, nw:] = self._pad_net[k]
             infos.append(info)
         return x, infos
+
+    def _place(self, h: int, w: int) -> Tuple[int, int, LetterboxInfo]:
+        """Where an h x w image goes in the network input: its resized (height, width) at the top-left, and the mapping."""
+        th, tw = self.size_hw
+        if self.spec.resize == "stretch":
+            sy, sx = th / h, tw / w
+            return th, tw, LetterboxInfo(min(sy, sx), 0, 0, (h, w), scale_hw=(sy, sx))
+        scale = min(th / h, tw / w)
+        nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+        return nh, nw, letterbox_info(h, w, nh, nw, scale)
+
+    def _fit(self, bgr: np.ndarray) -> Tuple[np.ndarray, LetterboxInfo]:
+        """uint8 BGR -> (the image resized to its place in the network input, no padding; the mapping)."""
+        nh, nw, info = self._place(*bgr.shape[:2])
+        return (cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != bgr.shape[:2] else bgr), info
 
     def resize(self, bgr: np.ndarray, out: Optional[np.ndarray] = None) -> Tuple[np.ndarray, LetterboxInfo]:
         """uint8 BGR -> uint8 BGR [H_net, W_net, 3] letterboxed or stretched (into `out` when given), and the mapping."""
         h, w = bgr.shape[:2]
-        th, tw = self.size_hw
-        if self.spec.resize == "stretch":
-            if out is None:
-                out = cv2.resize(bgr, (tw, th), interpolation=cv2.INTER_LINEAR) if (h, w) != (th, tw) else bgr
-            elif (h, w) != (th, tw):
-                cv2.resize(bgr, (tw, th), dst=out, interpolation=cv2.INTER_LINEAR)
-            else:
-                out[:] = bgr
-            sy, sx = th / h, tw / w
-            return out, LetterboxInfo(min(sy, sx), 0, 0, (h, w), scale_hw=(sy, sx))
-        scale = min(th / h, tw / w)
-        nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
-        canvas = np.empty((th, tw, 3), np.uint8) if out is None else out
+        nh, nw, info = self._place(h, w)
+        canvas = np.empty(self.size_hw + (3,), np.uint8) if out is None else out
         if (nh, nw) != (h, w):
             cv2.resize(bgr, (nw, nh), dst=canvas[:nh, :nw], interpolation=cv2.INTER_LINEAR)
         else:
             canvas[:nh, :nw] = bgr
         canvas[nh:] = self._pad_bgr
         canvas[:nh, nw:] = self._pad_bgr
-        return canvas, letterbox_info(h, w, nh, nw, scale)
+        return canvas, info

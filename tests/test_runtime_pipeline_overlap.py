@@ -321,3 +321,26 @@ def test_tensorrt_backend_submitted_and_collected_on_different_threads(monkeypat
     for r, f in zip(got, frames):
         assert r.detections.scores[0] == pytest.approx(float(f.astype(np.float32).sum()), rel=1e-6)
     backend.close()
+
+
+def test_opencv_threads_held_while_pipelines_run_and_restored_after_the_last():
+    import cv2
+
+    def detect(image):
+        return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(3)
+        frames = [np.zeros((32, 48, 3), np.uint8)] * 3
+        first = Pipeline(frames, detect, opencv_threads=1).start()
+        assert cv2.getNumThreads() == 1
+        second = Pipeline(frames, detect, opencv_threads=1).start()
+        first.close()
+        assert cv2.getNumThreads() == 1  # the second pipeline still runs
+        second.close()
+        assert cv2.getNumThreads() == 3
+        Pipeline(frames, detect, opencv_threads=None).start().close()
+        assert cv2.getNumThreads() == 3  # None leaves OpenCV alone
+    finally:
+        cv2.setNumThreads(before)

@@ -106,3 +106,12 @@ def test_topk_agreement_is_the_mean_share_of_reference_detections_matched():
     assert topk_agreement([ref, ref], [same, relabelled]) == pytest.approx(0.75)
     with pytest.raises(ValueError, match="one candidate per reference"):
         topk_agreement([ref], [])
+
+
+def test_equal_degenerate_boxes_match():
+    """Zero-area boxes (clipped to an image edge) have IoU 0/0: equal ones are still the same detection, a moved one is not."""
+    box = np.array([[0, 0, 10, 10], [30, 288, 50, 288], [5, 5, 5, 9]], np.float32)  # two of zero area
+    ref = {"labels": np.array([0, 1, 2]), "boxes": box, "scores": np.array([0.9, 0.8, 0.7], np.float32)}
+    assert topk_agreement([ref], [dict(ref)]) == 1.0
+    moved = {**ref, "boxes": box + np.array([[0, 0, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]], np.float32)}
+    assert topk_agreement([ref], [moved]) == pytest.approx(2 / 3)
