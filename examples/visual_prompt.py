@@ -96,7 +96,7 @@ def main() -> None:
     try:
         export(args) if args.command == "export" else run(args)
     except (OSError, ValueError) as e:  # bad input (an output over a model file, a cut prompt file): one line
-        parser.exit(2, f"{parser.prog} {args.command}: error: {e}\n")
+        parser.exit(1, f"{parser.prog} {args.command}: error: {e}\n")
 
 
 if __name__ == "__main__":

@@ -581,7 +581,7 @@ def test_visual_prompt_example_refuses_saving_prompts_over_the_text_bank_in_one_
                                       "--load-prompts", str(tmp_path / "old.npz"), "--save-prompts", str(link)])
     with pytest.raises(SystemExit) as e:
         module.main()
-    assert e.value.code == 2 and "text_prompts.npz" in one_line(capsys.readouterr().err.strip())
+    assert e.value.code == 1 and "text_prompts.npz" in one_line(capsys.readouterr().err.strip())
     assert sha(bank) == before
 
 
