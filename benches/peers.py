@@ -30,7 +30,6 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -58,14 +57,13 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
 log = logging.getLogger("peers")
 
 
-@dataclass
 class Engine:
-    model: str
-    precision: str  # f32 / bf16 (inference precision of the FP32 IR) or int8 (the INT8 IR)
-    threads: int
-    run: Callable[[dict], object]
-    feeds: List[dict]
-    times: List[float] = field(default_factory=list)
+    """One compiled model at one precision and thread count; precision: f32 / bf16 (the inference precision
+    of the FP32 IR) or int8 (the INT8 IR)."""
+
+    def __init__(self, model: str, precision: str, threads: int, run: Callable[[dict], object], feeds: List[dict]):
+        self.model, self.precision, self.threads, self.run, self.feeds = model, precision, threads, run, feeds
+        self.times: List[float] = []
 
 
 def cpu_info() -> Dict[str, object]:
