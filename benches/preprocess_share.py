@@ -63,8 +63,8 @@ def main() -> None:
     print(f"load average (1/5/15 min): before {before}, after {after}")
     print(format_table(result))
     rows = []
-    for r, path in zip(result["rows"], paths):
-        fmt = "uint8_nhwc" if "uint8_nhwc" in Path(path).name else "float32_nchw"
+    for r in result["rows"]:
+        fmt = r["input_format"]
         share = r.get("pre_vs_infer")
         rows.append({k: r.get(k) for k in ("precision", "p50_ms", "capture_ms", "preprocess_ms", "infer_ms",
                                             "postprocess_ms", "draw_ms", "pipeline_fps", "pre_vs_infer")})

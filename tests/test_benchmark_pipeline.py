@@ -34,7 +34,7 @@ def test_pipeline_stages_fps_and_preprocess_share(tmp_path):
     got = time_pipelines({"a": a, "b": b}, folder, iters=5)  # 5 rounds over 3 frames: the source is reopened
     assert set(got) == {"a", "b"}
     for row in got.values():
-        assert set(row) == set(PIPELINE_COLUMNS)
+        assert set(row) == set(PIPELINE_COLUMNS) - {"input_format"}
         assert (row["preprocess_ms"], row["infer_ms"], row["postprocess_ms"]) == (2.0, 8.0, 1.0)
         assert row["pre_vs_infer"] == 0.25
         assert row["capture_ms"] > 0 and row["draw_ms"] > 0
@@ -59,7 +59,7 @@ def test_benchmark_rows_carry_pipeline_figures(tmp_path):
     src = render_source(tmp_path / "src", _frames(2, (720, 1280)))
     result = benchmark(str(model), iters=3, project=str(tmp_path / "runs"), quiet=True, source=str(src))
     row = result["rows"][0]
-    assert set(PIPELINE_COLUMNS) <= set(COLUMNS)
+    assert set(PIPELINE_COLUMNS) <= set(COLUMNS) and row["input_format"] == "float32_nchw"
     assert row["infer_ms"] > 0 and row["preprocess_ms"] > 0 and row["capture_ms"] > 0 and row["pipeline_fps"] > 0
     assert row["pre_vs_infer"] == pytest.approx(row["preprocess_ms"] / row["infer_ms"], abs=1e-3)
     assert "pipeline per frame, capture -> draw" in format_table(result)

@@ -138,6 +138,7 @@ def benchmark(model: Any, data: Optional[str] = None, split: str = "val", imgsz:
             continue
         r["load_s"] = round(time.perf_counter() - t0, 3)
         r["size_mb"] = _size_mb(Path(r["path"]))
+        r["input_format"] = getattr(getattr(getattr(det, "manifest", None), "preprocess", None), "input_format", "")
         if not r["precision"]:
             r["precision"], r["msda"] = det.manifest.precision, det.manifest.msda
             r["format"] = det.manifest.backend
@@ -205,13 +206,13 @@ def format_table(result: Dict[str, Any]) -> str:
     timed = [r for r in result["rows"] if not r["skipped"] and r.get("pipeline_fps") not in ("", None)]
     if timed:
         lines.append("pipeline per frame, capture -> draw (median ms):")
-        lines.append(f"{'format':<12}{'prec':<6}{'msda':<12}{'capture':>8}{'pre':>8}{'infer':>8}{'post':>8}{'draw':>8}"
+        lines.append(f"{'format':<12}{'prec':<6}{'msda':<12}{'input':<14}{'capture':>8}{'pre':>8}{'infer':>8}{'post':>8}{'draw':>8}"
                      f"{'FPS':>8}{'pre/inf':>8}")
         for r in timed:
             def g(key: str, spec: str = ">8.2f") -> str:
                 return format(r[key], spec) if r.get(key) not in ("", None) else format("-", ">8")
 
-            lines.append(f"{r['format']:<12}{r['precision']:<6}{r['msda'] or '-':<12}{g('capture_ms')}{g('preprocess_ms')}"
+            lines.append(f"{r['format']:<12}{r['precision']:<6}{r['msda'] or '-':<12}{r.get('input_format') or '-':<14}{g('capture_ms')}{g('preprocess_ms')}"
                          f"{g('infer_ms')}{g('postprocess_ms')}{g('draw_ms')}{g('pipeline_fps', '>8.1f')}{g('pre_vs_infer', '>8.1%')}")
     lines.append(f"results in {result['dir']} (results.csv, results.json)")
     return "\n".join(lines)

@@ -18,7 +18,7 @@ import numpy as np
 from runtime.capture import Source, open_source
 from runtime.draw import draw
 
-PIPELINE_COLUMNS = ["capture_ms", "preprocess_ms", "infer_ms", "postprocess_ms", "draw_ms", "pipeline_fps", "pre_vs_infer"]
+PIPELINE_COLUMNS = ["input_format", "capture_ms", "preprocess_ms", "infer_ms", "postprocess_ms", "draw_ms", "pipeline_fps", "pre_vs_infer"]
 SOURCE_HW = (1080, 1920)
 DRAW_CONF = 0.25  # drawing threshold when an engine's manifest recommends none
 
