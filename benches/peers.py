@@ -190,12 +190,15 @@ def time_round_robin(engines: List[Engine], rounds: int, warmup: int = 2) -> Non
     for e in engines:
         for i in range(warmup):
             e.run(e.feeds[i % len(e.feeds)])
+    start = time.perf_counter()
     for r in range(rounds):
         for e in engines:
             feeds = e.feeds[r % len(e.feeds)]
             t0 = time.perf_counter()
             e.run(feeds)
             e.times.append((time.perf_counter() - t0) * 1e3)
+        if (r + 1) % 5 == 0 or r + 1 == rounds:
+            log.info("  round %d/%d, %.0f s", r + 1, rounds, time.perf_counter() - start)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
