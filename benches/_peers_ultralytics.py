@@ -6,14 +6,13 @@ FP32 with Ultralytics' `format="openvino"`, INT8 with its own `int8=True` path (
 Ultralytics does) calibrated on the local images of `--calib-dir`. Nothing is downloaded: YOLO_OFFLINE is set by
 the caller, the dataset yaml is local and the plotting-font fetch of the dataset check is switched off.
 
-    python _peers_ultralytics.py --out DIR --calib-dir DIR --models yolo26n,yolo11n --imgsz 640
+    python _peers_ultralytics.py --out DIR --calib-dir DIR --models yolo26n,yolo11n --imgsz 640 --int8
 Last stdout line: JSON {model: {"fp32": xml, "int8": xml, "params_m": float}}.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 
@@ -57,7 +56,6 @@ def main() -> None:
             entry[precision] = str(xml)
             pt.unlink()
         result[name] = entry
-    shutil.rmtree(out / "calib.cache", ignore_errors=True)
     print(json.dumps(result))
 
 
