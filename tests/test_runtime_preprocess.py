@@ -100,3 +100,15 @@ def test_agrees_with_training_deploy_transform():
         image = np.asarray(image.numpy() if hasattr(image, "numpy") else image, np.float32)
         np.testing.assert_allclose(image, x[0], atol=1e-6, rtol=0)
         assert target["letterbox"].scale == infos[0].scale
+
+
+@pytest.mark.parametrize("hw", [(1080, 1920), (97, 61)])  # padding below the image, and to its right
+def test_uint8_letterbox_pads_with_the_bgr_pad_value(hw):
+    spec = PreprocessSpec(size=(96, 128), input_format="uint8_nhwc", pad_value=(10, 20, 30))  # RGB pad
+    bgr = _image(*hw, seed=5)
+    x8, infos = Preprocessor(spec)([bgr, bgr])
+    ref, info = letterbox(bgr, (96, 128), pad_value=(30, 20, 10))
+    assert x8.shape == (2, 96, 128, 3) and x8.dtype == np.uint8
+    np.testing.assert_array_equal(x8[0], ref)
+    np.testing.assert_array_equal(x8[1], ref)
+    assert infos[0] == info

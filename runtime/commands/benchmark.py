@@ -3,13 +3,16 @@
     edgedet benchmark --model best.pth --data ../shared/data/bccd --split test --imgsz 384 512
     edgedet benchmark --model best.pth --quick                  # ONNX + OpenVINO FP32 only
     edgedet benchmark --model a.onnx b.xml                      # existing artifacts, no torch needed
+    edgedet benchmark --model a.xml --source video.mp4          # pipeline FPS on your own video (or camera 0)
 
 A checkpoint is exported to every format x precision x MSDA form the machine can build (the
 `export_matrix` plug-in from `converters`; skipped ones are listed with the reason). All engines
 are loaded, then timed round-robin on the same frame so their ratios hold under shared load.
 Table columns: format, precision, MSDA form, file size, load time, latency p50/p95 at batch 1,
 throughput at the largest batch that runs, mAP / mAP50 (with --data) and the largest deviation
-from PyTorch (top-20 scores; box corners in pixels of detections scoring >= 0.3). Writes
+from PyTorch (top-20 scores; box corners in pixels of detections scoring >= 0.3). Then the pipeline an
+app runs, per engine and round-robin: capture -> preprocess -> infer -> postprocess -> draw on a 1080p
+source (`benchmark_pipeline`): median ms of each stage, pipeline FPS, and preprocess / infer. Writes
 results.csv and results.json under a fresh runs/benchmark/N; the last printed line is the JSON.
 """
 from __future__ import annotations
@@ -25,11 +28,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from runtime.commands.benchmark_pipeline import PIPELINE_COLUMNS, SOURCE_HW, pipeline_source, time_pipelines
 from runtime.models import is_checkpoint, load_model, plugin
 from runtime.paths import next_run_dir
 
 COLUMNS = ["format", "precision", "msda", "size_mb", "load_s", "p50_ms", "p95_ms", "batch", "throughput_ips",
-           "mAP", "mAP50", "score_dev", "box_dev_px", "skipped"]
+           "mAP", "mAP50", "score_dev", "box_dev_px"] + PIPELINE_COLUMNS + ["skipped"]
 
 
 def sample_frames(data: Optional[str], split: str, size_hw: Sequence[int], n: int = 4) -> List[np.ndarray]:
@@ -93,8 +97,9 @@ def _throughput(det: Any, frame: np.ndarray) -> tuple:
 
 def benchmark(model: Any, data: Optional[str] = None, split: str = "val", imgsz: Optional[Sequence[int]] = None,
               quick: bool = False, iters: int = 0, project: str = "runs", calib_images: int = 32,
-              quiet: bool = False) -> Dict[str, Any]:
+              quiet: bool = False, source: Optional[str] = None) -> Dict[str, Any]:
     """model: a checkpoint (exported to every buildable combination) or one or more artifact paths.
+    source: what the pipeline timing reads (video, folder, camera); default a rendered 1080p clip.
 
     Returns {"dir", "rows": [one dict per COLUMNS]}; also written as results.csv / results.json.
     """
@@ -133,6 +138,7 @@ def benchmark(model: Any, data: Optional[str] = None, split: str = "val", imgsz:
             continue
         r["load_s"] = round(time.perf_counter() - t0, 3)
         r["size_mb"] = _size_mb(Path(r["path"]))
+        r["input_format"] = getattr(getattr(getattr(det, "manifest", None), "preprocess", None), "input_format", "")
         if not r["precision"]:
             r["precision"], r["msda"] = det.manifest.precision, det.manifest.msda
             r["format"] = det.manifest.backend
@@ -158,6 +164,12 @@ def benchmark(model: Any, data: Optional[str] = None, split: str = "val", imgsz:
         r["batch"], r["throughput_ips"] = (1, round(1e3 / np.mean(times[id(r)]), 2)) if quick else _throughput(dets[id(r)], frames[0])
         if ref is not None:
             r.update(deviation(outputs[id(ref)], outputs[id(r)]))
+    if not quiet:
+        print("timing the pipeline (capture -> draw), round-robin", flush=True)
+    src = pipeline_source(source, out, sample_frames(None, split, SOURCE_HW))
+    pipelines = time_pipelines({id(r): dets[id(r)] for r in live}, src, iters)
+    for r in live:
+        r.update(pipelines[id(r)])
     for det in dets.values():
         det.close()
     if data:
@@ -191,6 +203,17 @@ def format_table(result: Dict[str, Any]) -> str:
         lines.append(f"{r['format']:<12}{r['precision']:<6}{r['msda'] or '-':<12}{f('size_mb', '>7.2f')}{f('load_s', '>8.2f')}"
                      f"{f('p50_ms', '>9.2f')}{f('p95_ms', '>9.2f')}{f('batch', '>6d')}{f('throughput_ips', '>8.1f')}"
                      f"{f('mAP', '>8.3f')}{f('mAP50', '>8.3f')}{f('score_dev', '>9.1e')}{f('box_dev_px', '>8.2f')}")
+    timed = [r for r in result["rows"] if not r["skipped"] and r.get("pipeline_fps") not in ("", None)]
+    if timed:
+        lines.append("pipeline per frame, capture -> draw (median ms):")
+        lines.append(f"{'format':<12}{'prec':<6}{'msda':<12}{'input':<14}{'capture':>8}{'pre':>8}{'infer':>8}{'post':>8}{'draw':>8}"
+                     f"{'FPS':>8}{'pre/inf':>8}")
+        for r in timed:
+            def g(key: str, spec: str = ">8.2f") -> str:
+                return format(r[key], spec) if r.get(key) not in ("", None) else format("-", ">8")
+
+            lines.append(f"{r['format']:<12}{r['precision']:<6}{r['msda'] or '-':<12}{r.get('input_format') or '-':<14}{g('capture_ms')}{g('preprocess_ms')}"
+                         f"{g('infer_ms')}{g('postprocess_ms')}{g('draw_ms')}{g('pipeline_fps', '>8.1f')}{g('pre_vs_infer', '>8.1%')}")
     lines.append(f"results in {result['dir']} (results.csv, results.json)")
     return "\n".join(lines)
 
@@ -209,11 +232,14 @@ class BenchmarkCommand:
         parser.add_argument("--iters", type=int, default=0, help="timed runs per engine (default 50, quick 15)")
         parser.add_argument("--calib-images", type=int, default=32, help="INT8 calibration images from the train split")
         parser.add_argument("--project", default="runs", help="results go to PROJECT/benchmark/N")
+        parser.add_argument("--source", default=None,
+                            help="video, image folder or camera for the pipeline timing (default: a rendered 1080p clip)")
         parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
     def run(self, args: argparse.Namespace) -> int:
         model = args.model[0] if len(args.model) == 1 else args.model
-        result = benchmark(model, args.data, args.split, args.imgsz, args.quick, args.iters, args.project, args.calib_images, args.quiet)
+        result = benchmark(model, args.data, args.split, args.imgsz, args.quick, args.iters, args.project, args.calib_images,
+                           args.quiet, args.source)
         print(format_table(result))
         print(json.dumps(result["rows"]))
         return 0
