@@ -26,6 +26,8 @@ SERVE = ["aiohttp>=3.9"]
 # Browser tests of that page drive Debian's chromium + chromium-driver through selenium.
 # motmetrics: IDF1 / MOTA of the tracker tests.
 # vermin: the static Python 3.8 check of the torch-free packages (JetPack 5).
+# `edgedet label --ray` / `edgedet predict --ray`: Ray Data reads the sources and runs one engine per actor.
+RAY = ["ray[data]>=2.9"]
 TEST = ["pytest>=7.4", "selenium>=4.15", "motmetrics>=1.4", "vermin>=1.6"]
 
 
@@ -76,6 +78,7 @@ setup(
         "tensorrt": TENSORRT,
         "prompt": PROMPT,
         "serve": SERVE,
+        "ray": RAY,
         "test": TEST,
         "all": TRAIN + CONVERT + SERVE + TEST,
     },
@@ -85,6 +88,7 @@ setup(
         "edgedet.commands": [
             "run=runtime.cli:RUN_COMMAND",
             "predict=runtime.commands.predict:PREDICT_COMMAND",
+            "label=runtime.commands.label:LABEL_COMMAND",
             "val=runtime.val:VAL_COMMAND",
             "track=runtime.commands.track:TRACK_COMMAND",
             "benchmark=runtime.commands.benchmark:BENCHMARK_COMMAND",
@@ -95,6 +99,7 @@ setup(
         "edgedet.plugins": [
             "checkpoint_detector=edgedet.predictor:CheckpointDetector",
             "export_matrix=converters.benchmark:export_matrix",
+            "prompted_export=converters.label_export:export_for_labelling",
         ],
     },
 )
