@@ -180,3 +180,70 @@ def test_the_labelled_set_trains_one_epoch(world, tmp_path):
     assert rc == 0 and (tmp_path / "train" / "last.pth").is_file()
     metrics = [json.loads(x) for x in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 1 and metrics[0]["iters"] >= 2 and np.isfinite(metrics[0]["train_loss"])
+
+
+def _files(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_ray_local_cluster_writes_what_one_process_writes(world, tmp_path):
+    """One local Ray cluster (started and stopped by ray_cluster, as `--ray` does) for label and predict."""
+    pytest.importorskip("ray.data", reason="the ray extra is not installed (pip install 'edgedet[ray]')")
+    import cv2
+
+    from runtime.commands.predict import predict
+    from runtime.label.ray_runner import ray_cluster
+    from runtime.testing import BLOB_BGR, make_blob_artifact
+
+    model, clip, gt, boxes, names = world
+    photos = tmp_path / "photos"  # image files too: read by Ray Data's read_binary_files
+    photos.mkdir()
+    cap = cv2.VideoCapture(str(clip))
+    for i in range(3):
+        ok, frame = cap.read()
+        cv2.imwrite(str(photos / f"photo{i}.png"), frame)
+    cap.release()
+    (photos / "broken.jpg").write_bytes(b"not a jpeg")
+    cfg = dict(model=str(model), sources=[str(clip), str(photos)], every=3, quiet=True,
+               boxes=[",".join(f"{v:.0f}" for v in b) for b in boxes], names=names)
+    blob = make_blob_artifact(tmp_path / "blob")
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    for i in range(5):
+        image = np.zeros((120, 160, 3), np.uint8)
+        image[10 + 8 * i:50 + 8 * i, 20:70] = BLOB_BGR[i % 3]
+        cv2.imwrite(str(shots / f"s{i}.png"), image)
+
+    here = label(LabelConfig(output=str(tmp_path / "here"), **cfg))
+    p_here = predict(str(blob), str(shots), save_txt=True, project=str(tmp_path / "p_here"), quiet=True)
+    t0 = time.perf_counter()
+    with ray_cluster("local") as ray:
+        started = time.perf_counter() - t0
+        there = label(LabelConfig(output=str(tmp_path / "ray"), ray="local", actors=2, **cfg))
+        p_ray = predict(str(blob), str(shots), save_txt=True, project=str(tmp_path / "p_ray"), quiet=True, ray="local", actors=2)
+    assert not ray.is_initialized()
+    print(f"Ray local cluster start: {started:.1f} s")
+
+    assert there["runner"] == "ray" and there["images"] == here["images"] == FRAMES // 3 + 3
+    assert there["unreadable"] == here["unreadable"] == 1
+    assert there["boxes_per_class"] == here["boxes_per_class"] and sum(here["boxes_per_class"].values()) > 0
+    a, b = _files(tmp_path / "here"), _files(tmp_path / "ray")
+    sub = lambda files, top: {k: v for k, v in files.items() if k.split("/")[0] == top}  # noqa: E731
+    assert sorted(a) == sorted(b)
+    assert sub(a, "images") == sub(b, "images") and sub(a, "labels") == sub(b, "labels")  # the same bytes
+    for key in sub(a, "scores"):
+        ra, rb = json.loads(a[key]), json.loads(b[key])
+        assert ra["labels"] == rb["labels"] and np.allclose(ra["scores"], rb["scores"], atol=1e-3), key
+    assert json.loads(a["annotations.json"]) == json.loads(b["annotations.json"])
+
+    assert p_ray["images"] == p_here["images"] == 5 and p_ray["objects"] == p_here["objects"] >= 5
+    pa, pb = _files(Path(p_here["dir"])), _files(Path(p_ray["dir"]))
+    assert sorted(pa) == sorted(pb)
+    for key in pa:
+        if key.endswith(".json"):
+            ja, jb = json.loads(pa[key]), json.loads(pb[key])
+            if isinstance(ja, dict):  # per image: timings_ms differ from run to run
+                ja.pop("timings_ms"), jb.pop("timings_ms")
+            assert ja == jb, key
+        elif key.endswith(".txt"):
+            assert pa[key] == pb[key], key

@@ -23,6 +23,7 @@ from runtime.models import ARTIFACT_SUFFIXES, is_checkpoint, plugin
 ENCODER_STEM, DETECTOR_STEM = "trex-prompt-encoder", "trex-detector"
 SCORING_FLOOR = 0.05  # boxes kept in the scores sidecar: any later threshold at or above it needs no re-run
 DEDUP_IOU = 0.7  # near-copies of a box of the same prompt (a small DETR's second query on one object)
+DYNAMIC_BATCH = 8  # images per engine call for an artifact with a dynamic batch
 
 
 def find_artifacts(model: str, prompt_encoder: Optional[str], cache: Path) -> Tuple[Path, Path]:
@@ -93,12 +94,13 @@ class EngineSpec:
     floor: float = SCORING_FLOOR
     dedup_iou: Optional[float] = DEDUP_IOU
 
-    def build(self) -> Any:
-        """A PromptedDetector with these prompts, keeping every box down to the floor."""
+    def build(self, threads: int = 0) -> Any:
+        """A PromptedDetector with these prompts, keeping every box down to the floor (threads: 0 = the backend's default)."""
         from runtime.prompted import PromptedDetector
 
+        options = {"threads": threads} if threads else {}
         det = PromptedDetector(self.encoder, self.detector, backend=self.backend, device=self.device, conf=self.floor,
-                               dedup_iou=self.dedup_iou)
+                               dedup_iou=self.dedup_iou, **options)
         fd, tmp = tempfile.mkstemp(suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -107,6 +109,14 @@ class EngineSpec:
         finally:
             os.unlink(tmp)
         return det
+
+    def batch_size(self) -> int:
+        """Images per engine call as the detector artifact declares it (dynamic: DYNAMIC_BATCH)."""
+        from runtime.manifest import read_sidecar
+
+        manifest = read_sidecar(Path(self.detector))
+        batch = int(manifest.batch) if manifest is not None else 1
+        return batch if batch > 0 else DYNAMIC_BATCH
 
     @property
     def prompts_sha(self) -> str:
