@@ -54,6 +54,8 @@ def throughput(work: Path, frames: int, actors: int) -> dict:
     boxes, names = default_prompt_boxes(gt[0])
     cfg = dict(model=str(detector.parent), sources=[str(clip)], quiet=True, names=list(names),
                boxes=[",".join(f"{v:.0f}" for v in b) for b in boxes])
+    for old in ("single", "ray"):  # this bench's own outputs of a kept earlier run: label afresh, not resume
+        shutil.rmtree(work / old, ignore_errors=True)
     single = label(LabelConfig(output=str(work / "single"), **cfg))
     result = {"frames": frames, "single_images_per_s": single["images_per_s"], "single_s": single["seconds"]}
     try:
@@ -87,6 +89,7 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=60, help="frames of the throughput clip")
     p.add_argument("--actors", type=int, default=2)
     p.add_argument("--skip-recipe", action="store_true")
+    p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--recipe-frames", type=int, default=120)
     p.add_argument("--recipe-every", type=int, default=2)
     p.add_argument("--recipe-epochs", type=int, default=6)
@@ -101,13 +104,14 @@ def main() -> None:
     work = args.keep or Path(tempfile.mkdtemp(prefix="label_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        speed = throughput(work / "speed", args.frames, args.actors)
-        print(f"\n{'runner':<24} {'images/s':>9} {'seconds':>8}")
-        print(f"{'single process':<24} {speed['single_images_per_s']:>9.2f} {speed['single_s']:>8.1f}")
-        if "ray_images_per_s" in speed:
-            print(f"{'ray, %d actors' % args.actors:<24} {speed['ray_images_per_s']:>9.2f} {speed['ray_s']:>8.1f}"
-                  f"   (+ {speed['ray_start_s']:.1f} s cluster start; same boxes: {speed['ray_same_boxes']})")
-        result = {"bench": "label", "machine": host, "throughput": speed}
+        result = {"bench": "label", "machine": host}
+        if not args.skip_throughput:
+            speed = result["throughput"] = throughput(work / "speed", args.frames, args.actors)
+            print(f"\n{'runner':<24} {'images/s':>9} {'seconds':>8}")
+            print(f"{'single process':<24} {speed['single_images_per_s']:>9.2f} {speed['single_s']:>8.1f}")
+            if "ray_images_per_s" in speed:
+                print(f"{'ray, %d actors' % args.actors:<24} {speed['ray_images_per_s']:>9.2f} {speed['ray_s']:>8.1f}"
+                      f"   (+ {speed['ray_start_s']:.1f} s cluster start; same boxes: {speed['ray_same_boxes']})")
         if not args.skip_recipe:
             result["recipe"] = recipe(work, args)
         result["machine"]["load_end"] = [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
