@@ -165,6 +165,38 @@ def test_refuses_a_folder_it_did_not_write_and_other_prompts(world, tmp_path):
         label(LabelConfig(output=str(out), every=8, **{**cfg, "names": names[::-1]}))
     with pytest.raises(ValueError, match="no prompts"):
         label(LabelConfig(model=str(model), sources=[str(clip)], output=str(tmp_path / "x"), quiet=True))
+    with pytest.raises(FileNotFoundError, match="no images .* or videos"):
+        label(LabelConfig(output=str(tmp_path / "y"), **{**cfg, "sources": [str(mine)]}))
+    from runtime.commands.predict import predict
+
+    with pytest.raises(ValueError, match="predict --ray takes images"):  # before Ray or the model is touched
+        predict(str(model / "trex-detector.onnx"), str(clip), ray="local")
+
+
+def test_a_checkpoint_is_exported_into_the_output_cache_through_the_plugin(world, tmp_path, monkeypatch):
+    """--model CHECKPOINT.pth: the `prompted_export` plug-in (converters.label_export, exercised by the fixture)
+    exports into DATASET/.cache; here it hands back the fixture's export after creating that cache folder."""
+    import runtime.label.engine as engine
+
+    model, clip, gt, boxes, names = world
+    calls = []
+
+    def fake_plugin(name, needs, extra):
+        assert name == "prompted_export" and extra == "convert"
+
+        def export(checkpoint, cache):
+            calls.append((Path(checkpoint), Path(cache)))
+            (Path(cache) / "model").mkdir(parents=True)
+            return model / "trex-prompt-encoder.onnx", model / "trex-detector.onnx"
+        return export
+
+    monkeypatch.setattr(engine, "plugin", fake_plugin)
+    out = tmp_path / "ds"
+    summary = label(LabelConfig(model=str(PROMPTED_CHECKPOINT), sources=[str(clip)], output=str(out), every=12, quiet=True,
+                                boxes=[",".join(f"{v:.0f}" for v in b) for b in boxes], names=names))
+    assert calls == [(PROMPTED_CHECKPOINT, out / ".cache")] and summary["images"] == 2
+    with pytest.raises(ValueError, match="--prompt-encoder goes with an exported detector"):
+        engine.find_artifacts(str(PROMPTED_CHECKPOINT), str(model / "trex-prompt-encoder.onnx"), tmp_path)
 
 
 def test_the_labelled_set_trains_one_epoch(world, tmp_path):

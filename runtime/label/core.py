@@ -173,7 +173,7 @@ def label(cfg: LabelConfig) -> Dict[str, Any]:
     units, others = plan_units(cfg.sources, cfg.every)  # a bad source or --gt fails before any model loads
     truth = read_ground_truth(cfg.gt, cfg.gt_split) if cfg.gt and cfg.conf is None else None
     out = Path(cfg.output)
-    LabelDataset(out, {}).check_usable()  # someone else's folder is refused before the (slow) model export
+    LabelDataset(out, {}).claim()  # someone else's folder is refused before the (slow) model export
     spec, engine = _prompted_spec(cfg, units, out / ".cache")
     names = list(engine.prompt_names)
     manifest_threshold = float(engine.manifest.outputs.score_threshold)

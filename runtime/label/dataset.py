@@ -65,13 +65,20 @@ class LabelDataset:
         except ValueError:
             raise LabelOutputError(f"{marker} is damaged; pass a new --output folder") from None
 
+    def claim(self) -> None:
+        """Mark a new or empty folder as ours before anything else goes in (the model cache of a checkpoint):
+        a run that stops before labelling leaves a folder the next run still accepts."""
+        if self.check_usable() is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.root / MARKER, json.dumps({"tool": "edgedet label"}))
+
     def open(self) -> "LabelDataset":
         """Create the folder, or resume one this command wrote with the same prompts; never touch a folder
         of anything else."""
         marker = self.root / MARKER
         previous = self.check_usable()
         if previous is not None:
-            for key in ("prompt_names", "prompts_sha"):
+            for key in ("prompt_names", "prompts_sha") if "prompts_sha" in previous else ():  # claimed: none yet
                 if previous.get(key) != self.identity.get(key):
                     raise LabelOutputError(
                         f"--output {self.root} was labelled with other prompts ({key}: {previous.get(key)} != "
