@@ -81,7 +81,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     """`python -m runtime.commands.label ...` (the same as `edgedet label ...`)."""
     parser = argparse.ArgumentParser(prog="edgedet label", description=LABEL_COMMAND.help)
     LABEL_COMMAND.add_arguments(parser)
-    return LABEL_COMMAND.run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        return LABEL_COMMAND.run(args)
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as e:  # bad input: one line, as `edgedet` prints it
+        print(f"edgedet label: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
