@@ -26,6 +26,8 @@ SERVE = ["aiohttp>=3.9"]
 # Browser tests of that page drive Debian's chromium + chromium-driver through selenium.
 # motmetrics: IDF1 / MOTA of the tracker tests.
 # vermin: the static Python 3.8 check of the torch-free packages (JetPack 5).
+# `edgedet label --ray` / `edgedet predict --ray`: Ray Data reads the sources and runs one engine per actor.
+RAY = ["ray[data]>=2.9"]
 TEST = ["pytest>=7.4", "selenium>=4.15", "motmetrics>=1.4", "vermin>=1.6"]
 # The docs site (mkdocs.yml): `mkdocs build --strict` in scripts/test.sh. Pinned: a strict build fails on
 # any new warning, and MkDocs 2 / a new Material change what warns.
@@ -79,9 +81,10 @@ setup(
         "tensorrt": TENSORRT,
         "prompt": PROMPT,
         "serve": SERVE,
+        "ray": RAY,
         "test": TEST,
         "docs": DOCS,
-        "all": TRAIN + CONVERT + SERVE + TEST,
+        "all": TRAIN + CONVERT + SERVE + TEST + RAY + DOCS,
     },
     entry_points={
         "console_scripts": ["edgedet=edgedet.cli:main", "edgedet-run=runtime.cli:main"],
@@ -89,6 +92,7 @@ setup(
         "edgedet.commands": [
             "run=runtime.cli:RUN_COMMAND",
             "predict=runtime.commands.predict:PREDICT_COMMAND",
+            "label=runtime.commands.label:LABEL_COMMAND",
             "val=runtime.val:VAL_COMMAND",
             "track=runtime.commands.track:TRACK_COMMAND",
             "benchmark=runtime.commands.benchmark:BENCHMARK_COMMAND",
@@ -100,6 +104,7 @@ setup(
             "checkpoint_detector=edgedet.predictor:CheckpointDetector",
             "export_matrix=converters.benchmark:export_matrix",
             "synthetic_data=edgedet.data.builder:synthetic_annotations",
+            "prompted_export=converters.label_export:export_for_labelling",
         ],
     },
 )

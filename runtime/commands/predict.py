@@ -12,6 +12,7 @@ Files that are not images are skipped with a line saying so.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -26,7 +27,7 @@ from runtime.image_io import read_image
 from runtime.capture import IMAGE_SUFFIXES, open_source
 from runtime.commands.common import add_model_arguments, expand_images, say_defaults, source_arg, source_kind, summarize_names
 from runtime.draw import draw
-from runtime.models import load_model
+from runtime.models import is_checkpoint, load_model
 from runtime.paths import next_run_dir
 from runtime.types import Detections
 
@@ -74,14 +75,24 @@ class _Ids:
 def predict(model: Any, source: Any, conf: Optional[float] = None, imgsz: Optional[Sequence[int]] = None, data: Optional[str] = None,
             split: str = "val", save_txt: bool = False, save_conf: bool = False, save: bool = True, project: str = "runs",
             classes: Optional[Iterable[int]] = None, backend: str = "auto", device: str = "CPU", max_frames: int = 0,
-            quiet: bool = False, dedup_iou: Optional[float] = None, **options: Any) -> Dict[str, Any]:
+            quiet: bool = False, dedup_iou: Optional[float] = None, ray: Optional[str] = None, actors: int = 2,
+            **options: Any) -> Dict[str, Any]:
     """Run `model` on `source`; returns {"dir", "images", "skipped", "objects", "ms_per_image", "files"}.
 
     conf / dedup_iou: None = the manifest's recommendation (as `run` and `track`), printed once.
     model: artifact or checkpoint path (or a loaded Detector). source: image, folder, glob, video,
     camera index, URL. data/split: a labelled dataset whose image and category ids the COCO file uses.
+    ray: None (this process), "local" (a small local Ray cluster) or a Ray address: images only, the model
+    runs in a Ray Data pool of `actors` engines (`runtime.label.ray_runner`); the files written are the same.
     """
     kind = source_kind(source)
+    if ray is not None and not isinstance(model, (str, Path)):
+        raise ValueError("predict with ray takes a model path: each actor loads its own engine from it")
+    if ray is not None and kind != "images":
+        raise ValueError("predict --ray takes images (files, folders, globs); for videos at scale use "
+                         "`edgedet label --ray` (frame ranges), or predict without --ray")
+    if actors < 1:
+        raise ValueError(f"--actors takes a positive number, got {actors}")
     images: List[Path] = []
     if kind == "images":
         images, others = expand_images(source)  # before loading the model: a bad source fails fast
@@ -98,7 +109,13 @@ def predict(model: Any, source: Any, conf: Optional[float] = None, imgsz: Option
             (out / "labels").mkdir()
         say = (lambda text: None) if quiet else print
         if kind == "images":
-            summary = _predict_images(detector, images, others, ids, out, save, save_txt, save_conf, say)
+            results = None
+            if ray is not None:
+                load = functools.partial(load_model, model, imgsz=imgsz, conf=conf, classes=classes, backend=backend,
+                                         dedup_iou=dedup_iou,
+                                         device=device, **{"threads": 1, **options} if not is_checkpoint(model) else options)
+                results = _ray_results(detector, load, images, ray, actors)
+            summary = _predict_images(detector, images, others, ids, out, save, save_txt, save_conf, say, results)
         else:
             summary = _predict_stream(detector, source, ids, out, save, save_txt, save_conf, max_frames, quiet)
     finally:
@@ -112,34 +129,71 @@ def predict(model: Any, source: Any, conf: Optional[float] = None, imgsz: Option
     return summary
 
 
-def _predict_images(detector, images, others, ids, out, save, save_txt, save_conf, say) -> Dict[str, Any]:
-    for p in others:
-        say(f"skip {p}: not an image file ({p.suffix or 'no suffix'})")
-    skipped, coco, objects, times, seen, truncated = len(others), [], 0, [], set(), []
-    total = len(images)
+def _stems(images: Sequence[Path]) -> Dict[Path, str]:
+    """Output stem per image: its own, or `<stem>_<n>` for a repeated file name (a glob over folders)."""
+    seen, out = set(), {}
     for n, path in enumerate(images, 1):
+        out[path] = path.stem if path.name not in seen else f"{path.stem}_{n}"
+        seen.add(path.name)
+    return out
+
+
+def _detect_here(detector, images: Sequence[Path], truncated: List[str]):
+    """(path, image or None, Detections, ms) per image, in order, in this process."""
+    for path in images:
         image, cut = read_image(path)  # grayscale and 16-bit files come back as 8-bit BGR
         if cut and image is not None:
             truncated.append(str(path))  # named in a warning by read_image, processed as far as it decodes
         if image is None:
+            yield path, None, None, 0.0
+            continue
+        t0 = time.perf_counter()
+        dets = detector(image)
+        yield path, image, dets, (time.perf_counter() - t0) * 1e3
+
+
+def _ray_results(detector, load, images: Sequence[Path], address: str, actors: int):
+    """(path, None, Detections, ms) per image from a Ray Data actor pool (one engine from `load()` per actor)."""
+    from runtime.label.ray_runner import detections_from_record, detections_record, run_pool
+    from runtime.label.sources import WorkUnit
+
+    by_path = {str(p.resolve()): p for p in images}
+    batch = int(getattr(getattr(detector, "manifest", None), "batch", 1) or 8)  # 0: a dynamic batch
+    for row in run_pool(address, [WorkUnit(str(p), [p.stem]) for p in images], load, detections_record, actors, batch,
+                        keep_bytes=False):
+        r = row["result"]
+        yield by_path[str(Path(row["source"]).resolve())], None, None if r is None else detections_from_record(r), \
+            0.0 if r is None else r["ms"]
+
+
+def _predict_images(detector, images, others, ids, out, save, save_txt, save_conf, say, results=None) -> Dict[str, Any]:
+    """results: (path, image, Detections, ms) per image from elsewhere (the Ray pool, any order; image None
+    when it did not decode there); default: run `detector` here, in order."""
+    for p in others:
+        say(f"skip {p}: not an image file ({p.suffix or 'no suffix'})")
+    skipped, coco, objects, times, truncated = len(others), [], 0, [], []
+    total = len(images)
+    stems = _stems(images)
+    for path in images:  # COCO ids in file order, whatever order the results come in
+        ids.image_id(path.name)
+    for n, (path, image, dets, ms) in enumerate(results if results is not None else _detect_here(detector, images, truncated), 1):
+        if dets is None:
             say(f"skip {path}: OpenCV cannot decode it (corrupt or not an image)")
             skipped += 1
             continue
-        stem = path.stem if path.name not in seen else f"{path.stem}_{n}"  # a glob over folders may repeat names
-        seen.add(path.name)
-        t0 = time.perf_counter()
-        dets = detector(image)
-        times.append((time.perf_counter() - t0) * 1e3)
+        stem = stems[path]
+        times.append(ms)
         objects += len(dets)
         (out / f"{stem}.json").write_text(json.dumps(image_record(path.name, dets)))
         coco += dets.to_coco(ids.image_id(path.name), ids.category_ids)
         if save:
-            cv2.imwrite(str(out / (stem + path.suffix)), draw(image, dets))
+            cv2.imwrite(str(out / (stem + path.suffix)), draw(image if image is not None else read_image(path)[0], dets))
         if save_txt:
             (out / "labels" / f"{stem}.txt").write_text("".join(line + "\n" for line in yolo_lines(dets, save_conf)))
-        say(f"image {n}/{total} {path.name} {image.shape[1]}x{image.shape[0]}: {summarize_names(dets.names)} ({times[-1]:.1f} ms)")
+        say(f"image {n}/{total} {path.name} {dets.image_size[1]}x{dets.image_size[0]}: {summarize_names(dets.names)} ({ms:.1f} ms)")
     if not times:
         raise FileNotFoundError(f"no readable images among {total + len(others)} files: pass images ({', '.join(sorted({'.jpg', '.png'}))}, ...)")
+    coco.sort(key=lambda d: d["image_id"])  # the same file whatever order the results came in
     return {"images": len(times), "skipped": skipped, "truncated": truncated, "objects": objects,
             "ms_per_image": float(np.mean(times)), "coco": coco}
 
@@ -192,11 +246,14 @@ class PredictCommand:
         parser.add_argument("--nosave", action="store_true", help="do not write annotated images/video")
         parser.add_argument("--max-frames", type=int, default=0, help="video/stream: stop after this many frames")
         parser.add_argument("--quiet", action="store_true", help="no per-image lines")
+        from runtime.commands.label import add_ray_arguments
+
+        add_ray_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         predict(args.model, args.source, args.conf, args.imgsz, args.data, args.split, args.save_txt, args.save_conf,
                 not args.nosave, args.project, args.classes, args.backend, args.device, args.max_frames, args.quiet,
-                dedup_iou=args.dedup_iou)
+                dedup_iou=args.dedup_iou, ray=args.ray, actors=args.actors)
         return 0
 
 
