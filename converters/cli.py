@@ -98,7 +98,7 @@ class ExportCommand:
 
             images, what = (args.images, args.images) if args.images else default_verify_images(args.calib, experiment)
             log.info("verifying on %s", what)
-            report = verify(path, model, images, eval_dataset=_verify_dataset(args.data, experiment))
+            report = verify(path, model, images, eval_dataset=_verify_dataset(args.data, experiment), record=True)
             print(format_report(report))
             if "map_delta" in report:
                 print(map_verdict(report))
