@@ -101,3 +101,16 @@ def test_openvino_backend_compiles_at_the_auto_choice(tmp_path, monkeypatch, sta
     assert exact.precision == "f32" and exact.requested == "f32"
     frame = np.zeros((96, 128, 3), np.uint8)
     assert len(det(frame)) == len(Detector(xml, precision="f32")(frame))
+
+
+def test_benchmark_records_the_precision_each_engine_runs_at(tmp_path, monkeypatch):
+    import runtime.backends.openvino as backend_mod
+    from runtime.commands.benchmark import benchmark, format_table
+
+    xml = _openvino_blob(tmp_path, "passed")
+    monkeypatch.setattr(backend_mod, "cpu_bf16_capability", lambda core: AVX2)
+    result = benchmark([str(xml)], iters=2, quick=True, project=str(tmp_path / "runs"), quiet=True)
+    row = result["rows"][0]
+    assert row["runs_as"] == "f32 (auto: the CPU has neither AMX-BF16 nor AVX512-BF16: f32)"
+    assert "runs as f32 (auto: the CPU has neither" in format_table(result)
+    assert "runs_as" in (tmp_path / "runs").rglob("results.csv").__next__().read_text().splitlines()[0]
