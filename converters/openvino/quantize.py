@@ -56,9 +56,11 @@ def _is_weight(output: Any, depth: int = 0) -> bool:
 
 
 def attention_products(model: Any) -> List[str]:
-    """Names of the MatMuls whose two inputs are both activations (attention's Q.K^T and softmax(.).V)."""
+    """Names of attention's Q.K^T and softmax(.).V: MatMuls whose two inputs are both activations, and the
+    ScaledDotProductAttention nodes `ov.convert_model` fuses them into."""
     return [op.get_friendly_name() for op in model.get_ordered_ops()
-            if op.get_type_name() == "MatMul" and not any(_is_weight(i.get_source_output()) for i in op.inputs())]
+            if op.get_type_name() == "ScaledDotProductAttention"
+            or (op.get_type_name() == "MatMul" and not any(_is_weight(i.get_source_output()) for i in op.inputs()))]
 
 
 def quantize_int8(model: Any, batches: Sequence[Any], recipe: Int8Recipe = DEFAULT_RECIPE) -> Any:
