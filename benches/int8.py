@@ -1,9 +1,9 @@
 """INT8 against FP32 on this CPU: where the time goes, and the DETR-aware recipe against the earlier one.
 
 For each model, one fused-MSDA ONNX export, converted to OpenVINO FP32 and to INT8 by two NNCF recipes
-(`converters.openvino.quantize`): `legacy` (SmoothQuant / transformer placement, attention products
-quantized: the recipe before this bench) and `edgedet` (the default now: attention products float, no
-SmoothQuant). Engines run round-robin (one input each per round, FP32 inference precision pinned) so load
+(`converters.openvino.quantize`): `int8-legacy` (NNCF's transformer type with the attention products
+quantized: the recipe before this bench) and `int8` (the default now: the same with the attention
+products, fused by OpenVINO into ScaledDotProductAttention, kept float). Engines run round-robin (one input each per round, FP32 inference precision pinned) so load
 changes hit all alike. Reported per engine: p50/p95 ms, speed-up over FP32, the share of profiled time in
 float kernels and the Reorder/Convert count (OpenVINO PERF_COUNT), and the top-K agreement with FP32
 (`converters.verify.topk_agreement`: same label, IoU >= 0.9) over all K detections and over FP32's
