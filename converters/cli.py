@@ -118,7 +118,7 @@ class ExportCommand:
 
             images, what = (args.images, args.images) if args.images else default_verify_images(calib, experiment)
             log.info("verifying on %s", what)
-            report = verify(path, model, images, eval_dataset=_verify_dataset(args.data, experiment))
+            report = verify(path, model, images, eval_dataset=_verify_dataset(args.data, experiment), record=True)
             if not args.quiet:
                 print(format_report(report))
             print(verdict(report))

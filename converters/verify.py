@@ -5,6 +5,12 @@ max abs difference of scores and boxes, fraction of PyTorch's top-K detections t
 reproduces (same class, IoU >= 0.9), mAP of both on an evaluation set when one is given
 (both through the same deployment pre/postprocessing, so the gap is the conversion's), and
 latency of the artifact and of PyTorch eager.
+
+OpenVINO CPU artifacts are compared at f32 (exact), and again at bf16 where the CPU computes bf16
+natively (AMX-BF16 / AVX512-BF16): the `bf16` block of the report. Where it does not, bf16 is "not
+measurable on this CPU" and recorded as untested, never as passed. `precision_checks` gives each
+precision's verdict (top-K agreement >= runtime.precision.MIN_TOPK_MATCH); with `record=True` they go
+into the artifact's sidecar manifest, where `precision="auto"` reads them.
 """
 from __future__ import annotations
 
@@ -139,41 +145,10 @@ def _dataset_map(detector, deploy: nn.Module, dataset, limit: int) -> Dict[str, 
             "map50_artifact": s_art["mAP50"], "map50_pytorch": s_ref["mAP50"]}
 
 
-def verify(
-    artifact: Union[str, Path],
-    reference_model: nn.Module,
-    images: Any,
-    eval_dataset: Any = None,
-    max_images: int = 8,
-    eval_images: int = 200,
-    repeats: int = 10,
-    backend: str = "auto",
-    device: str = "CPU",
-    output_json: Optional[Union[str, Path]] = None,
-    time_pytorch: bool = True,
-    backend_options: Optional[Dict[str, Any]] = None,
-) -> Dict[str, Any]:
-    """Compare `artifact` with `reference_model` -> report dict (also saved as JSON).
-
-    images: folder / image paths / BGR uint8 frames used for the numeric comparison.
-    eval_dataset: an edgedet DetectionDataset (records, category_ids, coco_gt) for mAP, or None.
-    JSON goes to `output_json` or `<artifact stem>.verify.json` beside the artifact.
-    time_pytorch: also time PyTorch eager (benchmarks of many artifacts time it once instead).
-    backend_options: passed to the runtime backend (e.g. {"threads": 1}).
-    """
-    import torch
-
-    from converters.onnx.export import DeployModel
-    from runtime.detector import Detector
-
-    artifact = Path(artifact)
-    detector = Detector(artifact, backend=backend, device=device, conf=0.0, **(backend_options or {}))
+def _compare(detector, deploy, frames: Sequence[np.ndarray]) -> Dict[str, float]:
+    """The detector's top-K detections against PyTorch's on `frames` -> agreement and deviations."""
     man = detector.manifest
     post, act, k = man.outputs.postprocess, man.outputs.score_activation, man.outputs.top_k
-    deploy = DeployModel(reference_model.eval(), postprocess=post, top_k=k, preprocess=man.preprocess).eval()
-    frames = _load_frames(images, max_images)
-    if not frames:
-        raise ValueError("verify needs at least one image")
     stats: List[Dict[str, float]] = []
     raw_prob, raw_box = 0.0, 0.0
     for frame in frames:
@@ -188,6 +163,105 @@ def verify(
         hw = tuple(feeds[man.valid_input][0]) if man.valid_input else tuple(man.preprocess.size)
         for r, a in zip(_as_topk(ref, post, act, hw, k), _as_topk(art, post, act, hw, k)):
             stats.append(match_stats(r, a))
+    figures = {"score_max_abs_diff": max(s["score"] for s in stats), "box_max_abs_diff_px": max(s["box"] for s in stats),
+               "topk_match": float(np.mean([s["match"] for s in stats]))}
+    if not post:
+        figures.update({"prob_max_abs_diff": raw_prob, "box_cxcywh_max_abs_diff": raw_box})
+    return figures
+
+
+def _is_openvino_cpu(artifact: Path, backend: str, device: str) -> bool:
+    return (backend == "openvino" or (backend == "auto" and artifact.suffix.lower() == ".xml")) and device.upper().startswith("CPU")
+
+
+def bf16_parity(artifact: Path, deploy, frames: Sequence[np.ndarray], device: str = "CPU",
+                backend_options: Optional[Dict[str, Any]] = None, capability=None) -> Dict[str, Any]:
+    """The OpenVINO artifact run at bf16 against PyTorch: status passed / failed, or untested with the reason
+    where this CPU has no native bf16 (OpenVINO would silently run f32 and the figures would mean nothing)."""
+    from runtime.detector import Detector
+    from runtime.precision import check_status, cpu_bf16_capability
+
+    if capability is None:
+        import openvino as ov
+
+        capability = cpu_bf16_capability(ov.Core())
+    if not capability.bf16:
+        return {"status": "untested", "reason": f"not measurable on this CPU: {capability.reason}"}
+    options = dict(backend_options or {}, precision="bf16")
+    detector = Detector(artifact, backend="openvino", device=device, conf=0.0, **options)
+    try:
+        ran = detector.backend.precision_choice.precision
+        if ran != "bf16":
+            return {"status": "untested", "reason": f"not measurable on this CPU: OpenVINO compiled the bf16 request at {ran}"}
+        figures = _compare(detector, deploy, frames)
+    finally:
+        detector.close()
+    return dict(figures, status=check_status(figures["topk_match"]))
+
+
+def record_precision_checks(artifact: Union[str, Path], report: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """Write the report's verdicts into the artifact's sidecar manifest (`extra["precision_checks"]`) -> the record."""
+    from runtime.manifest import read_sidecar, write_sidecar
+    from runtime.precision import CHECKS_KEY
+
+    artifact = Path(artifact)
+    manifest = read_sidecar(artifact)
+    if manifest is None:
+        raise ValueError(f"{artifact} has no sidecar manifest to record the parity checks in; re-export it")
+    keep = ("status", "topk_match", "box_max_abs_diff_px", "score_max_abs_diff", "reason")
+    checks = dict(manifest.extra.get(CHECKS_KEY) or {}) if isinstance(manifest.extra, dict) else {}
+    checks[report["precision"]] = {k: report[k] for k in keep if k in report and k != "status"}
+    checks[report["precision"]]["status"] = report["precision_checks"][report["precision"]]
+    if isinstance(report.get("bf16"), dict):
+        checks["bf16"] = {k: v for k, v in report["bf16"].items() if k in keep}
+    manifest.extra[CHECKS_KEY] = checks
+    write_sidecar(manifest, artifact)
+    return checks
+
+
+def verify(
+    artifact: Union[str, Path],
+    reference_model: nn.Module,
+    images: Any,
+    eval_dataset: Any = None,
+    max_images: int = 8,
+    eval_images: int = 200,
+    repeats: int = 10,
+    backend: str = "auto",
+    device: str = "CPU",
+    output_json: Optional[Union[str, Path]] = None,
+    time_pytorch: bool = True,
+    backend_options: Optional[Dict[str, Any]] = None,
+    record: bool = False,
+) -> Dict[str, Any]:
+    """Compare `artifact` with `reference_model` -> report dict (also saved as JSON).
+
+    images: folder / image paths / BGR uint8 frames used for the numeric comparison.
+    eval_dataset: an edgedet DetectionDataset (records, category_ids, coco_gt) for mAP, or None.
+    JSON goes to `output_json` or `<artifact stem>.verify.json` beside the artifact.
+    time_pytorch: also time PyTorch eager (benchmarks of many artifacts time it once instead).
+    backend_options: passed to the runtime backend (e.g. {"threads": 1}).
+    record: write the precision verdicts into the artifact's sidecar (what `edgedet export --verify` does).
+    """
+    import torch
+
+    from converters.onnx.export import DeployModel
+    from runtime.detector import Detector
+    from runtime.precision import check_status
+
+    artifact = Path(artifact)
+    options = dict(backend_options or {})
+    openvino_cpu = _is_openvino_cpu(artifact, backend, device)
+    if openvino_cpu:
+        options.setdefault("precision", "f32")  # the artifact's own precision, exactly; bf16 is checked below
+    detector = Detector(artifact, backend=backend, device=device, conf=0.0, **options)
+    man = detector.manifest
+    deploy = DeployModel(reference_model.eval(), postprocess=man.outputs.postprocess, top_k=man.outputs.top_k,
+                         preprocess=man.preprocess).eval()
+    frames = _load_frames(images, max_images)
+    if not frames:
+        raise ValueError("verify needs at least one image")
+    figures = _compare(detector, deploy, frames)
     x, infos = detector.preprocess([frames[0]])
     feeds = detector.feeds(x, infos)
     report: Dict[str, Any] = {
@@ -197,13 +271,14 @@ def verify(
         "msda": man.msda,
         "family": man.family,
         "images": len(frames),
-        "score_max_abs_diff": max(s["score"] for s in stats),
-        "box_max_abs_diff_px": max(s["box"] for s in stats),
-        "topk_match": float(np.mean([s["match"] for s in stats])),
+        **figures,
         "latency_artifact": measure_latency(lambda: detector.infer(feeds), repeats),
     }
-    if not post:
-        report.update({"prob_max_abs_diff": raw_prob, "box_cxcywh_max_abs_diff": raw_box})
+    report["precision_checks"] = {man.precision: check_status(figures["topk_match"])}
+    if openvino_cpu and detector.backend_name == "openvino":
+        bf16_options = {k: v for k, v in options.items() if k != "precision"}
+        report["bf16"] = bf16_parity(artifact, deploy, frames, device, bf16_options)
+        report["precision_checks"]["bf16"] = report["bf16"]["status"]
     if eval_dataset is not None:
         report.update(_dataset_map(detector, deploy, eval_dataset, eval_images))
     detector.close()  # first: idle engine threads (ORT spin-waits) would slow PyTorch's timing
@@ -216,6 +291,8 @@ def verify(
 
     atomic_write_text(path, json.dumps(report, indent=2))
     report["report_path"] = str(path)
+    if record:
+        record_precision_checks(artifact, report)
     log.debug("%s", format_report(report))  # callers print it; once is enough
     return report
 

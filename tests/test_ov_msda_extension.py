@@ -181,6 +181,42 @@ def test_float16_inputs(core, tmp_path):
     np.testing.assert_allclose(out.astype(np.float32), expected, atol=1e-2, rtol=0)
 
 
+def _to_bf16(x: np.ndarray):
+    """float32 array -> (an OpenVINO bf16 tensor of it rounded to nearest even, that rounding as float32)."""
+    bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    tensor = ov.Tensor(ov.Type.bf16, list(x.shape))
+    np.asarray(tensor.data).view(np.uint16)[...] = rounded
+    return tensor, (rounded.astype(np.uint32) << 16).view(np.float32)
+
+
+def _from_bf16(tensor) -> np.ndarray:
+    return (np.asarray(tensor.data).view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def test_bfloat16_inputs_match_float32_within_1e2(core, compiled, tmp_path):
+    """bf16 value / locations / weights (what the CPU plugin feeds in bf16 inference), accumulated in f32: the
+    result equals the f32 op on the same bf16-rounded inputs up to the bf16 rounding of the output."""
+    path = tmp_path / "msda_bf16.onnx"
+    onnx.save(fused_model(float_type=TensorProto.BFLOAT16), str(path))
+    model = core.read_model(str(path))
+    op = next(o for o in model.get_ordered_ops() if o.get_type_name() == "MultiScaleDeformableAttention")
+    assert op.get_output_element_type(0) == ov.Type.bf16  # no Convert around the op
+    value, shapes, starts, loc, weights = random_inputs([(8, 6), (4, 3)], 2, 10, seed=5)
+    (tv, v), (tl, lc), (tw, w) = (_to_bf16(x) for x in (value, loc, weights))
+    f32 = compiled([v, shapes, starts, lc, w])[0]  # the f32 op on the same rounded inputs
+    out = ov.Tensor(ov.Type.bf16, list(f32.shape))
+    assert op.evaluate([out], [tv, ov.Tensor(shapes), ov.Tensor(starts), tl, tw])
+    got = _from_bf16(out)
+    assert np.abs(got - f32).max() <= 1e-2 * np.abs(f32).max()
+    np.testing.assert_allclose(got, f32, rtol=1e-2, atol=1e-6)
+    np.testing.assert_allclose(f32, reference(v, shapes, lc, w), atol=1e-4, rtol=0)
+    # and through the CPU plugin, whatever precision it runs the graph at on this CPU
+    request = core.compile_model(model, "CPU").create_infer_request()
+    request.infer([tv, ov.Tensor(shapes), ov.Tensor(starts), tl, tw])
+    np.testing.assert_allclose(_from_bf16(request.get_output_tensor(0)), f32, rtol=1e-2, atol=1e-6)
+
+
 def test_ir_round_trip(core, tmp_path):
     path = tmp_path / "msda.onnx"
     onnx.save(fused_model(), str(path))

@@ -1,6 +1,8 @@
 """INT8 artifacts (ONNX Runtime QDQ, OpenVINO NNCF): MSDA-sensitive layers stay float, outputs stay close."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -114,3 +116,47 @@ def test_onnxruntime_calibration_in_strides_equals_one_pass(tmp_path, calib, mon
     assert strided.keys() == whole.keys() and strided
     for name in whole:
         np.testing.assert_allclose(strided[name], whole[name], rtol=1e-6)
+
+
+def _quantized(output, depth=0) -> bool:
+    """Fed by a FakeQuantize, through the ops that pass INT8 on unchanged (a max-pool after the stem)."""
+    node = output.get_node()
+    if node.get_type_name() == "FakeQuantize":
+        return True
+    return depth < 4 and node.get_type_name() in ("MaxPool", "Reshape", "Transpose") and _quantized(node.input_value(0), depth + 1)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("dino" not in MODELS, reason="DINO cannot export here")
+def test_openvino_int8_recipe_keeps_attention_products_float_and_convolutions_int8(tmp_path, calib):
+    """The edgedet recipe: convolutions and FFN linears quantized, Q.K^T / softmax.V (two activations) float;
+    without its ignore list NNCF quantizes the softmax probabilities: caught here."""
+    from converters.api import make_manifest
+    from converters.onnx.export import export_onnx
+    from converters.openvino.quantize import DEFAULT_RECIPE, attention_products, quantize_int8
+
+    model = build_tiny("dino")
+    manifest = make_manifest(model, "openvino", "int8", "grid_sample", HW, 1, False, 100, None, {})
+    onnx_path = export_onnx(model, tmp_path / "f.onnx", HW, manifest, "grid_sample", postprocess=False, simplify=False)
+    # the decoder's Q.K^T and softmax.V, as ov.convert_model (the export's path) leaves them: MatMuls or one fused
+    # ScaledDotProductAttention
+    products = attention_products(ov.convert_model(str(onnx_path)))
+    assert products and all("self_attn/MatMul" in n for n in products)
+    batches = calibration_batches(calib, manifest, 4)
+
+    def quantize(recipe):
+        graph = quantize_int8(ov.convert_model(str(onnx_path)), batches, recipe)
+        return {op.get_friendly_name(): op for op in graph.get_ops()}
+
+    def inputs_quantized(ops, name):
+        return [_quantized(ops[name].input_value(i)) for i in range(min(2, ops[name].get_input_size()))]
+
+    ops = quantize(DEFAULT_RECIPE)
+    assert not any(q for n in products for q in inputs_quantized(ops, n)), "attention products must stay float"
+    convs = [_quantized(op.input_value(0)) for name, op in ops.items() if op.get_type_name() == "Convolution" and "backbone" in name]
+    assert convs and all(convs), "every backbone convolution must run INT8"
+    ffn = [op for name, op in ops.items() if op.get_type_name() == "MatMul" and "linear1" in name]
+    assert ffn and all(_quantized(op.input_value(0)) for op in ffn), "FFNs must run INT8"
+    # without the ignore list NNCF quantizes them
+    plain = quantize(dataclasses.replace(DEFAULT_RECIPE, float_attention_products=False))
+    assert all(any(inputs_quantized(plain, n)) for n in products)

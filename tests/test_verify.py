@@ -115,3 +115,35 @@ def test_equal_degenerate_boxes_match():
     assert topk_agreement([ref], [dict(ref)]) == 1.0
     moved = {**ref, "boxes": box + np.array([[0, 0, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]], np.float32)}
     assert topk_agreement([ref], [moved]) == pytest.approx(2 / 3)
+
+
+def test_openvino_verify_reports_bf16_and_records_what_passed(tmp_path, images, monkeypatch):
+    pytest.importorskip("openvino")
+    from converters.verify import bf16_parity
+    from runtime.manifest import read_sidecar
+    from runtime.precision import CHECKS_KEY, Capability
+
+    model = build_tiny("tiny_msda")
+    path = export(model, "openvino", tmp_path / "m.xml", imgsz=HW, msda="gather", simplify=False)
+    # A CPU without native bf16 (this AVX2 one, mocked so the test means the same everywhere): untested, never passed
+    monkeypatch.setattr("runtime.precision.cpu_bf16_capability", lambda core: Capability(False, "no AMX-BF16 (mocked)"))
+    report = verify(path, model, images, repeats=1, time_pytorch=False, record=True)
+    assert report["precision_checks"] == {"fp32": "passed", "bf16": "untested"}
+    assert report["bf16"]["reason"] == "not measurable on this CPU: no AMX-BF16 (mocked)" and "topk_match" not in report["bf16"]
+    assert "bf16.status" in format_report(report)
+    checks = read_sidecar(path).extra[CHECKS_KEY]
+    assert checks["fp32"]["status"] == "passed" and checks["fp32"]["topk_match"] == 1.0
+    assert checks["bf16"] == {"status": "untested", "reason": "not measurable on this CPU: no AMX-BF16 (mocked)"}
+    # A bf16 CPU (mocked) whose plugin compiles the request at f32 (as this one does) is still untested, never passed;
+    # where the plugin really runs bf16 the figures are measured and judged.
+    capable = Capability(True, "the CPU has AMX-BF16 (mocked)")
+    from converters.onnx.export import DeployModel
+
+    man = read_sidecar(path)
+    deploy = DeployModel(model.eval(), postprocess=True, top_k=man.outputs.top_k, preprocess=man.preprocess).eval()
+    frames = [read_bgr(p) for p in sorted(images.glob("*.jpg"))]
+    bf16 = bf16_parity(path, deploy, frames, capability=capable)
+    if bf16["status"] == "untested":
+        assert "compiled the bf16 request at f32" in bf16["reason"]
+    else:  # a CPU whose plugin runs bf16: measured and judged
+        assert bf16["status"] in ("passed", "failed") and 0.0 <= bf16["topk_match"] <= 1.0

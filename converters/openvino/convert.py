@@ -3,8 +3,9 @@
 With msda="fused" the ONNX holds `edgedet::MultiScaleDeformableAttention`; the compiled
 extension (`converters.openvino.extension`) supplies the op to `ov.convert_model` and is
 copied next to the .xml so the runtime can load it (`manifest.custom_ops["openvino"]`).
-INT8 uses `nncf.quantize` with the same preprocessed calibration images as the runtime,
-keeping the MSDA sampling offsets / attention weights and the box heads in float.
+INT8 uses `nncf.quantize` with the same preprocessed calibration images as the runtime and
+the DETR-aware recipe of `converters.openvino.quantize` (convolutions and FFNs INT8; MSDA sampling
+offsets / attention weights, box heads and attention products float).
 """
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from converters.calibration import KEEP_FLOAT_PATTERNS
 from converters.formats import ExportError
+from converters.openvino.quantize import DEFAULT_RECIPE, Int8Recipe, quantize_int8
 from runtime.atomic import atomic_copy, atomic_paths
 from runtime.manifest import Manifest, write_sidecar
 
@@ -48,40 +49,18 @@ def fused_extension_available() -> bool:
     return True
 
 
-def _quantize_int8(model, batches: Sequence[np.ndarray], keep_float: Sequence[str]):
-    try:
-        import nncf
-    except ImportError as e:
-        raise ExportError("OpenVINO INT8 needs NNCF: pip install nncf") from e
-    if not batches:
-        raise ExportError("OpenVINO INT8 needs at least one calibration image")
-    from converters.quiet import quiet_nncf
-
-    ignored = nncf.IgnoredScope(patterns=[f".*{p}.*" for p in keep_float], validate=False)
-    # the image count was said with the calibration line; the layers kept in float are detail
-    log.debug("INT8 (NNCF): calibrating on %d images, keeping %s in float", len(batches), ", ".join(keep_float))
-    with quiet_nncf():
-        return nncf.quantize(
-            model,
-            nncf.Dataset(list(batches)),
-            subset_size=len(batches),
-            model_type=nncf.ModelType.TRANSFORMER,
-            ignored_scope=ignored,
-        )
-
-
 def convert_openvino(
     onnx_path: Path,
     output_xml: Path,
     precision: str,
     manifest: Manifest,
     batches: Optional[Sequence[np.ndarray]] = None,
-    keep_float: Sequence[str] = KEEP_FLOAT_PATTERNS,
+    recipe: Int8Recipe = DEFAULT_RECIPE,
 ) -> Path:
     """Convert `onnx_path` to `output_xml` (+ .bin, sidecar, extension copy) -> output_xml.
 
     precision: fp32 (weights stay fp32), fp16 (weights compressed to fp16), int8 (NNCF,
-    needs `batches` of float32 [1, 3, H, W]).
+    needs `batches` of float32 [1, 3, H, W]; `recipe` says what stays float: `converters.openvino.quantize`).
     """
     import openvino as ov
 
@@ -98,7 +77,7 @@ def convert_openvino(
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ExportError(f"OpenVINO could not convert {Path(onnx_path).name}: {first}") from e
     if precision == "int8":
-        model = _quantize_int8(model, batches or [], keep_float)
+        model = quantize_int8(model, batches or [], recipe)
     if extension is not None:
         # never rewritten in place: a running process that has it mapped would crash (SIGBUS)
         atomic_copy(extension, output_xml.parent / EXTENSION_LIBRARY)

@@ -1,8 +1,9 @@
 """OpenVINO backend: CPU / GPU / NPU, asynchronous infer requests, fused-MSDA extension loading.
 
-Inference precision defaults to f32 on CPU/GPU so results match the ONNX reference
-(OpenVINO would otherwise pick bf16/f16 on hardware that has it); pass precision="f16"
-(or "bf16", or None for the device default) to trade accuracy for speed.
+Inference precision: "auto" (the default) runs bf16 on a CPU with AMX-BF16/AVX512-BF16 when the
+artifact's manifest records that bf16 passed its parity check, f32 elsewhere (`runtime.precision`;
+the choice and its reason are logged once). "f32" is exact (matches the ONNX reference); "f16",
+"bf16", or None for the device default trade accuracy for speed.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from runtime.backends.base import ArtifactError, Backend, TensorSpec
 from runtime.manifest import Manifest, ManifestError, METADATA_KEY
+from runtime.precision import PrecisionChoice, announce, choose_precision, cpu_bf16_capability
 from runtime.safety import custom_op_library
 
 try:
@@ -70,13 +72,14 @@ def _reason(e: BaseException) -> str:
 
 
 class OpenVINOBackend(Backend):
-    """options: precision ("f32" default, "f16", "bf16", None), threads, hint ("LATENCY"|"THROUGHPUT"), num_requests,
+    """options: precision ("auto" default: bf16 where the CPU and the artifact's parity record allow, else
+    f32; "f32", "f16", "bf16", None = the device default), threads, hint ("LATENCY"|"THROUGHPUT"), num_requests,
     static_batch (N > 0: reshape a dynamic-batch model to batch N before compiling, the fastest CPU path when
     the batch size is known, e.g. one frame per camera; Detector.batch pads partial batches)."""
 
     name = "openvino"
 
-    def _load(self, path: Path, manifest: Optional[Manifest], device: str, precision: Optional[str] = "f32",
+    def _load(self, path: Path, manifest: Optional[Manifest], device: str, precision: Optional[str] = "auto",
               threads: int = 0, hint: str = "LATENCY", num_requests: int = 2, static_batch: int = 0) -> None:
         device = device.upper()
         if device.split(".")[0] not in ("CPU", "GPU", "NPU", "AUTO", "HETERO", "MULTI"):
@@ -102,8 +105,9 @@ class OpenVINOBackend(Backend):
         if static_batch:
             self._reshape_batch(path, int(static_batch))
         config: Dict[str, Any] = {"PERFORMANCE_HINT": hint}
-        if precision and device.startswith(("CPU", "GPU")):
-            config["INFERENCE_PRECISION_HINT"] = precision
+        self.precision_choice = self._choose_precision(precision, device, manifest)
+        if self.precision_choice.precision and device.startswith(("CPU", "GPU")):
+            config["INFERENCE_PRECISION_HINT"] = self.precision_choice.precision
         if threads and device.startswith("CPU"):
             config["INFERENCE_NUM_THREADS"] = int(threads)
         if device.split(".")[0] not in self.core.available_devices and device.split(".")[0] not in ("AUTO", "HETERO", "MULTI"):
@@ -112,6 +116,8 @@ class OpenVINOBackend(Backend):
             self.compiled = self.core.compile_model(self.model, device, config)
         except Exception as e:
             raise ArtifactError(f"openvino could not compile {path.name} for {device}: {_reason(e)}") from e
+        self.precision_choice = self._compiled_precision(self.precision_choice)
+        announce(str(path), self.precision_choice)
         self._inputs = [
             TensorSpec(
                 _port_name(p),
@@ -129,6 +135,32 @@ class OpenVINOBackend(Backend):
         self._requests = [self.compiled.create_infer_request() for _ in range(max(1, int(num_requests)))]
         self._free: Deque[Any] = deque(self._requests)
         log.debug("openvino %s on %s config %s", path.name, device, config)
+
+    def _choose_precision(self, precision: Optional[str], device: str, manifest: Optional[Manifest]) -> PrecisionChoice:
+        if str(precision).lower() == "auto" and manifest is None:
+            try:  # no sidecar: the parity record embedded in the model
+                manifest = self.embedded_manifest()
+            except ArtifactError:
+                manifest = None
+        capability = cpu_bf16_capability(self.core) if str(precision).lower() == "auto" and device.startswith("CPU") else None
+        return choose_precision(precision, device, manifest, capability)
+
+    def _compiled_precision(self, choice: PrecisionChoice) -> PrecisionChoice:
+        """What the device actually compiled at: a CPU without bf16 silently runs a bf16 request in f32."""
+        try:
+            value = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        except Exception:  # devices that do not report it
+            return choice
+        actual = str(value.get_type_name() if hasattr(value, "get_type_name") else value).lower()  # an ov.Type: "f32"
+        if not choice.precision or actual == choice.precision or actual not in ("f32", "bf16", "f16"):
+            return PrecisionChoice(choice.precision or actual, choice.reason, choice.requested)
+        return PrecisionChoice(actual, f"{choice.reason}; the device compiled it at {actual}", choice.requested)
+
+    @property
+    def inference_precision(self) -> str:
+        """The precision the model runs at, and why: e.g. "f32 (auto: the CPU has neither ...)"."""
+        c = self.precision_choice
+        return f"{c.precision} ({'auto: ' + c.reason if c.requested == 'auto' else c.reason})"
 
     def _reshape_batch(self, path: Path, batch: int) -> None:
         if batch < 1:

@@ -143,6 +143,7 @@ def benchmark(model: Any, data: Optional[str] = None, split: str = "val", imgsz:
             r["precision"], r["msda"] = det.manifest.precision, det.manifest.msda
             r["format"] = det.manifest.backend
         dets[id(r)] = det
+        r["runs_as"] = getattr(getattr(det, "backend", None), "inference_precision", "")  # e.g. OpenVINO's auto choice
     if not dets:
         raise RuntimeError("no engine could be loaded: " + "; ".join(f"{r['format']} {r['precision']}: {r['skipped']}" for r in rows))
     first = next(iter(dets.values()))
@@ -179,9 +180,9 @@ def benchmark(model: Any, data: Optional[str] = None, split: str = "val", imgsz:
             m = val(r["path"], data, split, imgsz=imgsz if r["format"] == "pytorch" else None, project=str(out / "val"),
                     plots=False, quiet=True)
             r["mAP"], r["mAP50"] = round(m["mAP"], 4), round(m["mAP50"], 4)
-    table = [dict({c: r.get(c, "") for c in COLUMNS}, path=r.get("path") or "") for r in rows]
+    table = [dict({c: r.get(c, "") for c in COLUMNS}, path=r.get("path") or "", runs_as=r.get("runs_as", "")) for r in rows]
     with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS + ["path"])
+        writer = csv.DictWriter(f, fieldnames=COLUMNS + ["path", "runs_as"])
         writer.writeheader()
         writer.writerows(table)
     result = {"dir": str(out), "rows": table}
@@ -203,6 +204,7 @@ def format_table(result: Dict[str, Any]) -> str:
         lines.append(f"{r['format']:<12}{r['precision']:<6}{r['msda'] or '-':<12}{f('size_mb', '>7.2f')}{f('load_s', '>8.2f')}"
                      f"{f('p50_ms', '>9.2f')}{f('p95_ms', '>9.2f')}{f('batch', '>6d')}{f('throughput_ips', '>8.1f')}"
                      f"{f('mAP', '>8.3f')}{f('mAP50', '>8.3f')}{f('score_dev', '>9.1e')}{f('box_dev_px', '>8.2f')}")
+    lines += [f"{r['format']} {r['precision']} {r['msda'] or '-'} runs as {r['runs_as']}" for r in result["rows"] if r.get("runs_as")]
     timed = [r for r in result["rows"] if not r["skipped"] and r.get("pipeline_fps") not in ("", None)]
     if timed:
         lines.append("pipeline per frame, capture -> draw (median ms):")

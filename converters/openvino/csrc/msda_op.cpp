@@ -1,17 +1,20 @@
 // Shape inference, type checks and evaluate() of edgedet::MultiScaleDeformableAttention.
 #include "msda_op.hpp"
 
+#include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "msda_kernel.hpp"
+#include "openvino/core/type/bfloat16.hpp"
 #include "openvino/core/type/float16.hpp"
 
 namespace edgedet {
 namespace {
 
 bool is_float_type(const ov::element::Type& t) {
-    return t == ov::element::f32 || t == ov::element::f16;
+    return t == ov::element::f32 || t == ov::element::f16 || t == ov::element::bf16;
 }
 
 bool is_index_type(const ov::element::Type& t) {
@@ -31,15 +34,43 @@ std::vector<int64_t> read_indices(const ov::Tensor& t) {
     return out;
 }
 
-// f32 view of a float tensor; f16 data is converted into `storage`.
+// bf16 is the upper half of an f32: widening is a shift (vectorises).
+inline float bf16_to_f32(uint16_t bits) {
+    uint32_t u = static_cast<uint32_t>(bits) << 16;
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+// f32 view of a float tensor; f16 / bf16 data is widened into `storage` (the kernel accumulates in f32).
 const float* as_f32(const ov::Tensor& t, std::vector<float>& storage) {
-    if (t.get_element_type() == ov::element::f32)
+    const auto type = t.get_element_type();
+    if (type == ov::element::f32)
         return t.data<const float>();
-    const ov::float16* src = t.data<const ov::float16>();
     storage.resize(t.get_size());
-    for (size_t i = 0; i < storage.size(); ++i)
-        storage[i] = static_cast<float>(src[i]);
+    if (type == ov::element::bf16) {
+        const uint16_t* src = reinterpret_cast<const uint16_t*>(t.data());
+        for (size_t i = 0; i < storage.size(); ++i)
+            storage[i] = bf16_to_f32(src[i]);
+    } else {
+        const ov::float16* src = t.data<const ov::float16>();
+        for (size_t i = 0; i < storage.size(); ++i)
+            storage[i] = static_cast<float>(src[i]);
+    }
     return storage.data();
+}
+
+// The f32 result narrowed into the output tensor's element type (f16 or bf16).
+void narrow(const std::vector<float>& src, ov::Tensor& out) {
+    if (out.get_element_type() == ov::element::bf16) {
+        ov::bfloat16* dst = out.data<ov::bfloat16>();
+        for (size_t i = 0; i < src.size(); ++i)
+            dst[i] = ov::bfloat16(src[i]);  // OpenVINO's own rounding
+    } else {
+        ov::float16* dst = out.data<ov::float16>();
+        for (size_t i = 0; i < src.size(); ++i)
+            dst[i] = ov::float16(src[i]);
+    }
 }
 
 }  // namespace
@@ -57,7 +88,7 @@ void MultiScaleDeformableAttention::validate_and_infer_types() {
                           "attention_weights), got ", get_input_size());
     const auto value_type = get_input_element_type(0);
     NODE_VALIDATION_CHECK(this, value_type.is_dynamic() || is_float_type(value_type),
-                          "value must be f32 or f16, got ", value_type);
+                          "value must be f32, f16 or bf16, got ", value_type);
     for (size_t i : {3u, 4u}) {
         const auto t = get_input_element_type(i);
         NODE_VALIDATION_CHECK(this, t.is_dynamic() || value_type.is_dynamic() || t == value_type,
@@ -213,11 +244,8 @@ bool MultiScaleDeformableAttention::evaluate(ov::TensorVector& outputs, const ov
         pb.output = out_f32.data();
     }
     msda_forward(pb);
-    if (!f32_out) {
-        ov::float16* dst = out.data<ov::float16>();
-        for (size_t i = 0; i < out_f32.size(); ++i)
-            dst[i] = ov::float16(out_f32[i]);
-    }
+    if (!f32_out)
+        narrow(out_f32, out);
     return true;
 }
 

@@ -1,6 +1,6 @@
 // OpenVINO operation edgedet::MultiScaleDeformableAttention (see msda_kernel.hpp for semantics).
 //
-// Inputs: value [N, S, M, D] (f32 or f16), spatial_shapes [L, 2] (H, W; i64 or i32),
+// Inputs: value [N, S, M, D] (f32, f16 or bf16; bf16/f16 are widened and accumulated in f32), spatial_shapes [L, 2] (H, W; i64 or i32),
 // level_start_index [L] (i64 or i32), sampling_locations, attention_weights. Output:
 // [N, Lq, M * D], element type of value. Runs through `evaluate` (the CPU plugin executes it as a
 // reference node). Attributes (both optional in ONNX; absent = the original DETR-family op):
