@@ -13,11 +13,11 @@ from typing import Tuple, Union
 
 def export_for_labelling(checkpoint: Union[str, Path], cache: Union[str, Path]) -> Tuple[Path, Path]:
     """-> (prompt encoder .onnx, detector .onnx), exported once per checkpoint content."""
-    from converters.demo import _sha, cached_artifacts
+    from converters.demo_video import cached_artifacts, file_digest
     from converters.demo_prompted import PROMPTED_CHECKPOINT, export_prompted_demo_model
 
     checkpoint, cache = Path(checkpoint), Path(cache)
-    if checkpoint.resolve() == PROMPTED_CHECKPOINT.resolve() or _sha(checkpoint) == _sha(PROMPTED_CHECKPOINT):
+    if checkpoint.resolve() == PROMPTED_CHECKPOINT.resolve() or file_digest(checkpoint) == file_digest(PROMPTED_CHECKPOINT):
         return tuple(export_prompted_demo_model(checkpoint, cache, "onnx"))
 
     def build():
@@ -30,7 +30,7 @@ def export_for_labelling(checkpoint: Union[str, Path], cache: Union[str, Path]) 
         return export_prompted(model, cache / "model" / tag, format="onnx", imgsz=imgsz, experiment=experiment,
                                overwrite=True)  # our own cache folder
 
-    tag = f"{_sha(checkpoint)}-prompted-onnx"
+    tag = f"{file_digest(checkpoint)}-prompted-onnx"
     encoder, detector = cached_artifacts(cache / "model" / f"{tag}.json", build)
     return encoder, detector
 
