@@ -7,17 +7,35 @@ import subprocess
 from typing import Dict, List
 
 
-def cpu_model() -> Dict[str, str]:
-    """lscpu's model name and the SIMD flags that matter for the engines."""
+# The ISA flags that decide the engines' speed (SIMD width, INT8 dot products, bf16) on x86 and ARM.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile",
+             "neon", "asimd")
+
+
+def lscpu() -> Dict[str, object]:
+    """lscpu's model name, CPU count and the ISA flags of `ISA_FLAGS` this CPU has (every bench prints them)."""
     try:
         text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
-        return {"cpu": "unknown", "cpu_flags": ""}
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        text = ""
+    fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in text.splitlines() if ":" in line)}
     flags = set(fields.get("Flags", "").split())
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "neon", "asimd")
-    return {"cpu": fields.get("Model name", "unknown").strip(), "cpu_flags": " ".join(f for f in wanted if f in flags),
-            "cpus": str(os.cpu_count())}
+    return {"model": fields.get("Model name", "unknown"), "cpus": fields.get("CPU(s)", str(os.cpu_count())),
+            "isa": [f for f in ISA_FLAGS if f in flags]}
+
+
+def load_average() -> List[float]:
+    """The 1, 5 and 15-minute load averages (empty where the OS has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def cpu_model() -> Dict[str, str]:
+    """lscpu's model name and the SIMD flags that matter for the engines."""
+    facts = lscpu()
+    return {"cpu": str(facts["model"]), "cpu_flags": " ".join(facts["isa"]), "cpus": str(facts["cpus"])}
 
 
 def load_summary(samples: List[float]) -> Dict[str, float]:

@@ -25,18 +25,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benches"))
+
+from _machine import load_average as load, lscpu  # noqa: E402
 sys.path.insert(0, str(REPO / "benches"))
 
 from converters.api import deployable, make_manifest  # noqa: E402
@@ -55,21 +57,8 @@ log = logging.getLogger("int8")
 
 def machine() -> Dict[str, Any]:
     """lscpu's model name and the ISA flags that decide INT8 / bf16 speed, the core count and the load now."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        out = ""
-    facts = dict((k.strip(), v.strip()) for k, v in (line.split(":", 1) for line in out.splitlines() if ":" in line))
-    flags = set(facts.get("Flags", "").split())
-    return {"cpu": facts.get("Model name", "?"), "cpus": facts.get("CPU(s)", "?"), "isa": [f for f in ISA if f in flags],
-            "load": load()}
-
-
-def load() -> List[float]:
-    try:
-        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return []
+    facts = lscpu()
+    return {"cpu": facts["model"], "cpus": facts["cpus"], "isa": [f for f in ISA if f in facts["isa"]], "load": load()}
 
 
 class Engine:

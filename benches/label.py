@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,20 +24,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benches"))
+
+from _machine import load_average, lscpu  # noqa: E402
 
 
 def machine() -> dict:
     """lscpu's model name, the SIMD flags that matter for the engines, cores and the load average."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        out = ""
-    facts = dict((k.strip(), v.strip()) for k, v in (line.split(":", 1) for line in out.splitlines() if ":" in line))
-    flags = set(facts.get("Flags", "").split())
-    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
-    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"]
-    return {"cpu": facts.get("Model name", platform.processor() or "?"), "flags": isa, "cpus": facts.get("CPU(s)", "?"),
-            "load": [float(x) for x in load if x != "?"]}
+    facts = lscpu()
+    return {"cpu": facts["model"], "flags": facts["isa"], "cpus": facts["cpus"], "load": load_average()}
 
 
 def throughput(work: Path, frames: int, actors: int) -> dict:

@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCHES))
 
 import _peers_venv as peers_venv  # noqa: E402
+from _machine import load_average, lscpu  # noqa: E402
 
 BCCD = REPO.parent / "shared" / "data" / "bccd" / "JPEGImages"
 EDGEDET_MODELS = ("dfine-n", "dfine-s", "rtdetrv2-r18", "rfdetr-n")
@@ -67,34 +68,14 @@ class Engine:
 
 
 def cpu_info() -> Dict[str, object]:
-    """lscpu's model name and the ISA flags that decide precision (from /proc/cpuinfo)."""
-    import subprocess
-
-    model = ""
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    flags: set = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    return {"model": model, "cores": os.cpu_count(), "isa": [f for f in ISA_FLAGS if f in flags]}
+    """lscpu's model name and the ISA flags that decide precision."""
+    facts = lscpu()
+    return {"model": facts["model"], "cores": os.cpu_count(), "isa": [f for f in ISA_FLAGS if f in facts["isa"]]}
 
 
 def has_bf16(capabilities: Sequence[str]) -> bool:
     """Whether OpenVINO's CPU plug-in runs bf16 here (AVX512-BF16 or AMX)."""
     return "BF16" in capabilities
-
-
-def load_average() -> List[float]:
-    return [round(v, 2) for v in os.getloadavg()]
 
 
 def ov_runner(core, xml: str, threads: int, precision: str, bf16: bool = False) -> Callable[[dict], object]:

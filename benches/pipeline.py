@@ -32,7 +32,6 @@ import argparse
 import itertools
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +41,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benches"))
 
+from _machine import cpu_model  # noqa: E402
 from runtime import Detector, Pipeline, open_source  # noqa: E402
 from runtime.capture import PacedVideoSource  # noqa: E402
 
@@ -105,18 +106,6 @@ def stage_ms(detector: Detector, frames: list, repeats: int = 20) -> dict:
         prep.append((t1 - t0) * 1e3)
         engine.append((t2 - t1) * 1e3)
     return {"preprocess_ms": float(np.median(prep)), "engine_ms": float(np.median(engine))}
-
-
-def cpu_model() -> dict:
-    """lscpu's model name and the SIMD flags that matter for the engines."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {"cpu": "unknown", "cpu_flags": ""}
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    flags = set(fields.get("Flags", "").split())
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "neon", "asimd")
-    return {"cpu": fields.get("Model name", "unknown").strip(), "cpu_flags": " ".join(f for f in wanted if f in flags)}
 
 
 def load_average() -> float:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -31,7 +29,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benches"))
 
+from _machine import load_average, lscpu  # noqa: E402
 from edgedet.config import load_experiment, to_dict  # noqa: E402
 
 BCCD = REPO.parent / "shared" / "data" / "bccd"
@@ -39,15 +39,8 @@ BCCD = REPO.parent / "shared" / "data" / "bccd"
 
 def machine() -> str:
     """CPU model and the ISA flags that decide speed here (lscpu), and the load."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return platform.processor() or "unknown CPU"
-    facts = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    flags = set(facts.get("Flags", "").split())
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
-    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"]
-    return f"{facts.get('Model name', '?').strip()} | {' '.join(isa)} | load {' '.join(load)}"
+    facts = lscpu()
+    return f"{facts['model']} | {' '.join(facts['isa'])} | load {' '.join(map(str, load_average()))}"
 
 
 def score_detector(detector, dataset) -> Dict[str, float]:
