@@ -70,7 +70,9 @@ def demo_artifact(work: Path, fmt: str) -> Tuple[Path, Path]:
     from converters.demo_video import render_demo_video
 
     artifact = export_demo_model(DEMO_CHECKPOINT, work, fmt)
-    video, _ = render_demo_video(work, 150)
+    video = work / "shapes.mp4"
+    if not video.is_file():  # rendered once per work dir (fixed seed): never rewritten under a reader of it
+        video, _ = render_demo_video(work, 150)
     return artifact, video
 
 
