@@ -257,10 +257,9 @@ def test_one_box_per_object_with_every_name_it_carries():
     assert live(np.zeros((100, 100, 3), np.uint8)).names == ["triangle / my shape", "circle"]
 
 
-def test_the_live_prompted_view_uses_the_prompted_demos_threshold(monkeypatch, tmp_path):
+def record_prompted_detector(monkeypatch) -> dict:
+    """Replaces runtime.prompted.PromptedDetector with a fake that records its keyword arguments (returned)."""
     import runtime.prompted as prompted_module
-    from converters.demo_prompted import PROMPTED_DRAW_CONF
-    from runtime.serve.cli_options import add_serve_arguments, make_detector
 
     made = {}
 
@@ -270,6 +269,15 @@ def test_the_live_prompted_view_uses_the_prompted_demos_threshold(monkeypatch, t
             made.update(kwargs)
 
     monkeypatch.setattr(prompted_module, "PromptedDetector", Recorder)
+    return made
+
+
+def test_the_live_prompted_view_uses_the_prompted_demos_threshold(monkeypatch, tmp_path):
+    import runtime.prompted as prompted_module
+    from converters.demo_prompted import PROMPTED_DRAW_CONF
+    from runtime.serve.cli_options import add_serve_arguments, make_detector
+
+    made = record_prompted_detector(monkeypatch)
     parser = argparse.ArgumentParser()
     add_serve_arguments(parser)
     for flag in ("--model", "--backend", "--device", "--conf", "--classes"):
@@ -284,17 +292,9 @@ def test_the_live_prompted_view_uses_the_prompted_demos_threshold(monkeypatch, t
 
 
 def test_the_prompted_demos_live_view_draws_as_the_demo(monkeypatch, tmp_path):
-    import runtime.prompted as prompted_module
     from converters.demo_prompted import PROMPTED_DRAW_CONF, live_prompted_detector
 
-    made = {}
-
-    class Recorder(FakePrompted):
-        def __init__(self, encoder, detector, **kwargs):
-            super().__init__()
-            made.update(kwargs)
-
-    monkeypatch.setattr(prompted_module, "PromptedDetector", Recorder)
+    made = record_prompted_detector(monkeypatch)
     summary = {"prompt_encoder": "e.xml", "artifact": "d.xml", "prompts_file": tmp_path / "p.npz"}
     (tmp_path / "p.npz").write_bytes(b"")
     live = live_prompted_detector(summary, None, tmp_path)
