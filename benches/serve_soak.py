@@ -33,7 +33,6 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import List, Tuple
 
 import numpy as np
 
@@ -43,6 +42,7 @@ sys.path.insert(0, str(REPO / "tests"))  # browser_helpers: the same headless Ch
 sys.path.insert(0, str(REPO / "benches"))
 
 from _machine import cpu_model, load_summary  # noqa: E402
+from _samples import SampleLog  # noqa: E402
 
 RSS_TARGET_PCT, P95_TARGET_PCT = 2.0, 10.0
 
@@ -88,11 +88,6 @@ def stalled_client(port: int, token: str) -> socket.socket:
     return s
 
 
-def window_p95(samples: List[Tuple[float, float]], start_s: float, end_s: float) -> float:
-    lat = [ms for t, ms in samples if start_s <= t < end_s]
-    return float(np.percentile(lat, 95)) if lat else float("nan")
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0)
@@ -121,9 +116,10 @@ def main(argv=None) -> int:
     token = secrets.token_urlsafe(16)
     server = LiveServer(port=0, token=token, write_timeout=args.write_timeout).start()
     t0 = time.perf_counter()
-    latencies: List[Tuple[float, float]] = []  # (s since start, capture -> sinks ms)
+    # (s since start, capture -> sinks ms) per frame, preallocated: the bench's bookkeeping is not RSS growth
+    latencies = SampleLog.for_run(("t_s", "ms"), args.minutes * 60.0 + 60.0, max_rate_hz=200.0)
     pipe = Pipeline(PacedVideoSource(video, loop=True), detector,
-                    sinks=[server, lambda r: latencies.append((time.perf_counter() - t0, r.latency_ms))])
+                    sinks=[server, lambda r: latencies.append(time.perf_counter() - t0, r.latency_ms)])
     server.stats_fn = pipe.stats
     try:
         driver, browser_note = chromium_driver(), "headless Chromium"
@@ -157,10 +153,10 @@ def main(argv=None) -> int:
                 stalled = stalled_client(server.port, token)
                 stalled_opened += 1
             stats = pipe.stats()
-            recent = [ms for t, ms in latencies[-400:] if t >= now - t0 - args.sample_every]
+            recent_p95 = latencies.window_p95("ms", now - t0 - args.sample_every, float("inf"))
             samples.append({"t_s": time.perf_counter() - t0, "rss_mb": rss_mb(), "load": os.getloadavg()[0],
                             "frames": stats["frames"], "dropped": stats["dropped"], "viewers": server.clients,
-                            "p95_ms": float(np.percentile(recent, 95)) if recent else None})
+                            "p95_ms": None if np.isnan(recent_p95) else recent_p95})
             s = samples[-1]
             print(f"\r{s['t_s']:6.0f} s  RSS {s['rss_mb']:7.1f} MB  frames {s['frames']}  p95 {s['p95_ms'] or 0:6.1f} ms  "
                   f"viewers {s['viewers']}  load {s['load']:.1f}   ", end="", file=sys.stderr, flush=True)
@@ -179,7 +175,7 @@ def main(argv=None) -> int:
     after = [s for s in samples if s["t_s"] >= warm] or samples
     rss_start, rss_end = after[0]["rss_mb"], samples[-1]["rss_mb"]
     window = 60.0 if elapsed >= 300.0 else elapsed / 3
-    first, last = window_p95(latencies, 0.0, window), window_p95(latencies, elapsed - window, elapsed + 1)
+    first, last = latencies.window_p95("ms", 0.0, window), latencies.window_p95("ms", elapsed - window, elapsed + 1)
     sent = sum(r.frames for r in readers)
     result = {
         "bench": "serve_soak", "minutes": round(elapsed / 60, 2), "viewers": f"{browser_note}, {len(readers)} MJPEG readers, 1 stalled",

@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benches"))
 
 from _machine import cpu_model, load_summary  # noqa: E402
+from _samples import SampleLog  # noqa: E402
 
 from runtime import CallbackSink, Detector, JsonLinesSink, Pipeline, draw, open_source  # noqa: E402
 
@@ -76,15 +77,11 @@ def demo_artifact(work: Path, fmt: str) -> Tuple[Path, Path]:
     return artifact, video
 
 
-def window_p95(samples: List[Tuple[float, float]], start_s: float, end_s: float) -> float:
-    lat = [ms for t, ms in samples if start_s <= t < end_s]
-    return float(np.percentile(lat, 95)) if lat else float("nan")
-
-
 def soak(detector: Detector, video: Path, minutes: float, rss_every_s: float = 5.0, progress: bool = True) -> dict:
     duration = minutes * 60.0
-    latencies: List[Tuple[float, float]] = []  # (seconds since start, detector ms: preprocess + inference + postprocess)
-    e2e: List[Tuple[float, float]] = []  # (seconds since start, capture -> sinks ms, queueing included)
+    # per frame: seconds since start, detector ms (preprocess + inference + postprocess), capture -> sinks ms
+    # (queueing included); preallocated so that the bench's own bookkeeping does not show as RSS growth
+    frames = SampleLog.for_run(("t_s", "detector_ms", "e2e_ms"), duration + 60.0)
     rss: List[Tuple[float, float]] = []
     load: List[float] = []  # the machine's 1-minute load average, sampled with the RSS
     t0 = time.perf_counter()
@@ -92,8 +89,7 @@ def soak(detector: Detector, video: Path, minutes: float, rss_every_s: float = 5
 
     def record(result) -> None:
         now = time.perf_counter() - t0
-        latencies.append((now, float(sum(result.detections.timings_ms.values()))))
-        e2e.append((now, result.latency_ms))
+        frames.append(now, float(sum(result.detections.timings_ms.values())), result.latency_ms)
         draw(result.frame.image, result.detections)  # a copy is drawn, as the video/show sinks do
         if now >= state["next_rss"]:
             rss.append((now, rss_mb()))
@@ -101,7 +97,7 @@ def soak(detector: Detector, video: Path, minutes: float, rss_every_s: float = 5
             state["next_rss"] = now + rss_every_s
         if progress and now >= state["next_print"]:
             state["next_print"] = now + 10.0
-            print(f"\r{now / 60:5.1f}/{minutes:.1f} min | {len(latencies)} frames | RSS {rss[-1][1]:.1f} MiB | "
+            print(f"\r{now / 60:5.1f}/{minutes:.1f} min | {frames.seen} frames | RSS {rss[-1][1]:.1f} MiB | "
                   f"last latency {result.latency_ms:.1f} ms   ", end="", file=sys.stderr, flush=True)
 
     sinks = [CallbackSink(record), JsonLinesSink(os.devnull)]
@@ -119,16 +115,17 @@ def soak(detector: Detector, video: Path, minutes: float, rss_every_s: float = 5
     base = next((mb for t, mb in rss if t >= warm), rss[-1][1])
     after = [mb for t, mb in rss if t >= warm]
     window = 300.0 if elapsed >= 900.0 else elapsed / 3
-    first, last = window_p95(latencies, 0.0, window), window_p95(latencies, elapsed - window, elapsed + 1)
-    e2e_first, e2e_last = window_p95(e2e, 0.0, window), window_p95(e2e, elapsed - window, elapsed + 1)
+    first, last = frames.window_p95("detector_ms", 0.0, window), frames.window_p95("detector_ms", elapsed - window, elapsed + 1)
+    e2e_first, e2e_last = frames.window_p95("e2e_ms", 0.0, window), frames.window_p95("e2e_ms", elapsed - window, elapsed + 1)
     growth = 100.0 * (rss[-1][1] - base) / base
     drift = 100.0 * (last - first) / first
     return {
-        "minutes": round(elapsed / 60, 2), "frames": len(latencies), "fps": round(len(latencies) / elapsed, 2),
+        "minutes": round(elapsed / 60, 2), "frames": frames.seen, "fps": round(frames.seen / elapsed, 2),
+        "samples_thinned": frames.thinned,
         "rss_baseline_mb": round(base, 1), "rss_final_mb": round(rss[-1][1], 1), "rss_max_after_warmup_mb": round(max(after), 1),
         "rss_growth_pct": round(growth, 2), "rss_baseline_at_s": round(warm, 1),
         "window_s": round(window, 1), "p95_first_ms": round(first, 2), "p95_last_ms": round(last, 2),
-        "p95_drift_pct": round(drift, 2), "p50_ms": round(float(np.median([ms for _, ms in latencies])), 2),
+        "p95_drift_pct": round(drift, 2), "p50_ms": round(float(np.median(frames.column("detector_ms"))), 2),
         "e2e_p95_first_ms": round(e2e_first, 2), "e2e_p95_last_ms": round(e2e_last, 2),
         "rss_ok": growth < RSS_TARGET_PCT, "latency_ok": abs(drift) <= P95_TARGET_PCT,
         "dropped": pipeline.stats()["dropped"], **load_summary(load),

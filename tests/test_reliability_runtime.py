@@ -223,5 +223,22 @@ def test_soak_bench_reports_rss_and_latency_drift(tmp_path, artifact, capsys):
     assert result["load_mean"] >= 0 and result["cpu"]  # figures come with the machine and its load
     assert code == (0 if result["rss_ok"] and result["latency_ok"] else 1)
     assert any(line.startswith("RSS") for line in lines) and any(line.startswith("latency p95") for line in lines)
-    samples = [(0.5, 10.0), (1.0, 20.0), (5.0, 99.0)]
-    assert soak.window_p95(samples, 0.0, 2.0) == pytest.approx(19.5)
+
+
+def test_soak_sample_log_is_resident_from_the_start_and_thins_when_full():
+    """The soak's per-frame bookkeeping must not grow during the run (it would read as a leak)."""
+    from script_loader import load_script
+
+    samples = load_script(Path(__file__).resolve().parents[1] / "benches" / "_samples.py", "soak_samples")
+    log = samples.SampleLog(("t_s", "ms"), capacity=4)
+    for t, ms in [(0.5, 10.0), (1.0, 20.0), (5.0, 99.0)]:
+        log.append(t, ms)
+    assert log.window_p95("ms", 0.0, 2.0) == pytest.approx(19.5)
+    buffer = log._data
+    for k in range(3, 10):  # beyond the capacity: every other row is kept, in order, in the same buffer
+        log.append(float(k + 3), float(k))
+    assert log._data is buffer and log.thinned and log.seen == 10
+    times = log.column("t_s")
+    assert list(times) == sorted(times) and len(log) <= 4 and times[0] == 0.5
+    with pytest.raises(ValueError, match="capacity"):
+        samples.SampleLog(("t_s",), capacity=1)
