@@ -4,6 +4,8 @@ A preset sets the size fields a family has (backbone, width, depth, queries, fea
 family lacks are skipped. `nano` is the size of the embedded demo detector: it trains in minutes on a
 2-core CPU; `small` keeps a ResNet-18; `base` is the paper's configuration (the family defaults).
 nano and small also set the from-scratch training recipe (`PRESET_TRAIN`) before flags and --set.
+The real-time families (RT-DETRv2, D-FINE, RF-DETR) come in released sizes with their own backbones, so
+for them a preset names a released config (`RELEASED_PRESETS`: `--preset small` on dfine is D-FINE-S).
 """
 from __future__ import annotations
 
@@ -20,6 +22,14 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                   dec_layers=4, dim_feedforward=768, num_queries=200, num_feature_levels=3),
     "base": {},
 }
+# Real-time families: preset -> released config (the smallest released sizes; base is the paper's headline).
+RELEASED_PRESETS: Dict[str, Dict[str, str]] = {
+    "rtdetr": {"nano": "rtdetrv2_r18vd", "small": "rtdetrv2_r34vd", "base": "rtdetrv2_r50vd"},
+    "dfine": {"nano": "dfine_hgnetv2_n_coco", "small": "dfine_hgnetv2_s_coco", "base": "dfine_hgnetv2_l_coco"},
+    "rfdetr": {"nano": "rfdetr_nano", "small": "rfdetr_small", "base": "rfdetr_base"},
+}
+# Fields a preset never changes: where the weights come from (the dataset sets the classes later).
+_KEPT = ("weights", "weights_config", "weights_updates", "backbone_weights")
 # The small presets train from scratch (no ImageNet weights offline): the embedded demo detector's
 # recipe (full backbone learning rate, higher lr, cosine with warm-up). Flags and --set still override it.
 PRESET_TRAIN: Dict[str, Dict[str, Any]] = {
@@ -34,8 +44,24 @@ def apply_preset(model_cfg: Any, preset: str) -> Any:
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset '{preset}'; valid: {', '.join(PRESETS)}")
     own = {f.name for f in dataclasses.fields(model_cfg)}
+    released = RELEASED_PRESETS.get(getattr(model_cfg, "name", ""), {}).get(preset)
+    if released:
+        sized = released_config(model_cfg.name, released)
+        log.info("preset %s for %s is the released config %s", preset, model_cfg.name, released)
+        return dataclasses.replace(sized, **{k: getattr(model_cfg, k) for k in _KEPT if k in own})
     values = {k: v for k, v in PRESETS[preset].items() if k in own}
     return dataclasses.replace(model_cfg, **values)
+
+
+def released_config(family: str, name: str) -> Any:
+    """The ModelConfig of released config `name` of a real-time family (no updates)."""
+    if family == "rfdetr":
+        from edgedet.models.rfdetr import rfdetr_config
+
+        return rfdetr_config(name)
+    from edgedet.checkpoints.released_configs import released_family
+
+    return released_family(family).model_config(name, [])
 
 
 def apply_preset_train(train_cfg: Any, model_cfg: Any, preset: str) -> Any:
@@ -55,4 +81,4 @@ def apply_imgsz(data_cfg: Any, imgsz: int) -> Any:
     return dataclasses.replace(data_cfg, val_size=int(imgsz), scales=scales, max_size=max_size)
 
 
-__all__ = ["PRESETS", "PRESET_TRAIN", "apply_preset", "apply_preset_train", "apply_imgsz"]
+__all__ = ["PRESETS", "PRESET_TRAIN", "RELEASED_PRESETS", "released_config", "apply_preset", "apply_preset_train", "apply_imgsz"]

@@ -104,7 +104,8 @@ class RunCommand:
                 from runtime.save import open_save_sink
 
                 sinks.append(open_save_sink(args.save, args.source, fps=source.fps or 30.0))
-            if args.json:
+            if args.json:  # its folder is made, as --save's is
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
                 sinks.append(JsonLinesSink(args.json))
             undo.pop_all()
         if not args.quiet:

@@ -121,8 +121,7 @@ def run_multistream(args: argparse.Namespace, sources: Dict[str, Any]) -> int:
         if args.save:
             save = Path(args.save)
             if save.suffix.lower() in VIDEO_SUFFIXES:
-                if not save.parent.is_dir():
-                    raise FileNotFoundError(f"cannot write {save}: folder {save.parent} does not exist")
+                save.parent.mkdir(parents=True, exist_ok=True)
                 shared.append(MosaicSink(names, _MosaicVideo(save, 15.0)))
             else:
                 save.mkdir(parents=True, exist_ok=True)
@@ -132,6 +131,7 @@ def run_multistream(args: argparse.Namespace, sources: Dict[str, Any]) -> int:
                         raise ValueError(f"{target} exists; choose another --save folder (nothing was overwritten)")
                     per_stream[n].append(VideoSink(target, fps=15.0))
         if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             shared.append(JsonLinesSink(args.json))
         step = None
         if getattr(args, "track", False):

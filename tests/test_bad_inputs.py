@@ -277,6 +277,27 @@ def test_truncated_jpeg_is_named_and_counted(tmp_path, artifact, capsys, caplog)
     assert len(out.read_text().splitlines()) == 3  # processed (as far as it decodes), not dropped
 
 
+def test_truncated_jpeg_warning_is_the_only_line(tmp_path, capfd, caplog):
+    """libjpeg's own "Premature end of JPEG file" (no file named) is held back: our warning says it, naming it."""
+    from runtime.image_io import read_image
+
+    jpg = tmp_path / "cut.jpg"
+    cv2.imwrite(str(jpg), np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8))
+    jpg.write_bytes(jpg.read_bytes()[: jpg.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING):
+        image, truncated = read_image(jpg)
+    assert truncated and image.shape == (96, 128, 3) and "cut.jpg is truncated" in caplog.text
+    assert "Premature end" not in capfd.readouterr().err
+    os.write(2, b"native stderr restored\n")
+    assert "native stderr restored" in capfd.readouterr().err
+
+
+def test_json_output_folder_is_made_as_saves_is(tmp_path, artifact):
+    out = tmp_path / "new" / "deeper" / "dets.jsonl"
+    assert run_main(["--model", str(artifact), "--source", str(_images(tmp_path / "in", 2)), "--json", str(out), "--quiet"]) == 0
+    assert len(out.read_text().splitlines()) == 2
+
+
 # ---------------------------------------------------------------- one line, not a traceback
 
 

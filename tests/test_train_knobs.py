@@ -1,10 +1,13 @@
 """Training size knobs (presets, --imgsz), thread defaults, and the run-level ETA/budget messages."""
+import dataclasses
+
 import pytest
+import torch
 
 from edgedet.config import DataConfig, TrainConfig
 from edgedet.engine import threads
 from edgedet.engine.trainer import _budget_shortfall, _duration, _fitted_epochs
-from edgedet.models import default_config
+from edgedet.models import create_model_from_config, default_config
 from edgedet.presets import apply_imgsz, apply_preset
 
 
@@ -16,6 +19,32 @@ def test_nano_preset_sets_the_sizes_a_family_has():
     assert apply_preset(default_config("dino"), "base") == default_config("dino")
     with pytest.raises(ValueError, match="valid: nano, small, base"):
         apply_preset(dd, "tiny")
+
+
+def test_real_time_family_presets_are_released_configs():
+    """--preset on RT-DETRv2 / D-FINE / RF-DETR picks a released size (the DETR sizes name a ResNet they lack)."""
+    from edgedet.presets import released_config
+
+    dfine = default_config("dfine")
+    small = apply_preset(dataclasses.replace(dfine, weights="w.pth"), "small")
+    assert small == dataclasses.replace(released_config("dfine", "dfine_hgnetv2_s_coco"), weights="w.pth")
+    assert small.backbone == "B0" and small.hidden_dim == 256  # D-FINE-S: HGNetv2-B0 at width 256
+    assert apply_preset(dfine, "nano").hidden_dim == 128  # D-FINE-N
+    assert apply_preset(default_config("rtdetr"), "small").backbone == "presnet34"
+    assert apply_preset(default_config("rfdetr"), "small").resolution == 512
+    for family in ("rtdetr", "dfine", "rfdetr"):  # every preset builds (meta device: no memory, no init)
+        for preset in ("nano", "small", "base"):
+            with torch.device("meta"):
+                create_model_from_config(apply_preset(default_config(family), preset))
+
+
+def test_too_few_encoder_positions_for_the_queries_is_a_one_line_error():
+    from edgedet.nn.rtdetr_decoder import select_topk
+
+    memory, logits, coords = torch.zeros(1, 80, 8), torch.zeros(1, 80, 3), torch.zeros(1, 80, 4)
+    with pytest.raises(ValueError, match=r"80 encoder positions, fewer than the 300 queries.*--imgsz.*num_queries=80"):
+        select_topk(memory, logits, coords, 300)
+    assert select_topk(memory, logits, coords, 80)[3].shape == (1, 80)
 
 
 def test_imgsz_scales_train_and_val_sizes():

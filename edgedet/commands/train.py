@@ -102,7 +102,8 @@ class TrainCommand:
             log.info("%s", threads)
         if main_process and (preset or args.imgsz):
             log.info("model %s preset %s, backbone %s, hidden %d; lr %g (backbone x%g, %s); images: shorter side %d "
-                     "(train scales %s)", cfg.model.name, preset or "-", cfg.model.backbone, cfg.model.hidden_dim,
+                     "(train scales %s)", cfg.model.name, preset or "-", getattr(cfg.model, "encoder", None) or cfg.model.backbone,
+                     cfg.model.hidden_dim,
                      cfg.train.lr, cfg.train.lr_backbone_mult, cfg.train.scheduler, cfg.data.val_size, cfg.data.scales)
         last = train(cfg, resume=args.resume, progress=not args.no_progress, exist_ok=args.exist_ok)
         if main_process:

@@ -225,6 +225,11 @@ def select_topk(memory: Tensor, logits: Tensor, coords_unact: Tensor, topk: int,
 
     default: by the best class score; one2many: by (token, class) pairs; agnostic: by the one score.
     """
+    tokens = logits.shape[1] * (logits.shape[-1] if method == "one2many" else 1)
+    if isinstance(tokens, int) and tokens < topk:  # small images: torch's own words would be "index out of range"
+        raise ValueError(f"the image gives {logits.shape[1]} encoder positions, fewer than the {topk} queries the decoder "
+                         "selects from them: train and run on larger images (--imgsz) or with fewer queries "
+                         f"(--set model.num_queries={tokens} or less)")
     if method == "default":
         index = torch.topk(logits.max(-1).values, topk, dim=-1).indices
     elif method == "one2many":
