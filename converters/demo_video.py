@@ -209,7 +209,7 @@ def serve_demo(detector, video: Path, args: argparse.Namespace, prompts=None) ->
     server = LiveServer(bind, port, allow_remote=remote, prompts=prompts, **server_options(args)).start()
     pipe = Pipeline(PacedVideoSource(video, loop=True), prompts or detector, sinks=[server])
     server.stats_fn = pipe.stats
-    print(f"live view: {server.url}  (the demo video loops; Ctrl-C stops)", flush=True)
+    server.announce(suffix="  (the demo video loops; Ctrl-C stops)")
     try:
         pipe.run()
     except KeyboardInterrupt:

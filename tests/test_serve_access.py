@@ -154,8 +154,8 @@ def test_run_command_reads_the_token_options(tmp_path):
     add_serve_arguments(parser)
     (tmp_path / "t.txt").write_text("tok\n")
     args = parser.parse_args(["--serve", "8080", "--token-file", str(tmp_path / "t.txt"), "--allow-host", "cam.lan", "--max-viewers", "3"])
-    assert server_options(args) == {"token": None, "token_file": str(tmp_path / "t.txt"), "allowed_hosts": ("cam.lan",)}
-    assert args.max_viewers == 3
+    assert server_options(args) == {"token": None, "token_file": str(tmp_path / "t.txt"), "allowed_hosts": ("cam.lan",),
+                                   "max_viewers": 3}
 
 
 def test_a_bad_token_option_fails_before_anything_loads(tmp_path, capsys):
@@ -165,3 +165,28 @@ def test_a_bad_token_option_fails_before_anything_loads(tmp_path, capsys):
         main(["--model", str(tmp_path / "absent.onnx"), "--serve", "8080", "--token-file", str(tmp_path / "nope")])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "cannot read the token file" in err and "nope" in err and "Traceback" not in err
+
+
+def test_a_shared_view_prints_urls_that_open_it(shared, capsys):
+    """Bound to 0.0.0.0 the URL printed is one a browser can open (not http://0.0.0.0), plus the LAN name."""
+    import socket
+
+    server, _ = shared
+    assert server.url.startswith(f"http://127.0.0.1:{server.port}/?token=")
+    lan = server.lan_url
+    assert lan == f"http://{socket.gethostname().lower()}.local:{server.port}/?token={server.token}"
+    assert _get(server.url)[0] == 200  # the printed URL works as printed
+    host = {"Host": f"{socket.gethostname().lower()}.local:{server.port}"}  # what a browser on the LAN sends
+    assert _get(f"http://127.0.0.1:{server.port}/api/stats?token={server.token}", headers=host)[0] == 200
+    server.announce()
+    out = capsys.readouterr().out
+    assert "0.0.0.0" not in out and server.url in out and lan in out
+
+
+def test_max_viewers_is_an_option_of_every_command_that_serves():
+    from edgedet.cli import build_parser
+
+    parser = build_parser()
+    for command in (["run", "--model", "m.xml", "--source", "0"], ["track", "--model", "m.xml", "--source", "0"], ["demo"]):
+        args = parser.parse_args(command + ["--serve", "8080", "--max-viewers", "3"])
+        assert args.max_viewers == 3, command[0]

@@ -32,7 +32,7 @@ def track(model: Any, source: Any, conf: Optional[float] = None, imgsz: Optional
           tracker: Optional[TrackerConfig] = None, save: bool = True, show: bool = False, project: str = "runs",
           classes=None, backend: str = "auto", device: str = "CPU", max_frames: int = 0, quiet: bool = False,
           serve: Optional[str] = None, host: Optional[str] = None, token: Optional[str] = None,
-          token_file: Optional[str] = None, allowed_hosts: Sequence[str] = (), dedup_iou: Optional[float] = None,
+          token_file: Optional[str] = None, allowed_hosts: Sequence[str] = (), max_viewers: int = 8, dedup_iou: Optional[float] = None,
           tracker_options: Optional[Dict[str, Any]] = None, **options: Any) -> Dict[str, Any]:
     """Track objects through `source`; returns {"dir", "frames", "tracks", "line": {...}, "zone": {...}, "fps"}.
 
@@ -70,8 +70,9 @@ def track(model: Any, source: Any, conf: Optional[float] = None, imgsz: Optional
 
             bind, port, remote = parse_serve_address(serve, host)
             server = LiveServer(bind, port, token=token, token_file=token_file, allowed_hosts=tuple(allowed_hosts), allow_remote=remote,
+                                max_viewers=max_viewers,
                                 stats=lambda: {"frames": frames, "fps": frames / max(time.perf_counter() - t0, 1e-9)}).start()
-            print(f"live view: {server.url}", flush=True)
+            server.announce()
         from runtime.pipeline import Result, StopPipeline
         from runtime.sinks import ShowSink, VideoSink
 

@@ -15,7 +15,6 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --serve: bind this address instead of 127.0.0.1 (e.g. 0.0.0.0 to watch a headless "
                              "Jetson from a laptop); prints a warning; every page and endpoint then needs the token")
     add_token_arguments(parser)
-    parser.add_argument("--max-viewers", type=int, default=8, help="with --serve: at most this many browsers watch at once (default 8)")
     parser.add_argument("--prompt-encoder", default=None, metavar="ARTIFACT",
                         help="run --model as a prompted detector with this prompt encoder (export_prompted's two artifacts)")
     parser.add_argument("--prompts", default=None, metavar="FILE.npz", help="prompted detector: start with these saved prompts")
@@ -38,7 +37,7 @@ def _checked(kind: str):
 
 
 def add_token_arguments(parser: argparse.ArgumentParser) -> None:
-    """--token / --token-file / --allow-host, shared by run, track and demo."""
+    """--token / --token-file / --allow-host / --max-viewers, shared by run, track and demo."""
     parser.add_argument("--token", default=None, type=_checked("token"),
                         help="with --serve: the view's token (shows in `ps`: prefer --token-file or $EDGEDET_SERVE_TOKEN; "
                              "default: a random one, printed in the URL)")
@@ -46,12 +45,13 @@ def add_token_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                         help="with --serve: a host name browsers may use for this machine besides its addresses and "
                              "hostname (e.g. jetson.example.lan); other names are refused (DNS rebinding)")
+    parser.add_argument("--max-viewers", type=int, default=8, help="with --serve: at most this many browsers watch at once (default 8)")
 
 
 def server_options(args: argparse.Namespace) -> Dict[str, Any]:
     """LiveServer keyword arguments from the token options."""
     return {"token": args.token, "token_file": getattr(args, "token_file", None),
-            "allowed_hosts": tuple(getattr(args, "allow_host", None) or ())}
+            "allowed_hosts": tuple(getattr(args, "allow_host", None) or ()), "max_viewers": getattr(args, "max_viewers", 8)}
 
 
 def make_detector(args: argparse.Namespace, options: Dict[str, Any]) -> Any:
@@ -97,10 +97,9 @@ def start_server(args: argparse.Namespace, detector: Any) -> Optional[Any]:
 
     host, port, remote = parse_serve_address(args.serve, args.host)
     prompts = detector if isinstance(detector, LivePromptedDetector) else None
-    server = LiveServer(host, port, allow_remote=remote, prompts=prompts, max_viewers=args.max_viewers,
-                        **server_options(args)).start()
+    server = LiveServer(host, port, allow_remote=remote, prompts=prompts, **server_options(args)).start()
     if remote:
         print(f"WARNING: the live view is reachable from other machines on {host}:{server.port}; the page, stream and "
               "API need the token in the URL below (share it only with those who may watch)", file=sys.stderr)
-    print(f"live view: {server.url}", file=sys.stderr, flush=True)
+    server.announce(file=sys.stderr)
     return server

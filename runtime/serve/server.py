@@ -30,6 +30,7 @@ import ipaddress
 import json
 import logging
 import secrets
+import socket
 import threading
 import time
 from collections import Counter
@@ -155,8 +156,25 @@ class LiveServer(PromptRoutes):
     # -- life cycle -----------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        """The page's URL with its token, as this machine opens it (loopback for a 0.0.0.0 / :: bind)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/?token={self.token}"
+
+    @property
+    def lan_url(self) -> Optional[str]:
+        """For a 0.0.0.0 / :: bind, the URL other machines open: this host's mDNS name (a Jetson's avahi answers
+        it), which the Host check accepts like any of its addresses. None for a bind to one address."""
+        if self.host not in ("0.0.0.0", "::", ""):
+            return None
+        return f"http://{socket.gethostname().lower()}.local:{self.port}/?token={self.token}"
+
+    def announce(self, file: Any = None, suffix: str = "") -> None:
+        """Print the URL(s) to open, once at start-up."""
+        print(f"live view: {self.url}{suffix}", file=file, flush=True)
+        if self.lan_url:
+            print(f"  from other machines: {self.lan_url} (or this machine's address in place of the name)", file=file,
+                  flush=True)
 
     def start(self) -> "LiveServer":
         self._thread = threading.Thread(target=self._serve, name="edgedet-serve", daemon=True)
