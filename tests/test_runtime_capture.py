@@ -171,3 +171,28 @@ def test_reconnects_are_bounded():
         seen += src.read(timeout=5) is not None
     assert src.opens >= 4
     src.close()
+
+
+def test_video_files_decode_on_one_thread_unless_told(tmp_path, monkeypatch):
+    """One FFmpeg thread by default (less CPU a frame beside an engine that fills the cores); 0 = FFmpeg's own."""
+    from runtime.capture import DECODE_THREADS_ENV, _open_video
+
+    if not hasattr(cv2, "CAP_PROP_N_THREADS"):
+        pytest.skip("this OpenCV has no CAP_PROP_N_THREADS (< 4.6)")
+    video = tmp_path / "v.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (64, 48))  # a codec FFmpeg threads
+    for i in range(5):
+        writer.write(_coded(i))
+    writer.release()
+    cap = _open_video(video)
+    assert cap.get(cv2.CAP_PROP_N_THREADS) == 1
+    cap.release()
+    monkeypatch.setenv(DECODE_THREADS_ENV, "0")
+    cap = _open_video(video)
+    assert cap.get(cv2.CAP_PROP_N_THREADS) == 1 or cv2.getNumberOfCPUs() > 1  # FFmpeg's default: a thread per core
+    assert cap.get(cv2.CAP_PROP_N_THREADS) > 1 or cv2.getNumberOfCPUs() == 1
+    cap.release()
+    assert len(list(open_source(str(video)))) == 5
+    monkeypatch.setenv(DECODE_THREADS_ENV, "two")
+    with pytest.raises(ValueError, match="EDGEDET_DECODE_THREADS='two'"):
+        _open_video(video)
