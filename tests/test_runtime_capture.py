@@ -189,8 +189,8 @@ def test_video_files_decode_on_one_thread_unless_told(tmp_path, monkeypatch):
     cap.release()
     monkeypatch.setenv(DECODE_THREADS_ENV, "0")
     cap = _open_video(video)
-    assert cap.get(cv2.CAP_PROP_N_THREADS) == 1 or cv2.getNumberOfCPUs() > 1  # FFmpeg's default: a thread per core
-    assert cap.get(cv2.CAP_PROP_N_THREADS) > 1 or cv2.getNumberOfCPUs() == 1
+    if cv2.getNumberOfCPUs() > 1:  # FFmpeg's default: a thread per core
+        assert cap.get(cv2.CAP_PROP_N_THREADS) > 1
     cap.release()
     assert len(list(open_source(str(video)))) == 5
     monkeypatch.setenv(DECODE_THREADS_ENV, "two")
