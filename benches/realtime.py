@@ -169,12 +169,18 @@ def timed(what: str, fn: Callable[[], Any]) -> Any:
 
 def official_graph(model: torch.nn.Module) -> torch.nn.Module:
     """The model as the official code runs it: RT-DETRv2 computes the encoder box head for every
-    token before selecting the top-k (ours runs it on the selected tokens; same numbers)."""
+    token before selecting the top-k (ours runs it on the selected tokens; same numbers); RF-DETR's
+    DINOv2 runs its query, key and value products apart (ours as one [3C, C] product)."""
     decoder = getattr(model, "decoder", None)
-    if not hasattr(decoder, "boxes_for_selected_only"):
+    separate_qkv = [m for m in model.modules() if hasattr(m, "fuse_qkv")]
+    if not hasattr(decoder, "boxes_for_selected_only") and not separate_qkv:
         return model  # D-FINE's official code already selects first
     official = copy.deepcopy(model)
-    official.decoder.boxes_for_selected_only = False
+    if hasattr(decoder, "boxes_for_selected_only"):
+        official.decoder.boxes_for_selected_only = False
+    for module in official.modules():
+        if hasattr(module, "fuse_qkv"):
+            module.fuse_qkv = False
     return official
 
 

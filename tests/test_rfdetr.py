@@ -395,3 +395,16 @@ def test_optimizer_groups_follow_the_official_recipe():
     assert group(vit + "layernorm.weight")["lr"] == pytest.approx(base)
     assert group("transformer.decoder.layers.0.linear1.weight")["lr"] == pytest.approx(1e-4 * 0.7)
     assert group("class_embed.weight")["lr"] == 1e-4 and group("backbone.0.projector.stages.0.1.weight")["lr"] == 1e-4
+
+
+def test_qkv_as_one_product_equals_the_three_official_products():
+    """Eval runs query/key/value as one [3C, C] product (exports fold it: one MatMul); training and the
+    official form run three. Same numbers, same parameter names."""
+    from edgedet.nn.dinov2 import SelfAttention
+
+    torch.manual_seed(0)
+    attention, x = SelfAttention(48, 6).eval(), torch.randn(2, 11, 48)
+    merged = attention(x)
+    attention.fuse_qkv = False
+    torch.testing.assert_close(merged, attention(x), rtol=0, atol=1e-6)
+    assert sorted(attention.state_dict()) == ["key.bias", "key.weight", "query.bias", "query.weight", "value.bias", "value.weight"]

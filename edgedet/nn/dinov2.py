@@ -99,10 +99,11 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.heads = heads
         self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.fuse_qkv = True  # False runs the three products apart, as the official model (and its export) does
 
     def forward(self, x: Tensor) -> Tensor:
         b, t, c = x.shape
-        if self.training:
+        if self.training or not self.fuse_qkv:
             q, k, v = (p(x).view(b, t, self.heads, c // self.heads).transpose(1, 2) for p in (self.query, self.key, self.value))
         else:  # one [3C, C] product instead of three [C, C] ones (a larger GEMM runs closer to peak; exports fold the concat)
             weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
