@@ -16,14 +16,17 @@ import numpy as np
 _VIT_PART = re.compile(r"encoder/layer\.\d+/(attention/attention/(?:query|key|value)|attention/output|attention|mlp|norm1|norm2|layer_scale)")
 
 
-def region(node: str) -> str:
-    """The part of RF-DETR a node belongs to, from its name."""
+def region(node: str, op_type: str = "") -> str:
+    """The part of RF-DETR a node belongs to, from its name (and type: the merged q/k/v product is a
+    FullyConnected named after the attention module itself)."""
     if "encoder/embeddings" in node:
         return "vit: patch embedding + position table"
     m = _VIT_PART.search(node)
     if m:
         part = m.group(1)
         if part.startswith("attention/attention/") or part == "attention/output":
+            return "vit: q/k/v/out projections"
+        if part == "attention" and op_type == "FullyConnected":
             return "vit: q/k/v/out projections"
         if part == "attention":
             return "vit: attention core (QK^T, softmax, AV)"
@@ -63,7 +66,7 @@ def profile(xml: Path, feeds: Dict[str, np.ndarray], threads: int, extension: st
         for p in request.profiling_info:
             ms = p.real_time.total_seconds() * 1e3
             if ms > 0:
-                totals[(region(p.node_name), p.node_type)] += ms / repeats
+                totals[(region(p.node_name, p.node_type), p.node_type)] += ms / repeats
     return dict(totals)
 
 
