@@ -107,7 +107,8 @@ class VideoSink:
 
 
 class JsonLinesSink:
-    """One JSON object per frame: {["stream": name,] ["file": image file name,] "frame": index, "timestamp": s, "latency_ms", "image_size", "detections", "timings_ms"}."""
+    """One JSON object per frame: `stream` (multi-stream runs) and `file` (a folder of images) when they apply,
+    then `frame`, `timestamp`, `latency_ms`, `image_size`, `detections`, `timings_ms`."""
 
     def __init__(self, path: Union[str, Path]):
         self.path = Path(path)
