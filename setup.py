@@ -31,7 +31,8 @@ RAY = ["ray[data]>=2.9"]
 TEST = ["pytest>=7.4", "selenium>=4.15", "motmetrics>=1.4", "vermin>=1.6"]
 # The docs site (mkdocs.yml): `mkdocs build --strict` in scripts/test.sh. Pinned: a strict build fails on
 # any new warning, and MkDocs 2 / a new Material change what warns.
-DOCS = ["mkdocs==1.6.1", "mkdocs-material==9.8.2", "mkdocstrings==1.0.8", "mkdocstrings-python==2.0.11"]
+DOCS = ["mkdocs==1.6.1", "mkdocs-material==9.8.2", "mkdocstrings==1.0.8", "mkdocstrings-python==2.0.11",
+        "mkdocs-autorefs==1.4.5"]
 
 
 def cuda_extension_build():
