@@ -196,3 +196,21 @@ def test_video_files_decode_on_one_thread_unless_told(tmp_path, monkeypatch):
     monkeypatch.setenv(DECODE_THREADS_ENV, "two")
     with pytest.raises(ValueError, match="EDGEDET_DECODE_THREADS='two'"):
         _open_video(video)
+
+
+def test_a_backend_that_refuses_the_thread_count_still_opens_the_video(tmp_path, monkeypatch):
+    """OpenCV's GStreamer backend (a Jetson's OpenCV may have no FFmpeg) bails out on parameters it does not
+    take: the file is then opened without them rather than refused."""
+    import runtime.capture as capture
+
+    real = cv2.VideoCapture
+    calls = []
+
+    def no_params_backend(*args):
+        calls.append(len(args))
+        return real("/nonexistent/refused.mp4") if len(args) == 3 else real(*args)
+
+    monkeypatch.setattr(capture.cv2, "VideoCapture", no_params_backend)
+    video = _write_video(tmp_path / "v.avi", n=4)
+    assert [_decode(f.image) for f in open_source(str(video))] == list(range(4))
+    assert calls[:2] == [3, 1] or not hasattr(cv2, "CAP_PROP_N_THREADS")
