@@ -419,7 +419,7 @@ def decode_threads() -> int:
 
 def _open_video(path: Path) -> cv2.VideoCapture:
     threads = decode_threads()
-    prop = getattr(cv2, "CAP_PROP_N_THREADS", None)  # OpenCV >= 4.6 (JetPack 5's 4.5 decodes with its default)
+    prop = getattr(cv2, "CAP_PROP_N_THREADS", None)  # OpenCV >= 4.7 (Debian's 4.6, JetPack 5's 4.5: their default)
     cap = cv2.VideoCapture(str(path), cv2.CAP_ANY, [prop, threads]) if prop is not None and threads else None
     if cap is None or not cap.isOpened():  # a backend that takes no thread count (GStreamer) refuses the parameter
         if cap is not None:

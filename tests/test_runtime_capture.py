@@ -178,7 +178,7 @@ def test_video_files_decode_on_one_thread_unless_told(tmp_path, monkeypatch):
     from runtime.capture import DECODE_THREADS_ENV, _open_video
 
     if not hasattr(cv2, "CAP_PROP_N_THREADS"):
-        pytest.skip("this OpenCV has no CAP_PROP_N_THREADS (< 4.6)")
+        pytest.skip("this OpenCV has no CAP_PROP_N_THREADS (< 4.7)")
     video = tmp_path / "v.mp4"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (64, 48))  # a codec FFmpeg threads
     for i in range(5):
