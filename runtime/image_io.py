@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Iterator, Optional, Tuple, Union
 
@@ -18,6 +19,7 @@ import cv2
 import numpy as np
 
 log = logging.getLogger(__name__)
+_STDERR_LOCK = threading.Lock()
 
 
 def jpeg_truncated(path: Union[str, Path]) -> bool:
@@ -49,20 +51,22 @@ def read_image(path: Union[str, Path]) -> Tuple[Optional[np.ndarray], bool]:
 def _native_stderr_held_back() -> Iterator[None]:
     """Native code's writes to file descriptor 2 go to /dev/null for the block (Python's own are flushed
     first). Used only around the decode of a file already known to be truncated; other threads' native
-    stderr in those few milliseconds is held back too, which is why it is not used more widely."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):  # no real descriptor 2 (embedded interpreters): say nothing more
-        yield
-        return
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
+    stderr in those few milliseconds is held back too, which is why it is not used more widely. One block
+    at a time: two overlapping ones could otherwise restore each other's /dev/null for good."""
+    with _STDERR_LOCK:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):  # no real descriptor 2 (embedded interpreters): say nothing more
             yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+            return
+        try:
+            with open(os.devnull, "wb") as null:
+                os.dup2(null.fileno(), 2)
+                yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 __all__ = ["read_image", "jpeg_truncated"]

@@ -413,3 +413,22 @@ def test_empty_array_to_the_detector_is_one_line(artifact, frame):
     with Detector(artifact) as det, pytest.raises(ValueError, match="frame is empty") as e:
         det(frame)
     assert "OpenCV" not in one_line(e.value)
+
+
+def test_truncated_jpegs_read_at_once_from_threads_leave_stderr_working(tmp_path, capfd):
+    """Overlapping hold-backs of libjpeg's line must not leave file descriptor 2 pointing at /dev/null."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from runtime.image_io import read_image
+
+    paths = []
+    for i in range(8):
+        jpg = tmp_path / f"cut{i}.jpg"
+        cv2.imwrite(str(jpg), np.random.default_rng(i).integers(0, 255, (240, 320, 3), dtype=np.uint8))
+        jpg.write_bytes(jpg.read_bytes()[: jpg.stat().st_size // 2])
+        paths.append(jpg)
+    with ThreadPoolExecutor(4) as pool:
+        assert all(truncated for _, truncated in pool.map(read_image, paths * 4))
+    capfd.readouterr()
+    os.write(2, b"still here\n")
+    assert "still here" in capfd.readouterr().err
