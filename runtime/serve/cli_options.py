@@ -49,7 +49,7 @@ def add_token_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def server_options(args: argparse.Namespace) -> Dict[str, Any]:
-    """LiveServer keyword arguments from the token options."""
+    """LiveServer keyword arguments from the token options and --max-viewers."""
     return {"token": args.token, "token_file": getattr(args, "token_file", None),
             "allowed_hosts": tuple(getattr(args, "allow_host", None) or ()), "max_viewers": getattr(args, "max_viewers", 8)}
 
